@@ -1,0 +1,42 @@
+# The two commands of the README:
+#   make repro   create .venv, install, run the DVC pipeline of the demo profile (PROFILE=smoke|paper to change)
+#   make test    create .venv if needed, install, run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PROFILE ?= demo
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: install repro params test test-notebooks test-pytest test-smoke export clean-nbs
+
+$(BIN)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+install: $(BIN)/.installed
+
+params: install
+	$(BIN)/python scripts/params_from_profile.py $(PROFILE)
+
+repro: params
+	$(BIN)/dvc repro
+
+test: install test-notebooks test-pytest
+
+test-notebooks: install
+	$(BIN)/nbdev-test --n-workers 2 --cell-timing-min 20
+
+test-pytest: install
+	$(BIN)/pytest -q tests
+
+export: install
+	$(BIN)/nbdev-export
+
+clean-nbs: install
+	$(BIN)/nbdev-clean
