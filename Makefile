@@ -30,7 +30,8 @@ repro: params
 test: install test-notebooks test-pytest
 
 test-notebooks: install
-	$(BIN)/nbdev-test --n-workers 2 --cell-timing-min 20
+	# one torch thread per worker: two workers of two threads each on two cores spin-wait and run ~8x slower
+	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2 --cell-timing-min 20
 
 test-pytest: install
 	$(BIN)/pytest -q tests

@@ -64,8 +64,9 @@ def load_vae(path_or_hub_id:str|Path, # local folder or hub id, e.g. `SD15_VAE`
     if p.exists():
         if not (p/(subfolder or '')/'config.json').exists():
             raise FileNotFoundError(f"no VAE config at {p/(subfolder or '')/'config.json'} (is this a save_pretrained folder? subfolder={subfolder!r})")
-    elif not _is_hub_id(str(path_or_hub_id)):
-        raise FileNotFoundError(f"VAE not found: {p} is neither an existing folder nor a hub id (owner/name).")
+    elif not _is_hub_id(str(path_or_hub_id)) or Path(p.parts[0]).is_dir():
+        # 'models/vae' has a hub id's shape, but where ./models exists it is a local path that is missing
+        raise FileNotFoundError(f"VAE not found: {p} is neither an existing folder nor a hub id (owner/name); train or download it first.")
     try: vae = AutoencoderKL.from_pretrained(str(path_or_hub_id), subfolder=subfolder, torch_dtype=dtype)
     except OSError as e:
         raise OSError(f"could not load the VAE {path_or_hub_id!r} (subfolder={subfolder!r}): offline, or no such hub repository? "

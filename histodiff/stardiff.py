@@ -366,6 +366,7 @@ class StarDiffPipeline(DiffusionPipeline):
                         **kwargs):
         "Load a pipeline saved with `save_pretrained` (or a model folder saved by `fit`)."
         path = Path(path)
+        if not path.is_dir(): raise FileNotFoundError(f"no Star-Diff model at {path}: train it first (stage train_stardiff).")
         if (path/StarDiffModel.config_name).exists(): return cls(StarDiffModel.from_pretrained(path))
         if not (path/'stardiff_pipeline.json').exists():
             raise FileNotFoundError(f"{path} holds neither stardiff_pipeline.json nor {StarDiffModel.config_name}.")

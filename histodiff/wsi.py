@@ -15,7 +15,7 @@ from .core import (ImageError, MaskError, as_rgb_uint8, as_mask, read_image, rea
 
 # %% auto #0
 __all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'SlideSource', 'fit_mask', 'as_batch_restorer', 'blend_tile', 'pyramid_levels',
-           'write_pyramid', 'detect_slide', 'restore_slide']
+           'write_pyramid', 'keep_context_frame', 'detect_slide', 'restore_slide']
 
 # %% ../nbs/11_wsi.ipynb #64e1b7de
 SLIDE_SUFFIXES = {'.svs', '.ndpi', '.mrxs', '.vms', '.vmu', '.scn', '.bif', '.svslide', '.tif', '.tiff'}
@@ -202,6 +202,16 @@ def write_pyramid(image:np.ndarray, # H x W x 3 uint8 level (a memmap works)
                       software='histodiff', **res)
     return path
 
+# %% ../nbs/11_wsi.ipynb #872b95e2
+def keep_context_frame(mask:np.ndarray, # H x W bool mask of one tile, True = artifact
+                       overlap:int, # tile overlap (px); the frame kept is overlap // 2 (at least 1 px)
+                      )->np.ndarray:
+    "The mask unchanged, unless it is all ones: then its outer frame becomes known context."
+    if not mask.all(): return mask
+    f = max(1, overlap // 2); out = np.zeros_like(mask)
+    out[f:-f, f:-f] = True
+    return out
+
 # %% ../nbs/11_wsi.ipynb #23e34d6a
 def detect_slide(src, # a `SlideSource` or a slide path (read at level 0)
                  detector, # an `ArtifactDetector`, or a callable RGB uint8 tiles -> probabilities N x H x W
@@ -307,7 +317,7 @@ def restore_slide(path:str|Path, # slide (svs, ndpi, mrxs, tiff, ...) or plain T
                 for b in range(0, len(mine), batch_size):
                     ids = mine[b:b + batch_size]
                     ims = np.stack([src.read(*coords[i], t, t) for i in ids])
-                    ms = np.stack([m[coords[i][0]:coords[i][0]+t, coords[i][1]:coords[i][1]+t] for i in ids])
+                    ms = np.stack([keep_context_frame(m[coords[i][0]:coords[i][0]+t, coords[i][1]:coords[i][1]+t], ov) for i in ids])
                     res = run(ims, ms); n_calls += 1
                     for i, r in zip(ids, res): store[slot[i]] = r
                     store.flush()
