@@ -194,7 +194,7 @@ def get_dtype(device:str|torch.device, # the device the model runs on
     "bfloat16 on CUDA devices that support it, float16 on other CUDA and MPS, float32 on CPU or when `half=False`."
     device = torch.device(device)
     if not half or device.type == 'cpu': return torch.float32
-    if device.type == 'cuda': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == 'cuda': return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16  # emulated bf16 (T4, V100) is slow
     return torch.float16
 
 # %% ../nbs/00_core.ipynb #dedfb60d
