@@ -152,6 +152,7 @@ def fit(model:nn.Module, # has `training_loss(batch) -> scalar tensor`; optional
        )->nn.Module:
     "Train `model` on `dataset` with accelerate; checkpoint, resume, log; return the model with its final (EMA) weights."
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed, ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -165,6 +166,9 @@ def fit(model:nn.Module, # has `training_loss(batch) -> scalar tensor`; optional
     elif c.resume: resume_from = _check_checkpoint(c.resume)
     elif list_checkpoints(out):
         raise FileExistsError(f"{out} already holds checkpoints and resume=False; use another output_dir or delete {out/'checkpoints'}.")
+    # accelerate keeps its settings process-wide: forget the last run's (not the distributed setup), so a notebook
+    # can call fit again with another mixed_precision
+    AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.gradient_accumulation_steps,
                       project_config=ProjectConfiguration(project_dir=str(out)))
     set_seed(c.seed, device_specific=True)
