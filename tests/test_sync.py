@@ -38,3 +38,24 @@ def test_params_yaml_is_the_demo_profile():
     "params.yaml on main is generated from profiles/demo.yaml (run `make params PROFILE=demo`)."
     res = subprocess.run([sys.executable, 'scripts/params_from_profile.py', 'demo', '--check'], cwd=ROOT)
     assert res.returncode == 0, 'params.yaml differs from profiles/demo.yaml: run `make params PROFILE=demo`'
+
+
+def test_stage_deps_cover_the_library_modules_they_import():
+    "Each stage depends on every histodiff module its notebook imports, directly or through other modules (else a change leaves stale results)."
+    import re, yaml
+    mods = {p.stem: p.read_text() for p in (ROOT/'histodiff').glob('*.py') if not p.stem.startswith('_')}
+    pat = re.compile(r'(?:from histodiff\.|from \.|import histodiff\.|from histodiff import )(\w+)')
+    def imports(src): return set(pat.findall(src)) & set(mods)
+    def closure(names):
+        seen, todo = set(), list(names)
+        while todo:
+            m = todo.pop()
+            if m not in seen: seen.add(m); todo += imports(mods[m])
+        return seen
+    stages = yaml.safe_load((ROOT/'dvc.yaml').read_text())['stages']
+    for name, st in stages.items():
+        nb = next(d for d in st['deps'] if d.endswith('.ipynb'))
+        src = '\n'.join(''.join(c['source']) for c in json.loads((ROOT/nb).read_text())['cells'])
+        have = {Path(d).stem for d in st['deps'] if d.startswith('histodiff/')}
+        missing = closure(imports(src)) - have
+        assert not missing, f'stage {name} imports histodiff.{sorted(missing)} but does not list it in deps'
