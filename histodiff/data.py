@@ -283,7 +283,9 @@ def load_hub_dataset(name_or_path:str, # a key of PAPER_HUB_DATASETS, a hub id, 
     p = Path(repo)
     if p.exists():
         if (p/'dataset_info.json').exists() or (p/'dataset_dict.json').exists():
-            ds = datasets.load_from_disk(str(p)); return ds[split] if split else ds
+            ds = datasets.load_from_disk(str(p)); ds = ds[split] if split else ds
+            # a saved copy behaves like the hub: streaming=True gives an iterable dataset
+            return ds.to_iterable_dataset() if kwargs.get('streaming') and hasattr(ds, 'to_iterable_dataset') else ds
         return datasets.load_dataset('imagefolder', data_dir=str(p), split=split, **kwargs)
     return datasets.load_dataset(repo, split=split, **kwargs)
 
