@@ -26,43 +26,17 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 
 from histodiff.core import atomic_path
+from histodiff.train import unet_config
+from histodiff.autoencoder import vae_config
 from histodiff.regional import RegionalLatentPipeline, PixelRegionalPipeline, repaint_levels, unet_calls
 
-# UNet layouts. histodiff.train.unet_config(preset, in_channels, sample_size) is the project's source of truth
-# when it exists; these local copies are the fallback (same names).
-_UNET = {
-    # the released LatentArtiFusion latent UNet (SPEC 2): attention only at the 2x2 level of a 32x32 latent
-    'released': dict(block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2,
-                     down_block_types=('DownBlock2D',) * 4 + ('AttnDownBlock2D', 'DownBlock2D'),
-                     up_block_types=('UpBlock2D', 'AttnUpBlock2D') + ('UpBlock2D',) * 4),
-    # google/ddpm-*-256 layout (attention at 16x16 of a 256x256 image)
-    'ddpm-256': dict(block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2,
-                     down_block_types=('DownBlock2D',) * 4 + ('AttnDownBlock2D', 'DownBlock2D'),
-                     up_block_types=('UpBlock2D', 'AttnUpBlock2D') + ('UpBlock2D',) * 4),
-    # the project's demo model: attention at the lowest level
-    'demo': dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
-                 down_block_types=('DownBlock2D',) * 2 + ('AttnDownBlock2D',),
-                 up_block_types=('AttnUpBlock2D',) + ('UpBlock2D',) * 2),
-    'tiny': dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
-                 down_block_types=('DownBlock2D',) * 2, up_block_types=('UpBlock2D',) * 2),
-}
+
 # SD-1.5 VAE config (stable-diffusion-v1-5, subfolder vae) and a small VAE of the same shape (8x downsampling)
 _VAE = {
-    'sd15': dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
-                 down_block_types=('DownEncoderBlock2D',) * 4, up_block_types=('UpDecoderBlock2D',) * 4,
-                 sample_size=512, scaling_factor=0.18215),
-    'small': dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=32,
-                  down_block_types=('DownEncoderBlock2D',) * 4, up_block_types=('UpDecoderBlock2D',) * 4,
-                  sample_size=256, scaling_factor=0.18215),
+    'sd15': vae_config('sd15'),                               # the real SD-1.5 VAE config (random weights)
+    # a small VAE of the same shape (8x downsampling), the latent side of setting (a)
+    'small': dict(vae_config('sd15'), block_out_channels=(32, 64, 64, 64), layers_per_block=1, sample_size=256),
 }
-
-def unet_config(preset:str, in_channels:int, sample_size:int)->dict:
-    "UNet2DModel kwargs for a preset: histodiff.train's if available, else the local table."
-    try:
-        from histodiff.train import unet_config as uc
-        return uc(preset, in_channels, sample_size)
-    except (ImportError, AttributeError):
-        return dict(_UNET[preset], in_channels=in_channels, out_channels=in_channels, sample_size=sample_size)
 
 def make_unet(preset, channels, size, device, dtype):
     torch.manual_seed(0)
@@ -70,7 +44,7 @@ def make_unet(preset, channels, size, device, dtype):
 
 def make_vae(preset, device, dtype):
     torch.manual_seed(0)
-    return AutoencoderKL(in_channels=3, out_channels=3, **_VAE[preset]).to(device, dtype).eval()
+    return AutoencoderKL(**_VAE[preset]).to(device, dtype).eval()
 
 def tile_and_mask(tile=256, seed=0):
     rng = np.random.default_rng(seed)

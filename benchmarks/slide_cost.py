@@ -77,7 +77,7 @@ def main(coverages=(0.0, 0.01, 0.05, 0.2), restorers=('telea', 'navier_stokes'),
                 if c == 0: assert r.calls == 0 and s['restored'] == 0, "no artifact must mean no restorer call"
                 rows.append((name, c, float(mask.mean()), s['restored'], s['tiles'], r.calls, dt))
                 print(f"{name:14s} coverage {c:5.0%}: {s['restored']:3d}/{s['tiles']} tiles, {dt:6.1f} s", flush=True)
-    lines = [f"# Slide restoration cost\n",
+    lines = ["# Slide restoration cost\n",
              f"Demo slide {Path(slide).name} ({w} x {h} px, level 0), tiles 256 px, overlap 32, "
              f"mask = random blobs/strokes covering the given share of the tissue (seed {seed}). "
              f"Machine: {platform.machine()}, {__import__('os').cpu_count()} CPU cores (shared). "

@@ -6,14 +6,14 @@ Docs: https://histodiff.github.io/histodiff/artifacts.html.md"""
 
 # %% ../nbs/02_artifacts.ipynb #8ef29582
 from __future__ import annotations
-import json, math
+import json
 from pathlib import Path
 from typing import Callable
 import numpy as np
 import cv2
 from scipy import ndimage as ndi
 from skimage.color import rgb2hed, hed2rgb
-from .core import as_rgb_uint8, check_mask, ImageError, atomic_path
+from .core import as_rgb_uint8, check_mask, atomic_path
 
 # %% auto #0
 __all__ = ['MASK_TOL', 'INK_COLOURS', 'ARTIFACT_KINDS', 'ARTIFACTS', 'BASELINES', 'ArtifactError', 'as_rng', 'finish',

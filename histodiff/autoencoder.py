@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import to_tensor, from_tensor, make_generator
+from .core import to_tensor, make_generator
 from .train import TensorDictDataset
 
 # %% auto #0

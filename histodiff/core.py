@@ -8,16 +8,16 @@ Docs: https://histodiff.github.io/histodiff/core.html.md"""
 from __future__ import annotations
 import os, random, tempfile, contextlib
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['atomic_path', 'ImageError', 'as_rgb_uint8', 'read_image', 'write_image', 'MaskError', 'as_mask', 'check_mask',
-           'read_mask', 'write_mask', 'to_tensor', 'from_tensor', 'mask_to_tensor', 'seed_everything', 'make_generator',
-           'get_device', 'get_dtype', 'tile_coords', 'extract_tiles', 'blend_weight', 'stitch_tiles']
+__all__ = ['atomic_path', 'atomic_dir', 'ImageError', 'as_rgb_uint8', 'read_image', 'write_image', 'MaskError', 'as_mask',
+           'check_mask', 'read_mask', 'write_mask', 'to_tensor', 'from_tensor', 'mask_to_tensor', 'seed_everything',
+           'make_generator', 'get_device', 'get_dtype', 'tile_coords', 'extract_tiles', 'blend_weight', 'stitch_tiles']
 
 # %% ../nbs/00_core.ipynb #502819dc
 @contextlib.contextmanager
@@ -34,6 +34,22 @@ def atomic_path(path:str|Path, # final path of the output
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+# %% ../nbs/00_core.ipynb #e3f29177
+@contextlib.contextmanager
+def atomic_dir(path:str|Path, # final folder of the output (replaced whole if it exists)
+              ):
+    "Yield a temporary folder beside `path`; on success it replaces `path`, on error it is deleted."
+    import shutil
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists(): shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp)
 
 # %% ../nbs/00_core.ipynb #334d1189
 class ImageError(ValueError):

@@ -6,14 +6,14 @@ Docs: https://histodiff.github.io/histodiff/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #a79bbec6
 from __future__ import annotations
-import hashlib, json, os, re, shutil, subprocess, sys, tempfile, zipfile, tarfile
+import hashlib, os, re, shutil, subprocess, sys, tempfile, zipfile, tarfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from .core import atomic_path, read_image, as_rgb_uint8, ImageError
+from .core import atomic_path, atomic_dir, read_image, as_rgb_uint8, ImageError
 
 # %% auto #0
 __all__ = ['DEMO_FILES', 'DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'HER2_CLASSES', 'PAPER_HUB_DATASETS', 'DataIntegrityError',
@@ -246,15 +246,8 @@ def save_tile_dataset(out_dir:str|Path, # destination folder (replaced atomicall
         else: data[k] = list(v) if a is None else a.tolist()
     ds = datasets.Dataset.from_dict(data)
     for k, f in features.items(): ds = ds.cast_column(k, f)
-    out_dir = Path(out_dir); out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
-    try:
-        ds.save_to_disk(str(tmp))
-        if out_dir.exists(): shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp)
-    return out_dir
+    with atomic_dir(out_dir) as tmp: ds.save_to_disk(str(tmp))
+    return Path(out_dir)
 
 def load_tile_dataset(path:str|Path, # folder written by `save_tile_dataset`
                      ):
@@ -313,9 +306,7 @@ def download_gdrive(source:str, # a Google Drive file id or URL, or a local arch
             if gdown.download(output=str(archive), quiet=False, **kw) is None:
                 raise RuntimeError(f"gdown could not download {source} (no network, quota, or a private file).")
         if sha256 and sha256sum(archive) != sha256: raise DataIntegrityError(f"{source}: sha256 mismatch.")
-        _extract(archive, tmp/'x')
-        if out_dir.exists(): shutil.rmtree(out_dir)
-        os.replace(tmp/'x', out_dir)
+        with atomic_dir(out_dir) as final: _extract(archive, final)
     return out_dir
 
 # %% ../nbs/01_data.ipynb #bda7268d

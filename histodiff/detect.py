@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import as_rgb_uint8, as_mask, to_tensor, mask_to_tensor, stitch_tiles, tile_coords, atomic_path
+from .core import as_rgb_uint8, to_tensor, mask_to_tensor, stitch_tiles, tile_coords, atomic_path
 from .artifacts import make_paired_set, ARTIFACT_KINDS
 
 # %% auto #0

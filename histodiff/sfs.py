@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .core import to_tensor, get_device, as_rgb_uint8, ImageError
+from .core import to_tensor, get_device, as_rgb_uint8, ImageError, atomic_dir
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'ImageClassifier', 'build_classifier', 'ClassificationDataset', 'HubClassificationDataset',
@@ -170,16 +170,8 @@ def save_classifier(classifier:ImageClassifier, # the classifier to save
                     out_dir:str|Path, # destination folder (replaced atomically)
                    )->Path:
     "`save_pretrained` into a temporary folder beside `out_dir`, then rename it into place."
-    import shutil, tempfile, os
-    out_dir = Path(out_dir); out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
-    try:
-        classifier.save_pretrained(tmp)
-        if out_dir.exists(): shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp)
-    return out_dir
+    with atomic_dir(out_dir) as tmp: classifier.save_pretrained(tmp)
+    return Path(out_dir)
 
 # %% ../nbs/08_sfs.ipynb #4f564052
 def as_classifier(classifier)->ImageClassifier:

@@ -6,7 +6,7 @@ Docs: https://histodiff.github.io/histodiff/stardiff.html.md"""
 
 # %% ../nbs/06_stardiff.ipynb #d0ecac7f
 from __future__ import annotations
-import json, math, os, shutil, tempfile, contextlib
+import json, math
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch
@@ -17,7 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from .core import (atomic_path, as_rgb_uint8, to_tensor, from_tensor, make_generator,
+from .core import (atomic_path, atomic_dir, as_rgb_uint8, to_tensor, from_tensor, make_generator,
                             extract_tiles, stitch_tiles)
 
 # %% auto #0
@@ -168,20 +168,6 @@ def unet_config(sample_size:int=64, # tile side the UNet is trained on (pixels, 
 PATHS = ('both', 'residual', 'noise')
 _UNET_SKIP = {'in_channels', 'out_channels', '_class_name', '_diffusers_version', '_name_or_path', '_use_default_values'}
 
-def _atomic_dir(path:str|Path):
-    "Context manager: a temporary folder beside `path`, moved onto `path` (replacing it) on success."
-    @contextlib.contextmanager
-    def cm():
-        p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f'.{p.name}.', dir=p.parent))
-        try:
-            yield tmp
-            if p.exists(): shutil.rmtree(p)
-            os.replace(tmp, p)
-        finally:
-            if tmp.exists(): shutil.rmtree(tmp)
-    return cm()
-
 # %% ../nbs/06_stardiff.ipynb #97e20d0f
 class StarDiffModel(nn.Module):
     "Star-Diff's residual network r_theta and noise network e_theta (`UNet2DModel`s fed `[x_t, x_in]` and t)."
@@ -240,7 +226,7 @@ class StarDiffModel(nn.Module):
     def save_pretrained(self, save_directory:str|Path, # folder (replaced atomically)
                         **kwargs):
         "Save both UNets (safetensors, `residual_unet/`, `noise_unet/`), the scheduler and `stardiff_config.json`."
-        with _atomic_dir(save_directory) as tmp:
+        with atomic_dir(save_directory) as tmp:
             if self.residual_net is not None: self.residual_net.save_pretrained(tmp/'residual_unet')
             if self.noise_net is not None: self.noise_net.save_pretrained(tmp/'noise_unet')
             self.scheduler.save_pretrained(tmp/'scheduler')
@@ -355,7 +341,7 @@ class StarDiffPipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory:str|Path, **kwargs):
         "`model/`, optional `vae/` (safetensors) and `stardiff_pipeline.json`, written atomically."
-        with _atomic_dir(save_directory) as tmp:
+        with atomic_dir(save_directory) as tmp:
             self.model.save_pretrained(tmp/'model')
             if self.vae is not None: self.vae.save_pretrained(tmp/'vae', safe_serialization=True)
             (tmp/'stardiff_pipeline.json').write_text(json.dumps(dict(latent=self.vae is not None, paths=self.model.paths), indent=1))

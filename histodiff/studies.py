@@ -6,7 +6,7 @@ Docs: https://histodiff.github.io/histodiff/studies.html.md"""
 
 # %% ../nbs/09_studies.ipynb #b4346b6f
 from __future__ import annotations
-import json, time
+import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .core import atomic_path, as_rgb_uint8, check_mask
+from .core import atomic_path, as_rgb_uint8
 
 # %% auto #0
 __all__ = ['PERTURBATIONS', 'ELASTIC_ALPHA', 'mean_ci', 'summarize', 'format_ci', 'write_table', 'restoration_study',

@@ -6,15 +6,16 @@ Docs: https://histodiff.github.io/histodiff/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #da2036f2
 from __future__ import annotations
-import json, math, os, shutil, tempfile, warnings
-from dataclasses import dataclass, asdict, field
+import json, shutil
+from dataclasses import dataclass, asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .core import atomic_dir
 
 # %% auto #0
 __all__ = ['UNET_PRESETS', 'TrainConfig', 'EpochSampler', 'collate_dict', 'TensorDictDataset', 'list_checkpoints',
@@ -121,15 +122,6 @@ def _load_ema(ema, path:Path):
         for i, p in enumerate(ema.shadow_params): p.data.copy_(f.get_tensor(f"shadow.{i}").to(p.device, p.dtype))
     ema.optimization_step = int(meta['optimization_step'])
 
-def _atomic_dir(final:Path):
-    "A temporary folder beside `final`, to be renamed onto it with `_commit_dir`."
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f'.{final.name}.', suffix='.tmp', dir=final.parent))
-
-def _commit_dir(tmp:Path, final:Path):
-    if final.exists(): shutil.rmtree(final)
-    os.replace(tmp, final)
-
 # %% ../nbs/04_train.ipynb #ab9ffc0e
 class _LossModule(nn.Module):
     def __init__(self, model): super().__init__(); self.model = model
@@ -203,12 +195,11 @@ def fit(model:nn.Module, # has `training_loss(batch) -> scalar tensor`; optional
         acc.wait_for_everyone()
         final = out/'checkpoints'/_ckpt_name(step)
         if acc.is_main_process:
-            tmp = _atomic_dir(final)
-            acc.save_state(str(tmp), safe_serialization=True)
-            if ema is not None: _save_ema(ema, tmp/'ema.safetensors')
-            cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(c).items()}
-            (tmp/'trainer_state.json').write_text(json.dumps(dict(step=step, micro=micro, config=cfg), indent=1))
-            _commit_dir(tmp, final)
+            with atomic_dir(final) as tmp:
+                acc.save_state(str(tmp), safe_serialization=True)
+                if ema is not None: _save_ema(ema, tmp/'ema.safetensors')
+                cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(c).items()}
+                (tmp/'trainer_state.json').write_text(json.dumps(dict(step=step, micro=micro, config=cfg), indent=1))
             for old in list_checkpoints(out)[:-c.keep_checkpoints]: shutil.rmtree(old)
         acc.wait_for_everyone()
 
@@ -244,12 +235,11 @@ def fit(model:nn.Module, # has `training_loss(batch) -> scalar tensor`; optional
     model = acc.unwrap_model(wrapper).model
     if ema is not None: ema.copy_to(model.parameters())
     if acc.is_main_process:
-        final = out/'final'; tmp = _atomic_dir(final)
-        if callable(getattr(model, 'save_pretrained', None)): model.save_pretrained(tmp)
-        else:
-            from safetensors.torch import save_model
-            save_model(model, str(tmp/'model.safetensors'))
-        _commit_dir(tmp, final)
+        with atomic_dir(out/'final') as tmp:
+            if callable(getattr(model, 'save_pretrained', None)): model.save_pretrained(tmp)
+            else:
+                from safetensors.torch import save_model
+                save_model(model, str(tmp/'model.safetensors'))
         if live is not None: live.end()
     acc.end_training()
     return model

@@ -10,7 +10,7 @@ import json, os, shutil, hashlib
 import tifffile
 from pathlib import Path
 import numpy as np
-from .core import (ImageError, MaskError, as_rgb_uint8, as_mask, read_image, read_mask, atomic_path,
+from .core import (ImageError, as_rgb_uint8, as_mask, read_image, read_mask, atomic_path,
                             tile_coords, blend_weight)
 
 # %% auto #0
