@@ -191,7 +191,7 @@ example:
     _say(args, f"{args.out}: virtual IHC {ihc.shape[0]}x{ihc.shape[1]} from {args.model} ({args.steps} steps)")
 
 # %% ../nbs/12_cli.ipynb #3f22f65f
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp') # = histodiff.core.IMAGE_SUFFIXES, repeated so `--help` imports no torch
 
 def _sfs_arguments(p):
     p.add_argument('--real', required=True, metavar='DIR', help='folder of real IHC images')

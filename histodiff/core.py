@@ -15,9 +15,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['atomic_path', 'atomic_dir', 'ImageError', 'as_rgb_uint8', 'read_image', 'write_image', 'MaskError', 'as_mask',
-           'check_mask', 'read_mask', 'write_mask', 'to_tensor', 'from_tensor', 'mask_to_tensor', 'seed_everything',
-           'make_generator', 'get_device', 'get_dtype', 'tile_coords', 'extract_tiles', 'blend_weight', 'stitch_tiles']
+__all__ = ['IMAGE_SUFFIXES', 'atomic_path', 'atomic_dir', 'ImageError', 'as_rgb_uint8', 'read_image', 'write_image', 'MaskError',
+           'as_mask', 'check_mask', 'read_mask', 'write_mask', 'to_tensor', 'from_tensor', 'mask_to_tensor',
+           'seed_everything', 'make_generator', 'get_device', 'get_dtype', 'tile_coords', 'extract_tiles',
+           'blend_weight', 'stitch_tiles']
 
 # %% ../nbs/00_core.ipynb #502819dc
 @contextlib.contextmanager
@@ -75,6 +76,8 @@ def as_rgb_uint8(img, # array-like or PIL image
     return np.ascontiguousarray(img[..., :3])
 
 # %% ../nbs/00_core.ipynb #789a5a0d
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp') # files `read_image` is meant for (folders of tiles)
+
 def read_image(path:str|Path, # image file (PNG, JPEG, TIFF, ...)
               )->np.ndarray:
     "Read an image file as RGB uint8 `H x W x 3`, with clear errors for missing, corrupt, grayscale or 16-bit files."
