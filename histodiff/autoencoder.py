@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 from .core import to_tensor, make_generator
 from .train import TensorDictDataset
+from torch.utils.data import Dataset
 
 # %% auto #0
-__all__ = ['SD15_VAE', 'VAE_PRESETS', 'vae_config', 'make_vae', 'downsample_factor', 'load_vae', 'encode', 'decode',
-           'compute_scaling_factor', 'set_scaling_factor', 'AutoencoderTrainer', 'crop_tiles', 'image_dataset',
-           'encode_dataset']
+__all__ = ['SD15_VAE', 'VAE_PRESETS', 'DIHEDRAL', 'vae_config', 'make_vae', 'downsample_factor', 'load_vae', 'encode', 'decode',
+           'compute_scaling_factor', 'set_scaling_factor', 'AutoencoderTrainer', 'crop_tiles', 'dihedral',
+           'TileDataset', 'image_dataset', 'encode_dataset']
 
 # %% ../nbs/03_autoencoder.ipynb #e983de46
 SD15_VAE = 'stable-diffusion-v1-5/stable-diffusion-v1-5' # hub id of the paper's VAE (subfolder 'vae')
@@ -143,27 +144,62 @@ class AutoencoderTrainer(nn.Module):
 
 # %% ../nbs/03_autoencoder.ipynb #d9b6360b
 def crop_tiles(tiles:np.ndarray, # N x H x W x 3 uint8
-               size:int, # crop side (H and W multiples of it)
+               size:int=0, # crop side (H and W multiples of it); 0: whole tiles, returned as they are
               )->np.ndarray:
     "Non-overlapping `size` x `size` crops of every tile, `N*(H/size)*(W/size) x size x size x 3`."
+    if not size: return tiles
     n, h, w = tiles.shape[:3]
     if h % size or w % size: raise ValueError(f"tile size {h}x{w} is not a multiple of the crop size {size}.")
     return tiles.reshape(n, h // size, size, w // size, size, -1).transpose(0, 1, 3, 2, 4, 5).reshape(-1, size, size, tiles.shape[-1])
 
+# %% ../nbs/03_autoencoder.ipynb #94207ca2
+DIHEDRAL = 8 # symmetries of a square tile: 4 rotations x (no flip, flip)
+
+def dihedral(x, # torch images (..., C, H, W) or numpy channel-last images (..., H, W, C)
+             v:int, # symmetry 0..7 = 4 * flip + k: flip left-right if v >= 4, then rotate k = v % 4 times 90 degrees
+            ):
+    "One of the 8 flips/rotations of image(s); numpy results are contiguous."
+    if not 0 <= v < DIHEDRAL: raise ValueError(f"v must be in 0..{DIHEDRAL - 1}, got {v}.")
+    if torch.is_tensor(x):
+        if v >= 4: x = x.flip(-1)
+        return torch.rot90(x, v % 4, (-2, -1))
+    x = np.asarray(x)
+    if v >= 4: x = np.flip(x, -2)
+    return np.ascontiguousarray(np.rot90(x, v % 4, axes=(-3, -2)))
+
+# %% ../nbs/03_autoencoder.ipynb #5bfc4772
+class TileDataset(Dataset):
+    "uint8 tiles as a Dataset of `{key: 3 x H x W in [-1, 1]}`; with `augment`, item `v * N + i` is symmetry `v` of tile `i`."
+    def __init__(self, tiles:np.ndarray, # N x H x W x 3 uint8, kept as they are in memory
+                 augment:bool=False, # 8 x as long: all flips/rotations (`dihedral`)
+                 key:str='image', # name of the batch entry
+                ):
+        self.tiles, self.key = np.asarray(tiles), key
+        if self.tiles.ndim != 4 or self.tiles.shape[-1] != 3: raise ValueError(f"tiles must be N x H x W x 3, got {self.tiles.shape}.")
+        self.n_var = DIHEDRAL if augment else 1
+    def __len__(self): return len(self.tiles) * self.n_var
+    def __getitem__(self, i):
+        v, j = divmod(int(i), len(self.tiles))
+        return {self.key: to_tensor(dihedral(self.tiles[j], v))[0]}
+
 def image_dataset(tiles:np.ndarray, # N x H x W x 3 uint8
-                 )->TensorDictDataset:
-    "A dataset of `{'image': 3 x H x W tensor in [-1, 1]}` items."
-    return TensorDictDataset(image=to_tensor(tiles))
+                  augment:bool=False, # add the 7 other flips/rotations of each tile (8 x as long)
+                  key:str='image', # name of the batch entry
+                 )->TileDataset:
+    "A dataset of `{key: 3 x H x W tensor in [-1, 1]}` items."
+    return TileDataset(tiles, augment, key)
 
 # %% ../nbs/03_autoencoder.ipynb #423ba376
 def encode_dataset(vae, # frozen AutoencoderKL
                    tiles:np.ndarray, # N x H x W x 3 uint8 tiles (H, W multiples of f)
                    batch_size:int=16, # tiles per forward pass
                    progress:bool=True, # tqdm bar
+                   augment:bool=False, # also encode the 7 other flips/rotations of each tile, in image space (8 x N latents)
                   )->TensorDictDataset:
-    "Encode tiles to scaled posterior-mean latents: a dataset of `{'latents': 4 x H/f x W/f}` items."
+    "Encode tiles to scaled posterior-mean latents: a dataset of `{'latents': 4 x H/f x W/f}` items, `v * N + i` = tile i, symmetry v."
     from tqdm.auto import tqdm
     if len(tiles) == 0: raise ValueError("no tiles to encode.")
-    out = [encode(vae, to_tensor(tiles[i:i+batch_size]), batch_size=batch_size)
-           for i in tqdm(range(0, len(tiles), batch_size), disable=not progress, desc='encode')]
+    jobs = [(v, i) for v in range(DIHEDRAL if augment else 1) for i in range(0, len(tiles), batch_size)]
+    out = [encode(vae, dihedral(to_tensor(tiles[i:i+batch_size]), v), batch_size=batch_size)
+           for v, i in tqdm(jobs, disable=not progress, desc='encode')]
     return TensorDictDataset(latents=torch.cat(out))

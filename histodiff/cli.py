@@ -108,7 +108,7 @@ def _restorer_arguments(p):
     g.add_argument('--vae', metavar='DIR', default=DEFAULT_VAE, help='VAE folder (or hub id) of the latent method (default: %(default)s)')
     g.add_argument('--vae-subfolder', default=None, metavar='NAME', help="the VAE's subfolder, e.g. vae in a Stable Diffusion repository")
     g.add_argument('--steps', type=int, default=50, metavar='N', help='sampling steps (default: %(default)s, the paper)')
-    g.add_argument('--scheduler', choices=SCHEDULERS, default=None, help='swap the sampler: ddpm, ddim or dpm (DPM-Solver++) (default: as saved, DDPM)')
+    g.add_argument('--scheduler', choices=SCHEDULERS, default=None, help='swap the sampler: ddpm, ddim or dpm (DPM-Solver++); ddim and dpm on trailing timesteps (default: DDPM, as trained)')
     g.add_argument('--seed', type=int, default=0, help='sampling seed: same seed, same bytes on CPU (default: %(default)s)')
     g.add_argument('--pixel-dilation', type=int, default=8, metavar='PX',
                    help='outside the mask dilated by this much the input is kept byte for byte (default: %(default)s)')

@@ -15,10 +15,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'atomic_path', 'atomic_dir', 'ImageError', 'as_rgb_uint8', 'read_image', 'write_image', 'MaskError',
-           'as_mask', 'check_mask', 'read_mask', 'write_mask', 'to_tensor', 'from_tensor', 'mask_to_tensor',
-           'seed_everything', 'make_generator', 'get_device', 'get_dtype', 'tile_coords', 'extract_tiles',
-           'blend_weight', 'stitch_tiles']
+__all__ = ['IMAGE_SUFFIXES', 'atomic_path', 'atomic_dir', 'is_timing', 'split_timings', 'save_metrics', 'ImageError',
+           'as_rgb_uint8', 'read_image', 'write_image', 'MaskError', 'as_mask', 'check_mask', 'read_mask', 'write_mask',
+           'to_tensor', 'from_tensor', 'mask_to_tensor', 'seed_everything', 'make_generator', 'get_device', 'get_dtype',
+           'tile_coords', 'extract_tiles', 'blend_weight', 'stitch_tiles']
 
 # %% ../nbs/00_core.ipynb #502819dc
 @contextlib.contextmanager
@@ -51,6 +51,39 @@ def atomic_dir(path:str|Path, # final folder of the output (replaced whole if it
         os.replace(tmp, path)
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
+
+# %% ../nbs/00_core.ipynb #734efdb2
+def is_timing(key:str)->bool:
+    "Does a metrics key name a wall-clock figure (seconds, minutes, tiles or steps per second)?"
+    k = key.lower()
+    return any(w in k.split('_') for w in ('seconds', 'minutes', 'secs')) or k.endswith(('_per_s', '_per_sec'))
+
+def split_timings(metrics:dict)->tuple[dict, dict]:
+    "The nested dict `metrics` as (science, timings): timing keys at any depth go to the second, same nesting."
+    science, timings = {}, {}
+    for k, v in metrics.items():
+        if is_timing(str(k)): timings[k] = v
+        elif isinstance(v, dict):
+            s, t = split_timings(v)
+            science[k] = s
+            if t: timings[k] = t
+        else: science[k] = v
+    return science, timings
+
+# %% ../nbs/00_core.ipynb #901150b0
+def save_metrics(metrics:dict, # a stage's results, timings included
+                 path:str|Path, # its metrics file, e.g. results/metrics/vae.json
+                 timings_dir:str|Path|None=None, # where the timings go (default: ../timings beside the metrics folder)
+                )->tuple[Path, Path]:
+    "Write the science of `metrics` to `path` and its timings (maybe `{}`) to `timings_dir/<name>`, atomically; return both paths."
+    import json
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    science, timings = split_timings(metrics)
+    with atomic_path(path) as p: Path(p).write_text(json.dumps(science, indent=1, default=float))
+    tpath = Path(timings_dir or path.parent.parent/'timings')/path.name
+    tpath.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(tpath) as p: Path(p).write_text(json.dumps(timings, indent=1, default=float))
+    return path, tpath
 
 # %% ../nbs/00_core.ipynb #334d1189
 class ImageError(ValueError):

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .core import as_rgb_uint8, to_tensor, mask_to_tensor, stitch_tiles, tile_coords, atomic_path
 from .artifacts import make_paired_set, ARTIFACT_KINDS
+from .train import record_sample_size, check_sample_size
 
 # %% auto #0
 __all__ = ['saturation', 'tissue_mask', 'clean_mask', 'dice_iou', 'ArtifactDetector', 'predict_proba', 'predict_mask',
@@ -82,12 +83,12 @@ class ArtifactDetector(nn.Module):
                  hole_size:int=64, # clean-up: largest hole filled (px)
                  dilation:int=2, # clean-up: dilation radius (px)
                  dice_weight:float=1.0, # weight of the soft Dice term in `training_loss`
-                 **unet_kwargs, # UNet2DModel arguments (block_out_channels, layers_per_block, norm_num_groups, ...)
+                 **unet_kwargs, # UNet2DModel arguments (sample_size: the tile it will run on, default 256; block_out_channels, ...)
                 ):
         super().__init__()
         from diffusers import UNet2DModel
         if unet is None:
-            kw = dict(sample_size=64, block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=8,
+            kw = dict(sample_size=256, block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=8,
                       add_attention=False, down_block_types=None, up_block_types=None)
             kw.update(unet_kwargs)
             n = len(kw['block_out_channels'])
@@ -114,7 +115,8 @@ class ArtifactDetector(nn.Module):
 
     def training_loss(self, batch:dict # {'image': N x 3 x H x W in [-1, 1], 'mask': N x 1 x H x W in {0, 1}}
                      )->torch.Tensor:
-        "Binary cross-entropy plus `dice_weight` x soft Dice loss."
+        "Binary cross-entropy plus `dice_weight` x soft Dice loss; records the training tile size in the UNet's config."
+        record_sample_size(self.unet, batch['image'])
         logits, target = self(batch['image']), batch['mask'].to(batch['image'].dtype)
         bce = F.binary_cross_entropy_with_logits(logits, target)
         p = torch.sigmoid(logits)
@@ -145,9 +147,10 @@ def predict_proba(detector:ArtifactDetector, # the model
                   images, # RGB uint8 tiles N x H x W x 3 (or one H x W x 3)
                   batch_size:int=8, # tiles per forward pass
                  )->np.ndarray:
-    "Artifact probabilities, float32 N x H x W (H x W for one image)."
+    "Artifact probabilities, float32 N x H x W (H x W for one image); warns if the tiles are not the training size."
     images = np.asarray(images); single = images.ndim == 3
     if single: images = images[None]
+    check_sample_size(detector.unet.config, images.shape[1:3], 'the artifact detector')
     dev = next(detector.parameters()).device
     was = detector.training; detector.eval()
     out = []

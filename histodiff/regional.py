@@ -6,7 +6,7 @@ Docs: https://histodiff.github.io/histodiff/regional.html.md"""
 
 # %% ../nbs/05_regional.ipynb #fb83a89e
 from __future__ import annotations
-import inspect
+import inspect, warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -15,15 +15,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage as ndi
-from diffusers import DiffusionPipeline, UNet2DModel, AutoencoderKL
+from diffusers import (DiffusionPipeline, UNet2DModel, AutoencoderKL, DDPMScheduler, DDIMScheduler,
+                       DPMSolverMultistepScheduler)
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .core import (ImageError, MaskError, as_rgb_uint8, check_mask, to_tensor, from_tensor, make_generator)
+from .train import check_sample_size
 
 # %% auto #0
-__all__ = ['latent_mask', 'paste_alpha', 'repaint_levels', 'unet_calls', 'regional_sample', 'RegionalOutput',
-           'RegionalPipelineBase', 'PixelRegionalPipeline', 'RegionalLatentPipeline', 'load_regional_pipeline']
+__all__ = ['SAMPLERS', 'latent_mask', 'paste_alpha', 'repaint_levels', 'unet_calls', 'regional_sample', 'sampling_scheduler',
+           'clips_x0', 'RegionalOutput', 'RegionalPipelineBase', 'PixelRegionalPipeline', 'RegionalLatentPipeline',
+           'load_regional_pipeline']
 
 # %% ../nbs/05_regional.ipynb #e8895f11
 def latent_mask(mask:torch.Tensor, # N x 1 x H x W float {0, 1} pixel mask, 1 = artifact
@@ -143,6 +146,27 @@ def regional_sample(unet:torch.nn.Module, # noise model, called as unet(z, t).sa
         if ctx is not None: ctx.__exit__(None, None, None)
     return mask * z + (1 - mask) * z0
 
+# %% ../nbs/05_regional.ipynb #0b8c1a4c
+SAMPLERS = {'ddpm': DDPMScheduler, 'ddim': DDIMScheduler, 'dpm': DPMSolverMultistepScheduler} # DPM-Solver++ (multistep)
+
+def sampling_scheduler(config, # the training scheduler or its config (`scheduler.config`, a dict)
+                       sampler:str|None=None, # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++); None: 'ddpm'
+                       clip:bool=False, # clip the predicted x0 to [-1, 1]: True in pixel space, False for latents
+                      ):
+    "A diffusers sampler on the training schedule: DDIM / DPM-Solver++ with trailing timesteps; x0 clipped only if `clip`."
+    config = getattr(config, 'config', config)
+    name = sampler or 'ddpm'
+    if name not in SAMPLERS: raise ValueError(f"unknown scheduler {name!r}; choose one of {list(SAMPLERS)}.")
+    if name == 'dpm': kw = dict(algorithm_type='dpmsolver++', thresholding=clip, sample_max_value=1.0)
+    else: kw = dict(clip_sample=clip, clip_sample_range=1.0, thresholding=False)
+    if name != 'ddpm': kw['timestep_spacing'] = 'trailing'
+    return SAMPLERS[name].from_config(config, **kw)
+
+def clips_x0(scheduler)->bool:
+    "Whether a diffusers scheduler clips (or thresholds) its predicted x0 while sampling."
+    c, keys = scheduler.config, inspect.signature(type(scheduler).__init__).parameters
+    return bool(c.get('thresholding', False) or ('clip_sample' in keys and c.get('clip_sample', False)))
+
 # %% ../nbs/05_regional.ipynb #393090d9
 @dataclass
 class RegionalOutput(BaseOutput):
@@ -170,11 +194,23 @@ def _as_batch(images):
 class RegionalPipelineBase(DiffusionPipeline):
     "The image side of regional denoising, shared by the latent and the pixel pipelines; subclasses define `encode`/`decode`."
     default_latent_dilation = 1
+    clip_x0 = True # the sampler must clip the predicted x0 to [-1, 1] (pixels), or must not (latents)
+    space = 'pixel' # what the UNet denoises, for messages
 
     @property
     def downsample_factor(self)->int: return 1
     def encode(self, x:torch.Tensor)->torch.Tensor: return x
     def decode(self, z:torch.Tensor)->torch.Tensor: return z
+
+    def check_sampling(self, z0:torch.Tensor # the clean latents (or pixels) about to be sampled
+                      )->bool:
+        "Warn when the scheduler's x0 clipping is wrong for the space, or the UNet runs at a size it was not trained at."
+        ok = clips_x0(self.scheduler) == self.clip_x0
+        if not ok:
+            warnings.warn(f"{type(self.scheduler).__name__} {'does not clip' if self.clip_x0 else 'clips'} the predicted x0 to "
+                          f"[-1, 1], which is wrong in {self.space} space; build it with "
+                          f"histodiff.regional.sampling_scheduler(config, sampler, clip={self.clip_x0}).", stacklevel=3)
+        return check_sample_size(self.unet.config, tuple(z0.shape[-2:]), f'the {self.space} UNet') and ok
 
     @torch.no_grad()
     def __call__(self,
@@ -212,6 +248,7 @@ class RegionalPipelineBase(DiffusionPipeline):
             gen = make_generator(generator)
             xa = x[active].to(device=device, dtype=dtype)
             z0 = self.encode(xa)
+            self.check_sampling(z0)
             ld = self.default_latent_dilation if latent_dilation is None else latent_dilation
             m_lat = latent_mask(torch.from_numpy(ms[active]).float()[:, None], f, ld).to(device=device, dtype=z0.dtype)
             self.set_progress_bar_config(disable=not progress)
@@ -257,6 +294,7 @@ class PixelRegionalPipeline(RegionalPipelineBase):
 class RegionalLatentPipeline(RegionalPipelineBase):
     "LatentArtiFusion: regional denoising in the latent space of a frozen VAE (SPEC 2)."
     default_latent_dilation = 1
+    clip_x0, space = False, 'latent' # latents are not bounded by 1: never clip x0
     def __init__(self, unet:UNet2DModel, # latent noise model (in/out channels = VAE latent channels)
                  vae:AutoencoderKL, # frozen VAE; z0 = scaling_factor * posterior mean
                  scheduler, # any diffusers scheduler
@@ -282,21 +320,22 @@ class RegionalLatentPipeline(RegionalPipelineBase):
 def load_regional_pipeline(model_dir, # folder with unet/ and scheduler/ (a training stage's output)
                            vae=None, # VAE folder or hub id (latent pipeline); None: the pixel pipeline
                            vae_subfolder:str|None=None, # e.g. 'vae' inside a Stable Diffusion repository
-                           scheduler:str|None=None, # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++) to swap samplers; None: as saved
+                           scheduler:str|None=None, # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++) to swap samplers; None: DDPM as trained
                           )->RegionalPipelineBase:
     "A `RegionalLatentPipeline` (with `vae`) or a `PixelRegionalPipeline` from trained model folders."
     from pathlib import Path
-    from diffusers import DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler
     d = Path(model_dir)
     if not (d/'unet'/'config.json').exists():
         raise FileNotFoundError(f"no trained UNet in {d} (expected {d/'unet'/'config.json'}); run the training stage first.")
+    if not (d/'scheduler'/'scheduler_config.json').exists():
+        raise FileNotFoundError(f"no noise scheduler in {d} (expected {d/'scheduler'/'scheduler_config.json'}): the sampler needs "
+                                f"the schedule the UNet was trained with. Save the training scheduler there (the training stage does, "
+                                f"with DenoisingDiffusionModel.save_pretrained; by hand, if trained with the default schedule: "
+                                f"histodiff.train.make_scheduler().save_pretrained('{d/'scheduler'}')) or re-run the training stage.")
     unet = UNet2DModel.from_pretrained(d/'unet')
-    sched = DDPMScheduler.from_pretrained(d/'scheduler') if (d/'scheduler').exists() else DDPMScheduler()
-    samplers = dict(ddpm=DDPMScheduler, ddim=DDIMScheduler, dpm=DPMSolverMultistepScheduler)
-    if scheduler is not None:
-        if scheduler not in samplers: raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {list(samplers)}.")
-        kw = dict(algorithm_type='dpmsolver++') if scheduler == 'dpm' else {}
-        sched = samplers[scheduler].from_config(sched.config, **kw)
+    if scheduler is not None and scheduler not in SAMPLERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {list(SAMPLERS)}.")
+    sched = sampling_scheduler(DDPMScheduler.load_config(d/'scheduler'), scheduler, clip=vae is None)
     if vae is None:
         if unet.config.in_channels != 3: raise ValueError(f"{d} holds a latent UNet ({unet.config.in_channels} channels): pass its VAE.")
         return PixelRegionalPipeline(unet=unet, scheduler=sched)

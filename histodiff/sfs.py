@@ -11,17 +11,20 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import to_tensor, get_device, as_rgb_uint8, ImageError, atomic_dir
+from .data import HER2_CLASSES
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'ImageClassifier', 'build_classifier', 'ClassificationDataset', 'HubClassificationDataset',
-           'train_classifier', 'save_classifier', 'as_classifier', 'predict_proba', 'predict', 'confusion_matrix',
-           'accuracy', 'per_class_recall', 'semantic_fidelity_score', 'binarize_her2', 'bootstrap_ci', 'sfs_report',
-           'plot_confusion_matrix']
+__all__ = ['ARCHITECTURES', 'HER2_VIEWS', 'SFS_METRICS', 'FOUR_CLASS_SUFFIX', 'ImageClassifier', 'build_classifier',
+           'ClassificationDataset', 'HubClassificationDataset', 'train_classifier', 'save_classifier', 'as_classifier',
+           'predict_proba', 'predict', 'confusion_matrix', 'accuracy', 'per_class_recall', 'AbsentClassWarning',
+           'semantic_fidelity_score', 'her2_scores', 'binarize_her2', 'her2_views', 'bootstrap_ci', 'sfs_report',
+           'her2_table', 'sfs_table', 'accuracy_table', 'her2_wide', 'plot_her2_table', 'plot_confusion_matrix']
 
 # %% ../nbs/08_sfs.ipynb #022392d2
 def _arch_config(arch:str, num_classes:int):
@@ -242,6 +245,10 @@ def per_class_recall(y_true, y_pred, num_classes:int|None=None)->np.ndarray:
     n = cm.sum(1)
     with np.errstate(invalid='ignore', divide='ignore'): return np.where(n > 0, np.diag(cm) / n, np.nan)
 
+# %% ../nbs/08_sfs.ipynb #fd749a6b
+class AbsentClassWarning(UserWarning):
+    "A class has no test image (N_c = 0): it is left out of AvgDeg. Silenced inside bootstrap resamples."
+
 # %% ../nbs/08_sfs.ipynb #db0f90c7
 def semantic_fidelity_score(y_true, # true labels of the test set, N
                             pred_real, # predictions on the real images, N
@@ -254,7 +261,8 @@ def semantic_fidelity_score(y_true, # true labels of the test set, N
     r_real, r_gen = per_class_recall(y_true, pred_real, c), per_class_recall(y_true, pred_gen, c)
     present = np.bincount(y_true, minlength=c) > 0
     if warn and not present.all():
-        warnings.warn(f"classes {np.flatnonzero(~present).tolist()} have no test image (N_c = 0) and are left out of AvgDeg.")
+        warnings.warn(f"classes {np.flatnonzero(~present).tolist()} have no test image (N_c = 0) and are left out of AvgDeg.",
+                      AbsentClassWarning, stacklevel=2)
     avg_deg = float(np.mean(r_real[present] - r_gen[present]))
     acc_gen, acc_real = float((pred_gen == y_true).mean()), float((pred_real == y_true).mean())
     return dict(sfs=(acc_gen + 1 - avg_deg) / 2, acc_gen=acc_gen, acc_real=acc_real, avg_deg=avg_deg,
@@ -262,18 +270,51 @@ def semantic_fidelity_score(y_true, # true labels of the test set, N
                 classes_used=np.flatnonzero(present))
 
 # %% ../nbs/08_sfs.ipynb #e35e8d59
+def her2_scores(labels, # HER2 scores: ints 0..3 (BCI, the demo's DAB-score classes) or strings '0', '1+', '2+', '3+'
+               )->np.ndarray:
+    "HER2 scores as int64 class indices 0..3 (0, 1+, 2+, 3+)."
+    a = np.asarray(labels)
+    if a.dtype.kind in 'US':
+        bad = sorted(set(a.ravel().tolist()) - set(HER2_CLASSES))
+        if bad: raise ValueError(f"unknown HER2 scores {bad}; expected {HER2_CLASSES}.")
+        a = np.array([HER2_CLASSES.index(s) for s in a.ravel().tolist()], np.int64).reshape(a.shape)
+    if a.size and not (np.issubdtype(a.dtype, np.integer) and 0 <= a.min() and a.max() <= 3):
+        raise ValueError(f"HER2 scores must be integers in 0..3, got {a.dtype} in {a.min()}..{a.max()}.")
+    return a.astype(np.int64)
+
+# %% ../nbs/08_sfs.ipynb #8782209e
 def binarize_her2(labels, # HER2 scores: ints 0..3 or strings '0', '1+', '2+', '3+'
                  )->np.ndarray:
     "HER2 scores to 0 (negative: 0, 1+) / 1 (positive: 2+, 3+)."
-    a = np.asarray(labels)
-    if a.dtype.kind in 'US': 
-        names = ('0', '1+', '2+', '3+'); bad = sorted(set(a.tolist()) - set(names))
-        if bad: raise ValueError(f"unknown HER2 scores {bad}; expected {names}.")
-        a = np.array([names.index(s) for s in a.tolist()])
-    if a.size and (a.min() < 0 or a.max() > 3): raise ValueError(f"HER2 scores must lie in 0..3, got {a.min()}..{a.max()}.")
-    return (a >= 2).astype(np.int64)
+    return (her2_scores(labels) >= 2).astype(np.int64)
+
+# %% ../nbs/08_sfs.ipynb #43a29073
+HER2_VIEWS = {'binary': 2, 'four-class': 4}  # the class sets of every HER2 figure, headline first, with their number of classes
+
+def her2_views(*labels, # HER2 labels and predictions of the four-class classifier (0..3 or '0'..'3+')
+              )->dict:
+    "Each array in both views, headline first: `{'binary': [0/1 arrays], 'four-class': [0..3 arrays]}`."
+    four = [her2_scores(a) for a in labels]
+    return {'binary': [(a >= 2).astype(np.int64) for a in four], 'four-class': four}
 
 # %% ../nbs/08_sfs.ipynb #4ea8d65c
+def _bootstrap(statistic:Callable, # f(*arrays) -> float or 1-D array of floats
+               arrays:tuple, # equal-length arrays, resampled together (paired)
+               n_resamples:int, level:float, seed:int, method:str='percentile'):
+    "Point estimate(s) and interval bounds as float arrays; every entry of `statistic` uses the same resamples."
+    from scipy.stats import bootstrap
+    arrays = tuple(np.asarray(a) for a in arrays)
+    if not arrays or len({len(a) for a in arrays}) != 1: raise ValueError("give one or more arrays of equal length.")
+    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level}.")
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', AbsentClassWarning)  # resamples miss classes; the caller warned on the full set
+        value = np.asarray(statistic(*arrays), np.float64)
+        if len(arrays[0]) < 2: return value, value.copy(), value.copy()  # one test image: nothing to resample
+        res = bootstrap(arrays, statistic, paired=True, vectorized=False, n_resamples=n_resamples,
+                        confidence_level=level, method=method, rng=np.random.default_rng(seed))
+    return value, np.asarray(res.confidence_interval.low, np.float64), np.asarray(res.confidence_interval.high, np.float64)
+
+# %% ../nbs/08_sfs.ipynb #9015b862
 def bootstrap_ci(statistic:Callable, # f(*arrays) -> float, on resampled arrays
                  *arrays, # equal-length arrays, resampled together (paired)
                  n_resamples:int=1000, # bootstrap resamples
@@ -282,26 +323,106 @@ def bootstrap_ci(statistic:Callable, # f(*arrays) -> float, on resampled arrays
                  method:str='percentile', # 'percentile', 'basic' or 'BCa' (scipy.stats.bootstrap)
                 )->dict:
     "Point estimate and bootstrap confidence interval of `statistic`, resampling the rows (test images) of `arrays`."
-    from scipy.stats import bootstrap
-    if not arrays or len({len(a) for a in arrays}) != 1: raise ValueError("give one or more arrays of equal length.")
-    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level}.")
-    res = bootstrap(tuple(np.asarray(a) for a in arrays), statistic, paired=True, vectorized=False,
-                    n_resamples=n_resamples, confidence_level=level, method=method, rng=np.random.default_rng(seed))
-    return dict(value=float(statistic(*arrays)), low=float(res.confidence_interval.low),
-                high=float(res.confidence_interval.high), level=level, n_resamples=n_resamples)
+    value, low, high = _bootstrap(statistic, arrays, n_resamples, level, seed, method)
+    return dict(value=float(value), low=float(low), high=float(high), level=level, n_resamples=n_resamples)
 
+# %% ../nbs/08_sfs.ipynb #17ab5611
 def sfs_report(y_true, pred_real, pred_gen, # labels and predictions on real and generated images
                num_classes:int|None=None, # C
                n_resamples:int=1000, level:float=0.95, seed:int=0, # bootstrap settings
               )->dict:
     "SFS, AvgDeg, Acc_gen and Acc_real, each with a seeded bootstrap confidence interval, plus per-class recalls."
     full = semantic_fidelity_score(y_true, pred_real, pred_gen, num_classes)
-    c = len(full['n_per_class'])
-    def stat(key): return lambda y, r, g: semantic_fidelity_score(y, r, g, c, warn=False)[key]
-    out = {k: bootstrap_ci(stat(k), y_true, pred_real, pred_gen, n_resamples=n_resamples, level=level, seed=seed)
-           for k in ('sfs', 'avg_deg', 'acc_gen', 'acc_real')}
+    c, keys = len(full['n_per_class']), ('sfs', 'avg_deg', 'acc_gen', 'acc_real')
+    def stat(y, r, g):
+        s = semantic_fidelity_score(y, r, g, c, warn=False)
+        return [s[k] for k in keys]
+    v, lo, hi = _bootstrap(stat, (y_true, pred_real, pred_gen), n_resamples, level, seed)
+    out = {k: dict(value=float(a), low=float(b), high=float(h), level=level, n_resamples=n_resamples)
+           for k, a, b, h in zip(keys, v, lo, hi)}
     out.update({k: full[k].tolist() for k in ('recall_real', 'recall_gen', 'n_per_class', 'classes_used')})
     return out
+
+# %% ../nbs/08_sfs.ipynb #b4f5d74a
+def her2_table(metrics:Callable, # f(y_true, *preds, num_classes) -> {metric: float}, on one HER2 view
+               y_true, # HER2 labels 0..3 (or '0'..'3+'): BCI's scores or the demo's DAB-score classes, N
+               *preds, # predictions of the four-class classifier (0..3), each N
+               n_resamples:int=1000, level:float=0.95, seed:int=0, # bootstrap settings
+              )->pd.DataFrame:
+    "`metrics` on the binary (headline) and four-class HER2 views: columns classes, metric, value, ci_low, ci_high, n, level."
+    point = {cls: metrics(*a, HER2_VIEWS[cls]) for cls, a in her2_views(y_true, *preds).items()}  # warns once per view
+    def stat(*arrays):
+        return [v for cls, a in her2_views(*arrays).items() for v in metrics(*a, HER2_VIEWS[cls]).values()]
+    v, lo, hi = _bootstrap(stat, (her2_scores(y_true), *map(her2_scores, preds)), n_resamples, level, seed)
+    keys = [(cls, k) for cls, m in point.items() for k in m]
+    return pd.DataFrame(dict(classes=[c for c, _ in keys], metric=[k for _, k in keys], value=v, ci_low=lo,
+                             ci_high=hi, n=len(her2_scores(y_true)), level=level))
+
+# %% ../nbs/08_sfs.ipynb #27d6d5ab
+SFS_METRICS = ('acc_real', 'acc_gen', 'avg_deg', 'sfs')  # the rows of `sfs_table`, per HER2 view
+
+def _sfs_metrics(y_true, pred_real, pred_gen, num_classes)->dict:
+    s = semantic_fidelity_score(y_true, pred_real, pred_gen, num_classes)
+    return {k: float(s[k]) for k in SFS_METRICS}
+
+def sfs_table(y_true, # HER2 labels 0..3 of the test set (or '0'..'3+'), N
+              pred_real, # four-class predictions on the real IHC, N
+              pred_gen, # four-class predictions on the generated IHC of the same cases, N
+              n_resamples:int=1000, level:float=0.95, seed:int=0, # bootstrap settings
+             )->pd.DataFrame:
+    "Acc_real, Acc_gen, AvgDeg and SFS on the binary HER2 classes (the headline rows) and the four classes, with CIs."
+    return her2_table(_sfs_metrics, y_true, pred_real, pred_gen, n_resamples=n_resamples, level=level, seed=seed)
+
+# %% ../nbs/08_sfs.ipynb #86628778
+def accuracy_table(y_true, # HER2 labels 0..3 (or '0'..'3+'), N
+                   y_pred, # four-class predictions, N
+                   n_resamples:int=1000, level:float=0.95, seed:int=0, # bootstrap settings
+                  )->pd.DataFrame:
+    "Accuracy of a four-class HER2 classifier on the binary classes (the headline row) and on the four, with CIs."
+    return her2_table(lambda y, p, c: {'accuracy': float((y == p).mean())}, y_true, y_pred,
+                      n_resamples=n_resamples, level=level, seed=seed)
+
+# %% ../nbs/08_sfs.ipynb #eb359c51
+FOUR_CLASS_SUFFIX = '_4class'  # column suffix of four-class figures; binary (headline) figures keep the plain name
+
+def her2_wide(table:pd.DataFrame, # a `her2_table` / `sfs_table`, or several stacked with id columns
+              by:str|Sequence[str]|None=None, # id column(s), e.g. 'method': one row per value (default: one row)
+             )->pd.DataFrame:
+    "One row per `by` value: `m`, `m_lo`, `m_hi` per metric, binary under the plain name first, four-class `m_4class`."
+    by = [by] if isinstance(by, str) else list(by or [])
+    rows = []
+    for key, g in (table.groupby(by, sort=False) if by else [((), table)]):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for r in g.itertuples():
+            m = r.metric + ('' if r.classes == 'binary' else FOUR_CLASS_SUFFIX)
+            row.update({m: r.value, f'{m}_lo': r.ci_low, f'{m}_hi': r.ci_high})
+        if 'n' in g: row['n'] = int(g['n'].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/08_sfs.ipynb #185bfa7d
+def plot_her2_table(table:pd.DataFrame, # a `her2_table` / `sfs_table`, or several stacked with a `by` column
+                    metrics:Sequence[str]|None=None, # metrics to draw (default: all, in table order)
+                    by:str|None=None, # id column, e.g. 'method': one group of bars per (value, metric)
+                    ax=None, # matplotlib Axes (default: a new figure)
+                    title:str|None=None, # axes title
+                   ):
+    "Bars with bootstrap CIs; in each group the binary (headline) bar comes first, the four-class one beside it."
+    import matplotlib.pyplot as plt
+    t = table if metrics is None else table[table.metric.isin(metrics)]
+    cols = ([by] if by else []) + ['metric']
+    keys = list(dict.fromkeys(map(tuple, t[cols].to_numpy().tolist())))
+    if ax is None: _, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(keys) + 1.5), 3.4))
+    x, w = np.arange(len(keys)), 0.4
+    for j, (cls, color) in enumerate(zip(HER2_VIEWS, ('tab:blue', 'tab:gray'))):
+        rows = {tuple(r[c] for c in cols): r for r in t[t.classes == cls].to_dict('records')}
+        v, lo, hi = (np.array([rows[k][c] if k in rows else np.nan for k in keys], float) for c in ('value', 'ci_low', 'ci_high'))
+        err = np.nan_to_num(np.clip([v - lo, hi - v], 0, None))
+        ax.bar(x + (j - 0.5) * w, v, w, yerr=err, capsize=3, color=color, label=cls + (' (headline)' if j == 0 else ''))
+    ax.set_xticks(x, [' / '.join(map(str, k)) for k in keys], rotation=30 if by else 0, ha='right' if by else 'center')
+    ax.axhline(1.0, lw=0.6, ls=':', color='k'); ax.legend(fontsize=8)
+    if title: ax.set_title(title)
+    return ax
 
 # %% ../nbs/08_sfs.ipynb #a5206966
 def plot_confusion_matrix(y_true, y_pred, # labels and predictions

@@ -6,7 +6,7 @@ Docs: https://histodiff.github.io/histodiff/stardiff.html.md"""
 
 # %% ../nbs/06_stardiff.ipynb #d0ecac7f
 from __future__ import annotations
-import json, math
+import json, math, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch
@@ -32,7 +32,8 @@ class StarDiffSchedulerOutput(BaseOutput):
     "Output of `StarDiffScheduler.step`."
     prev_sample: torch.Tensor # x_t' (the sample at the next, less noisy timestep)
     pred_original_sample: torch.Tensor # x0_hat = x_t - abar_t * r_hat - bbar_t * e_hat
-    pred_residual: torch.Tensor # r_hat (in [-2, 2], never clamped)
+    pred_residual: torch.Tensor # r_hat (in [-2, 2], never clamped; derived from e_hat for a noise-path-only model)
+    pred_noise: torch.Tensor # e_hat (derived from r_hat for a residual-path-only model)
 
 # %% ../nbs/06_stardiff.ipynb #6bedf6ff
 class StarDiffScheduler(SchedulerMixin, ConfigMixin):
@@ -116,10 +117,29 @@ class StarDiffScheduler(SchedulerMixin, ConfigMixin):
 
     def scale_model_input(self, sample, timestep=None): return sample
 
-    def step(self, residual_pred:torch.Tensor|None, # r_hat (None: this path is off, taken as 0)
-             noise_pred:torch.Tensor|None, # e_hat (None: this path is off, taken as 0)
+    def complete_predictions(self, residual_pred:torch.Tensor|None, # r_hat (None: noise path only, derive it)
+                             noise_pred:torch.Tensor|None, # e_hat (None: residual path only, derive it)
+                             timestep:int, # current index t in 1..T
+                             sample:torch.Tensor, # x_t
+                             x_in:torch.Tensor|None=None, # the condition (needed when a prediction is None)
+                            )->tuple[torch.Tensor, torch.Tensor]:
+        "(r_hat, e_hat), the missing one derived from `x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps`; r_hat = 0 at t = T."
+        if residual_pred is not None and noise_pred is not None: return residual_pred, noise_pred
+        if residual_pred is None and noise_pred is None: raise ValueError("need a residual or a noise prediction, got neither.")
+        if x_in is None: raise ValueError("a single-path model needs `x_in` to derive the missing prediction "
+                                          "(x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps).")
+        t = int(timestep)
+        if not 1 <= t <= self.config.num_train_timesteps: raise ValueError(f"timestep must be in 1..{self.config.num_train_timesteps}, got {t}.")
+        a_t, b_t = self.alphas_cumsum[t].item(), self.betas2_cumsum[t].sqrt().item()
+        if noise_pred is None: return residual_pred, (sample - x_in - (a_t - 1) * residual_pred) / b_t
+        if 1 - a_t <= 1e-12: return torch.zeros_like(noise_pred), noise_pred  # t = T: x_T shows no residual (0/0); the ideal net's limit
+        return (sample - x_in - b_t * noise_pred) / (a_t - 1), noise_pred
+
+    def step(self, residual_pred:torch.Tensor|None, # r_hat (None: noise path only, derived from e_hat and x_in)
+             noise_pred:torch.Tensor|None, # e_hat (None: residual path only, derived from r_hat and x_in)
              timestep:int, # current index t (from `self.timesteps`)
              sample:torch.Tensor, # x_t
+             x_in:torch.Tensor|None=None, # the condition (H&E); needed when a prediction is None
              generator:torch.Generator|None=None, # for z when sigma > 0
              eta:float|None=None, # stochasticity (default: config.eta)
              return_dict:bool=True):
@@ -127,8 +147,7 @@ class StarDiffScheduler(SchedulerMixin, ConfigMixin):
         eta = self.config.eta if eta is None else float(eta)
         if eta < 0: raise ValueError(f"eta must be >= 0, got {eta}.")
         t = int(timestep); tp = self.previous_timestep(t)
-        r = torch.zeros_like(sample) if residual_pred is None else residual_pred
-        e = torch.zeros_like(sample) if noise_pred is None else noise_pred
+        r, e = self.complete_predictions(residual_pred, noise_pred, t, sample, x_in)
         a_t, a_p = self.alphas_cumsum[t].item(), self.alphas_cumsum[tp].item()
         b2_t, b2_p = self.betas2_cumsum[t].item(), self.betas2_cumsum[tp].item()
         sigma2 = min(eta * (b2_t - b2_p) * b2_p / b2_t, b2_p)
@@ -136,19 +155,23 @@ class StarDiffScheduler(SchedulerMixin, ConfigMixin):
         if sigma2 > 0:
             prev = prev + math.sqrt(sigma2) * randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
         x0_hat = sample - a_t * r - math.sqrt(b2_t) * e
-        if not return_dict: return (prev, x0_hat, r)
-        return StarDiffSchedulerOutput(prev_sample=prev, pred_original_sample=x0_hat, pred_residual=r)
+        if not return_dict: return (prev, x0_hat, r, e)
+        return StarDiffSchedulerOutput(prev_sample=prev, pred_original_sample=x0_hat, pred_residual=r, pred_noise=e)
 
 # %% ../nbs/06_stardiff.ipynb #9115e4e1
 def oracle_sample(scheduler:StarDiffScheduler, # the scheduler to check
                   x0:torch.Tensor, x_in:torch.Tensor, # the target and the condition
-                  num_inference_steps:int=10, eta:float=0.0, generator=None)->torch.Tensor:
-    "Run the sampler with the true residual and the true noise at every step (a check of the scheduler algebra)."
+                  num_inference_steps:int=10, eta:float=0.0, generator=None,
+                  paths:str='both', # true predictions given: 'both', 'residual' or 'noise' (the other one is derived)
+                 )->torch.Tensor:
+    "Run the sampler with the true residual and/or the true noise (the one implied by x_t) at every step."
+    if paths not in ('both', 'residual', 'noise'): raise ValueError(f"paths must be 'both', 'residual' or 'noise', got {paths!r}.")
     scheduler.set_timesteps(num_inference_steps)
     res = x_in - x0; x = scheduler.start_sample(x_in, generator)
     for t in scheduler.timesteps:
         eps = (x - x0 - scheduler.abar(t, x) * res) / scheduler.bbar(t, x)
-        x = scheduler.step(res, eps, t, x, generator=generator, eta=eta).prev_sample
+        r, e = (None if paths == 'noise' else res), (None if paths == 'residual' else eps)
+        x = scheduler.step(r, e, t, x, x_in, generator=generator, eta=eta).prev_sample
     return x
 
 # %% ../nbs/06_stardiff.ipynb #33ddb4f3
@@ -287,10 +310,12 @@ class StarDiffPipeline(DiffusionPipeline):
         "The reverse chain from x_T = x_in + bbar_T eps to x0_hat (model space)."
         sch = self.scheduler; sch.set_timesteps(num_inference_steps)
         x_in = x_in.to(self.model.device, self.model.dtype)
+        if self.model.paths == 'noise' and sch.num_inference_steps == 1:
+            warnings.warn("a noise-path-only model sampled in 1 step returns its input: the residual is unidentifiable at t = T.")
         x = sch.start_sample(x_in, generator)
         for t in self.progress_bar(sch.timesteps):
             r, e = self.model(x, x_in, torch.full((x.shape[0],), int(t), device=x.device))
-            x = sch.step(r, e, t, x, generator=generator, eta=eta).prev_sample
+            x = sch.step(r, e, t, x, x_in, generator=generator, eta=eta).prev_sample  # a path that is off: derived from x_in
         return x
 
     @torch.no_grad()

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .core import atomic_path, as_rgb_uint8
 
 # %% auto #0
-__all__ = ['PERTURBATIONS', 'ELASTIC_ALPHA', 'mean_ci', 'summarize', 'format_ci', 'write_table', 'restoration_study',
+__all__ = ['HER2_NOTE', 'PERTURBATIONS', 'ELASTIC_ALPHA', 'mean_ci', 'summarize', 'format_ci', 'write_table', 'restoration_study',
            'downstream_study', 'staining_study', 'mean_sd', 'perturb', 'robustness_study', 'classifier_bias_study']
 
 # %% ../nbs/09_studies.ipynb #d9bc0ce8
@@ -120,20 +120,34 @@ def downstream_study(classifiers:Mapping[str, Callable], # name -> predict(image
             rows.append(dict(classifier=cname, condition=cond, accuracy=m, accuracy_lo=lo, accuracy_hi=hi, n=len(labels)))
     return pd.DataFrame(rows)
 
-# %% ../nbs/09_studies.ipynb #a0fa92b6
-def _sfs_row(y_true, pred_real, pred_gen, num_classes)->dict:
-    from histodiff.sfs import semantic_fidelity_score
-    r = semantic_fidelity_score(y_true, pred_real, pred_gen, num_classes, warn=False)
-    return dict(accuracy=float(r['acc_gen']), sfs=float(r['sfs']), avg_deg=float(r['avg_deg']))
+# %% ../nbs/09_studies.ipynb #e0f6697a
+HER2_NOTE = ("Accuracy, SFS and AvgDeg columns are computed on the binary HER2 classes (negative 0/1+, positive 2+/3+), "
+             "the papers' headline; columns ending in `_4class` on the four classes 0/1+/2+/3+.")
 
+def _sfs_row(y_true, # HER2 labels 0..3
+             pred_real, pred_gen, # four-class predictions on the real and on the generated (or perturbed) IHC
+             num_classes:int=4, # must be 4: the HER2 classes
+             real:bool=False, # also report `accuracy_real` (the classifier on the real IHC)
+            )->dict:
+    "Accuracy, SFS and AvgDeg on the binary HER2 classes (plain names, the headline), then on the four (`_4class`)."
+    from histodiff.sfs import her2_views, semantic_fidelity_score, HER2_VIEWS, FOUR_CLASS_SUFFIX
+    if num_classes != 4: raise ValueError(f"the staining studies score HER2 classes 0..3 (binary and four-class), got num_classes={num_classes}.")
+    row = {}
+    for cls, (y, r, g) in her2_views(y_true, pred_real, pred_gen).items():
+        s, sfx = semantic_fidelity_score(y, r, g, HER2_VIEWS[cls], warn=False), '' if cls == 'binary' else FOUR_CLASS_SUFFIX
+        if real: row[f'accuracy_real{sfx}'] = float(s['acc_real'])
+        row.update({f'accuracy{sfx}': float(s['acc_gen']), f'sfs{sfx}': float(s['sfs']), f'avg_deg{sfx}': float(s['avg_deg'])})
+    return row
+
+# %% ../nbs/09_studies.ipynb #a0fa92b6
 def staining_study(stainers:Mapping[str, Callable], # name -> stain(he_images, seed) -> ihc images
                    he:np.ndarray, # N x H x W x 3 uint8 H&E (input) tiles
                    ihc:np.ndarray, # N x H x W x 3 uint8 real IHC tiles
-                   labels:np.ndarray, # class of each pair (0..C-1)
-                   predict:Callable, # the SFS classifier: predict(images) -> labels
+                   labels:np.ndarray, # HER2 class of each pair (0..3)
+                   predict:Callable, # the four-class SFS classifier: predict(images) -> labels 0..3
                    num_classes:int=4, seeds:Sequence[int]=(0, 1, 2), progress:bool=True,
                    keep_outputs:bool=False):
-    "One row per (method, seed): mean PSNR and SSIM against the real IHC, accuracy and SFS of the classifier."
+    "One row per (method, seed): mean PSNR, SSIM; accuracy, SFS, AvgDeg on binary HER2 (headline), then `_4class`."
     from histodiff.metrics import psnr, ssim
     labels = np.asarray(labels); pred_real = np.asarray(predict(ihc)); rows, outputs = [], {}
     for name, stain in tqdm(stainers.items(), desc='staining study', disable=not progress):
@@ -146,6 +160,7 @@ def staining_study(stainers:Mapping[str, Callable], # name -> stain(he_images, s
     df = pd.DataFrame(rows)
     return (df, outputs) if keep_outputs else df
 
+# %% ../nbs/09_studies.ipynb #9e49c22c
 def mean_sd(df:pd.DataFrame, by:str='method')->pd.DataFrame:
     "Mean and standard deviation over seeds (`metric`, `metric_sd`), per method, in first-seen order."
     num = [c for c in df.select_dtypes('number').columns if c != 'seed']
@@ -184,10 +199,10 @@ def perturb(images:np.ndarray, # N x H x W x 3 uint8
 
 # %% ../nbs/09_studies.ipynb #c247da21
 def robustness_study(ihc:np.ndarray, # real IHC tiles, N x H x W x 3 uint8
-                     labels:np.ndarray, # their classes
-                     predict:Callable, # the SFS classifier
+                     labels:np.ndarray, # their HER2 classes (0..3)
+                     predict:Callable, # the four-class SFS classifier
                      num_classes:int=4, perturbations:Mapping=PERTURBATIONS, seed:int=0)->pd.DataFrame:
-    "SSIM, PSNR, accuracy and SFS of perturbed copies against the originals, with the drop (%) from the unperturbed set."
+    "SSIM, PSNR, binary (headline) and `_4class` accuracy and SFS of perturbed copies, with drops (%) from the unperturbed set."
     from histodiff.metrics import psnr, ssim
     labels = np.asarray(labels); pred_real = np.asarray(predict(ihc))
     base = dict(ssim=1.0, psnr=np.inf, **_sfs_row(labels, pred_real, pred_real, num_classes))
@@ -198,18 +213,18 @@ def robustness_study(ihc:np.ndarray, # real IHC tiles, N x H x W x 3 uint8
             rows.append(dict(perturbation=kind, level=str(lv), ssim=float(np.mean(ssim(p, ihc))),
                              psnr=float(np.mean(psnr(p, ihc))), **_sfs_row(labels, pred_real, predict(p), num_classes)))
     df = pd.DataFrame(rows)
-    for m in ('ssim', 'accuracy', 'sfs'):
+    for m in ('ssim', 'accuracy', 'sfs', 'accuracy_4class', 'sfs_4class'):
         df[f'{m}_drop_pct'] = 100 * (base[m] - df[m]) / base[m] if base[m] else np.nan
     return df
 
+# %% ../nbs/09_studies.ipynb #ca482750
 def classifier_bias_study(classifiers:Mapping[str, Callable], # e.g. {'underfit': ..., 'proper': ..., 'overfit': ...}
                           ihc:np.ndarray, # real IHC test tiles
                           generated:np.ndarray, # virtual IHC of the same tiles
                           labels:np.ndarray, num_classes:int=4)->pd.DataFrame:
-    "For each frozen classifier: its accuracy on real IHC, and accuracy and SFS on the generated IHC."
+    "Per frozen classifier: accuracy on real IHC, accuracy and SFS on the generated IHC; binary (headline), then `_4class`."
     labels = np.asarray(labels); rows = []
     for name, predict in classifiers.items():
         pr = np.asarray(predict(ihc))
-        rows.append(dict(classifier=name, accuracy_real=float((pr == labels).mean()),
-                         **_sfs_row(labels, pr, predict(generated), num_classes)))
+        rows.append(dict(classifier=name, **_sfs_row(labels, pr, predict(generated), num_classes, real=True)))
     return pd.DataFrame(rows)

@@ -19,7 +19,8 @@ from .core import atomic_dir
 
 # %% auto #0
 __all__ = ['UNET_PRESETS', 'TrainConfig', 'EpochSampler', 'collate_dict', 'TensorDictDataset', 'list_checkpoints',
-           'latest_checkpoint', 'fit', 'make_scheduler', 'DenoisingDiffusionModel', 'unet_config', 'make_unet']
+           'latest_checkpoint', 'fit', 'make_scheduler', 'record_sample_size', 'check_sample_size',
+           'DenoisingDiffusionModel', 'unet_config', 'make_unet']
 
 # %% ../nbs/04_train.ipynb #cc3f7ba1
 @dataclass
@@ -247,13 +248,43 @@ def fit(model:nn.Module, # has `training_loss(batch) -> scalar tensor`; optional
 # %% ../nbs/04_train.ipynb #d5a72f72
 def make_scheduler(num_train_timesteps:int=1000, # T
                    beta_schedule:str='scaled_linear', # SPEC 2: the released code's schedule
-                   beta_start:float=0.00085, beta_end:float=0.012, # SPEC 2
-                   prediction_type:str='epsilon'):
+                   beta_start:float=0.00085, # SPEC 2: first beta
+                   beta_end:float=0.012, # SPEC 2: last beta
+                   prediction_type:str='epsilon', # what the UNet predicts: 'epsilon', 'v_prediction' or 'sample'
+                   clip_sample:bool=False, # clip the predicted x0 to [-1, 1] when sampling: True for pixel models, never for latents
+                  ):
     "The training noise scheduler of SPEC 2: `DDPMScheduler`, 1000 steps, scaled_linear 0.00085..0.012, epsilon."
     from diffusers import DDPMScheduler
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
-                         beta_end=beta_end, prediction_type=prediction_type, clip_sample=False)
+                         beta_end=beta_end, prediction_type=prediction_type, clip_sample=clip_sample, clip_sample_range=1.0)
 
+# %% ../nbs/04_train.ipynb #2b97ea56
+def _hw(size)->tuple|None:
+    "(H, W) of a `sample_size` (an int, a pair or None)."
+    if size is None: return None
+    return (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+
+def record_sample_size(model, # a diffusers model (`UNet2DModel`) whose config has `sample_size`
+                       x:torch.Tensor, # a training batch N x C x H x W
+                      ):
+    "Store the training input size in `model.config.sample_size` (an int for square inputs), so the saved config says it."
+    h, w = x.shape[-2:]
+    if _hw(model.config.get('sample_size')) != (h, w): model.register_to_config(sample_size=int(h) if h == w else (int(h), int(w)))
+
+# %% ../nbs/04_train.ipynb #e34a2905
+def check_sample_size(config, # a model's config (e.g. `unet.config`), `sample_size` = the size it was trained at
+                      size, # the side, or (H, W), of the inputs it is about to run on
+                      what:str='the model', # the model, for the message
+                     )->bool:
+    "True when `size` is the training size (or none is recorded); else warn and return False."
+    import warnings
+    trained, run = _hw(config.get('sample_size')), _hw(size)
+    if trained is None or trained == run: return True
+    warnings.warn(f"{what} was trained on {trained[0]} x {trained[1]} inputs but runs on {run[0]} x {run[1]}: "
+                  "train it at the size you run it at (or run it at its training size).", stacklevel=3)
+    return False
+
+# %% ../nbs/04_train.ipynb #53497e7a
 class DenoisingDiffusionModel(nn.Module):
     "A UNet plus noise scheduler with the DDPM training loss (MSE on the scheduler's prediction target)."
     def __init__(self, unet, # diffusers `UNet2DModel`
@@ -262,11 +293,14 @@ class DenoisingDiffusionModel(nn.Module):
         super().__init__()
         self.unet, self.scheduler, self.key = unet, scheduler or make_scheduler(), key
 
-    def training_loss(self, batch:dict)->torch.Tensor:
+    def training_loss(self, batch:dict # {key: x0 N x C x H x W}
+                     )->torch.Tensor:
+        "MSE between the UNet's prediction and the scheduler's target at a random timestep; records the input size."
         if self.key not in batch: raise KeyError(f"batch has no {self.key!r} entry (has {sorted(batch)}).")
         x0 = batch[self.key]
         if x0.ndim != 4 or x0.shape[1] != self.unet.config.in_channels:
             raise ValueError(f"{self.key} must be N x {self.unet.config.in_channels} x H x W, got {tuple(x0.shape)}.")
+        record_sample_size(self.unet, x0)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
         xt = self.scheduler.add_noise(x0, noise, t)
@@ -276,6 +310,7 @@ class DenoisingDiffusionModel(nn.Module):
         return F.mse_loss(pred.float(), target.float())
 
     def save_pretrained(self, save_directory): # folder; gets unet/ and scheduler/
+        "Write `unet/` (its config holds the training size) and `scheduler/`."
         d = Path(save_directory)
         self.unet.save_pretrained(d/'unet'); self.scheduler.save_pretrained(d/'scheduler')
 

@@ -40,8 +40,9 @@ def smoke_repo(tmp_path_factory):
 def test_smoke_pipeline_runs_every_stage(smoke_repo):
     repo, out = smoke_repo
     stages = yaml.safe_load((repo/'dvc.yaml').read_text())['stages']
+    from histodiff.stage import stage_notebooks
     for name, stage in stages.items():
-        nb = next(w for w in stage['cmd'].split() if w.startswith('results/executed/'))
+        nb = stage_notebooks(stage)[1]
         assert (repo/nb).exists(), f'stage {name} left no executed notebook'
     for m in yaml.safe_load((repo/'dvc.yaml').read_text()).get('metrics', []):
         assert (repo/m).exists(), f'metrics file {m} is missing'
@@ -63,3 +64,30 @@ def test_changed_parameter_reruns_only_its_dependents(smoke_repo):
     out = sh(f'dvc exp run -S {group}.{key}={params[group][key] + 1}', repo, timeout=1200)
     ran = [l.split("'")[1] for l in out.splitlines() if l.startswith('Running stage')]
     assert ran == [last], f'changing {group}.{key} re-ran {ran}'
+
+
+def test_no_notebook_received_a_boolean_as_text(smoke_repo):
+    "The parameters Papermill injected are typed like the notebook's defaults: no 'false' strings, no lists or groups as text."
+    import ast, json
+    from histodiff.stage import stage_notebooks, notebook_defaults, check_types
+    repo, _ = smoke_repo
+    stages = yaml.safe_load((repo/'dvc.yaml').read_text())['stages']
+    for name, stage in stages.items():
+        src, dst = stage_notebooks(stage)
+        cell = next(c for c in json.loads((repo/dst).read_text())['cells'] if 'injected-parameters' in c['metadata'].get('tags', []))
+        injected = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(''.join(cell['source'])).body}
+        assert not [k for k, v in injected.items() if isinstance(v, str) and v.strip().lower() in ('true', 'false')], (name, injected)
+        check_types(injected, notebook_defaults(repo/src), src)   # raises on a str for a bool, list or dict
+
+
+def test_metrics_hold_no_timings(smoke_repo):
+    "DVC's metrics files hold science only (timings go to results/timings/), so `dvc metrics diff` is quiet for identical models."
+    import json
+    from histodiff.core import split_timings
+    repo, _ = smoke_repo
+    files = sorted((repo/'results'/'metrics').glob('*.json'))
+    assert len(files) >= 9
+    for f in files:
+        science, timings = split_timings(json.loads(f.read_text()))
+        assert not timings, f'{f.name} holds timings: {timings}'
+    assert (repo/'results'/'timings'/'restoration.json').exists()

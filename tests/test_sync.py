@@ -59,3 +59,43 @@ def test_stage_deps_cover_the_library_modules_they_import():
         have = {Path(d).stem for d in st['deps'] if d.startswith('histodiff/')}
         missing = closure(imports(src)) - have
         assert not missing, f'stage {name} imports histodiff.{sorted(missing)} but does not list it in deps'
+
+
+def test_every_stage_runs_through_the_stage_runner():
+    "No stage passes parameters on a Papermill command line (text only): each runs `python -m histodiff.stage NAME`."
+    import yaml
+    stages = yaml.safe_load((ROOT/'dvc.yaml').read_text())['stages']
+    for name, st in stages.items():
+        assert st['cmd'].split()[:4] == ['python', '-m', 'histodiff.stage', name], f'stage {name}: {st["cmd"]}'
+        assert 'histodiff/stage.py' in st['deps'], f'stage {name} does not depend on the runner'
+
+
+def test_notebook_defaults_are_the_demo_profile():
+    """Each pipeline notebook's `parameters` cell holds what `dvc repro` passes it under the demo profile (its first stage;
+    `train_pixel` reuses train_ldm's notebook with constants), so running a notebook by hand reproduces the pipeline."""
+    import yaml
+    from histodiff.stage import stage_call, notebook_defaults, RUNNER_SET
+    stages = yaml.safe_load((ROOT/'dvc.yaml').read_text())['stages']
+    seen = set()
+    for name in stages:
+        src, _, passed = stage_call(name, None, ROOT)   # also checks names and types against the notebook
+        if src in seen: continue
+        seen.add(src)
+        defaults = notebook_defaults(src)
+        diff = {k: (v, defaults[k]) for k, v in passed.items() if k not in RUNNER_SET and defaults[k] != v}
+        assert not diff, f'{src.name}: parameters cell differs from the demo profile (passed, default): {diff}'
+    assert seen == set(PIPELINE), 'a pipeline notebook is run by no stage'
+
+
+@pytest.mark.parametrize('profile', ['demo', 'smoke', 'paper'])
+def test_every_profile_passes_typed_parameters(profile, tmp_path):
+    "Under every profile each stage's parameters exist in its notebook with the default's type (no 'false' strings, no '1,2' lists)."
+    import yaml
+    sys.path.insert(0, str(ROOT/'scripts'))
+    from params_from_profile import params_for
+    from histodiff.stage import stage_call
+    shutil.copy(ROOT/'dvc.yaml', tmp_path/'dvc.yaml'); shutil.copytree(NBS/'pipeline', tmp_path/'nbs'/'pipeline')
+    (tmp_path/'params.yaml').write_text(params_for(profile))
+    for name, st in yaml.safe_load((ROOT/'dvc.yaml').read_text())['stages'].items():
+        from histodiff.stage import parse_overrides
+        stage_call(name, parse_overrides(st['cmd'].split()[4:]), tmp_path)
