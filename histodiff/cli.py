@@ -1,4 +1,4 @@
-"""The `histodiff` command: restore an image or a whole slide, stain H&E into virtual IHC, and score generated IHC with the SFS, from the shell.
+"""The `histodiff` command: restore an image or a whole slide, stain H&E into virtual IHC, score generated IHC with the SFS, and convert a released UNet's pickled weights to safetensors, from the shell.
 
 Docs: https://histodiff.github.io/histodiff/cli.html.md"""
 
@@ -16,7 +16,7 @@ import histodiff
 # %% auto #0
 __all__ = ['COMMANDS', 'USER_ERRORS', 'RESTORE_METHODS', 'SCHEDULERS', 'DEFAULT_MODELS', 'DEFAULT_VAE', 'IMAGE_SUFFIXES',
            'command', 'build_parser', 'main', 'restore_command', 'stain_command', 'sfs_command',
-           'restore_slide_command']
+           'restore_slide_command', 'convert_checkpoint_command']
 
 # %% ../nbs/12_cli.ipynb #835bd3bd
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -356,3 +356,26 @@ example:
                             resume=not args.no_resume, progress=not args.quiet, compression=args.compression,
                             keep_work=args.keep_work)
     _say(args, json.dumps(summary))
+
+# %% ../nbs/12_cli.ipynb #5f34c620
+def _convert_arguments(p):
+    p.add_argument('src', metavar='SRC', help='the downloaded UNet: a diffusers UNet folder (config.json + .bin/.ckpt/.safetensors), '
+                                              'a zip of one, or a weights file beside its config.json')
+    p.add_argument('dst', metavar='DST', help='model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically')
+
+@command('convert-checkpoint', "convert a downloaded UNet's pickled weights to a safetensors model folder", _convert_arguments)
+def convert_checkpoint_command(args):
+    """Convert a downloaded diffusers UNet (LatentArtiFusion's released one) to safetensors.
+
+The weights are read with torch.load(weights_only=True), which runs no code and
+refuses anything but tensors; they must fit the UNet's config.json key by key.
+DST gets unet/ (safetensors), scheduler/ (the source's, else the training
+schedule of SPEC 2) and a README.md with the source's sha256.
+
+example:
+  histodiff convert-checkpoint unet.zip models/released
+  histodiff restore tile.png --mask mask.png --out out.png --ldm models/released \\
+            --vae stable-diffusion-v1-5/stable-diffusion-v1-5 --vae-subfolder vae"""
+    from histodiff.release import convert_checkpoint
+    out = convert_checkpoint(args.src, args.dst)
+    _say(args, f"{out}: unet/ (safetensors), scheduler/ and README.md written from {args.src}")

