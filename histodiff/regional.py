@@ -6,7 +6,7 @@ Docs: https://histodiff.github.io/histodiff/regional.html.md"""
 
 # %% ../nbs/05_regional.ipynb #fb83a89e
 from __future__ import annotations
-import inspect, warnings
+import inspect, math, warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy import ndimage as ndi
 from diffusers import (DiffusionPipeline, UNet2DModel, AutoencoderKL, DDPMScheduler, DDIMScheduler,
                        DPMSolverMultistepScheduler)
 from diffusers.utils import BaseOutput
@@ -24,9 +23,9 @@ from .core import (ImageError, MaskError, as_rgb_uint8, check_mask, to_tensor, f
 from .train import check_sample_size
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'latent_mask', 'paste_alpha', 'repaint_levels', 'unet_calls', 'regional_sample', 'sampling_scheduler',
-           'clips_x0', 'RegionalOutput', 'RegionalPipelineBase', 'PixelRegionalPipeline', 'RegionalLatentPipeline',
-           'load_regional_pipeline']
+__all__ = ['SAMPLERS', 'latent_mask', 'dilate_disk', 'gaussian_blur', 'paste_alpha', 'paste_back', 'repaint_levels', 'unet_calls',
+           'regional_sample', 'sampling_scheduler', 'clips_x0', 'RegionalOutput', 'RegionalPipelineBase',
+           'PixelRegionalPipeline', 'RegionalLatentPipeline', 'load_regional_pipeline']
 
 # %% ../nbs/05_regional.ipynb #e8895f11
 def latent_mask(mask:torch.Tensor, # N x 1 x H x W float {0, 1} pixel mask, 1 = artifact
@@ -45,21 +44,145 @@ def _disk(r:int)->np.ndarray:
     y, x = np.ogrid[-r:r + 1, -r:r + 1]
     return x * x + y * y <= r * r
 
-def paste_alpha(mask:np.ndarray, # H x W bool artifact mask
+def _disk_rects(r:int)->list[tuple[int, int]]:
+    "(half-height, half-width) of the maximal rectangles whose union is `_disk(r)`; widths up, heights down."
+    ws = [math.isqrt(r * r - dy * dy) for dy in range(r + 1)]
+    return [(max(dy for dy in range(r + 1) if ws[dy] >= w), w) for w in sorted(set(ws))]
+
+def _max1d(x:torch.Tensor, w:int, dim:int)->torch.Tensor:
+    "Max over the window [-w, w] along `dim` (dim -1 or -2; nothing outside the tensor), by doubling: about 2 log2(w) maxima."
+    if w <= 0: return x
+    p, k = F.pad(x, (w, w) if dim == -1 else (0, 0, w, w)), 0 # zero-padded by w: border pixels keep their whole window
+    while k < w: # p[i]: the max of x over [-k, k] around pixel i - (w - k); each step trims s per side
+        s = min(2 * k + 1, w - k) # the window [-k, k] shifted by -s, 0 and +s covers [-k-s, k+s] without a gap
+        n = p.shape[dim]
+        q = torch.maximum(p.narrow(dim, 0, n - s), p.narrow(dim, s, n - s))
+        p, k = torch.maximum(q.narrow(dim, 0, n - 2 * s), q.narrow(dim, s, n - 2 * s)), k + s
+    return p
+
+def dilate_disk(m:torch.Tensor, # ... x H x W mask, bool (or {0, 1} of any dtype)
+                r:int, # radius of the disk structuring element (0: no-op)
+               )->torch.Tensor:
+    "Binary dilation with `_disk(r)`, exactly scipy's `binary_dilation`: a union of rectangles (separable maxima), Horner-style."
+    if r <= 0: return m
+    out, hp, a, wp = None, 0, m, 0
+    for h, w in _disk_rects(r): # the horizontal windows grow incrementally, the vertical ones shrink
+        a = _max1d(a, w - wp, -1); wp = w
+        out = a if out is None else torch.maximum(a, _max1d(out, hp - h, -2))
+        hp = h
+    return _max1d(out, hp, -2)
+
+# %% ../nbs/05_regional.ipynb #6044413f
+def _reflect_index(n:int, r:int, device=None)->torch.Tensor:
+    "Indices -r..n+r-1 folded into 0..n-1 as scipy's mode='reflect' (d c b a | a b c d | d c b a)."
+    i = torch.arange(-r, n + r, device=device) % (2 * n)
+    return torch.where(i >= n, 2 * n - 1 - i, i)
+
+def gaussian_blur(x:torch.Tensor, # ... x H x W float
+                  sigma:float, # px
+                  truncate:float=2.0, # kernel radius = int(truncate * sigma + 0.5), as scipy
+                 )->torch.Tensor:
+    "`scipy.ndimage.gaussian_filter` over the last two axes (rows, then columns; 'reflect' border) in x's dtype."
+    r = int(truncate * sigma + 0.5)
+    w = [math.exp(-0.5 / (sigma * sigma) * (k * k)) for k in range(-r, r + 1)]
+    w = [v / sum(w) for v in w]
+    for dim in (-2, -1):
+        n = x.shape[dim]
+        xp = x.index_select(dim, _reflect_index(n, r, x.device))
+        x = xp.narrow(dim, 0, n) * w[0]
+        for k in range(1, 2 * r + 1): x.add_(xp.narrow(dim, k, n), alpha=w[k])
+    return x
+
+# %% ../nbs/05_regional.ipynb #ec6e1c1c
+def paste_alpha(mask:np.ndarray|torch.Tensor, # H x W (or N x H x W) artifact mask, True = artifact
                 pixel_dilation:int=8, # px: outside the mask dilated by this much, the input is kept byte for byte
                 feather:float=2.0, # px: sigma of the Gaussian ramp at the border (0 = hard edge)
-               )->np.ndarray:
-    "Float32 H x W alpha for pasting a generated image: 1 on the mask, feathered, 0 outside the dilated mask."
-    mask = np.asarray(mask, bool)
+               )->np.ndarray|torch.Tensor:
+    "Float32 alpha for pasting a generated image: 1 on the mask, feathered, 0 outside the dilated mask; on the mask's device."
     if pixel_dilation < 0 or feather < 0: raise ValueError("pixel_dilation and feather must be >= 0.")
+    if not isinstance(mask, torch.Tensor):
+        return paste_alpha(torch.from_numpy(np.asarray(mask, bool)), pixel_dilation, feather).cpu().numpy()
+    m = mask.bool()
+    outer = dilate_disk(m, pixel_dilation)
+    if feather <= 0: return outer.float()
+    r_in = max(pixel_dilation - math.ceil(2 * feather), 0)
+    a = gaussian_blur(dilate_disk(m, r_in).float(), feather)
+    return a.clamp_(0, 1).mul_(outer).masked_fill_(m, 1.0)
+
+# %% ../nbs/05_regional.ipynb #d4079ea2
+def _reference_paste_alpha(mask, pixel_dilation=8, feather=2.0):
+    "REFERENCE ONLY, for tests: the former per-image NumPy/SciPy `paste_alpha` (not used by the pipelines)."
+    from scipy import ndimage as ndi
+    mask = np.asarray(mask, bool)
     outer = ndi.binary_dilation(mask, _disk(pixel_dilation)) if pixel_dilation > 0 else mask.copy()
     if feather <= 0: return outer.astype(np.float32)
     r_in = max(pixel_dilation - int(np.ceil(2 * feather)), 0)
     inner = ndi.binary_dilation(mask, _disk(r_in)) if r_in > 0 else mask
-    a = ndi.gaussian_filter(inner.astype(np.float32), feather, truncate=2.0)
-    a = np.clip(a, 0, 1) * outer
+    a = np.clip(ndi.gaussian_filter(inner.astype(np.float32), feather, truncate=2.0), 0, 1) * outer
     a[mask] = 1.0
     return a.astype(np.float32)
+
+def _reference_paste_back(gen8, u8, alpha):
+    "REFERENCE ONLY, for tests: the former float64 NumPy blend of uint8 H x W x 3 images with an H x W alpha."
+    an = alpha[..., None].astype(np.float64)
+    blend = np.round(an * gen8.astype(np.float64) + (1 - an) * u8).astype(np.uint8)
+    return np.where(an > 0, blend, u8)
+
+# %% ../nbs/05_regional.ipynb #862a5cad
+def _windows(ms:np.ndarray, # N x H x W bool masks (host)
+             margin:int, # px around each mask's bounding box
+            )->tuple[np.ndarray, np.ndarray]:
+    "Rows (N x h) and columns (N x w) of one window per image, all of the same size, holding its mask's box grown by `margin`."
+    out = []
+    for ax, n in ((2, ms.shape[1]), (1, ms.shape[2])):
+        hit = ms.any(ax)
+        lo = np.maximum(hit.argmax(1) - margin, 0)
+        hi = np.where(hit.any(1), np.minimum(n - hit[:, ::-1].argmax(1) + margin, n), lo)
+        size = int((hi - lo).max())
+        out.append(np.minimum(lo, n - size)[:, None] + np.arange(size))
+    return tuple(out)
+
+# %% ../nbs/05_regional.ipynb #58a4cdb3
+def paste_back(gen:torch.Tensor, # N x 3 x H x W generated images, [-1, 1] (any float dtype)
+               x:torch.Tensor, # the inputs on gen's device: N x H x W x 3 uint8, or N x 3 x H x W float in [-1, 1]
+               masks:np.ndarray, # N x H x W bool artifact masks (host)
+               pixel_dilation:int=8, # px: outside the dilated mask the output is `x` exactly
+               feather:float=2.0, # px, Gaussian sigma of the ramp
+              )->tuple[torch.Tensor, torch.Tensor]:
+    "Batched paste-back on gen's device: (output shaped and typed as `x`, N x H x W float32 alpha)."
+    ms, dev = np.asarray(masks, bool), gen.device
+    N, H, W = ms.shape
+    u8 = x.dtype == torch.uint8
+    xh = x if u8 else x.permute(0, 2, 3, 1) # N x H x W x 3 views
+    out, alpha = xh.clone(), torch.zeros(N, H, W, device=dev)
+    if not ms.any(): return (out if u8 else out.permute(0, 3, 1, 2)), alpha
+    rad = int(2.0 * feather + 0.5) if feather > 0 else 0 # the Gaussian's reach; the window holds it whole
+    rows, cols = _windows(ms, pixel_dilation + rad)
+    ih = (np.arange(N)[:, None, None], rows[:, :, None], cols[:, None, :]) # the windows, on the host and on the device
+    ii = tuple(torch.from_numpy(i).to(dev) for i in ih)
+    a = paste_alpha(torch.from_numpy(ms[ih]).to(dev), pixel_dilation, feather)
+    g, xw, aw = gen.permute(0, 2, 3, 1)[ii].float().clamp_(-1, 1), xh[ii], a[..., None]
+    if u8: # round the generated image first (as `from_tensor`), then blend 8-bit values: u + a (g - u)
+        u = xw.float()
+        blend = g.add_(1).mul_(127.5).round_().sub_(u).mul_(aw).add_(u).round_().to(torch.uint8)
+    else: blend = aw * g + (1 - aw) * xw
+    out[ii] = torch.where(aw > 0, blend, xw)
+    alpha[ii] = a
+    return (out if u8 else out.permute(0, 3, 1, 2)), alpha
+
+# %% ../nbs/05_regional.ipynb #56d0b595
+def _to_host(*ts:torch.Tensor, # tensors on one device
+             pack:bool|None=None, # pack the bytes into one transfer (None: unless all are on the CPU already)
+            )->list[np.ndarray]:
+    "NumPy copies of device tensors with ONE device-to-host transfer (their bytes packed back to back)."
+    if not (any(t.device.type != 'cpu' for t in ts) if pack is None else pack): return [t.contiguous().numpy() for t in ts]
+    order = sorted(range(len(ts)), key=lambda i: -ts[i].element_size()) # widest first: every slice stays aligned
+    flat = {i: ts[i].contiguous().reshape(-1).view(torch.uint8) for i in order}
+    host, out, o = torch.cat([flat[i] for i in order]).cpu(), [None] * len(ts), 0
+    for i in order:
+        n = flat[i].numel()
+        out[i] = host[o:o + n].view(ts[i].dtype).reshape(ts[i].shape).numpy(); o += n
+    return out
 
 # %% ../nbs/05_regional.ipynb #26f0edad
 def repaint_levels(n:int, # number of inference steps N
@@ -174,21 +297,28 @@ class RegionalOutput(BaseOutput):
     images: list|np.ndarray|torch.Tensor # restored images ('pil': list of PIL, 'np': N x H x W x 3 uint8, 'pt': N x 3 x H x W [-1, 1])
     masks: np.ndarray # N x H x W float32 paste alpha actually used (0 outside the dilated mask)
 
-def _as_batch(images):
-    "Images as (float tensor N x 3 x H x W in [-1, 1], uint8 array or None)."
+def _as_batch(images)->torch.Tensor:
+    "Images as a float tensor N x 3 x H x W in [-1, 1] (tensor input) or a uint8 tensor N x H x W x 3 (arrays, PIL)."
     if isinstance(images, torch.Tensor):
         x = images[None] if images.ndim == 3 else images
         if x.ndim != 4 or x.shape[1] != 3: raise ImageError(f"image tensor has shape {tuple(images.shape)}; expected N x 3 x H x W.")
         if not x.is_floating_point(): raise ImageError("image tensor must be float in [-1, 1]; pass uint8 images as numpy arrays.")
         if x.min() < -1.0001 or x.max() > 1.0001: raise ImageError("image tensor values must lie in [-1, 1].")
-        return x.float(), None
+        return x.float()
     if isinstance(images, np.ndarray) and images.ndim == 4: images = list(images)
     if not isinstance(images, (list, tuple)): images = [images]
     if not len(images): raise ImageError("no image given.")
     u8 = [as_rgb_uint8(im, name=f'image {i}') for i, im in enumerate(images)]
     if len({im.shape for im in u8}) > 1: raise ImageError(f"images in a batch must share one size, got {sorted({im.shape for im in u8})}.")
-    u8 = np.stack(u8)
-    return to_tensor(u8), u8
+    return torch.from_numpy(np.stack(u8))
+
+def _as_masks(masks, n:int, shape:tuple)->np.ndarray:
+    "One checked mask per image as an n x H x W bool array (empty allowed, full refused)."
+    if isinstance(masks, torch.Tensor): masks = masks.detach().cpu().numpy()
+    if isinstance(masks, np.ndarray) and masks.ndim == 3: masks = list(masks)
+    if not isinstance(masks, (list, tuple)): masks = [masks]
+    if len(masks) != n: raise MaskError(f"got {len(masks)} masks for {n} images; give one mask per image.")
+    return np.stack([check_mask(m, shape, allow_empty=True, name=f'mask {i}') for i, m in enumerate(masks)])
 
 # %% ../nbs/05_regional.ipynb #34f27e73
 class RegionalPipelineBase(DiffusionPipeline):
@@ -209,8 +339,25 @@ class RegionalPipelineBase(DiffusionPipeline):
         if not ok:
             warnings.warn(f"{type(self.scheduler).__name__} {'does not clip' if self.clip_x0 else 'clips'} the predicted x0 to "
                           f"[-1, 1], which is wrong in {self.space} space; build it with "
-                          f"histodiff.regional.sampling_scheduler(config, sampler, clip={self.clip_x0}).", stacklevel=3)
+                          f"histodiff.regional.sampling_scheduler(config, sampler, clip={self.clip_x0}).", stacklevel=4)
         return check_sample_size(self.unet.config, tuple(z0.shape[-2:]), f'the {self.space} UNet') and ok
+
+    def _restore_batch(self, x:torch.Tensor, # the images with a non-empty mask, as `_as_batch` gives them
+                       ms:np.ndarray, # their N x H x W bool masks
+                       latent_dilation:int|None, pixel_dilation:int, feather:float, # as in `__call__`
+                       progress:bool, **kw, # progress bar; the rest goes to `regional_sample`
+                      )->list[np.ndarray]:
+        "Encode, sample, decode and paste back on the model's device; [output, alpha] on the host in one transfer."
+        device, dtype = self.unet.device, self.unet.dtype
+        x = x.to(device)
+        xf = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x # `to_tensor`'s arithmetic
+        z0 = self.encode(xf.to(dtype))
+        self.check_sampling(z0)
+        ld = self.default_latent_dilation if latent_dilation is None else latent_dilation
+        m_lat = latent_mask(torch.from_numpy(ms).to(device)[:, None].float(), self.downsample_factor, ld).to(z0.dtype)
+        self.set_progress_bar_config(disable=not progress)
+        z = regional_sample(self.unet, self.scheduler, z0, m_lat, progress_bar=self.progress_bar, **kw)
+        return _to_host(*paste_back(self.decode(z), x, ms, pixel_dilation, feather))
 
     @torch.no_grad()
     def __call__(self,
@@ -231,42 +378,22 @@ class RegionalPipelineBase(DiffusionPipeline):
                  return_dict:bool=True, # False: return a tuple (images, masks)
                 ):
         if output_type not in ('pil', 'np', 'pt'): raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        x, u8 = _as_batch(images)
-        N, _, H, W = x.shape
-        if isinstance(masks, torch.Tensor): masks = masks.detach().cpu().numpy()
-        if isinstance(masks, np.ndarray) and masks.ndim == 3: masks = list(masks)
-        if not isinstance(masks, (list, tuple)): masks = [masks]
-        if len(masks) != N: raise MaskError(f"got {len(masks)} masks for {N} images; give one mask per image.")
-        ms = np.stack([check_mask(m, (H, W), allow_empty=True, name=f'mask {i}') for i, m in enumerate(masks)])
+        if pixel_dilation < 0 or feather < 0: raise ValueError("pixel_dilation and feather must be >= 0.")
+        x = _as_batch(images)
+        u8 = x.dtype == torch.uint8
+        N, H, W = (x.shape[:3] if u8 else (x.shape[0], *x.shape[2:]))
+        ms = _as_masks(masks, N, (H, W))
         f = self.downsample_factor
         if H % f or W % f: raise ImageError(f"image size {H}x{W} is not divisible by the downsample factor {f}.")
-        alpha = np.stack([paste_alpha(m, pixel_dilation, feather) if m.any() else np.zeros((H, W), np.float32) for m in ms])
-        out = x.clone() if u8 is None else u8.copy()
-        active = [i for i in range(N) if ms[i].any()]
-        if active:
-            device, dtype = self.unet.device, self.unet.dtype
-            gen = make_generator(generator)
-            xa = x[active].to(device=device, dtype=dtype)
-            z0 = self.encode(xa)
-            self.check_sampling(z0)
-            ld = self.default_latent_dilation if latent_dilation is None else latent_dilation
-            m_lat = latent_mask(torch.from_numpy(ms[active]).float()[:, None], f, ld).to(device=device, dtype=z0.dtype)
-            self.set_progress_bar_config(disable=not progress)
-            z = regional_sample(self.unet, self.scheduler, z0, m_lat, num_inference_steps, gen, keep=keep, start=start,
-                                jump_length=jump_length, jump_n_sample=jump_n_sample,
-                                callback_on_step_end=callback_on_step_end, progress_bar=self.progress_bar)
-            gen_img = self.decode(z).float().cpu().clamp(-1, 1)
-            a = torch.from_numpy(alpha[active])
-            if u8 is None:
-                at = a[:, None]
-                out[active] = torch.where(at > 0, at * gen_img + (1 - at) * x[active], x[active])
-            else:
-                g8 = from_tensor(gen_img).astype(np.float64)
-                an = alpha[active][..., None].astype(np.float64)
-                blend = np.round(an * g8 + (1 - an) * u8[active]).astype(np.uint8)
-                out[active] = np.where(an > 0, blend, u8[active])
-        if u8 is None: images_out = out if output_type == 'pt' else from_tensor(out)
-        else: images_out = to_tensor(out) if output_type == 'pt' else out
+        alpha, out = np.zeros((N, H, W), np.float32), (x.numpy().copy() if u8 else x.detach().cpu().clone())
+        active = np.flatnonzero(ms.reshape(N, -1).any(1))
+        if len(active):
+            o, alpha[active] = self._restore_batch(x[torch.from_numpy(active)], ms[active], latent_dilation, pixel_dilation,
+                feather, progress, num_inference_steps=num_inference_steps, generator=make_generator(generator), keep=keep,
+                start=start, jump_length=jump_length, jump_n_sample=jump_n_sample, callback_on_step_end=callback_on_step_end)
+            out[active] = o if u8 else torch.from_numpy(o)
+        if u8: images_out = to_tensor(out) if output_type == 'pt' else out
+        else: images_out = out if output_type == 'pt' else from_tensor(out)
         if output_type == 'pil': images_out = [Image.fromarray(im) for im in images_out]
         if not return_dict: return images_out, alpha
         return RegionalOutput(images=images_out, masks=alpha)

@@ -22,9 +22,8 @@ from .core import (atomic_path, atomic_dir, as_rgb_uint8, to_tensor, from_tensor
 
 # %% auto #0
 __all__ = ['PATHS', 'StarDiffSchedulerOutput', 'StarDiffScheduler', 'oracle_sample', 'unet_config', 'StarDiffModel',
-           'StarDiffPipeline', 'latent_pipeline', 'encode_pairs', 'PairDataset', 'StainNormalizationError',
-           'tile_mosaic', 'stained_pixels', 'StainNormalizer', 'fit_stain_baselines', 'save_stain_baselines',
-           'load_stain_baselines']
+           'StarDiffPipeline', 'latent_pipeline', 'PairDataset', 'StainNormalizationError', 'tile_mosaic',
+           'stained_pixels', 'StainNormalizer', 'fit_stain_baselines', 'save_stain_baselines', 'load_stain_baselines']
 
 # %% ../nbs/06_stardiff.ipynb #09056229
 @dataclass
@@ -392,17 +391,6 @@ def latent_pipeline(model:StarDiffModel, # a model with `channels == vae.config.
     if model.channels != vae.config.latent_channels:
         raise ValueError(f"model has {model.channels} channels, the VAE {vae.config.latent_channels} latent channels.")
     return StarDiffPipeline(model, vae=vae.eval().requires_grad_(False))
-
-@torch.no_grad()
-def encode_pairs(vae:AutoencoderKL, # the frozen VAE
-                 images:np.ndarray, # uint8 N x H x W x 3
-                 batch_size:int=16)->torch.Tensor:
-    "Latents (posterior mean * scaling factor) of uint8 images, for training latent Star-Diff."
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = to_tensor(images[i:i + batch_size]).to(vae.device, vae.dtype)
-        out.append((vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu())
-    return torch.cat(out)
 
 # %% ../nbs/06_stardiff.ipynb #47b7f734
 class PairDataset(torch.utils.data.Dataset):
