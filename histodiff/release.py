@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .core import atomic_dir
-from .data import (ARCHIVE_SUFFIXES, DataIntegrityError, GDRIVE_RELEASES, _archive_stem, _extract,
+from .data import (ARCHIVE_SUFFIXES, DataIntegrityError, GDRIVE_RELEASES, _archive_stem, _extract, _hidden,
                             download_gdrive, sha256sum)
 
 # %% auto #0
@@ -126,7 +126,7 @@ def find_unet(root:str|Path, # a downloaded, extracted tree (or the UNet folder 
     "The one folder under `root` whose config.json is a diffusers `UNet2DModel`'s; a clear error otherwise."
     root = Path(root)
     found = [(c.parent, _config_class(c)) for c in sorted(root.rglob('config.json'))
-             if not any(s.startswith('.') or s == '__MACOSX' for s in c.relative_to(root).parts)]
+             if not _hidden(c.parent, root)]
     unets = [(d, k) for d, k in found if k and 'UNet' in k]
     if not unets:
         raise FileNotFoundError(f"no diffusers UNet (a config.json with _class_name UNet2DModel) under {root}; "
