@@ -6,14 +6,14 @@ Docs: https://histodiff.github.io/histodiff/artifacts.html.md"""
 
 # %% ../nbs/02_artifacts.ipynb #8ef29582
 from __future__ import annotations
-import json
+import functools, json
 from pathlib import Path
 from typing import Callable
 import numpy as np
 import cv2
 from scipy import ndimage as ndi
 from skimage.color import rgb2hed, hed2rgb
-from .core import as_rgb_uint8, check_mask, atomic_path
+from .core import as_rgb_uint8, check_mask, atomic_path, warn_empty_mask
 
 # %% auto #0
 __all__ = ['MASK_TOL', 'INK_COLOURS', 'ARTIFACT_KINDS', 'ARTIFACTS', 'BASELINES', 'ArtifactError', 'as_rng', 'finish',
@@ -468,33 +468,38 @@ def load_paired_set(path, # folder written by `save_paired_set`
                 manifest=json.loads((Path(path)/'manifest.json').read_text()))
 
 # %% ../nbs/02_artifacts.ipynb #40abd17b
-def _restore_io(image, mask):
-    image = as_rgb_uint8(image)
-    return image, check_mask(mask, image.shape)
-
 def _keep_outside(image, out, mask):
     "Outside the mask the restoration returns the input, byte for byte."
     return np.where(mask[..., None], np.clip(np.rint(out), 0, 255).astype(np.uint8), image)
 
+def _baseline(inpaint:Callable)->Callable:
+    "`inpaint(image, mask, ...)` as a restorer: inputs checked, an empty mask gives a copy (warned), outside pixels kept."
+    @functools.wraps(inpaint)
+    def restore_fn(image, mask, *args, **kwargs):
+        image = as_rgb_uint8(image)
+        mask = check_mask(mask, image.shape, allow_empty=True)
+        if not mask.any(): warn_empty_mask(inpaint.__name__); return image.copy()
+        return _keep_outside(image, inpaint(image, mask, *args, **kwargs), mask)
+    return restore_fn
+
+@_baseline
 def restore_telea(image, # RGB uint8 H x W x 3
                   mask, # bool H x W, True = artifact
                   radius:int=5, # inpainting neighbourhood (px)
                  )->np.ndarray:
     "Fast-marching inpainting (Telea 2004) with `cv2.inpaint`."
-    image, mask = _restore_io(image, mask)
-    return _keep_outside(image, cv2.inpaint(image, mask.astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA), mask)
+    return cv2.inpaint(image, mask.astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
 
+@_baseline
 def restore_navier_stokes(image, mask, radius:int=5)->np.ndarray:
     "Navier-Stokes inpainting (Bertalmio et al. 2001) with `cv2.inpaint`."
-    image, mask = _restore_io(image, mask)
-    return _keep_outside(image, cv2.inpaint(image, mask.astype(np.uint8) * 255, radius, cv2.INPAINT_NS), mask)
+    return cv2.inpaint(image, mask.astype(np.uint8) * 255, radius, cv2.INPAINT_NS)
 
+@_baseline
 def restore_biharmonic(image, mask)->np.ndarray:
     "Biharmonic inpainting with `skimage.restoration.inpaint_biharmonic` (each connected region solved apart)."
     from skimage.restoration import inpaint_biharmonic
-    image, mask = _restore_io(image, mask)
-    out = inpaint_biharmonic(image.astype(np.float64) / 255, mask, split_into_regions=True, channel_axis=-1)
-    return _keep_outside(image, out * 255, mask)
+    return inpaint_biharmonic(image.astype(np.float64) / 255, mask, split_into_regions=True, channel_axis=-1) * 255
 
 BASELINES = {'telea': restore_telea, 'navier_stokes': restore_navier_stokes, 'biharmonic': restore_biharmonic}
 

@@ -6,6 +6,7 @@ Docs: https://histodiff.github.io/histodiff/autoencoder.html.md"""
 
 # %% ../nbs/03_autoencoder.ipynb #a2681bb9
 from __future__ import annotations
+import json
 from pathlib import Path
 import numpy as np
 import torch
@@ -16,9 +17,10 @@ from .train import TensorDictDataset
 from torch.utils.data import Dataset
 
 # %% auto #0
-__all__ = ['SD15_VAE', 'VAE_PRESETS', 'DIHEDRAL', 'vae_config', 'make_vae', 'downsample_factor', 'load_vae', 'encode', 'decode',
-           'compute_scaling_factor', 'set_scaling_factor', 'AutoencoderTrainer', 'crop_tiles', 'dihedral',
-           'TileDataset', 'image_dataset', 'encode_dataset']
+__all__ = ['SD15_VAE', 'VAE_PRESETS', 'DIHEDRAL', 'vae_config', 'make_vae', 'downsample_factor', 'ModelFolderError',
+           'read_json_settings', 'load_folder', 'load_vae', 'encode', 'decode', 'compute_scaling_factor',
+           'set_scaling_factor', 'AutoencoderTrainer', 'crop_tiles', 'dihedral', 'TileDataset', 'image_dataset',
+           'encode_dataset']
 
 # %% ../nbs/03_autoencoder.ipynb #e983de46
 SD15_VAE = 'stable-diffusion-v1-5/stable-diffusion-v1-5' # hub id of the paper's VAE (subfolder 'vae')
@@ -49,6 +51,64 @@ def downsample_factor(vae)->int:
     "Spatial downsampling factor f of an `AutoencoderKL` (2 ** (levels - 1))."
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
+# %% ../nbs/03_autoencoder.ipynb #e8c1abbe
+class ModelFolderError(ValueError):
+    "A model folder that exists but cannot be loaded: corrupt or truncated weights, a bad settings file, a missing file."
+
+def _one_line(e:BaseException, n:int=300)->str:
+    s = ' '.join(str(e).split()) or type(e).__name__
+    return s if len(s) <= n else s[:n] + '...'
+
+def _type_names(t)->str: return ' or '.join(x.__name__ for x in (t if isinstance(t, tuple) else (t,)))
+
+def _is_a(v, t)->bool:
+    "isinstance, except that a bool is not a number (JSON true is not 1)."
+    ts = t if isinstance(t, tuple) else (t,)
+    return isinstance(v, ts) and (bool in ts or not isinstance(v, bool))
+
+def read_json_settings(file:str|Path, # a JSON file holding one object of settings
+                       types:dict|None=None, # allowed key -> type (or tuple of types); None: any keys
+                       required:tuple=(), # keys that must be present
+                      )->dict:
+    "The JSON object in `file`; a `ModelFolderError` naming the file for bad JSON, an unknown or missing key, a wrong type."
+    file = Path(file)
+    try: d = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{file} is not valid JSON ({_one_line(e)}): re-download or re-save the model folder.") from e
+    if not isinstance(d, dict): raise ModelFolderError(f"{file} must hold a JSON object, got {type(d).__name__}: re-download or re-save the model folder.")
+    for k, v in d.items():
+        if types is not None and k not in types: raise ModelFolderError(f"{file}: unknown setting {k!r} (expected {', '.join(types)}).")
+        if types is not None and not _is_a(v, types[k]): raise ModelFolderError(f"{file}: setting {k!r} must be {_type_names(types[k])}, got {v!r}.")
+    if missing := [k for k in required if k not in d]: raise ModelFolderError(f"{file}: missing setting(s) {', '.join(missing)}.")
+    return d
+
+# %% ../nbs/03_autoencoder.ipynb #5c30ea35
+def _chain(e:BaseException)->list:
+    "An exception and its causes, outermost first."
+    out = []
+    while e is not None and e not in out: out.append(e); e = e.__cause__ or e.__context__
+    return out
+
+def load_folder(load, # a `from_pretrained`, called as `load(str(folder), **kwargs)`
+                folder:str|Path, # the local model folder it reads
+                what:str='model', # what the folder holds, for messages
+                **kwargs):
+    "`load(folder, **kwargs)`; a folder that cannot be read raises `ModelFolderError` naming the folder or file and the cause."
+    from safetensors import SafetensorError
+    folder = Path(folder)
+    if not folder.is_dir(): raise FileNotFoundError(f"{what} folder not found: {folder}")
+    for f in sorted(folder.glob('*.json')): read_json_settings(f)  # a garbage config: name the file
+    try: return load(str(folder), **kwargs)
+    except (MemoryError, torch.OutOfMemoryError): raise
+    except (SafetensorError, OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, EOFError) as e:
+        bad = [c for c in _chain(e) if isinstance(c, SafetensorError)]
+        if bad:
+            w = sorted(folder.glob('*.safetensors'))
+            raise ModelFolderError(f"{w[0] if len(w) == 1 else folder}: corrupt or truncated weights ({_one_line(bad[-1])}): "
+                                   f"re-download or retrain the {what}.") from e
+        raise ModelFolderError(f"{folder}: cannot load the {what} ({_one_line(e)}): the folder is corrupt or incomplete; "
+                               "re-download or retrain it.") from e
+
 # %% ../nbs/03_autoencoder.ipynb #b777daac
 def _is_hub_id(s:str)->bool:
     parts = str(s).split('/')
@@ -65,13 +125,15 @@ def load_vae(path_or_hub_id:str|Path, # local folder or hub id, e.g. `SD15_VAE`
     if p.exists():
         if not (p/(subfolder or '')/'config.json').exists():
             raise FileNotFoundError(f"no VAE config at {p/(subfolder or '')/'config.json'} (is this a save_pretrained folder? subfolder={subfolder!r})")
+        vae = load_folder(AutoencoderKL.from_pretrained, p/(subfolder or ''), 'VAE', torch_dtype=dtype)
     elif not _is_hub_id(str(path_or_hub_id)) or Path(p.parts[0]).is_dir():
         # 'models/vae' has a hub id's shape, but where ./models exists it is a local path that is missing
         raise FileNotFoundError(f"VAE not found: {p} is neither an existing folder nor a hub id (owner/name); train or download it first.")
-    try: vae = AutoencoderKL.from_pretrained(str(path_or_hub_id), subfolder=subfolder, torch_dtype=dtype)
-    except OSError as e:
-        raise OSError(f"could not load the VAE {path_or_hub_id!r} (subfolder={subfolder!r}): offline, or no such hub repository? "
-                      f"Pass a local folder instead. ({e})") from e
+    else:
+        try: vae = AutoencoderKL.from_pretrained(str(path_or_hub_id), subfolder=subfolder, torch_dtype=dtype)
+        except OSError as e:
+            raise OSError(f"could not load the VAE {path_or_hub_id!r} (subfolder={subfolder!r}): offline, or no such hub repository? "
+                          f"Pass a local folder instead. ({e})") from e
     vae.eval().requires_grad_(False)
     return vae.to(device) if device is not None else vae
 

@@ -6,7 +6,7 @@ Docs: https://histodiff.github.io/histodiff/cli.html.md"""
 
 # %% ../nbs/12_cli.ipynb #530eb894
 from __future__ import annotations
-import argparse, json, math, sys
+import argparse, contextlib, json, math, sys
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -15,7 +15,7 @@ import histodiff
 
 # %% auto #0
 __all__ = ['COMMANDS', 'USER_ERRORS', 'RESTORE_METHODS', 'SCHEDULERS', 'DEFAULT_MODELS', 'DEFAULT_VAE', 'IMAGE_SUFFIXES',
-           'command', 'build_parser', 'main', 'restore_command', 'stain_command', 'sfs_command',
+           'command', 'build_parser', 'at_least', 'main', 'restore_command', 'stain_command', 'sfs_command',
            'restore_slide_command', 'convert_checkpoint_command']
 
 # %% ../nbs/12_cli.ipynb #835bd3bd
@@ -55,6 +55,16 @@ def build_parser()->argparse.ArgumentParser:
     return p
 
 # %% ../nbs/12_cli.ipynb #8d579628
+def at_least(low:int, # the smallest value allowed
+            ):
+    "An argparse `type`: an integer >= `low`, refused by argparse (usage, status 2) otherwise."
+    def integer(text):
+        try: v = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low: raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+    return integer
+
 USER_ERRORS = (OSError, ValueError) # ImageError, MaskError, ... are ValueErrors; FileNotFoundError is an OSError
 
 def _say(args, *msg):
@@ -70,18 +80,32 @@ def _silence():
             log = importlib.import_module(f'{name}.utils.logging')
             log.disable_progress_bar(); log.set_verbosity_error()
 
+@contextlib.contextmanager
+def _notes():
+    "histodiff's own warnings (e.g. an empty mask: the input is returned) as one `histodiff: note: ...` line each on stderr."
+    import warnings
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+        def note(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.startswith('histodiff'): print(f"histodiff: note: {message}", file=sys.stderr)
+            else: show(message, category, filename, lineno, file, line)
+        warnings.showwarning = note
+        yield
+
 def main(argv:list[str]|None=None, # arguments after the program name (default: sys.argv[1:])
         )->int:
     "Run the `histodiff` command line; returns the exit status (0: done, 2: an input or model refused, 130: interrupted)."
     args = build_parser().parse_args(argv)
     if args.quiet: _silence()
-    try: return int(args.run(args) or 0)
+    from histodiff.wsi import sigterm_as_interrupt
+    try:
+        with _notes(), sigterm_as_interrupt(): return int(args.run(args) or 0)
     except USER_ERRORS as e:
         if args.traceback: raise
         print(f"histodiff: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("histodiff: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"histodiff: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 130
 
 # %% ../nbs/12_cli.ipynb #feccdb51
@@ -107,34 +131,46 @@ def _restorer_arguments(p):
                         f"(default: {DEFAULT_MODELS['latent']} for latent, {DEFAULT_MODELS['pixel']} for pixel)")
     g.add_argument('--vae', metavar='DIR', default=DEFAULT_VAE, help='VAE folder (or hub id) of the latent method (default: %(default)s)')
     g.add_argument('--vae-subfolder', default=None, metavar='NAME', help="the VAE's subfolder, e.g. vae in a Stable Diffusion repository")
-    g.add_argument('--steps', type=int, default=50, metavar='N', help='sampling steps (default: %(default)s, the paper)')
+    g.add_argument('--steps', type=at_least(1), default=50, metavar='N', help='sampling steps (default: %(default)s, the paper)')
     g.add_argument('--scheduler', choices=SCHEDULERS, default=None, help='swap the sampler: ddpm, ddim or dpm (DPM-Solver++); ddim and dpm on trailing timesteps (default: DDPM, as trained)')
     g.add_argument('--seed', type=int, default=0, help='sampling seed: same seed, same bytes on CPU (default: %(default)s)')
-    g.add_argument('--pixel-dilation', type=int, default=8, metavar='PX',
+    g.add_argument('--pixel-dilation', type=at_least(0), default=8, metavar='PX',
                    help='outside the mask dilated by this much the input is kept byte for byte (default: %(default)s)')
     g.add_argument('--feather', type=float, default=2.0, metavar='PX', help='Gaussian feather of the paste-back (default: %(default)s)')
 
 # %% ../nbs/12_cli.ipynb #288f72f0
+def _identity(args, # parsed options of `_restorer_arguments`
+              model:str|None=None, vae:str|None=None, # the model folders used (None: a classical method)
+             )->dict:
+    "What a slide's work folder records of the restorer: a resumed run must use the same (`histodiff.wsi.check_resume`)."
+    from histodiff.wsi import model_digest
+    ident = dict(method=args.method)
+    if model is None: return ident
+    return ident | dict(model=str(model), model_digest=model_digest(model), vae=vae and str(vae), vae_subfolder=args.vae_subfolder,
+                        vae_digest=vae and model_digest(vae), scheduler=args.scheduler, steps=args.steps, seed=args.seed,
+                        pixel_dilation=args.pixel_dilation, feather=args.feather)
+
 def _restorer(args, # parsed options of `_restorer_arguments` (and the common ones)
               batched:bool=False, # a batched restorer (images N x H x W x 3, masks N x H x W), as `restore_slide` takes
              )->Callable:
-    "`restore(image, mask) -> image` (or its batched form) for the chosen method."
+    "`restore(image, mask) -> image` (or its batched form) for the chosen method; `.identity` says what it is."
     if args.method not in ('latent', 'pixel'):
         from histodiff.artifacts import restore
-        return partial(restore, method=args.method)
+        fn = partial(restore, method=args.method); fn.identity = _identity(args)
+        return fn
     from histodiff.core import get_device
     from histodiff.regional import load_regional_pipeline
     vae = None
     if args.method == 'latent':
         if args.vae == DEFAULT_VAE and not Path(args.vae).exists(): raise FileNotFoundError(f"VAE folder not found: {args.vae} (give --vae)")
         vae = args.vae
-    pipe = load_regional_pipeline(args.model or DEFAULT_MODELS[args.method], vae=vae, vae_subfolder=args.vae_subfolder,
-                                  scheduler=args.scheduler).to(get_device(args.device))
+    model = args.model or DEFAULT_MODELS[args.method]
+    pipe = load_regional_pipeline(model, vae=vae, vae_subfolder=args.vae_subfolder, scheduler=args.scheduler).to(get_device(args.device))
     kw = dict(num_inference_steps=args.steps, generator=args.seed, pixel_dilation=args.pixel_dilation, feather=args.feather)
     if not batched: return lambda image, mask: pipe.restore(image, mask, progress=not args.quiet, **kw)
     def restore_batch(images, masks): # the same seed for every batch: a resumed slide gives the same pixels
         return pipe(list(images), list(masks), output_type='np', progress=False, **kw).images
-    restore_batch.batched = True
+    restore_batch.batched, restore_batch.identity = True, _identity(args, model, vae)
     return restore_batch
 
 # %% ../nbs/12_cli.ipynb #55921040
@@ -150,17 +186,20 @@ def restore_command(args):
 
 Only the masked region (dilated by --pixel-dilation px and feathered) is
 regenerated; every other pixel is copied byte for byte (classical methods: every
-pixel outside the mask). The image must be RGB, the mask the same size, neither
-empty nor all artifact. For large images use `histodiff restore-slide`.
+pixel outside the mask). The image must be RGB, the mask the same size and not all
+artifact; an empty mask gives the image unchanged (with a note). For large images
+use `histodiff restore-slide`.
 
 example:
   histodiff restore tile.png --mask mask.png --out out.png --vae models/vae --ldm models/ldm
   histodiff restore tile.png --mask mask.png --out out.png --scheduler ddim --steps 20
   histodiff restore tile.png --mask mask.png --out out.png --method telea"""
-    from histodiff.core import read_image, read_mask, write_image
+    from histodiff.core import read_image, read_mask, write_image, check_image_suffix, warn_empty_mask
+    check_image_suffix(args.out)   # before any work
     image = read_image(args.image)
-    mask = read_mask(args.mask, image.shape, allow_empty=False, allow_full=False)
-    out = _restorer(args)(image, mask)
+    mask = read_mask(args.mask, image.shape, allow_empty=True, allow_full=False)
+    if mask.any(): out = _restorer(args)(image, mask)
+    else: warn_empty_mask(args.mask); out = image
     write_image(out, args.out)
     _say(args, f"{args.out}: {int(mask.sum())} artifact pixels ({mask.mean():.1%}) restored with {args.method}")
 
@@ -169,11 +208,11 @@ def _stain_arguments(p):
     p.add_argument('he', metavar='HE', help="H&E image, at least the model's tile size (larger images are tiled and stitched)")
     p.add_argument('--out', required=True, help='virtual IHC image, same size, written atomically')
     p.add_argument('--model', metavar='DIR', default='models/stardiff/both', help='Star-Diff pipeline or model folder (default: %(default)s)')
-    p.add_argument('--steps', type=int, default=10, metavar='N', help='sampling steps (default: %(default)s)')
+    p.add_argument('--steps', type=at_least(1), default=10, metavar='N', help='sampling steps (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='sampling seed (default: %(default)s)')
     p.add_argument('--eta', type=float, default=0.0, help='stochasticity of the sampler, 0 = deterministic (default: %(default)s)')
     p.add_argument('--overlap', type=int, default=None, metavar='PX', help="overlap of the tiles of a large image (default: a quarter tile)")
-    p.add_argument('--batch-size', type=int, default=16, metavar='N', help='tiles per model call (default: %(default)s)')
+    p.add_argument('--batch-size', type=at_least(1), default=16, metavar='N', help='tiles per model call (default: %(default)s)')
 
 @command('stain', 'H&E to virtual IHC with Star-Diff', _stain_arguments)
 def stain_command(args):
@@ -201,10 +240,10 @@ def _sfs_arguments(p):
                    help="from-filename (BCI names NNNNN_{train|test}_{0|1+|2+|3+}.png), dab-score (class of the real image's "
                         "DAB-positive area, the demo task) or a CSV file of name,label rows (default: %(default)s)")
     p.add_argument('--binary', action='store_true', help='score HER2 negative (0, 1+) against positive (2+, 3+)')
-    p.add_argument('--n-boot', type=int, default=1000, metavar='N', help='bootstrap resamples (default: %(default)s)')
+    p.add_argument('--n-boot', type=at_least(1), default=1000, metavar='N', help='bootstrap resamples (default: %(default)s)')
     p.add_argument('--level', type=float, default=0.95, help='confidence level (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='seed of the bootstrap (default: %(default)s)')
-    p.add_argument('--batch-size', type=int, default=32, metavar='N', help='images read and classified at once (default: %(default)s)')
+    p.add_argument('--batch-size', type=at_least(1), default=32, metavar='N', help='images read and classified at once (default: %(default)s)')
     p.add_argument('--json', default=None, metavar='OUT', help='also write the report as JSON (atomically)')
 
 def _image_names(folder:Path)->list[str]:
@@ -315,21 +354,23 @@ example:
 
 # %% ../nbs/12_cli.ipynb #a1fcda20
 def _slide_arguments(p):
-    p.add_argument('slide', metavar='SLIDE', help='slide (svs, ndpi, mrxs, tiff, ...) or a plain TIFF/PNG/JPEG image')
-    p.add_argument('--out', required=True, help='output pyramidal TIFF (.tif or .tiff), written atomically')
+    p.add_argument('slide', metavar='SLIDE', nargs='+', help='slides (svs, ndpi, mrxs, tiff, ...; plain TIFF/PNG/JPEG images) or folders of them')
+    p.add_argument('--out', required=True, help='output pyramidal TIFF (.tif or .tiff) of one slide, or a folder for several (<stem>.tif each); written atomically')
+    p.add_argument('--overwrite', action='store_true', help='restore slides whose output already exists (default: skip them)')
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--mask', help='artifact mask image (white = artifact) at any resolution; rescaled to the level')
+    src.add_argument('--mask', help='artifact mask image (white = artifact) at any resolution, rescaled to the level; '
+                                    'for several slides a folder of masks named like the slides (<stem>.png)')
     src.add_argument('--detector', metavar='DIR', help='artifact detector folder (histodiff.detect.ArtifactDetector)')
     p.add_argument('--threshold', type=float, default=None, help="detector probability threshold (default: the detector's own)")
     g = p.add_argument_group('slide')
-    g.add_argument('--level', type=int, default=0, help='pyramid level to restore (default: %(default)s)')
+    g.add_argument('--level', type=at_least(0), default=0, help='pyramid level to restore (default: %(default)s)')
     g.add_argument('--mpp', type=float, default=None, help='microns per pixel to work at: picks the level instead of --level')
-    g.add_argument('--tile', type=int, default=256, help='tile side in px (default: %(default)s)')
-    g.add_argument('--overlap', type=int, default=32, help='overlap between tiles in px (default: %(default)s)')
-    g.add_argument('--batch-size', type=int, default=8, metavar='N', help='tiles per restorer call (default: %(default)s)')
-    g.add_argument('--no-resume', action='store_true', help='start over instead of resuming an interrupted run')
+    g.add_argument('--tile', type=at_least(16), default=256, help='tile side in px (default: %(default)s)')
+    g.add_argument('--overlap', type=at_least(0), default=32, help='overlap between tiles in px (default: %(default)s)')
+    g.add_argument('--batch-size', type=at_least(1), default=8, metavar='N', help='tiles per restorer call (default: %(default)s)')
+    g.add_argument('--no-resume', action='store_true', help='discard an unfinished run on the same --out and start over')
     g.add_argument('--keep-work', action='store_true', help='keep the work folder after success (debugging)')
-    g.add_argument('--compression', default='zlib', help='TIFF compression (default: %(default)s)')
+    g.add_argument('--compression', default='zlib', help='TIFF compression: zlib, lzw, jpeg, zstd or none (default: %(default)s)')
     _restorer_arguments(p)
 
 @command('restore-slide', 'restore the artifacts of a whole slide into a pyramidal TIFF', _slide_arguments)
@@ -337,25 +378,38 @@ def restore_slide_command(args):
     """Restore the artifact tiles of a whole slide and write a tiled, pyramidal TIFF.
 
 Only tiles with artifacts are restored; the others are copied byte for byte, and
-restored tiles are blended seam-free. An interrupted run resumes where it
-stopped. The summary is printed as JSON (unless --quiet).
+restored tiles are blended seam-free. Several slides (or folders of slides) go
+to a folder, one <stem>.tif each; existing outputs are skipped. An interrupted
+run (Ctrl-C, SIGTERM, a crash) resumes where it stopped when rerun with the same
+settings; other settings are refused until --no-resume. One run at a time per
+output (a lock). A summary per slide is printed as JSON (unless --quiet).
 
 example:
   histodiff restore-slide slide.svs --out restored.tif --detector models/detector \\
                           --vae models/vae --ldm models/ldm
-  histodiff restore-slide slide.svs --out restored.tif --mask mask.png --method telea"""
+  histodiff restore-slide slide.svs --out restored.tif --mask mask.png --method telea
+  histodiff restore-slide slides/ more/s7.svs --out restored/ --detector models/detector"""
     from histodiff.core import get_device
-    from histodiff.wsi import restore_slide
+    from histodiff.wsi import restore_slide, SlideSettings, WorkFolder, slide_jobs
+    settings = SlideSettings(level=args.level, mpp=args.mpp, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                             compression=args.compression, resume=not args.no_resume, progress=not args.quiet,
+                             keep_work=args.keep_work)   # checked before a model is loaded
+    jobs = slide_jobs(args.slide, args.out, args.mask)   # every slide and mask found before any work
     detector = None
     if args.detector:
         from histodiff.detect import ArtifactDetector
         detector = ArtifactDetector.from_pretrained(_folder(args.detector, 'detector folder')).to(get_device(args.device))
         if args.threshold is not None: detector.settings['threshold'] = args.threshold
-    summary = restore_slide(args.slide, args.out, _restorer(args, batched=True), mask=args.mask, detector=detector,
-                            level=args.level, mpp=args.mpp, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                            resume=not args.no_resume, progress=not args.quiet, compression=args.compression,
-                            keep_work=args.keep_work)
-    _say(args, json.dumps(summary))
+    restorer, failed = _restorer(args, batched=True), []
+    for slide, out, mask in jobs:
+        if out.exists() and not WorkFolder(out).path.exists() and not args.overwrite:
+            print(f"histodiff: note: {out} exists, {slide.name} skipped (--overwrite restores it again)", file=sys.stderr); continue
+        try: summary = restore_slide(slide, out, restorer, mask=mask, detector=detector, settings=settings)
+        except USER_ERRORS as e:
+            if len(jobs) == 1: raise
+            print(f"histodiff: error: {slide}: {e}", file=sys.stderr); failed.append(slide.name); continue
+        _say(args, json.dumps(summary))
+    if failed: raise ValueError(f"{len(failed)} of {len(jobs)} slides failed ({', '.join(failed)}); the others are restored")
 
 # %% ../nbs/12_cli.ipynb #5f34c620
 def _convert_arguments(p):

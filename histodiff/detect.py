@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from .core import as_rgb_uint8, to_tensor, mask_to_tensor, stitch_tiles, tile_coords, atomic_path
 from .artifacts import make_paired_set, ARTIFACT_KINDS
 from .train import record_sample_size, check_sample_size
+from .autoencoder import ModelFolderError, load_folder, read_json_settings
 
 # %% auto #0
-__all__ = ['saturation', 'tissue_mask', 'clean_mask', 'dice_iou', 'ArtifactDetector', 'predict_proba', 'predict_mask',
-           'detect_image', 'SegmentationSet', 'make_detection_set', 'train_detector', 'evaluate_detector']
+__all__ = ['DETECTOR_SETTINGS', 'saturation', 'tissue_mask', 'clean_mask', 'dice_iou', 'check_detector_settings',
+           'ArtifactDetector', 'predict_proba', 'predict_mask', 'detect_image', 'SegmentationSet', 'make_detection_set',
+           'train_detector', 'evaluate_detector']
 
 # %% ../nbs/10_detect.ipynb #1c3dc511
 def saturation(image:np.ndarray # RGB uint8 image
@@ -73,6 +75,16 @@ def dice_iou(pred, # predicted boolean mask (H x W or N x H x W)
     if union == 0: return 1.0, 1.0
     return float(2 * inter / (a + b)), float(inter / union)
 
+# %% ../nbs/10_detect.ipynb #fe2eb1b7
+DETECTOR_SETTINGS = dict(threshold=(int, float), min_size=int, hole_size=int, dilation=int, dice_weight=(int, float)) # detector.json: key -> type
+
+def check_detector_settings(threshold:float=0.5, min_size:int=16, hole_size:int=64, dilation:int=2, dice_weight:float=1.0)->dict:
+    "The post-processing settings of `ArtifactDetector` as a dict; a ValueError for a value out of range."
+    if not 0 <= threshold <= 1: raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
+    for k, v in dict(min_size=min_size, hole_size=hole_size, dilation=dilation, dice_weight=dice_weight).items():
+        if v < 0: raise ValueError(f"{k} must be >= 0, got {v}.")
+    return dict(threshold=threshold, min_size=min_size, hole_size=hole_size, dilation=dilation, dice_weight=dice_weight)
+
 # %% ../nbs/10_detect.ipynb #e55366a2
 class ArtifactDetector(nn.Module):
     "A segmentation UNet (diffusers `UNet2DModel`, 1 output channel, timestep 0) giving artifact logits."
@@ -98,7 +110,7 @@ class ArtifactDetector(nn.Module):
         if unet.config.in_channels != 3 or unet.config.out_channels != 1:
             raise ValueError(f"the detector UNet needs 3 input and 1 output channels, got {unet.config.in_channels} and {unet.config.out_channels}.")
         self.unet = unet
-        self.settings = dict(threshold=threshold, min_size=min_size, hole_size=hole_size, dilation=dilation, dice_weight=dice_weight)
+        self.settings = check_detector_settings(threshold, min_size, hole_size, dilation, dice_weight)
 
     @property
     def multiple(self)->int:
@@ -135,11 +147,16 @@ class ArtifactDetector(nn.Module):
     @classmethod
     def from_pretrained(cls, path:str|Path # folder written by `save_pretrained`
                        )->'ArtifactDetector':
-        "Load a detector saved by `save_pretrained` (safetensors, no pickles)."
+        "Load a detector saved by `save_pretrained` (safetensors, no pickles); a damaged folder raises `ModelFolderError` naming the file."
         from diffusers import UNet2DModel
-        path = Path(path)
-        if not (path / 'detector.json').exists(): raise FileNotFoundError(f"{path} has no detector.json; is it a saved ArtifactDetector?")
-        return cls(UNet2DModel.from_pretrained(path / 'unet', use_safetensors=True), **json.loads((path / 'detector.json').read_text()))
+        path = Path(path); f = path / 'detector.json'
+        if not f.exists(): raise FileNotFoundError(f"{path} has no detector.json; is it a saved ArtifactDetector?")
+        settings = read_json_settings(f, DETECTOR_SETTINGS)
+        try: check_detector_settings(**settings)
+        except ValueError as e: raise ModelFolderError(f"{f}: {e}") from e
+        unet = load_folder(UNet2DModel.from_pretrained, path / 'unet', 'artifact detector UNet', use_safetensors=True)
+        try: return cls(unet, **settings)
+        except ValueError as e: raise ModelFolderError(f"{path / 'unet'}: {e}") from e
 
 # %% ../nbs/10_detect.ipynb #3964e2f8
 @torch.no_grad()

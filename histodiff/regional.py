@@ -19,7 +19,8 @@ from diffusers import (DiffusionPipeline, UNet2DModel, AutoencoderKL, DDPMSchedu
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .core import (ImageError, MaskError, as_rgb_uint8, check_mask, to_tensor, from_tensor, make_generator)
+from .core import (ImageError, MaskError, as_rgb_uint8, check_mask, to_tensor, from_tensor, make_generator,
+                            warn_empty_mask)
 from .train import check_sample_size
 
 # %% auto #0
@@ -184,6 +185,19 @@ def _to_host(*ts:torch.Tensor, # tensors on one device
         out[i] = host[o:o + n].view(ts[i].dtype).reshape(ts[i].shape).numpy(); o += n
     return out
 
+# %% ../nbs/05_regional.ipynb #34f09e5e
+def _pad_to(x:torch.Tensor, # N x H x W x 3 uint8 images, or N x 3 x H x W float ones
+            ms:np.ndarray, # N x H x W bool masks (host)
+            multiple:int, # the sides are padded up to multiples of this
+           )->tuple[torch.Tensor, np.ndarray]:
+    "Images mirrored and masks padded with False (known context), at the bottom and right, to sides divisible by `multiple`."
+    H, W = ms.shape[1:]
+    ph, pw = -H % multiple, -W % multiple
+    if not (ph or pw): return x, ms
+    hd, wd = (1, 2) if x.dtype == torch.uint8 else (2, 3)
+    x = x.index_select(hd, _reflect_index(H, ph, x.device)[ph:]).index_select(wd, _reflect_index(W, pw, x.device)[pw:])
+    return x, np.pad(ms, ((0, 0), (0, ph), (0, pw)))
+
 # %% ../nbs/05_regional.ipynb #26f0edad
 def repaint_levels(n:int, # number of inference steps N
                    jump_length:int|None=0, # steps to go back up per jump (0/None: no jumps)
@@ -329,6 +343,20 @@ class RegionalPipelineBase(DiffusionPipeline):
 
     @property
     def downsample_factor(self)->int: return 1
+    @property
+    def size_multiple(self)->int:
+        "Image sides are padded up to multiples of this: the encoder's factor x the UNet's (2 ** (levels - 1))."
+        return self.downsample_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+    def check_size(self, height:int, width:int, # the image size
+                  ):
+        "Refuse an image smaller than `size_multiple` (mostly mirrored padding), saying the minimum and what to do."
+        k, f = self.size_multiple, self.downsample_factor
+        if height >= k and width >= k: return
+        why = f"VAE factor {f} x UNet downsampling {k // f}" if f > 1 else f"UNet downsampling {k}"
+        raise ImageError(f"image {height}x{width} is smaller than {k}x{k}, the smallest the {self.space} model takes ({why}); "
+                         f"crop a larger region around the artifact, at least {k}x{k}.")
+
     def encode(self, x:torch.Tensor)->torch.Tensor: return x
     def decode(self, z:torch.Tensor)->torch.Tensor: return z
 
@@ -349,7 +377,8 @@ class RegionalPipelineBase(DiffusionPipeline):
                       )->list[np.ndarray]:
         "Encode, sample, decode and paste back on the model's device; [output, alpha] on the host in one transfer."
         device, dtype = self.unet.device, self.unet.dtype
-        x = x.to(device)
+        H, W = ms.shape[1:]
+        x, ms = _pad_to(x.to(device), ms, self.size_multiple) # cropped back below
         xf = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x # `to_tensor`'s arithmetic
         z0 = self.encode(xf.to(dtype))
         self.check_sampling(z0)
@@ -357,7 +386,8 @@ class RegionalPipelineBase(DiffusionPipeline):
         m_lat = latent_mask(torch.from_numpy(ms).to(device)[:, None].float(), self.downsample_factor, ld).to(z0.dtype)
         self.set_progress_bar_config(disable=not progress)
         z = regional_sample(self.unet, self.scheduler, z0, m_lat, progress_bar=self.progress_bar, **kw)
-        return _to_host(*paste_back(self.decode(z), x, ms, pixel_dilation, feather))
+        out, alpha = paste_back(self.decode(z), x, ms, pixel_dilation, feather)
+        return _to_host(out[:, :H, :W] if out.dtype == torch.uint8 else out[..., :H, :W], alpha[:, :H, :W])
 
     @torch.no_grad()
     def __call__(self,
@@ -383,8 +413,7 @@ class RegionalPipelineBase(DiffusionPipeline):
         u8 = x.dtype == torch.uint8
         N, H, W = (x.shape[:3] if u8 else (x.shape[0], *x.shape[2:]))
         ms = _as_masks(masks, N, (H, W))
-        f = self.downsample_factor
-        if H % f or W % f: raise ImageError(f"image size {H}x{W} is not divisible by the downsample factor {f}.")
+        self.check_size(H, W)
         alpha, out = np.zeros((N, H, W), np.float32), (x.numpy().copy() if u8 else x.detach().cpu().clone())
         active = np.flatnonzero(ms.reshape(N, -1).any(1))
         if len(active):
@@ -403,9 +432,11 @@ class RegionalPipelineBase(DiffusionPipeline):
                 mask, # H x W artifact mask, True = artifact
                 **kwargs, # any `__call__` option (num_inference_steps, generator, keep, ...)
                )->np.ndarray:
-        "The project's `restore(image, mask) -> image` interface: uint8 in, uint8 out."
-        kwargs = {'progress': False, **kwargs, 'output_type': 'np'}
-        return self([as_rgb_uint8(image)], [mask], **kwargs).images[0]
+        "The project's `restore(image, mask) -> image` interface: uint8 in, uint8 out; an empty mask gives a copy, warned."
+        kwargs = {'progress': False, **kwargs, 'output_type': 'np', 'return_dict': True}
+        res = self([as_rgb_uint8(image)], [mask], **kwargs)
+        if not res.masks[0].any(): warn_empty_mask(f"{type(self).__name__}.restore")
+        return res.images[0]
 
 # %% ../nbs/05_regional.ipynb #e9b7e139
 class PixelRegionalPipeline(RegionalPipelineBase):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import to_tensor, get_device, as_rgb_uint8, ImageError, atomic_dir
 from .data import HER2_CLASSES
+from .autoencoder import load_folder
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'HER2_VIEWS', 'SFS_METRICS', 'FOUR_CLASS_SUFFIX', 'ImageClassifier', 'build_classifier',
@@ -87,9 +88,10 @@ class ImageClassifier(nn.Module):
     def from_pretrained(cls, name_or_path:str|Path, # hub id or local folder of a transformers image classifier
                         **kwargs, # passed to `AutoModelForImageClassification.from_pretrained`
                        )->'ImageClassifier':
-        "Load a classifier saved by `save_pretrained` or any transformers image classifier of the hub."
+        "Load a classifier saved by `save_pretrained` or any transformers image classifier of the hub; a damaged local folder raises `ModelFolderError`."
         from transformers import AutoModelForImageClassification
-        model = AutoModelForImageClassification.from_pretrained(str(name_or_path), **kwargs)
+        if Path(name_or_path).is_dir(): model = load_folder(AutoModelForImageClassification.from_pretrained, name_or_path, 'classifier', **kwargs)
+        else: model = AutoModelForImageClassification.from_pretrained(str(name_or_path), **kwargs)
         if getattr(model.config, 'image_mean', None) is None:  # a hub model: take the normalisation of its processor
             try:
                 from transformers import AutoImageProcessor

@@ -19,6 +19,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from .core import (atomic_path, atomic_dir, as_rgb_uint8, to_tensor, from_tensor, make_generator,
                             extract_tiles, stitch_tiles)
+from .autoencoder import ModelFolderError, load_folder, read_json_settings
 
 # %% auto #0
 __all__ = ['PATHS', 'StarDiffSchedulerOutput', 'StarDiffScheduler', 'oracle_sample', 'unet_config', 'StarDiffModel',
@@ -258,14 +259,23 @@ class StarDiffModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path:str|Path, # folder written by `save_pretrained`
                         **kwargs):
-        "Load a model saved with `save_pretrained` (safetensors only)."
-        path = Path(path)
-        if not (path/cls.config_name).exists(): raise FileNotFoundError(f"{path/cls.config_name} not found: not a StarDiffModel folder.")
-        cfg = json.loads((path/cls.config_name).read_text())
-        load = lambda sub: UNet2DModel.from_pretrained(path/sub, use_safetensors=True) if (path/sub).exists() else None
-        r, e = load('residual_unet'), load('noise_unet')
-        model = cls(cfg['channels'], unet=dict((r or e).config), paths=cfg['paths'], loss=cfg['loss'],
-                    scheduler=StarDiffScheduler.from_pretrained(path/'scheduler'), residual_net=r, noise_net=e)
+        "Load a model saved with `save_pretrained` (safetensors only); a damaged folder raises `ModelFolderError` naming the file."
+        path = Path(path); cf = path/cls.config_name
+        if not cf.exists(): raise FileNotFoundError(f"{cf} not found: not a StarDiffModel folder.")
+        cfg = read_json_settings(cf, dict(channels=int, paths=str, loss=str), required=('channels', 'paths', 'loss'))
+        if cfg['paths'] not in PATHS: raise ModelFolderError(f"{cf}: paths must be one of {PATHS}, got {cfg['paths']!r}.")
+        subs = [s for s, off in (('residual_unet', 'noise'), ('noise_unet', 'residual')) if cfg['paths'] != off]
+        if missing := [s for s in subs if not (path/s).is_dir()]:
+            raise ModelFolderError(f"{cf} says paths={cfg['paths']!r} but {path/missing[0]} is missing: re-download or retrain the model.")
+        nets = {s: load_folder(UNet2DModel.from_pretrained, path/s, 'Star-Diff UNet', use_safetensors=True) for s in subs}
+        for s, n in nets.items():
+            if (n.config.in_channels, n.config.out_channels) != (2 * cfg['channels'], cfg['channels']):
+                raise ModelFolderError(f"{path/s}: a UNet with {n.config.in_channels} -> {n.config.out_channels} channels, but {cf.name} says "
+                                       f"channels={cfg['channels']} (needs {2 * cfg['channels']} -> {cfg['channels']}): the folder is inconsistent.")
+        sch = load_folder(StarDiffScheduler.from_pretrained, path/'scheduler', 'Star-Diff scheduler')
+        try: model = cls(cfg['channels'], unet=dict(nets[subs[0]].config), paths=cfg['paths'], loss=cfg['loss'], scheduler=sch,
+                         residual_net=nets.get('residual_unet'), noise_net=nets.get('noise_unet'))
+        except ValueError as e: raise ModelFolderError(f"{cf}: {e}") from e
         return model.eval()
 
 # %% ../nbs/06_stardiff.ipynb #98b07a9e
@@ -374,14 +384,23 @@ class StarDiffPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, path:str|Path, # a pipeline folder, or a bare StarDiffModel folder
                         **kwargs):
-        "Load a pipeline saved with `save_pretrained` (or a model folder saved by `fit`)."
-        path = Path(path)
+        "Load a pipeline saved with `save_pretrained` (or a model folder saved by `fit`), checked against its `stardiff_pipeline.json`."
+        path = Path(path); f = path/'stardiff_pipeline.json'
         if not path.is_dir(): raise FileNotFoundError(f"no Star-Diff model at {path}: train it first (stage train_stardiff).")
         if (path/StarDiffModel.config_name).exists(): return cls(StarDiffModel.from_pretrained(path))
-        if not (path/'stardiff_pipeline.json').exists():
-            raise FileNotFoundError(f"{path} holds neither stardiff_pipeline.json nor {StarDiffModel.config_name}.")
-        vae = AutoencoderKL.from_pretrained(path/'vae', use_safetensors=True).eval() if (path/'vae').exists() else None
-        return cls(StarDiffModel.from_pretrained(path/'model'), vae=vae)
+        if not f.exists(): raise FileNotFoundError(f"{path} holds neither stardiff_pipeline.json nor {StarDiffModel.config_name}.")
+        cfg = read_json_settings(f, dict(latent=bool, paths=str), required=('latent', 'paths'))
+        if cfg['latent'] != (path/'vae').is_dir():
+            raise ModelFolderError(f"{f} says latent but there is no vae/ folder" if cfg['latent'] else f"{f} says latent: false but holds a vae/ folder"
+                                   ": the folder is incomplete or altered; re-download it or save the pipeline again.")
+        model = StarDiffModel.from_pretrained(path/'model')
+        if model.paths != cfg['paths']:
+            raise ModelFolderError(f"{f} says paths={cfg['paths']!r} but {path/'model'/StarDiffModel.config_name} says {model.paths!r}: "
+                                   "the folder was altered; re-download it or save the pipeline again.")
+        if not cfg['latent']: return cls(model)
+        vae = load_folder(AutoencoderKL.from_pretrained, path/'vae', 'Star-Diff VAE', use_safetensors=True)
+        try: return latent_pipeline(model, vae)
+        except ValueError as e: raise ModelFolderError(f"{path}: {e}") from e
 
 # %% ../nbs/06_stardiff.ipynb #bc49128e
 def latent_pipeline(model:StarDiffModel, # a model with `channels == vae.config.latent_channels`
@@ -521,5 +540,7 @@ def save_stain_baselines(baselines:dict[str, StainNormalizer], path:str|Path)->P
     return Path(path)
 
 def load_stain_baselines(path:str|Path)->dict[str, StainNormalizer]:
-    "Read baselines written by `save_stain_baselines` (name -> fitted `StainNormalizer`)."
-    return {k: StainNormalizer.from_state_dict(v) for k, v in json.loads(Path(path).read_text()).items()}
+    "Read baselines written by `save_stain_baselines` (name -> fitted `StainNormalizer`); a damaged file raises `ModelFolderError` naming it."
+    try: return {k: StainNormalizer.from_state_dict(v) for k, v in read_json_settings(path).items()}
+    except (KeyError, TypeError, IndexError) as e:
+        raise ModelFolderError(f"{path} does not hold stain baselines written by save_stain_baselines ({type(e).__name__}: {e}): fit them again.") from e

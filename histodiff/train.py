@@ -6,7 +6,7 @@ Docs: https://histodiff.github.io/histodiff/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #da2036f2
 from __future__ import annotations
-import json, shutil
+import json, shutil, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .core import atomic_dir
+from .core import atomic_dir, atomic_path
 
 # %% auto #0
-__all__ = ['UNET_PRESETS', 'TrainConfig', 'EpochSampler', 'collate_dict', 'TensorDictDataset', 'list_checkpoints',
-           'latest_checkpoint', 'fit', 'make_scheduler', 'record_sample_size', 'check_sample_size',
+__all__ = ['MANIFEST', 'UNET_PRESETS', 'TrainConfig', 'EpochSampler', 'collate_dict', 'TensorDictDataset', 'verify_checkpoint',
+           'list_checkpoints', 'latest_checkpoint', 'fit', 'make_scheduler', 'record_sample_size', 'check_sample_size',
            'DenoisingDiffusionModel', 'unet_config', 'make_unet']
 
 # %% ../nbs/04_train.ipynb #cc3f7ba1
@@ -87,25 +87,89 @@ class TensorDictDataset(Dataset):
     def __getitem__(self, i): return {k: v[i] for k, v in self.tensors.items()}
 
 # %% ../nbs/04_train.ipynb #504baa23
+MANIFEST = 'manifest.json' # file of a checkpoint listing every other file with its size and sha256
+
+def _sha256(path:Path)->str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def _write_manifest(folder:Path # a checkpoint folder whose files are all written
+                   ):
+    "Write `folder/manifest.json` (atomically, last): relative path, size and sha256 of every file of `folder`."
+    files = {p.relative_to(folder).as_posix(): dict(size=p.stat().st_size, sha256=_sha256(p))
+             for p in sorted(folder.rglob('*')) if p.is_file() and p.name != MANIFEST}
+    with atomic_path(folder/MANIFEST) as tmp: tmp.write_text(json.dumps(dict(files=files), indent=1))
+
+# %% ../nbs/04_train.ipynb #9a50e618
+def _trainer_state(ckpt:Path)->dict:
+    "The `trainer_state.json` of a checkpoint; a ValueError naming it when unreadable."
+    p = Path(ckpt)/'trainer_state.json'
+    try: return json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{p} is not readable JSON ({e}).") from None
+
+def _unverifiable(ckpt:Path)->bool:
+    "Was checkpoint `ckpt` written before manifests (none, and its trainer_state.json announces none)?"
+    if (Path(ckpt)/MANIFEST).exists(): return False
+    try: return MANIFEST != _trainer_state(ckpt).get('manifest')
+    except ValueError: return False
+
+# %% ../nbs/04_train.ipynb #00ba482d
+def verify_checkpoint(path:str|Path # a checkpoint folder, `output_dir/checkpoints/step_N`
+                     )->str|None:
+    "None when checkpoint `path` is complete (every file of its manifest there, same size and sha256); else what is wrong, naming the file."
+    p = Path(path)
+    if not (p/'trainer_state.json').is_file(): return f"{p/'trainer_state.json'} is missing"
+    if _unverifiable(p): return None # written before manifests: resumed unverified (with a warning, see `fit`)
+    if not (p/MANIFEST).is_file(): return f"{p/MANIFEST} is missing (the save was cut short)"
+    try: files = json.loads((p/MANIFEST).read_text())['files']; sizes = {k: int(v['size']) for k, v in files.items()}
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e: return f"{p/MANIFEST} is unreadable ({e!r})"
+    for rel, size in sizes.items(): # sizes first: a truncated file is found without reading the others
+        f = p/rel
+        if not f.is_file(): return f"{f} is missing"
+        if f.stat().st_size != size: return f"{f} has {f.stat().st_size} bytes, its manifest says {size} (truncated?)"
+    for rel, v in files.items():
+        if _sha256(p/rel) != v['sha256']: return f"{p/rel} does not match the sha256 of its manifest (corrupt)"
+    return None
+
+# %% ../nbs/04_train.ipynb #0df75fc3
 def _ckpt_name(step:int)->str: return f"step_{step:08d}"
 
-def list_checkpoints(output_dir:str|Path # run folder
+def list_checkpoints(output_dir:str|Path, # run folder
+                     verified:bool=False, # only the complete ones (`verify_checkpoint`: reads every file)
                     )->list[Path]:
-    "Complete checkpoints of a run, oldest first."
+    "Checkpoints of a run, oldest first."
     d = Path(output_dir)/'checkpoints'
     if not d.exists(): return []
-    return sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith('step_') and (p/'trainer_state.json').exists())
+    c = sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith('step_') and (p/'trainer_state.json').exists())
+    return [p for p in c if verify_checkpoint(p) is None] if verified else c
 
-def latest_checkpoint(output_dir:str|Path)->Path|None:
+# %% ../nbs/04_train.ipynb #0ca622d4
+def latest_checkpoint(output_dir:str|Path, # run folder
+                      verified:bool=True, # skip (with a warning naming the bad file) incomplete or corrupt ones
+                     )->Path|None:
     "The newest complete checkpoint of a run, or None."
-    c = list_checkpoints(output_dir)
-    return c[-1] if c else None
+    skipped, found = [], None
+    for p in reversed(list_checkpoints(output_dir)):
+        problem = verify_checkpoint(p) if verified else None
+        if problem is None: found = p; break
+        skipped.append((p, problem))
+    for p, problem in skipped:
+        warnings.warn(f"checkpoint {p} is incomplete or corrupt, skipped: {problem}. Falling back to "
+                      + (f"{found}." if found else "none: no complete checkpoint is left."), stacklevel=2)
+    return found
 
+# %% ../nbs/04_train.ipynb #e0d8e9e2
 def _check_checkpoint(path:str|Path)->Path:
+    "The checkpoint folder `path`, after checking it is complete; FileNotFoundError or ValueError naming what is wrong."
     p = Path(path)
     if not p.is_dir(): raise FileNotFoundError(f"checkpoint not found: {p} (no such folder)")
     if not (p/'trainer_state.json').exists():
         raise FileNotFoundError(f"{p} is not a complete histodiff checkpoint: {p/'trainer_state.json'} is missing")
+    if problem := verify_checkpoint(p):
+        raise ValueError(f"checkpoint {p} is incomplete or corrupt: {problem}; resume from another one (resume=True takes the newest complete one).")
     return p
 
 # %% ../nbs/04_train.ipynb #b2646131
@@ -137,6 +201,158 @@ def _trim_dvclive(live_dir:Path, step:int):
         keep = [lines[0]] + [l for l in lines[1:] if l and int(l.split('\t')[i]) <= step]
         tsv.write_text('\n'.join(keep) + '\n')
 
+# %% ../nbs/04_train.ipynb #1017a4fe
+@dataclass
+class _Run:
+    "What the steps of one `fit` run share."
+    c:TrainConfig; acc:object; model:nn.Module; wrapper:nn.Module # config, Accelerator, the model and its prepared loss module
+    opt:object; sched:object; dl:DataLoader; sampler:EpochSampler; ema:object=None; live:object=None # prepared objects
+    step:int=0 # optimizer steps done
+    micro:int=0 # micro-batches consumed
+    loss_sum:float=0. # sum of the micro-batch losses since the last log
+    loss_n:int=0 # their number
+    @property
+    def out(self)->Path: return Path(self.c.output_dir)
+
+# %% ../nbs/04_train.ipynb #0c5fed35
+def _resume_point(c:TrainConfig)->Path|None:
+    "The checkpoint `fit` starts from (None: a fresh start); warns about each one skipped and about an unverifiable one."
+    out = Path(c.output_dir)
+    if c.resume is True:
+        p = latest_checkpoint(out)
+        if p is None and list_checkpoints(out):
+            warnings.warn(f"no complete checkpoint in {out/'checkpoints'}: training starts from scratch.", stacklevel=3)
+    elif c.resume: p = _check_checkpoint(c.resume)
+    elif list_checkpoints(out):
+        raise FileExistsError(f"{out} already holds checkpoints and resume=False; use another output_dir or delete {out/'checkpoints'}.")
+    else: p = None
+    if p is not None and _unverifiable(p):
+        warnings.warn(f"checkpoint {p} has no {MANIFEST} (written by an older histodiff): it cannot be verified; resuming from it as it is.", stacklevel=3)
+    return p
+
+# %% ../nbs/04_train.ipynb #5f708de5
+def _setup(model:nn.Module, dataset:Dataset, c:TrainConfig, collate_fn=None)->_Run:
+    "Accelerator (the last run's settings forgotten), seeds, data loader, AdamW, schedule and EMA, prepared."
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed, ProjectConfiguration
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    # accelerate keeps its settings process-wide: forget the last run's (not the distributed setup), so a notebook
+    # can call fit again with another mixed_precision
+    AcceleratorState._reset_state(reset_partial_state=False)
+    acc = Accelerator(mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.gradient_accumulation_steps,
+                      project_config=ProjectConfiguration(project_dir=str(c.output_dir)))
+    set_seed(c.seed, device_specific=True)
+    sampler = EpochSampler(len(dataset), seed=c.seed)
+    dl = DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, collate_fn=collate_fn or collate_dict,
+                    num_workers=c.num_workers, drop_last=c.drop_last,
+                    generator=torch.Generator().manual_seed(c.seed)) # own generator: iterating never draws from the global RNG
+    if c.drop_last and len(dl) == 0: raise ValueError(f"batch_size {c.batch_size} exceeds the dataset ({len(dataset)}) with drop_last.")
+    opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay, betas=tuple(c.adam_betas))
+    sched = get_scheduler(c.lr_scheduler, opt, num_warmup_steps=c.lr_warmup_steps * acc.num_processes,
+                          num_training_steps=c.max_steps * acc.num_processes)
+    ema = EMAModel(model.parameters(), decay=c.ema_decay) if c.use_ema else None
+    wrapper, opt, dl, sched = acc.prepare(_LossModule(model), opt, dl, sched)
+    if ema is not None: ema.to(acc.device)
+    return _Run(c, acc, model, wrapper, opt, sched, dl, sampler, ema)
+
+# %% ../nbs/04_train.ipynb #cd6c2b65
+def _load_checkpoint(r:_Run, ckpt:Path):
+    "Restore accelerate's state, the counters, the logging window and the EMA of `r` from checkpoint `ckpt`."
+    r.acc.load_state(str(ckpt))
+    st = _trainer_state(ckpt)
+    r.step, r.micro = st['step'], st['micro']
+    r.loss_sum, r.loss_n = st.get('log', {}).get('loss_sum', 0.), st.get('log', {}).get('n', 0) # older checkpoints: none
+    if r.ema is not None:
+        if not (ckpt/'ema.safetensors').exists(): raise FileNotFoundError(f"{ckpt/'ema.safetensors'} is missing (run saved without EMA?)")
+        _load_ema(r.ema, ckpt/'ema.safetensors')
+
+def _open_live(r:_Run, resumed:bool):
+    "The dvclive log of the run (main process only), rows past the resumed step dropped, the config logged."
+    if not r.acc.is_main_process: return
+    from dvclive import Live
+    if resumed: _trim_dvclive(r.out/'dvclive', r.step)
+    r.live = Live(str(r.out/'dvclive'), resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
+    r.live.log_params({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(r.c).items()})
+
+# %% ../nbs/04_train.ipynb #91746860
+def _prune_checkpoints(output_dir:Path, step:int, keep:int):
+    "Delete the oldest checkpoints before `step`, so that `keep` are left with the one at `step`."
+    older = [p for p in list_checkpoints(output_dir) if int(p.name.split('_')[1]) < step]
+    for old in older[:max(len(older) - (keep - 1), 0)]: shutil.rmtree(old)
+
+def _save_checkpoint(r:_Run):
+    "Write the checkpoint of step `r.step` (manifest last, folder renamed when complete) and delete the oldest ones."
+    r.acc.wait_for_everyone()
+    if r.acc.is_main_process:
+        with atomic_dir(r.out/'checkpoints'/_ckpt_name(r.step)) as tmp:
+            r.acc.save_state(str(tmp), safe_serialization=True)
+            if r.ema is not None: _save_ema(r.ema, tmp/'ema.safetensors')
+            cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(r.c).items()}
+            st = dict(step=r.step, micro=r.micro, log=dict(loss_sum=r.loss_sum, n=r.loss_n), config=cfg, manifest=MANIFEST)
+            (tmp/'trainer_state.json').write_text(json.dumps(st, indent=1))
+            _write_manifest(tmp)
+        _prune_checkpoints(r.out, r.step, r.c.keep_checkpoints)
+    r.acc.wait_for_everyone()
+
+# %% ../nbs/04_train.ipynb #0a2db63a
+def _micro_step(r:_Run, batch)->torch.Tensor:
+    "Forward, backward and (when the accumulation is complete) optimizer step on one micro-batch; its loss."
+    c = r.c
+    with r.acc.accumulate(r.wrapper):
+        loss = r.wrapper(batch)
+        if loss.ndim != 0: raise ValueError(f"training_loss must return a scalar, got shape {tuple(loss.shape)}.")
+        r.acc.backward(loss)
+        if r.acc.sync_gradients and c.max_grad_norm: r.acc.clip_grad_norm_(r.wrapper.parameters(), c.max_grad_norm)
+        r.opt.step(); r.sched.step(); r.opt.zero_grad(set_to_none=True)
+    r.micro += 1
+    r.loss_sum += loss.detach().float().item(); r.loss_n += 1
+    return loss
+
+def _log(r:_Run):
+    "Log the mean loss of the window and the learning rate at `r.step` (when due), and start a new window."
+    if r.live is None or not (r.step % r.c.log_every == 0 or r.step == r.c.max_steps): return
+    r.live.step = r.step
+    r.live.log_metric('loss', r.loss_sum / r.loss_n); r.live.log_metric('lr', r.sched.get_last_lr()[0])
+    r.live.next_step()
+    r.loss_sum, r.loss_n = 0.0, 0
+
+# %% ../nbs/04_train.ipynb #40170bb0
+def _train(r:_Run):
+    "Train from `r.step` to `max_steps`: the epoch and position from `r.micro`, logs and checkpoints when due."
+    from tqdm.auto import tqdm
+    c, n_batches = r.c, len(r.dl)
+    bar = tqdm(total=c.max_steps, initial=r.step, disable=not (c.progress and r.acc.is_main_process), desc='fit')
+    while r.step < c.max_steps:
+        epoch, skip = divmod(r.micro, n_batches)
+        r.sampler.epoch = epoch
+        for batch in (r.acc.skip_first_batches(r.dl, skip) if skip else r.dl):
+            loss = _micro_step(r, batch)
+            if not r.acc.sync_gradients: continue
+            r.step += 1
+            if r.ema is not None: r.ema.step(r.model.parameters())
+            bar.update(1); bar.set_postfix(loss=f"{loss.item():.4f}")
+            _log(r)
+            if r.step % c.checkpoint_every == 0 or r.step == c.max_steps: _save_checkpoint(r)
+            if r.step >= c.max_steps: break
+    bar.close()
+
+def _finish(r:_Run)->nn.Module:
+    "The trained model with its EMA weights, saved to `output_dir/final`; the log closed."
+    r.acc.wait_for_everyone()
+    model = r.acc.unwrap_model(r.wrapper).model
+    if r.ema is not None: r.ema.copy_to(model.parameters())
+    if r.acc.is_main_process:
+        with atomic_dir(r.out/'final') as tmp:
+            if callable(getattr(model, 'save_pretrained', None)): model.save_pretrained(tmp)
+            else:
+                from safetensors.torch import save_model
+                save_model(model, str(tmp/'model.safetensors'))
+        if r.live is not None: r.live.end()
+    r.acc.end_training()
+    return model
+
 # %% ../nbs/04_train.ipynb #35f42d4f
 def fit(model:nn.Module, # has `training_loss(batch) -> scalar tensor`; optionally `save_pretrained(dir)`
         dataset:Dataset, # torch Dataset of dict items (or anything `collate_fn` batches)
@@ -144,106 +360,15 @@ def fit(model:nn.Module, # has `training_loss(batch) -> scalar tensor`; optional
         collate_fn=None, # batches a list of items (default `collate_dict`)
        )->nn.Module:
     "Train `model` on `dataset` with accelerate; checkpoint, resume, log; return the model with its final (EMA) weights."
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed, ProjectConfiguration
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
     if not callable(getattr(model, 'training_loss', None)):
         raise TypeError(f"{type(model).__name__} has no `training_loss(batch)` method; fit needs one.")
     if len(dataset) == 0: raise ValueError("the training dataset is empty.")
-    c, out = config, Path(config.output_dir)
-    resume_from = None
-    if c.resume is True: resume_from = latest_checkpoint(out)
-    elif c.resume: resume_from = _check_checkpoint(c.resume)
-    elif list_checkpoints(out):
-        raise FileExistsError(f"{out} already holds checkpoints and resume=False; use another output_dir or delete {out/'checkpoints'}.")
-    # accelerate keeps its settings process-wide: forget the last run's (not the distributed setup), so a notebook
-    # can call fit again with another mixed_precision
-    AcceleratorState._reset_state(reset_partial_state=False)
-    acc = Accelerator(mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.gradient_accumulation_steps,
-                      project_config=ProjectConfiguration(project_dir=str(out)))
-    set_seed(c.seed, device_specific=True)
-    sampler = EpochSampler(len(dataset), seed=c.seed)
-    dl = DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, collate_fn=collate_fn or collate_dict,
-                    num_workers=c.num_workers, drop_last=c.drop_last,
-                    generator=torch.Generator().manual_seed(c.seed)) # own generator: iterating never draws from the global RNG
-    if c.drop_last and len(dl) == 0: raise ValueError(f"batch_size {c.batch_size} exceeds the dataset ({len(dataset)}) with drop_last.")
-    wrapper = _LossModule(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay, betas=tuple(c.adam_betas))
-    sched = get_scheduler(c.lr_scheduler, opt, num_warmup_steps=c.lr_warmup_steps * acc.num_processes,
-                          num_training_steps=c.max_steps * acc.num_processes)
-    ema = EMAModel(model.parameters(), decay=c.ema_decay) if c.use_ema else None
-    wrapper, opt, dl, sched = acc.prepare(wrapper, opt, dl, sched)
-    if ema is not None: ema.to(acc.device)
-    step = micro = 0
-    if resume_from is not None:
-        acc.load_state(str(resume_from))
-        st = json.loads((resume_from/'trainer_state.json').read_text())
-        step, micro = st['step'], st['micro']
-        if ema is not None:
-            if not (resume_from/'ema.safetensors').exists(): raise FileNotFoundError(f"{resume_from/'ema.safetensors'} is missing (run saved without EMA?)")
-            _load_ema(ema, resume_from/'ema.safetensors')
-    live = None
-    if acc.is_main_process:
-        from dvclive import Live
-        if resume_from is not None: _trim_dvclive(out/'dvclive', step)
-        live = Live(str(out/'dvclive'), resume=resume_from is not None, save_dvc_exp=False, dvcyaml=None, report=None)
-        live.log_params({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(c).items()})
-
-    def save_checkpoint():
-        acc.wait_for_everyone()
-        final = out/'checkpoints'/_ckpt_name(step)
-        if acc.is_main_process:
-            with atomic_dir(final) as tmp:
-                acc.save_state(str(tmp), safe_serialization=True)
-                if ema is not None: _save_ema(ema, tmp/'ema.safetensors')
-                cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(c).items()}
-                (tmp/'trainer_state.json').write_text(json.dumps(dict(step=step, micro=micro, config=cfg), indent=1))
-            for old in list_checkpoints(out)[:-c.keep_checkpoints]: shutil.rmtree(old)
-        acc.wait_for_everyone()
-
-    n_batches = len(dl)
-    bar = tqdm(total=c.max_steps, initial=step, disable=not (c.progress and acc.is_main_process), desc='fit')
-    run_loss, run_n = 0.0, 0
-    while step < c.max_steps:
-        epoch, skip = divmod(micro, n_batches)
-        sampler.epoch = epoch
-        loader = acc.skip_first_batches(dl, skip) if skip else dl
-        for batch in loader:
-            with acc.accumulate(wrapper):
-                loss = wrapper(batch)
-                if loss.ndim != 0: raise ValueError(f"training_loss must return a scalar, got shape {tuple(loss.shape)}.")
-                acc.backward(loss)
-                if acc.sync_gradients and c.max_grad_norm: acc.clip_grad_norm_(wrapper.parameters(), c.max_grad_norm)
-                opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-            micro += 1
-            run_loss += loss.detach().float().item(); run_n += 1
-            if not acc.sync_gradients: continue
-            step += 1
-            if ema is not None: ema.step(model.parameters())
-            bar.update(1); bar.set_postfix(loss=f"{loss.item():.4f}")
-            if live is not None and (step % c.log_every == 0 or step == c.max_steps):
-                live.step = step
-                live.log_metric('loss', run_loss / run_n); live.log_metric('lr', sched.get_last_lr()[0])
-                live.next_step()
-                run_loss, run_n = 0.0, 0
-            if step % c.checkpoint_every == 0 or step == c.max_steps: save_checkpoint()
-            if step >= c.max_steps: break
-    bar.close()
-    acc.wait_for_everyone()
-    model = acc.unwrap_model(wrapper).model
-    if ema is not None: ema.copy_to(model.parameters())
-    if acc.is_main_process:
-        with atomic_dir(out/'final') as tmp:
-            if callable(getattr(model, 'save_pretrained', None)): model.save_pretrained(tmp)
-            else:
-                from safetensors.torch import save_model
-                save_model(model, str(tmp/'model.safetensors'))
-        if live is not None: live.end()
-    acc.end_training()
-    return model
+    resume_from = _resume_point(config)
+    r = _setup(model, dataset, config, collate_fn)
+    if resume_from is not None: _load_checkpoint(r, resume_from)
+    _open_live(r, resumed=resume_from is not None)
+    _train(r)
+    return _finish(r)
 
 # %% ../nbs/04_train.ipynb #d5a72f72
 def make_scheduler(num_train_timesteps:int=1000, # T

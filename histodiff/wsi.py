@@ -6,16 +6,21 @@ Docs: https://histodiff.github.io/histodiff/wsi.html.md"""
 
 # %% ../nbs/11_wsi.ipynb #8949b7bc
 from __future__ import annotations
-import json, os, shutil, hashlib
-import tifffile
+import collections, contextlib, dataclasses, functools, hashlib, io, json, os, shutil, warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 import numpy as np
-from .core import (ImageError, as_rgb_uint8, as_mask, read_image, read_mask, atomic_path,
-                            tile_coords, blend_weight)
+import tifffile
+from .core import (ImageError, EmptyMaskWarning, as_rgb_uint8, as_mask, read_image, read_mask, atomic_path,
+                            stale_temporaries, tile_coords, blend_weight)
 
 # %% auto #0
-__all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'SlideSource', 'fit_mask', 'as_batch_restorer', 'blend_tile', 'pyramid_levels',
-           'write_pyramid', 'keep_context_frame', 'detect_slide', 'restore_slide']
+__all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'SlideSource', 'fit_mask', 'as_batch_restorer', 'blend_tile', 'half_level',
+           'pyramid_levels', 'write_pyramid', 'check_compression', 'SlideSettings', 'file_digest', 'model_digest',
+           'restorer_identity', 'SlideBusyError', 'output_lock', 'sigterm_as_interrupt', 'WorkFolder',
+           'ResumeMismatchError', 'check_resume', 'prefetched', 'keep_context_frame', 'SlidePlan', 'detect_slide',
+           'run_settings', 'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide', 'slide_jobs']
 
 # %% ../nbs/11_wsi.ipynb #64e1b7de
 SLIDE_SUFFIXES = {'.svs', '.ndpi', '.mrxs', '.vms', '.vmu', '.scn', '.bif', '.svslide', '.tif', '.tiff'}
@@ -90,7 +95,11 @@ class SlideSource:
         "RGB uint8 region `h x w` at `(y, x)` of the chosen level (level coordinates)."
         if self.image is not None: return self.image[y:y+h, x:x+w]
         d = self.downsample
-        a = np.asarray(self.slide.read_region((int(round(x * d)), int(round(y * d))), self.level, (w, h)))
+        import openslide
+        try: a = np.asarray(self.slide.read_region((int(round(x * d)), int(round(y * d))), self.level, (w, h)))
+        except openslide.OpenSlideError as e:
+            raise ImageError(f"{self.path}: level {self.level} region y={y} x={x} ({h}x{w} px) cannot be read, "
+                             f"the slide file is damaged: {e}") from None
         rgb = a[..., :3].copy(); rgb[a[..., 3] == 0] = 255
         return rgb
 
@@ -166,41 +175,223 @@ def blend_tile(i:int, # index (into `coords`) of the restored tile to finish
     return np.where(protect[..., None], source, out)
 
 # %% ../nbs/11_wsi.ipynb #9ec26a46
+def half_level(prev:np.ndarray, # H x W x 3 uint8 (a memmap works)
+               strip:int=1024, # rows processed at once (bounds memory for large slides)
+              )->np.ndarray:
+    "The next pyramid level: `prev` area-downsampled by 2 (odd last row and column dropped)."
+    import cv2
+    h, w = prev.shape[0] // 2, prev.shape[1] // 2
+    nxt = np.empty((h, w, 3), np.uint8)
+    for r in range(0, h, strip // 2):
+        rr = min(r + strip // 2, h)
+        nxt[r:rr] = cv2.resize(np.ascontiguousarray(prev[2 * r:2 * rr, :2 * w]), (w, rr - r), interpolation=cv2.INTER_AREA)
+    return nxt
+
 def pyramid_levels(image:np.ndarray, # H x W x 3 uint8 (a memmap works)
                    min_side:int=256, # stop when the next level would be smaller than this
-                   strip:int=1024, # rows processed at once (bounds memory for large slides)
                   )->list[np.ndarray]:
     "The image followed by 2x area-downsampled levels until the shorter side drops below `min_side`."
-    import cv2
     levels = [image]
-    while min(levels[-1].shape[:2]) // 2 >= min_side:
-        prev = levels[-1]; h, w = prev.shape[0] // 2, prev.shape[1] // 2
-        nxt = np.empty((h, w, 3), np.uint8)
-        for r in range(0, h, strip // 2):
-            rr = min(r + strip // 2, h)
-            nxt[r:rr] = cv2.resize(np.ascontiguousarray(prev[2 * r:2 * rr, :2 * w]), (w, rr - r), interpolation=cv2.INTER_AREA)
-        levels.append(nxt)
+    while min(levels[-1].shape[:2]) // 2 >= min_side: levels.append(half_level(levels[-1]))
     return levels
 
 def write_pyramid(image:np.ndarray, # H x W x 3 uint8 level (a memmap works)
                   path:str|Path, # output .tif / .tiff
                   mpp:float|None=None, # microns per pixel of `image` (None: no resolution tags)
                   tile:int=256, # TIFF tile side (multiple of 16)
-                  compression:str='zlib', # 'zlib' (deflate) or anything tifffile can encode here
+                  compression:str='zlib', # 'zlib' (deflate) or anything tifffile can encode here (`check_compression`)
                   min_side:int=256, # smallest pyramid level
                  )->Path:
-    "Write a tiled pyramidal TIFF (levels as reduced-resolution pages), atomically."
+    "Write a tiled pyramidal TIFF (levels as reduced-resolution pages), atomically; one level in memory at a time."
     path = Path(path)
     if path.suffix.lower() not in ('.tif', '.tiff'): raise ValueError(f"output must be a .tif or .tiff file, got {path.name}.")
-    levels = pyramid_levels(image, min_side)
-    big = image.nbytes > 2**31
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=big) as tif:
-        for k, lv in enumerate(levels):
-            f = image.shape[1] / lv.shape[1]
-            res = dict(resolution=(1e4 / (mpp * f),) * 2, resolutionunit='CENTIMETER') if mpp else {}
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as tif:
+        lv, k = image, 0
+        while True:
+            res = dict(resolution=(1e4 / (mpp * 2**k),) * 2, resolutionunit='CENTIMETER') if mpp else {}
             tif.write(lv, subfiletype=1 if k else 0, tile=(tile, tile), compression=compression, photometric='rgb',
                       software='histodiff', **res)
+            if min(lv.shape[:2]) // 2 < min_side: break
+            lv, k = half_level(lv), k + 1
     return path
+
+# %% ../nbs/11_wsi.ipynb #c4af207d
+@functools.lru_cache(maxsize=None)
+def check_compression(name:str, # a TIFF compression, e.g. 'zlib', 'lzw', 'jpeg', 'zstd', 'none'
+                     )->str:
+    "`name` if tifffile can write an RGB tile with it here; else a ValueError, before any work is done."
+    try: tifffile.imwrite(io.BytesIO(), np.zeros((16, 16, 3), np.uint8), tile=(16, 16), photometric='rgb',
+                          compression=None if str(name).lower() == 'none' else name)
+    except Exception as e:
+        raise ValueError(f"compression {name!r} cannot be written here ({type(e).__name__}: {e}); "
+                         "use zlib (the default), lzw, jpeg, zstd or none.") from None
+    return name
+
+# %% ../nbs/11_wsi.ipynb #b1e4b639
+@dataclass
+class SlideSettings:
+    "How `restore_slide` works through a slide. Checked when made, so a bad value fails before any work."
+    level:int=0 # pyramid level to restore (ignored when `mpp` is given)
+    mpp:float|None=None # microns per pixel to work at (picks the level)
+    tile:int=256 # tile side (px)
+    overlap:int=32 # overlap between tiles (px), blended
+    batch_size:int=8 # tiles per restorer call
+    compression:str='zlib' # TIFF compression of the output (anything tifffile can encode here: zlib, lzw, jpeg, zstd, none)
+    resume:bool=True # continue an interrupted run from its work folder (False: discard it and start over)
+    keep_work:bool=False # keep the work folder after success (debugging)
+    progress:bool=True # tqdm bars
+    batched:bool|None=None # see `as_batch_restorer`
+    prefetch:int=2 # batches read ahead of the restorer by a reader thread (0: read in the loop)
+
+    def __post_init__(self):
+        for name, low in (('tile', 16), ('batch_size', 1), ('overlap', 0), ('level', 0), ('prefetch', 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}.")
+        if self.overlap * 2 > self.tile: raise ValueError(f"overlap ({self.overlap}) must be at most half the tile ({self.tile}).")
+        if self.mpp is not None and not self.mpp > 0: raise ValueError(f"mpp must be positive, got {self.mpp}.")
+        check_compression(self.compression)
+
+    def recorded(self)->dict:
+        "The settings that change the output pixels (a resumed run must have the same)."
+        return dict(level=self.level, mpp=self.mpp, tile=self.tile, overlap=self.overlap, batch_size=self.batch_size,
+                    compression=self.compression)
+
+# %% ../nbs/11_wsi.ipynb #f73e651d
+def file_digest(path:str|Path, # a file (a slide, weights)
+                quick:bool=False, # only the size and the first and last MiB (for multi-GB slides)
+               )->str:
+    "sha256 (hex, 16 digits) of a file's bytes, or of its size, head and tail when `quick`."
+    path = Path(path); h = hashlib.sha256(); size = path.stat().st_size
+    with open(path, 'rb') as f:
+        if quick and size > 2 * 2**20:
+            h.update(str(size).encode()); h.update(f.read(2**20)); f.seek(-2**20, 2); h.update(f.read())
+        else:
+            for chunk in iter(lambda: f.read(2**22), b''): h.update(chunk)
+    return h.hexdigest()[:16]
+
+def model_digest(source, # a model folder, a file, or a hub id / name (recorded as given)
+                )->str:
+    "What identifies a model for resume: the sha256 of every file in a local folder (names and bytes), else the name."
+    p = Path(str(source))
+    if p.is_file(): return file_digest(p)
+    if not p.is_dir(): return str(source)
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob('*') if q.is_file() and not any(s.startswith('.') for s in q.relative_to(p).parts)):
+        h.update(f.relative_to(p).as_posix().encode()); h.update(file_digest(f).encode())
+    return h.hexdigest()[:16]
+
+def restorer_identity(restorer, # what `restore_slide` is given
+                     )->dict:
+    "`restorer.identity` when it has one (the CLI's restorers record method, models, sampler, steps, seed), else its name."
+    ident = getattr(restorer, 'identity', None)
+    if ident is not None: return dict(ident)
+    fn = getattr(restorer, 'func', restorer)   # functools.partial
+    name = getattr(fn, '__qualname__', None) or type(fn).__qualname__
+    kw = getattr(restorer, 'keywords', None)
+    return dict(restorer=f"{getattr(fn, '__module__', '')}.{name}", **({'keywords': repr(sorted(kw.items()))} if kw else {}))
+
+# %% ../nbs/11_wsi.ipynb #7a6d71f6
+class SlideBusyError(OSError):
+    "Another run is restoring into the same output."
+
+@contextlib.contextmanager
+def output_lock(out:str|Path, # the output file a run writes
+               ):
+    "Hold `.<out name>.lock` beside `out` for the run (the lock file records the pid); a second run fails at once."
+    from filelock import FileLock, Timeout
+    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    lock = FileLock(path, timeout=0)
+    try: lock.acquire()
+    except Timeout:
+        pid = path.read_text().strip() if path.exists() else '?'
+        raise SlideBusyError(f"another histodiff run (pid {pid or '?'}) is writing {out}; wait for it to finish, "
+                             "or choose another output.") from None
+    try:
+        with open(path, 'r+') as f: f.truncate(); f.write(f"{os.getpid()}\n")
+        yield path
+    finally: lock.release()
+
+# %% ../nbs/11_wsi.ipynb #689cb16f
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    "Within the block, SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so temporary outputs are cleaned up."
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    def handler(signum, frame): raise KeyboardInterrupt(f"terminated (signal {signum})")
+    old = signal.signal(signal.SIGTERM, handler)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old)
+
+# %% ../nbs/11_wsi.ipynb #b984069f
+class WorkFolder:
+    "The work folder of one output (`.<name>.work` beside it): settings, mask, restored tiles and the done log."
+    def __init__(self, out:str|Path): self.out = Path(out); self.path = self.out.parent / f".{self.out.name}.work"
+    @property
+    def meta_path(self)->Path: return self.path / 'meta.json'
+
+    def read_meta(self)->dict|None:
+        "The recorded settings of an earlier run, None when there is none; a damaged file is an error naming it."
+        if not self.meta_path.exists(): return None
+        try: meta = json.loads(self.meta_path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{self.meta_path} is damaged ({e}); rerun with resume=False (--no-resume) to start over.") from None
+        if not isinstance(meta, dict): raise ValueError(f"{self.meta_path} is damaged (not a JSON object); rerun with resume=False (--no-resume).")
+        return meta
+
+    def write_meta(self, meta:dict):
+        with atomic_path(self.meta_path) as tmp: Path(tmp).write_text(json.dumps(meta, indent=1))
+
+    def done(self)->set[int]:
+        "Tiles logged as restored, by every process."
+        done = set()
+        for f in self.path.glob('done.*.jsonl'):
+            for line in f.read_text().splitlines():
+                try: done.add(int(json.loads(line)['tile']))
+                except (ValueError, KeyError, TypeError): pass   # a line cut by the interruption
+        return done
+
+    def clear(self): shutil.rmtree(self.path, ignore_errors=True)
+
+# %% ../nbs/11_wsi.ipynb #f262e5b3
+class ResumeMismatchError(ValueError):
+    "The work folder of an unfinished run holds other settings than this run's."
+
+def check_resume(old:dict, # settings recorded by the unfinished run
+                 new:dict, # this run's
+                 work:Path, # its work folder (for the message)
+                 n_done:int=0, # tiles it restored
+                ):
+    "Refuse to mix two runs: name every setting that differs and say how to start over."
+    flat = lambda d, pre='': {k2: v2 for k, v in d.items()
+                              for k2, v2 in (flat(v, f'{pre}{k}.') if isinstance(v, dict) else {f'{pre}{k}': v}).items()}
+    old, new = flat(old), flat(new)
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        raise ResumeMismatchError(f"{work} holds an unfinished run with other settings ({'; '.join(diff)}). Rerun with the "
+                                  f"same settings to resume it, or with resume=False (--no-resume) to discard its {n_done} "
+                                  "restored tiles and start over.")
+
+# %% ../nbs/11_wsi.ipynb #2b196ad6
+def prefetched(read:Callable, # item -> data, run in a reader thread
+               items:list, # what to read, in order
+               depth:int=2, # reads running ahead of the consumer (0: read in the caller's thread)
+              ):
+    "Yield `read(item)` for each item in order, reading up to `depth` items ahead while the caller works."
+    if depth <= 0:
+        for it in items: yield read(it)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1, thread_name_prefix='histodiff-reader') as pool:
+        ahead = collections.deque()
+        try:
+            for it in items:
+                ahead.append(pool.submit(read, it))
+                if len(ahead) > depth: yield ahead.popleft().result()
+            while ahead: yield ahead.popleft().result()
+        finally:
+            for f in ahead: f.cancel()
 
 # %% ../nbs/11_wsi.ipynb #872b95e2
 def keep_context_frame(mask:np.ndarray, # H x W bool mask of one tile, True = artifact
@@ -211,6 +402,29 @@ def keep_context_frame(mask:np.ndarray, # H x W bool mask of one tile, True = ar
     f = max(1, overlap // 2); out = np.zeros_like(mask)
     out[f:-f, f:-f] = True
     return out
+
+# %% ../nbs/11_wsi.ipynb #8b832fce
+@dataclass
+class SlidePlan:
+    "The tiling of one run: the mask at the working level, the tile corners and which tiles have artifacts."
+    mask:np.ndarray # H x W bool, True = artifact
+    tile:int # tile side used (at most the level's size)
+    overlap:int
+    coords:np.ndarray # (N, 2) top-left corners
+    todo:list # indices of the tiles with an artifact pixel, in order
+
+    @classmethod
+    def make(cls, mask:np.ndarray, s:SlideSettings):
+        h, w = mask.shape; t = min(s.tile, h, w); ov = min(s.overlap, t // 2)
+        coords = np.array(tile_coords(h, w, t, ov))
+        return cls(mask, t, ov, coords, [i for i, (y, x) in enumerate(coords) if mask[y:y+t, x:x+t].any()])
+
+    @property
+    def slot(self)->dict: return {i: k for k, i in enumerate(self.todo)}
+    def window(self, i:int)->tuple: y, x = self.coords[i]; return int(y), int(x), self.tile, self.tile
+    def tile_mask(self, i:int)->np.ndarray:
+        y, x, t, _ = self.window(i)
+        return keep_context_frame(self.mask[y:y+t, x:x+t], self.overlap)
 
 # %% ../nbs/11_wsi.ipynb #23e34d6a
 def detect_slide(src, # a `SlideSource` or a slide path (read at level 0)
@@ -246,102 +460,179 @@ def detect_slide(src, # a `SlideSource` or a slide path (read at level 0)
     kw = {k: v for k, v in getattr(detector, 'settings', {}).items() if k != 'dice_weight'}
     return clean_mask(prob, **kw)
 
-def _digest(a:np.ndarray)->str:
-    return hashlib.sha256(np.packbits(a).tobytes() + str(a.shape).encode()).hexdigest()[:16]
+# %% ../nbs/11_wsi.ipynb #5581ae51
+def run_settings(src:SlideSource, # the opened slide
+                 s:SlideSettings,
+                 restorer, mask:np.ndarray|None, detector, # as given to `restore_slide`
+                )->dict:
+    "Everything that changes the output of a run, as recorded in its work folder (JSON-able)."
+    meta = dict(source=str(src.path.resolve()), source_digest=file_digest(src.path, quick=True), working_level=src.level,
+                shape=list(src.shape), **s.recorded(), restorer=restorer_identity(restorer))
+    if mask is not None: meta['mask_digest'] = hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()[:16]
+    else: meta['detector'] = restorer_identity(detector) | {'settings': getattr(detector, 'settings', None)}
+    return json.loads(json.dumps(meta, default=str))
+
+# %% ../nbs/11_wsi.ipynb #15f3ad74
+def _mask_of_run(src, mask, detector, s, work:WorkFolder, fresh:bool)->np.ndarray:
+    "The artifact mask at the working level: given, found earlier by this run, or found now by the detector."
+    if mask is not None: return mask
+    if not fresh: return np.load(work.path / 'mask.npy')
+    m = detect_slide(src, detector, s.tile, s.overlap, s.batch_size, work.path, s.progress)
+    with atomic_path(work.path / 'mask.npy') as tmp:
+        with open(tmp, 'wb') as f: np.save(f, m)
+    return m
+
+def prepare_work(src:SlideSource, # the opened slide
+                 work:WorkFolder, # the output's work folder
+                 meta:dict, # `run_settings` of this run
+                 mask:np.ndarray|None, detector, # the given mask (fitted to the level), else the detector
+                 s:SlideSettings,
+                 main:bool=True, # the main process (the others wait, then read what it wrote)
+                )->tuple[SlidePlan, bool]:
+    "Check or start the work folder, find the mask, plan the tiles; returns (plan, fresh: nothing to resume)."
+    from accelerate import PartialState
+    fresh = True
+    if main:
+        if not s.resume: work.clear()
+        old = work.read_meta()
+        if old is not None: check_resume(old, meta, work.path, len(work.done())); fresh = False
+        else: work.clear(); work.path.mkdir(parents=True)   # a folder without settings was never started
+    PartialState().wait_for_everyone()
+    m = _mask_of_run(src, mask, detector, s, work, fresh) if main or mask is not None else None
+    PartialState().wait_for_everyone()
+    plan = SlidePlan.make(m if m is not None else np.load(work.path / 'mask.npy'), s)
+    if main and fresh:
+        if plan.todo: np.lib.format.open_memmap(work.path / 'tiles.npy', 'w+', np.uint8, (len(plan.todo), plan.tile, plan.tile, 3)).flush()
+        work.write_meta(meta)   # last: a work folder with settings is complete
+    PartialState().wait_for_everyone()
+    return plan, fresh
+
+# %% ../nbs/11_wsi.ipynb #1727eb76
+def restore_tiles(src:SlideSource, # the opened slide
+                  run:Callable, # batched restorer (`as_batch_restorer`)
+                  plan:SlidePlan, work:WorkFolder, s:SlideSettings,
+                 )->tuple[int, int]:
+    "Restore the planned tiles not yet logged as done, batch by batch (reads prefetched); returns (calls, tiles resumed)."
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+    state, done = PartialState(), work.done()
+    remaining = [i for i in plan.todo if i not in done]
+    if not remaining: return 0, len(done)
+    slot, n_calls = plan.slot, 0
+    store = np.lib.format.open_memmap(work.path / 'tiles.npy', 'r+')
+    with state.split_between_processes(remaining) as mine, open(work.path / f'done.{state.process_index}.jsonl', 'a') as log:
+        batches = [mine[b:b + s.batch_size] for b in range(0, len(mine), s.batch_size)]
+        read = lambda ids: (ids, np.stack([src.read(*plan.window(i)) for i in ids]), np.stack([plan.tile_mask(i) for i in ids]))
+        with tqdm(total=len(mine), desc='restore', disable=not (s.progress and state.is_main_process)) as bar:
+            for ids, ims, ms in prefetched(read, batches, s.prefetch):
+                res = run(ims, ms); n_calls += 1
+                for i, r in zip(ids, res): store[slot[i]] = r
+                store.flush()   # the tiles first, then the log that says they are there
+                log.write(''.join(json.dumps({'tile': int(i)}) + '\n' for i in ids)); log.flush(); os.fsync(log.fileno())
+                bar.update(len(ids))
+    del store
+    return n_calls, len(done)
+
+# %% ../nbs/11_wsi.ipynb #483d6833
+def write_restored(src:SlideSource, # the opened slide
+                   plan:SlidePlan, work:WorkFolder, s:SlideSettings,
+                   out:Path, # the output TIFF
+                  )->Path:
+    "The source with the restored tiles blended in, assembled in a memory-mapped canvas and written as a pyramid."
+    from tqdm.auto import tqdm
+    h, w = src.shape; t = plan.tile
+    canvas = np.lib.format.open_memmap(work.path / 'out.npy', 'w+', np.uint8, (h, w, 3))
+    for r0 in range(0, h, 1024): canvas[r0:r0 + 1024] = src.read(r0, 0, min(1024, h - r0), w)
+    if plan.todo:
+        store = np.load(work.path / 'tiles.npy', mmap_mode='r')
+        restored = {i: store[k] for i, k in plan.slot.items()}
+        for i in tqdm(plan.todo, desc='blend', disable=not (s.progress and len(plan.todo) > 50)):
+            # in place is safe: protected pixels stay the source, the others depend only on restored tiles
+            y, x = plan.coords[i]
+            canvas[y:y+t, x:x+t] = blend_tile(i, plan.coords, restored, t, plan.overlap, canvas[y:y+t, x:x+t])
+    canvas.flush()
+    write_pyramid(canvas, out, src.mpp, compression=s.compression)
+    del canvas
+    return out
+
+# %% ../nbs/11_wsi.ipynb #9df97da4
+def _settings(settings:SlideSettings|None, overrides:dict)->SlideSettings:
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(SlideSettings)}
+    if unknown: raise TypeError(f"restore_slide got unknown settings {sorted(unknown)}; see SlideSettings.")
+    return dataclasses.replace(settings or SlideSettings(), **overrides)
 
 def restore_slide(path:str|Path, # slide (svs, ndpi, mrxs, tiff, ...) or plain TIFF/PNG image
                   out:str|Path, # output pyramidal TIFF (.tif / .tiff)
                   restorer, # `restore(image, mask)`, an object with `.restore`, or a batched callable (see `as_batch_restorer`)
                   mask=None, # artifact mask (array or image path) at any resolution; None: run `detector`
                   detector=None, # an `ArtifactDetector` (or callable images -> probabilities) used when `mask` is None
-                  level:int=0, # pyramid level to restore (ignored when `mpp` is given)
-                  mpp:float|None=None, # microns per pixel to work at (picks the level)
-                  tile:int=256, # tile side
-                  overlap:int=32, # overlap between tiles (blended)
-                  batch_size:int=8, # tiles per restorer call (batched restorers) / per logged step
-                  resume:bool=True, # continue an interrupted run from its work folder
-                  progress:bool=True, # tqdm bars
-                  batched:bool|None=None, # see `as_batch_restorer`
-                  compression:str='zlib', # TIFF compression
-                  keep_work:bool=False, # keep the work folder after success (debugging)
+                  settings:SlideSettings|None=None, # tiling, resume, output; default `SlideSettings()`
+                  **overrides, # any `SlideSettings` field, e.g. tile=128, resume=False
                  )->dict:
     "Restore the artifact tiles of a slide and write a pyramidal TIFF; returns a summary dict."
     from accelerate import PartialState
-    from tqdm.auto import tqdm
-    out = Path(out)
+    s, out = _settings(settings, overrides), Path(out)
     if out.suffix.lower() not in ('.tif', '.tiff'): raise ValueError(f"output must be a .tif or .tiff file, got {out.name}.")
     if mask is None and detector is None: raise ValueError("restore_slide needs a `mask` or a `detector` to know where the artifacts are.")
-    run = as_batch_restorer(restorer, batched)
-    state = PartialState()
-    work = out.parent / f".{out.name}.work"
-    with SlideSource(path, level, mpp) as src:
-        h, w = src.shape
-        t = min(tile, h, w); ov = min(overlap, t // 2)
-        coords = np.array(tile_coords(h, w, t, ov))
-        meta = dict(source=str(Path(path).resolve()), size=Path(path).stat().st_size, level=src.level, shape=[h, w],
-                    tile=t, overlap=ov, mask=None if mask is None else 'given')
-        old = json.loads((work / 'meta.json').read_text()) if (work / 'meta.json').exists() else None
-        if state.is_main_process:
-            if not resume or (old and {k: v for k, v in old.items() if k != 'digest'} != meta) or (work.exists() and not old):
-                shutil.rmtree(work, ignore_errors=True); old = None
-            work.mkdir(parents=True, exist_ok=True)
-        state.wait_for_everyone()
-        if mask is not None: m = fit_mask(mask, (h, w))
-        elif old and (work / 'mask.npy').exists(): m = np.load(work / 'mask.npy')
-        else: m = detect_slide(src, detector, t, ov, batch_size, work, progress and state.is_main_process)
-        digest = _digest(m)
-        if old and old.get('digest') != digest:   # a different mask: start over
-            if state.is_main_process: shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
-            old = None
-        state.wait_for_everyone()
-        todo = [i for i, (y, x) in enumerate(coords) if m[y:y+t, x:x+t].any()]
-        slot = {i: k for k, i in enumerate(todo)}
-        if state.is_main_process and not old:
-            if mask is None:
-                with atomic_path(work / 'mask.npy') as tmpf:
-                    with open(tmpf, 'wb') as f: np.save(f, m)
-            if todo: np.lib.format.open_memmap(work / 'tiles.npy', 'w+', np.uint8, (len(todo), t, t, 3)).flush()
-            (work / 'meta.json').write_text(json.dumps(meta | {'digest': digest}))
-        state.wait_for_everyone()
-        done = set()
-        for f in work.glob('done.*.jsonl'):
-            for line in f.read_text().splitlines():
-                try: done.add(json.loads(line)['tile'])
-                except (ValueError, KeyError): pass   # a line cut by the interruption
-        remaining = [i for i in todo if i not in done]
-        n_calls = 0
-        if remaining:
-            store = np.lib.format.open_memmap(work / 'tiles.npy', 'r+')
-            with state.split_between_processes(remaining) as mine, open(work / f'done.{state.process_index}.jsonl', 'a') as log:
-                bar = tqdm(total=len(mine), desc='restore', disable=not (progress and state.is_main_process))
-                for b in range(0, len(mine), batch_size):
-                    ids = mine[b:b + batch_size]
-                    ims = np.stack([src.read(*coords[i], t, t) for i in ids])
-                    ms = np.stack([keep_context_frame(m[coords[i][0]:coords[i][0]+t, coords[i][1]:coords[i][1]+t], ov) for i in ids])
-                    res = run(ims, ms); n_calls += 1
-                    for i, r in zip(ids, res): store[slot[i]] = r
-                    store.flush()
-                    for i in ids: log.write(json.dumps({'tile': int(i)}) + '\n')
-                    log.flush(); os.fsync(log.fileno())
-                    bar.update(len(ids))
-                bar.close()
-            del store
-        state.wait_for_everyone()
-        summary = dict(shape=(h, w), level=src.level, mpp=src.mpp, tiles=len(coords), restored=len(todo),
-                       resumed=len(done), restorer_calls=n_calls, coverage=float(m.mean()), out=str(out))
-        if state.is_main_process:
-            canvas = np.lib.format.open_memmap(work / 'out.npy', 'w+', np.uint8, (h, w, 3))
-            for r0 in range(0, h, 1024): canvas[r0:r0 + 1024] = src.read(r0, 0, min(1024, h - r0), w)
-            if todo:
-                store = np.load(work / 'tiles.npy', mmap_mode='r')
-                restored = {i: store[slot[i]] for i in todo}
-                for i in tqdm(todo, desc='blend', disable=not (progress and len(todo) > 50)):
-                    # in place is safe: protected pixels stay the source, the others depend only on restored tiles
-                    y, x = coords[i]
-                    canvas[y:y+t, x:x+t] = blend_tile(i, coords, restored, t, ov, canvas[y:y+t, x:x+t])
-            canvas.flush()
-            write_pyramid(canvas, out, src.mpp, compression=compression)
-            del canvas
-            if not keep_work: shutil.rmtree(work, ignore_errors=True)
-        state.wait_for_everyone()
-    return summary
+    run, main, work = as_batch_restorer(restorer, s.batched), PartialState().is_main_process, WorkFolder(out)
+    with sigterm_as_interrupt(), output_lock(out) if main else contextlib.nullcontext(), SlideSource(path, s.level, s.mpp) as src:
+        if main:
+            for f in stale_temporaries(out): f.unlink(missing_ok=True)   # left by a killed run: we hold the lock
+        m = None if mask is None else fit_mask(mask, src.shape)   # a bad mask fails here, before any work folder
+        had_work = work.path.exists()
+        try:
+            plan, fresh = prepare_work(src, work, run_settings(src, s, restorer, m, detector), m, detector, s, main)
+            if not plan.mask.any(): warnings.warn(f"{src.path.name}: the mask has no artifact pixel; the slide is copied unchanged", EmptyMaskWarning, stacklevel=2)
+            n_calls, resumed = restore_tiles(src, run, plan, work, s)
+        except BaseException:
+            if main and not had_work and not work.done(): work.clear()   # nothing worth keeping
+            raise
+        PartialState().wait_for_everyone()
+        if main:
+            write_restored(src, plan, work, s, out)
+            if not s.keep_work: work.clear()
+        PartialState().wait_for_everyone()
+        return dict(shape=src.shape, level=src.level, mpp=src.mpp, tiles=len(plan.coords), restored=len(plan.todo),
+                    resumed=resumed, restorer_calls=n_calls, coverage=float(plan.mask.mean()), out=str(out))
+
+# %% ../nbs/11_wsi.ipynb #24fe1494
+def _expand_slides(inputs:list)->list[Path]:
+    "Slide files as given, folders replaced by their slides (sorted, hidden files skipped)."
+    slides = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES | PLAIN_SUFFIXES
+                           and not f.name.startswith('.'))
+            if not found: raise FileNotFoundError(f"no slide ({', '.join(sorted(SLIDE_SUFFIXES | PLAIN_SUFFIXES))}) in the folder {p}")
+            slides += found
+        elif p.is_file(): slides.append(p)
+        else: raise FileNotFoundError(f"slide not found: {p}")
+    return slides
+
+def _mask_for(slide:Path, masks:Path)->Path:
+    "The mask of `slide` in the folder `masks`: the image with the slide's stem."
+    found = [m for m in sorted(masks.glob(f'{slide.stem}.*')) if m.suffix.lower() in ('.png', '.tif', '.tiff', '.jpg', '.jpeg', '.bmp')]
+    if not found: raise FileNotFoundError(f"no mask for {slide.name} in {masks} (expected {slide.stem}.png)")
+    return found[0]
+
+def slide_jobs(inputs:list, # slide files and/or folders of slides
+               out:str|Path, # the output file (.tif) of a single slide, else a folder (`<out>/<stem>.tif`)
+               masks:str|Path|None=None, # a mask image (single slide) or a folder of masks named like the slides
+              )->list[tuple]:
+    "(slide, output, mask or None) for every slide, checked before any work."
+    slides, out = _expand_slides(inputs), Path(out)
+    single = len(slides) == 1 and not Path(inputs[0]).is_dir() and out.suffix != '' and not out.is_dir()
+    if not single and out.suffix != '' and not out.is_dir():
+        raise ValueError(f"{len(slides)} slides need an output folder, not the file {out.name}.")
+    outs = [out] if single else [out / f"{s.stem}.tif" for s in slides]
+    seen = {}
+    for s, o in zip(slides, outs):
+        if o.resolve() == s.resolve(): raise ValueError(f"the output {o} would overwrite its slide; choose another --out.")
+        if o in seen: raise ValueError(f"{seen[o].name} and {s.name} would both be written to {o}; restore them separately.")
+        seen[o] = s
+    if masks is None: return [(s, o, None) for s, o in zip(slides, outs)]
+    masks = Path(masks)
+    if masks.is_dir(): return [(s, o, _mask_for(s, masks)) for s, o in zip(slides, outs)]
+    if not single: raise ValueError(f"one mask image ({masks.name}) for {len(slides)} slides; give a folder of masks named like the slides.")
+    if not masks.is_file(): raise FileNotFoundError(f"mask not found: {masks}")
+    return [(slides[0], out, masks)]
