@@ -612,5 +612,6 @@ d = { 'settings': { 'branch': 'main',
                                'histodiff.wsi.run_settings': ('wsi.html#run_settings', 'histodiff/wsi.py'),
                                'histodiff.wsi.sigterm_as_interrupt': ('wsi.html#sigterm_as_interrupt', 'histodiff/wsi.py'),
                                'histodiff.wsi.slide_jobs': ('wsi.html#slide_jobs', 'histodiff/wsi.py'),
+                               'histodiff.wsi.tissue_region': ('wsi.html#tissue_region', 'histodiff/wsi.py'),
                                'histodiff.wsi.write_pyramid': ('wsi.html#write_pyramid', 'histodiff/wsi.py'),
                                'histodiff.wsi.write_restored': ('wsi.html#write_restored', 'histodiff/wsi.py')}}}

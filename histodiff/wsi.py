@@ -19,8 +19,9 @@ from .core import (ImageError, EmptyMaskWarning, as_rgb_uint8, as_mask, read_ima
 __all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'SlideSource', 'fit_mask', 'as_batch_restorer', 'blend_tile', 'half_level',
            'pyramid_levels', 'write_pyramid', 'check_compression', 'SlideSettings', 'file_digest', 'model_digest',
            'restorer_identity', 'SlideBusyError', 'output_lock', 'sigterm_as_interrupt', 'WorkFolder',
-           'ResumeMismatchError', 'check_resume', 'prefetched', 'keep_context_frame', 'SlidePlan', 'detect_slide',
-           'run_settings', 'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide', 'slide_jobs']
+           'ResumeMismatchError', 'check_resume', 'prefetched', 'keep_context_frame', 'SlidePlan', 'tissue_region',
+           'detect_slide', 'run_settings', 'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide',
+           'slide_jobs']
 
 # %% ../nbs/11_wsi.ipynb #64e1b7de
 SLIDE_SUFFIXES = {'.svs', '.ndpi', '.mrxs', '.vms', '.vmu', '.scn', '.bif', '.svslide', '.tif', '.tiff'}
@@ -427,23 +428,35 @@ class SlidePlan:
         return keep_context_frame(self.mask[y:y+t, x:x+t], self.overlap)
 
 # %% ../nbs/11_wsi.ipynb #23e34d6a
+def tissue_region(thumb:np.ndarray, # RGB uint8 thumbnail of the slide level
+                  min_saturation:float=0.05, # glass is below this (H&E and IHC tissue well above)
+                  margin:int=2, # grow the region by this many thumbnail pixels (artifacts on the tissue's edge)
+                 )->np.ndarray:
+    "Where a restorer may work: pixels coloured like tissue, every hole inside them filled (tears, bubbles, dark marks), slightly grown."
+    from scipy import ndimage
+    from skimage.filters import gaussian
+    from histodiff.detect import saturation
+    region = ndimage.binary_fill_holes(gaussian(saturation(thumb), sigma=1) > min_saturation)
+    return ndimage.binary_dilation(region, np.ones((3, 3), bool), iterations=margin) if margin else region
+
 def detect_slide(src, # a `SlideSource` or a slide path (read at level 0)
                  detector, # an `ArtifactDetector`, or a callable RGB uint8 tiles -> probabilities N x H x W
                  tile:int=256, overlap:int=32, # detection tiling
                  batch_size:int=8, # tiles per forward pass
                  work:Path|None=None, # folder for the memory-mapped probability map (None: in memory)
                  progress:bool=True, # tqdm bar
+                 tissue_only:bool=True, # keep only detections on tissue (pixel by pixel): never regenerate glass
                 )->np.ndarray:
-    "Boolean artifact mask of a slide level: the detector on tissue tiles only, blended, cleaned."
+    "Boolean artifact mask of a slide level: the detector on tissue tiles only, blended, cleaned, intersected with the tissue."
     from histodiff.detect import ArtifactDetector, predict_proba, tissue_mask, clean_mask
     from tqdm.auto import tqdm
     if not isinstance(src, SlideSource):
-        with SlideSource(src) as s: return detect_slide(s, detector, tile, overlap, batch_size, work, progress)
+        with SlideSource(src) as s: return detect_slide(s, detector, tile, overlap, batch_size, work, progress, tissue_only)
     h, w = src.shape
     mult = detector.multiple if isinstance(detector, ArtifactDetector) else 1
     t = min(tile, h, w) // mult * mult; ov = min(overlap, t // 2)
     coords = tile_coords(h, w, t, ov)
-    tissue = tissue_mask(src.thumbnail())
+    thumb = src.thumbnail(); tissue = tissue_mask(thumb)
     ty, tx = tissue.shape[0] / h, tissue.shape[1] / w
     keep = [c for c in coords if tissue[int(c[0] * ty):max(int(np.ceil((c[0] + t) * ty)), int(c[0] * ty) + 1),
                                        int(c[1] * tx):max(int(np.ceil((c[1] + t) * tx)), int(c[1] * tx) + 1)].any()]
@@ -458,7 +471,8 @@ def detect_slide(src, # a `SlideSource` or a slide path (read at level 0)
             acc[y:y+t, x:x+t] += q * wgt; wsum[y:y+t, x:x+t] += wgt
     prob = np.divide(acc, wsum, out=np.zeros_like(wsum), where=wsum > 0)
     kw = {k: v for k, v in getattr(detector, 'settings', {}).items() if k != 'dice_weight'}
-    return clean_mask(prob, **kw)
+    found = clean_mask(prob, **kw)
+    return found & fit_mask(tissue_region(thumb), (h, w)) if tissue_only else found
 
 # %% ../nbs/11_wsi.ipynb #5581ae51
 def run_settings(src:SlideSource, # the opened slide
