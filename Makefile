@@ -1,6 +1,7 @@
 # The two commands of the README:
-#   make repro   create .venv, install, run the DVC pipeline of the demo profile (PROFILE=smoke|paper|released to change;
-#                released runs only the stages its table needs: download, synthesize, released)
+#   make repro   create .venv, install, run the DVC pipeline of the demo profile (PROFILE=smoke|paper|released|pretrain
+#                to change; released runs only the stages its table needs: download, synthesize, released; pretrain
+#                then exports the trained models to checkpoints/, fp16 with model cards)
 #   make test    create .venv if needed, install, run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,6 +9,8 @@ VENV ?= .venv
 PROFILE ?= demo
 # the stages `make repro` asks for: all of them, but the released profile needs (and trains) nothing else
 TARGETS_released := released
+# what `make repro` runs after dvc repro: the pretrain profile regenerates the shipped checkpoints (histodiff.checkpoints)
+AFTER_pretrain = $(BIN)/python -m histodiff.checkpoints export --profile pretrain
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export MPLBACKEND := Agg
@@ -29,6 +32,7 @@ params: install
 
 repro: params
 	$(BIN)/dvc repro $(TARGETS_$(PROFILE))
+	$(AFTER_$(PROFILE))
 
 test: install test-notebooks test-pytest
 

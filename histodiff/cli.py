@@ -111,8 +111,23 @@ def main(argv:list[str]|None=None, # arguments after the program name (default: 
 # %% ../nbs/12_cli.ipynb #feccdb51
 RESTORE_METHODS = ('latent', 'pixel', 'telea', 'navier_stokes', 'biharmonic')
 SCHEDULERS = ('ddpm', 'ddim', 'dpm')
-DEFAULT_MODELS = {'latent': 'models/ldm', 'pixel': 'models/pixel'}
-DEFAULT_VAE = 'models/vae'
+DEFAULT_MODELS = {'latent': 'ldm', 'pixel': 'pixel'} # --method -> the model used when none is named: models/<name>, else checkpoints/<name>
+DEFAULT_VAE = 'vae' # the same for the VAE of the latent method
+
+def _default_help(name:str)->str: return f"models/{name} when it exists, else the shipped checkpoints/{name}"
+
+def _default_model(given, # the folder (or hub id) the user named; None: none
+                   name:str, # the model's name: models/<name>, else the shipped checkpoint <name> (histodiff.checkpoints)
+                   flag:str, # the option that names it, for the message
+                  )->str:
+    "`given`, else `models/<name>` when it exists, else the shipped checkpoint; a FileNotFoundError saying what to do when neither is there."
+    if given: return str(given)
+    local = Path('models')/name
+    if local.exists(): return str(local)
+    from histodiff.checkpoints import shipped
+    if (p := shipped(name)) is not None: return str(p)
+    raise FileNotFoundError(f"no {name} model: {local} does not exist and no checkpoint is shipped (checkpoints/{name}, or "
+                            f"$HISTODIFF_CHECKPOINTS); run `make repro` to train the models, or pass {flag} DIR")
 
 def _folder(path, # a folder the command needs
             what:str, # what it should hold, for the message
@@ -128,8 +143,8 @@ def _restorer_arguments(p):
                    help='latent (LatentArtiFusion), pixel (regional, pixel space) or a classical inpainting baseline (default: %(default)s)')
     g.add_argument('--model', '--ldm', dest='model', metavar='DIR', default=None,
                    help='trained diffusion model folder with unet/ and scheduler/, as the train_ldm stage writes '
-                        f"(default: {DEFAULT_MODELS['latent']} for latent, {DEFAULT_MODELS['pixel']} for pixel)")
-    g.add_argument('--vae', metavar='DIR', default=DEFAULT_VAE, help='VAE folder (or hub id) of the latent method (default: %(default)s)')
+                        f"(default: {_default_help(DEFAULT_MODELS['latent'])} for latent; {_default_help(DEFAULT_MODELS['pixel'])} for pixel)")
+    g.add_argument('--vae', metavar='DIR', default=None, help=f'VAE folder (or hub id) of the latent method (default: {_default_help(DEFAULT_VAE)})')
     g.add_argument('--vae-subfolder', default=None, metavar='NAME', help="the VAE's subfolder, e.g. vae in a Stable Diffusion repository")
     g.add_argument('--steps', type=at_least(1), default=50, metavar='N', help='sampling steps (default: %(default)s, the paper)')
     g.add_argument('--scheduler', choices=SCHEDULERS, default=None, help='swap the sampler: ddpm, ddim or dpm (DPM-Solver++); ddim and dpm on trailing timesteps (default: DDPM, as trained)')
@@ -161,10 +176,8 @@ def _restorer(args, # parsed options of `_restorer_arguments` (and the common on
     from histodiff.core import get_device
     from histodiff.regional import load_regional_pipeline
     vae = None
-    if args.method == 'latent':
-        if args.vae == DEFAULT_VAE and not Path(args.vae).exists(): raise FileNotFoundError(f"VAE folder not found: {args.vae} (give --vae)")
-        vae = args.vae
-    model = args.model or DEFAULT_MODELS[args.method]
+    model = _default_model(args.model, DEFAULT_MODELS[args.method], '--ldm' if args.method == 'latent' else '--model')
+    if args.method == 'latent': vae = _default_model(args.vae, DEFAULT_VAE, '--vae')
     pipe = load_regional_pipeline(model, vae=vae, vae_subfolder=args.vae_subfolder, scheduler=args.scheduler).to(get_device(args.device))
     kw = dict(num_inference_steps=args.steps, generator=args.seed, pixel_dilation=args.pixel_dilation, feather=args.feather)
     if not batched: return lambda image, mask: pipe.restore(image, mask, progress=not args.quiet, **kw)
@@ -188,9 +201,12 @@ Only the masked region (dilated by --pixel-dilation px and feathered) is
 regenerated; every other pixel is copied byte for byte (classical methods: every
 pixel outside the mask). The image must be RGB, the mask the same size and not all
 artifact; an empty mask gives the image unchanged (with a note). For large images
-use `histodiff restore-slide`.
+use `histodiff restore-slide`. With no --ldm / --vae, models/ldm and models/vae
+are used when they exist, else the shipped checkpoints (checkpoints/, or the
+folder $HISTODIFF_CHECKPOINTS names).
 
 example:
+  histodiff restore tile.png --mask mask.png --out out.png    # models/ (or the shipped checkpoints)
   histodiff restore tile.png --mask mask.png --out out.png --vae models/vae --ldm models/ldm
   histodiff restore tile.png --mask mask.png --out out.png --scheduler ddim --steps 20
   histodiff restore tile.png --mask mask.png --out out.png --method telea"""
@@ -207,7 +223,7 @@ example:
 def _stain_arguments(p):
     p.add_argument('he', metavar='HE', help="H&E image, at least the model's tile size (larger images are tiled and stitched)")
     p.add_argument('--out', required=True, help='virtual IHC image, same size, written atomically')
-    p.add_argument('--model', metavar='DIR', default='models/stardiff/both', help='Star-Diff pipeline or model folder (default: %(default)s)')
+    p.add_argument('--model', metavar='DIR', default=None, help=f"Star-Diff pipeline or model folder (default: {_default_help('stardiff/both')})")
     p.add_argument('--steps', type=at_least(1), default=10, metavar='N', help='sampling steps (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='sampling seed (default: %(default)s)')
     p.add_argument('--eta', type=float, default=0.0, help='stochasticity of the sampler, 0 = deterministic (default: %(default)s)')
@@ -223,6 +239,7 @@ example:
     from histodiff.core import read_image, write_image, get_device
     from histodiff.stardiff import StarDiffPipeline
     he = read_image(args.he)
+    args.model = _default_model(args.model, 'stardiff/both', '--model')
     pipe = StarDiffPipeline.from_pretrained(_folder(args.model, 'Star-Diff model folder')).to(get_device(args.device))
     ihc = pipe.stain(he, args.steps, generator=args.seed, eta=args.eta, progress=not args.quiet,
                      overlap=args.overlap, batch_size=args.batch_size)
@@ -235,7 +252,8 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp') # = histodif
 def _sfs_arguments(p):
     p.add_argument('--real', required=True, metavar='DIR', help='folder of real IHC images')
     p.add_argument('--generated', required=True, metavar='DIR', help='folder of generated IHC images with the same file names')
-    p.add_argument('--classifier', required=True, metavar='DIR', help='classifier folder (histodiff.sfs.save_classifier), trained on real IHC')
+    p.add_argument('--classifier', default=None, metavar='DIR',
+                   help=f"classifier folder (histodiff.sfs.save_classifier), trained on real IHC (default: {_default_help('classifier/sfs')})")
     p.add_argument('--labels', default='from-filename', metavar='SOURCE',
                    help="from-filename (BCI names NNNNN_{train|test}_{0|1+|2+|3+}.png), dab-score (class of the real image's "
                         "DAB-positive area, the demo task) or a CSV file of name,label rows (default: %(default)s)")
@@ -326,6 +344,7 @@ example:
     if not names: raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in {real}")
     missing = [n for n in names if not (gen/n).is_file()]
     if missing: raise FileNotFoundError(f"{len(missing)} of {len(names)} real images have no generated image of the same name in {gen}, e.g. {missing[:3]}")
+    args.classifier = _default_model(args.classifier, 'classifier/sfs', '--classifier')
     clf = ImageClassifier.from_pretrained(_folder(args.classifier, 'classifier folder'))
     class_names = [str(clf.model.config.id2label[i]) for i in range(clf.num_classes)]
     source = args.labels if args.labels in ('from-filename', 'dab-score') else 'csv'
@@ -382,7 +401,8 @@ restored tiles are blended seam-free. Several slides (or folders of slides) go
 to a folder, one <stem>.tif each; existing outputs are skipped. An interrupted
 run (Ctrl-C, SIGTERM, a crash) resumes where it stopped when rerun with the same
 settings; other settings are refused until --no-resume. One run at a time per
-output (a lock). A summary per slide is printed as JSON (unless --quiet).
+output (a lock). With no --ldm / --vae: models/ when it holds them, else the
+shipped checkpoints. A summary per slide is printed as JSON (unless --quiet).
 
 example:
   histodiff restore-slide slide.svs --out restored.tif --detector models/detector \\

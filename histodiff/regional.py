@@ -475,13 +475,19 @@ class RegionalLatentPipeline(RegionalPipelineBase):
         return self.vae.decode(z.to(self.vae.dtype) / s + sh).sample
 
 # %% ../nbs/05_regional.ipynb #c2e72d08
-def load_regional_pipeline(model_dir, # folder with unet/ and scheduler/ (a training stage's output)
-                           vae=None, # VAE folder or hub id (latent pipeline); None: the pixel pipeline
+def load_regional_pipeline(model_dir, # folder with unet/ and scheduler/ (a training stage's output); None: the shipped checkpoints/ldm
+                           vae=None, # VAE folder or hub id (latent pipeline); None: the pixel pipeline (the shipped checkpoints/vae when model_dir is None)
                            vae_subfolder:str|None=None, # e.g. 'vae' inside a Stable Diffusion repository
                            scheduler:str|None=None, # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++) to swap samplers; None: DDPM as trained
                           )->RegionalPipelineBase:
     "A `RegionalLatentPipeline` (with `vae`) or a `PixelRegionalPipeline` from trained model folders."
     from pathlib import Path
+    if model_dir is None:   # the shipped checkpoints (histodiff.checkpoints.shipped)
+        from histodiff.checkpoints import shipped
+        model_dir, vae = shipped('ldm'), vae if vae is not None else shipped('vae')
+        if model_dir is None or vae is None:
+            raise FileNotFoundError("no model folder given and no shipped checkpoints/ldm and checkpoints/vae (nor $HISTODIFF_CHECKPOINTS): "
+                                    "pass model_dir and vae, or train them (make repro).")
     d = Path(model_dir)
     if not (d/'unet'/'config.json').exists():
         raise FileNotFoundError(f"no trained UNet in {d} (expected {d/'unet'/'config.json'}); run the training stage first.")

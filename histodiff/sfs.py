@@ -88,8 +88,9 @@ class ImageClassifier(nn.Module):
     def from_pretrained(cls, name_or_path:str|Path, # hub id or local folder of a transformers image classifier
                         **kwargs, # passed to `AutoModelForImageClassification.from_pretrained`
                        )->'ImageClassifier':
-        "Load a classifier saved by `save_pretrained` or any transformers image classifier of the hub; a damaged local folder raises `ModelFolderError`."
+        "Load a classifier saved by `save_pretrained` or any transformers image classifier of the hub, in float32 (fp16 weights too, unless `dtype` is given); a damaged local folder raises `ModelFolderError`."
         from transformers import AutoModelForImageClassification
+        if 'dtype' not in kwargs and 'torch_dtype' not in kwargs: kwargs['dtype'] = torch.float32  # transformers keeps fp16 weights fp16
         if Path(name_or_path).is_dir(): model = load_folder(AutoModelForImageClassification.from_pretrained, name_or_path, 'classifier', **kwargs)
         else: model = AutoModelForImageClassification.from_pretrained(str(name_or_path), **kwargs)
         if getattr(model.config, 'image_mean', None) is None:  # a hub model: take the normalisation of its processor

@@ -87,7 +87,7 @@ def test_notebook_defaults_are_the_demo_profile():
     assert seen == set(PIPELINE), 'a pipeline notebook is run by no stage'
 
 
-@pytest.mark.parametrize('profile', ['demo', 'smoke', 'paper', 'released'])
+@pytest.mark.parametrize('profile', ['demo', 'smoke', 'paper', 'released', 'pretrain'])
 def test_every_profile_passes_typed_parameters(profile, tmp_path):
     "Under every profile each stage's parameters exist in its notebook with the default's type (no 'false' strings, no '1,2' lists)."
     import yaml
