@@ -37,7 +37,7 @@ def _stardiff(v:str, about:str)->Shipped:
                    (('staining.json', ('methods', f'Star-Diff ({v})')), ('train_stardiff.json', ('variants', v))))
 
 SHIPPED:dict[str, Shipped] = {
-    'vae': Shipped('vae', 'diffusers', 'histodiff.autoencoder.load_vae', 'The AutoencoderKL (f = 8, 4 latent channels) of the latent space.',
+    'vae': Shipped('vae', 'diffusers', 'histodiff.autoencoder.load_vae', 'The AutoencoderKL (4 latent channels; its config says its downsampling factor) of the latent space.',
                    ('train_vae', 'max_steps'), ('vae.json', ('seconds',)), (('vae.json', ()),)),
     'ldm': Shipped('ldm', 'diffusers', 'histodiff.train.DenoisingDiffusionModel.from_pretrained',
                    'The latent denoising UNet of LatentArtiFusion (unet/ + scheduler/), trained on VAE latents of clean tiles; use it with the vae checkpoint.',

@@ -49,6 +49,13 @@ def atomic_path(path:str|Path, # final path of the output
         if tmp.exists(): tmp.unlink()
 
 # %% ../nbs/00_core.ipynb #e3f29177
+def _normal_modes(root:Path):
+    "Give `root` and everything in it the modes mkdir/open would give (mkdtemp's 0700; safetensors writes files 0600)."
+    um = _umask()
+    for p in [root, *root.rglob('*')]:
+        if p.is_symlink(): continue
+        os.chmod(p, (0o777 if p.is_dir() or p.stat().st_mode & 0o111 else 0o666) & ~um)
+
 @contextlib.contextmanager
 def atomic_dir(path:str|Path, # final folder of the output (replaced whole if it exists)
               ):
@@ -59,7 +66,7 @@ def atomic_dir(path:str|Path, # final folder of the output (replaced whole if it
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if tmp.is_dir(): os.chmod(tmp, 0o777 & ~_umask()) # mkdtemp's 0700 -> what mkdir would give
+        if tmp.is_dir(): _normal_modes(tmp)
         if path.exists(): shutil.rmtree(path)
         os.replace(tmp, path)
     finally:

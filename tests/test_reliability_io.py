@@ -15,7 +15,7 @@ from histodiff import artifacts, core
 from histodiff.core import ImageError, atomic_dir, atomic_path, read_image, read_mask, write_image, write_mask
 from histodiff.regional import PixelRegionalPipeline, RegionalLatentPipeline, dilate_disk, sampling_scheduler
 from histodiff.autoencoder import make_vae
-from histodiff.train import make_scheduler, make_unet
+from histodiff.train import DenoisingDiffusionModel, make_scheduler, make_unet
 
 
 def _noise(h=64, w=64, seed=0):
@@ -72,10 +72,13 @@ def test_outputs_have_normal_modes(tmp_path):
             write_image(_noise(8, 8), d / 'a.png')
             write_mask(np.eye(8, dtype=bool), d / 'm.png')
             with atomic_path(d / 'b.json') as t: t.write_text('{}')
-            with atomic_dir(d / 'model') as t: (t / 'weights').write_text('w')
+            with atomic_dir(d / 'model') as t:
+                (t / 'weights').write_text('w')
+                (t / 'unet').mkdir(); DenoisingDiffusionModel(make_unet('tiny', 3, 16), make_scheduler()).save_pretrained(t / 'pipe')
         finally: os.umask(old)
-        for f in ('a.png', 'm.png', 'b.json'): assert oct((d / f).stat().st_mode & 0o777) == oct(fmode), (f, oct(umask))
-        assert oct((d / 'model').stat().st_mode & 0o777) == oct(dmode), oct(umask)
+        for f in ('a.png', 'm.png', 'b.json', 'model/weights', 'model/pipe/unet/diffusion_pytorch_model.safetensors'):
+            assert oct((d / f).stat().st_mode & 0o777) == oct(fmode), (f, oct(umask))   # safetensors writes 0600 itself
+        for f in ('model', 'model/unet', 'model/pipe/unet'): assert oct((d / f).stat().st_mode & 0o777) == oct(dmode), (f, oct(umask))
 
 
 def test_stale_temporaries_are_found(tmp_path):
