@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .core import atomic_dir, atomic_path
+from .data import sha256sum
 
 # %% auto #0
 __all__ = ['MANIFEST', 'UNET_PRESETS', 'TrainConfig', 'EpochSampler', 'collate_dict', 'TensorDictDataset', 'verify_checkpoint',
@@ -89,17 +90,10 @@ class TensorDictDataset(Dataset):
 # %% ../nbs/04_train.ipynb #504baa23
 MANIFEST = 'manifest.json' # file of a checkpoint listing every other file with its size and sha256
 
-def _sha256(path:Path)->str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-    return h.hexdigest()
-
 def _write_manifest(folder:Path # a checkpoint folder whose files are all written
                    ):
     "Write `folder/manifest.json` (atomically, last): relative path, size and sha256 of every file of `folder`."
-    files = {p.relative_to(folder).as_posix(): dict(size=p.stat().st_size, sha256=_sha256(p))
+    files = {p.relative_to(folder).as_posix(): dict(size=p.stat().st_size, sha256=sha256sum(p))
              for p in sorted(folder.rglob('*')) if p.is_file() and p.name != MANIFEST}
     with atomic_path(folder/MANIFEST) as tmp: tmp.write_text(json.dumps(dict(files=files), indent=1))
 
@@ -131,7 +125,7 @@ def verify_checkpoint(path:str|Path # a checkpoint folder, `output_dir/checkpoin
         if not f.is_file(): return f"{f} is missing"
         if f.stat().st_size != size: return f"{f} has {f.stat().st_size} bytes, its manifest says {size} (truncated?)"
     for rel, v in files.items():
-        if _sha256(p/rel) != v['sha256']: return f"{p/rel} does not match the sha256 of its manifest (corrupt)"
+        if sha256sum(p/rel) != v['sha256']: return f"{p/rel} does not match the sha256 of its manifest (corrupt)"
     return None
 
 # %% ../nbs/04_train.ipynb #0df75fc3

@@ -263,12 +263,11 @@ def file_digest(path:str|Path, # a file (a slide, weights)
                 quick:bool=False, # only the size and the first and last MiB (for multi-GB slides)
                )->str:
     "sha256 (hex, 16 digits) of a file's bytes, or of its size, head and tail when `quick`."
-    path = Path(path); h = hashlib.sha256(); size = path.stat().st_size
-    with open(path, 'rb') as f:
-        if quick and size > 2 * 2**20:
-            h.update(str(size).encode()); h.update(f.read(2**20)); f.seek(-2**20, 2); h.update(f.read())
-        else:
-            for chunk in iter(lambda: f.read(2**22), b''): h.update(chunk)
+    from histodiff.data import sha256sum
+    path = Path(path); size = path.stat().st_size
+    if not (quick and size > 2 * 2**20): return sha256sum(path)[:16]
+    h = hashlib.sha256(str(size).encode())
+    with open(path, 'rb') as f: h.update(f.read(2**20)); f.seek(-2**20, 2); h.update(f.read())
     return h.hexdigest()[:16]
 
 def model_digest(source, # a model folder, a file, or a hub id / name (recorded as given)
