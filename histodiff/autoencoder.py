@@ -30,13 +30,15 @@ VAE_PRESETS = {
                  mid_block_add_attention=True, scaling_factor=0.18215, sample_size=512),
     'demo': dict(block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8,
                  mid_block_add_attention=False, scaling_factor=1.0, sample_size=256),
+    'f4': dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
+               mid_block_add_attention=False, scaling_factor=1.0, sample_size=256),
     'tiny': dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4,
                  mid_block_add_attention=False, scaling_factor=1.0, sample_size=64),
 }
 
-def vae_config(preset:str='demo', # 'sd15', 'demo' or 'tiny'
+def vae_config(preset:str='demo', # 'sd15', 'demo', 'f4' or 'tiny'
               )->dict:
-    "Keyword arguments of `diffusers.AutoencoderKL` for a preset (all f = 8, 4 latent channels)."
+    "Keyword arguments of `diffusers.AutoencoderKL` for a preset (4 latent channels; f = 8, but 4 for 'f4')."
     if preset not in VAE_PRESETS: raise ValueError(f"unknown VAE preset {preset!r}; choose one of {list(VAE_PRESETS)}.")
     p = dict(VAE_PRESETS[preset]); n = len(p['block_out_channels'])
     return dict(in_channels=3, out_channels=3, latent_channels=4, down_block_types=('DownEncoderBlock2D',)*n,

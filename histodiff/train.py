@@ -447,10 +447,11 @@ UNET_PRESETS = {
     'released': dict(block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2, attn_res=2, norm_num_groups=32),
     'ddpm-256': dict(block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2, attn_res=16, norm_num_groups=32),
     'demo': dict(block_out_channels=(32, 64, 64), layers_per_block=1, attn_res='lowest', norm_num_groups=16),
+    'small': dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, attn_res='lowest', norm_num_groups=16),
     'tiny': dict(block_out_channels=(32, 64), layers_per_block=1, attn_res=None, norm_num_groups=8),
 }
 
-def unet_config(preset:str='released', # 'released', 'ddpm-256', 'demo' or 'tiny'
+def unet_config(preset:str='released', # 'released', 'ddpm-256', 'demo', 'small' or 'tiny'
                 in_channels:int=4, # 4 for SD-VAE latents, 3 for pixels
                 sample_size:int=32, # side of the input (latent side = tile / 8)
                )->dict:
