@@ -15,7 +15,7 @@ import histodiff
 
 # %% auto #0
 __all__ = ['COMMANDS', 'USER_ERRORS', 'RESTORE_METHODS', 'SCHEDULERS', 'DEFAULT_MODELS', 'DEFAULT_VAE', 'IMAGE_SUFFIXES',
-           'command', 'build_parser', 'at_least', 'main', 'restore_command', 'stain_command', 'sfs_command',
+           'command', 'build_parser', 'at_least', 'fraction', 'main', 'restore_command', 'stain_command', 'sfs_command',
            'restore_slide_command', 'convert_checkpoint_command']
 
 # %% ../nbs/12_cli.ipynb #835bd3bd
@@ -64,6 +64,13 @@ def at_least(low:int, # the smallest value allowed
         if v < low: raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
         return v
     return integer
+
+def fraction(text:str)->float:
+    "An argparse `type`: a number in (0, 1], refused by argparse (usage, status 2) otherwise."
+    try: v = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 1: raise argparse.ArgumentTypeError(f"must be in (0, 1], got {v}")
+    return v
 
 USER_ERRORS = (OSError, ValueError) # ImageError, MaskError, ... are ValueErrors; FileNotFoundError is an OSError
 
@@ -152,7 +159,7 @@ def _restorer_arguments(p):
     g.add_argument('--pixel-dilation', type=at_least(0), default=8, metavar='PX',
                    help='outside the mask dilated by this much the input is kept byte for byte (default: %(default)s)')
     g.add_argument('--feather', type=float, default=2.0, metavar='PX', help='Gaussian feather of the paste-back (default: %(default)s)')
-    g.add_argument('--strength', type=float, default=1.0, metavar='S',
+    g.add_argument('--strength', type=fraction, default=1.0, metavar='S',
                    help='diffusion methods: run the last S of the schedule from the encoded image, in (0, 1]; below 1 the '
                         "artifact region keeps the damaged image's structure (mild artifacts: blur, a light stain) (default: %(default)s)")
 
@@ -182,7 +189,6 @@ def _restorer(args, # parsed options of `_restorer_arguments` (and the common on
     model = _default_model(args.model, DEFAULT_MODELS[args.method], '--ldm' if args.method == 'latent' else '--model')
     if args.method == 'latent': vae = _default_model(args.vae, DEFAULT_VAE, '--vae')
     pipe = load_regional_pipeline(model, vae=vae, vae_subfolder=args.vae_subfolder, scheduler=args.scheduler).to(get_device(args.device))
-    if not 0 < args.strength <= 1: raise ValueError(f"--strength must be in (0, 1], got {args.strength}.")
     kw = dict(num_inference_steps=args.steps, generator=args.seed, pixel_dilation=args.pixel_dilation, feather=args.feather,
               strength=args.strength)
     if not batched: return lambda image, mask: pipe.restore(image, mask, progress=not args.quiet, **kw)

@@ -231,7 +231,7 @@ def sampling_timesteps(scheduler, # any diffusers scheduler
     if not 0 < strength <= 1: raise ValueError(f"strength must be in (0, 1], got {strength}.")
     if num_inference_steps < 1: raise ValueError("num_inference_steps must be >= 1.")
     scheduler.set_timesteps(num_inference_steps, device=device)
-    k = min(int(num_inference_steps * strength), num_inference_steps)
+    k = int(num_inference_steps * strength)
     if k < 1: raise ValueError(f"strength {strength} of {num_inference_steps} steps leaves no step; raise either.")
     begin = (num_inference_steps - k) * getattr(scheduler, 'order', 1)
     if begin and hasattr(scheduler, 'set_begin_index'): scheduler.set_begin_index(begin)
