@@ -387,10 +387,10 @@ def _slide_arguments(p):
     p.add_argument('slide', metavar='SLIDE', nargs='+', help='slides (svs, ndpi, mrxs, tiff, ...; plain TIFF/PNG/JPEG images) or folders of them')
     p.add_argument('--out', required=True, help='output pyramidal TIFF (.tif or .tiff) of one slide, or a folder for several (<stem>.tif each); written atomically')
     p.add_argument('--overwrite', action='store_true', help='restore slides whose output already exists (default: skip them)')
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument('--mask', help='artifact mask image (white = artifact) at any resolution, rescaled to the level; '
                                     'for several slides a folder of masks named like the slides (<stem>.png)')
-    src.add_argument('--detector', metavar='DIR', help='artifact detector folder (histodiff.detect.ArtifactDetector)')
+    src.add_argument('--detector', metavar='DIR', help=f'artifact detector folder (histodiff.detect.ArtifactDetector; default without --mask: {_default_help("detector")})')
     p.add_argument('--threshold', type=float, default=None, help="detector probability threshold (default: the detector's own)")
     g = p.add_argument_group('slide')
     g.add_argument('--level', type=at_least(0), default=0, help='pyramid level to restore (default: %(default)s)')
@@ -412,10 +412,12 @@ restored tiles are blended seam-free. Several slides (or folders of slides) go
 to a folder, one <stem>.tif each; existing outputs are skipped. An interrupted
 run (Ctrl-C, SIGTERM, a crash) resumes where it stopped when rerun with the same
 settings; other settings are refused until --no-resume. One run at a time per
-output (a lock). With no --ldm / --vae: models/ when it holds them, else the
-shipped checkpoints. A summary per slide is printed as JSON (unless --quiet).
+output (a lock). With no --ldm / --vae (and with neither --mask nor --detector):
+models/ when it holds them, else the shipped checkpoints. A summary per slide is
+printed as JSON (unless --quiet).
 
 example:
+  histodiff restore-slide slide.svs --out restored.tif
   histodiff restore-slide slide.svs --out restored.tif --detector models/detector \\
                           --vae models/vae --ldm models/ldm
   histodiff restore-slide slide.svs --out restored.tif --mask mask.png --method telea
@@ -427,9 +429,10 @@ example:
                              keep_work=args.keep_work)   # checked before a model is loaded
     jobs = slide_jobs(args.slide, args.out, args.mask)   # every slide and mask found before any work
     detector = None
-    if args.detector:
+    if args.mask is None:   # no mask: the detector named, else models/detector, else the shipped one
         from histodiff.detect import ArtifactDetector
-        detector = ArtifactDetector.from_pretrained(_folder(args.detector, 'detector folder')).to(get_device(args.device))
+        path = _default_model(args.detector, 'detector', '--detector')
+        detector = ArtifactDetector.from_pretrained(_folder(path, 'detector folder')).to(get_device(args.device))
         if args.threshold is not None: detector.settings['threshold'] = args.threshold
     restorer, failed = _restorer(args, batched=True), []
     for slide, out, mask in jobs:
