@@ -298,7 +298,7 @@ class SlideBusyError(OSError):
 @contextlib.contextmanager
 def output_lock(out:str|Path, # the output file a run writes
                ):
-    "Hold `.<out name>.lock` beside `out` for the run (the lock file records the pid); a second run fails at once."
+    "Hold `.<out name>.lock` beside `out` for the run (the lock file records the pid, and is removed at the end); a second run fails at once."
     from filelock import FileLock, Timeout
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f".{out.name}.lock"
@@ -311,7 +311,9 @@ def output_lock(out:str|Path, # the output file a run writes
     try:
         with open(path, 'r+') as f: f.truncate(); f.write(f"{os.getpid()}\n")
         yield path
-    finally: lock.release()
+    finally:   # removed while still held, so no pid file is left in the user's folder (or in a DVC output's hash)
+        with contextlib.suppress(OSError): path.unlink()
+        lock.release()
 
 # %% ../nbs/11_wsi.ipynb #689cb16f
 @contextlib.contextmanager
