@@ -287,6 +287,7 @@ def _as_batch(images)->tuple[np.ndarray, bool]:
 
 class StarDiffPipeline(DiffusionPipeline):
     "H&E -> virtual IHC with a trained `StarDiffModel`, in pixel space or (with `vae`) in VAE latent space."
+    _optional_components = ['scheduler', 'vae'] # modules too: `.to(device)` moves them (diffusers treats defaulted arguments as settings)
     def __init__(self, model:StarDiffModel, # the trained model (carries `paths`)
                  scheduler:StarDiffScheduler|None=None, # default: the model's scheduler
                  vae:AutoencoderKL|None=None, # latent Star-Diff: the (frozen) VAE

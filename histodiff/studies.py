@@ -69,9 +69,9 @@ def write_table(df:pd.DataFrame, # the table
     "Write a results table as CSV and Markdown, atomically, with its provenance in the Markdown header."
     stem = Path(stem)
     with atomic_path(stem.with_suffix('.csv')) as tmp: df.to_csv(tmp, index=False)
-    caveat = ("Demo profile: small models trained for minutes on a CPU and scored on a few real tiles; "
-              "these numbers show that the pipeline works, not how well the methods compare at the papers' scale."
-              if profile in ('demo', 'smoke') else '')
+    caveat = {'demo': "Demo profile: the small models shipped in checkpoints/ (their model cards say how they were trained), scored on "
+                      "a few held-out tiles of open tissue; not the papers' data or model sizes.",
+              'smoke': "Smoke profile: tiny models trained a few steps; these numbers only show that the pipeline runs."}.get(profile, '')
     md = [f"# {title}", '', f"profile: `{profile}`; data: {data}.", '']
     if caveat: md += [f"> {caveat}", '']
     if note: md += [note, '']
