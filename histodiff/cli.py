@@ -14,14 +14,17 @@ from typing import Callable
 import histodiff
 
 # %% auto #0
-__all__ = ['COMMANDS', 'USER_ERRORS', 'RESTORE_METHODS', 'SCHEDULERS', 'DEFAULT_MODELS', 'DEFAULT_VAE', 'IMAGE_SUFFIXES',
-           'command', 'build_parser', 'at_least', 'fraction', 'main', 'restore_command', 'stain_command', 'sfs_command',
-           'restore_slide_command', 'convert_checkpoint_command']
+__all__ = ['COMMANDS', 'USER_ERRORS', 'SCHEDULERS', 'IMAGE_SUFFIXES', 'command', 'build_parser', 'at_least', 'fraction', 'main',
+           'restore_command', 'stain_command', 'sfs_command', 'restore_slide_command', 'convert_checkpoint_command']
 
 # %% ../nbs/12_cli.ipynb #835bd3bd
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    "Keep the line breaks of descriptions and epilogs."
+    "Keep the line breaks of descriptions and epilogs, and of an option's help that has them (a table)."
     def __init__(self, prog): super().__init__(prog, max_help_position=32)
+    def _split_lines(self, text, width):
+        if '\n' not in text: return super()._split_lines(text, width)
+        head, *rest = text.splitlines()
+        return super()._split_lines(head, width) + rest
 
 COMMANDS:dict[str, tuple] = {} # name -> (help line, add_arguments, run)
 
@@ -116,25 +119,9 @@ def main(argv:list[str]|None=None, # arguments after the program name (default: 
         return 130
 
 # %% ../nbs/12_cli.ipynb #feccdb51
-RESTORE_METHODS = ('latent', 'pixel', 'telea', 'navier_stokes', 'biharmonic')
 SCHEDULERS = ('ddpm', 'ddim', 'dpm')
-DEFAULT_MODELS = {'latent': 'ldm', 'pixel': 'pixel'} # --method -> the model used when none is named: models/<name>, else checkpoints/<name>
-DEFAULT_VAE = 'vae' # the same for the VAE of the latent method
 
 def _default_help(name:str)->str: return f"models/{name} when it exists, else the shipped checkpoints/{name}"
-
-def _default_model(given, # the folder (or hub id) the user named; None: none
-                   name:str, # the model's name: models/<name>, else the shipped checkpoint <name> (histodiff.checkpoints)
-                   flag:str, # the option that names it, for the message
-                  )->str:
-    "`given`, else `models/<name>` when it exists, else the shipped checkpoint; a FileNotFoundError saying what to do when neither is there."
-    if given: return str(given)
-    local = Path('models')/name
-    if local.exists(): return str(local)
-    from histodiff.checkpoints import shipped
-    if (p := shipped(name)) is not None: return str(p)
-    raise FileNotFoundError(f"no {name} model: {local} does not exist and no checkpoint is shipped (checkpoints/{name}, or "
-                            f"$HISTODIFF_CHECKPOINTS); run `make repro` to train the models, or pass {flag} DIR")
 
 def _folder(path, # a folder the command needs
             what:str, # what it should hold, for the message
@@ -144,14 +131,19 @@ def _folder(path, # a folder the command needs
     if not p.is_dir(): raise FileNotFoundError(f"{what} not found: {p} is not a folder")
     return p
 
+def _method_arguments(g):
+    "--method, its choices and help from the registry of `histodiff.restorers`."
+    from histodiff.restorers import restorer_names, restorer_table
+    g.add_argument('--method', choices=restorer_names(), default='latent', metavar='NAME',
+                   help=f"the restorer (default: %(default)s), one of:\n{restorer_table()}")
+
 def _restorer_arguments(p):
     g = p.add_argument_group('restoration method')
-    g.add_argument('--method', choices=RESTORE_METHODS, default='latent',
-                   help='latent (LatentArtiFusion), pixel (regional, pixel space) or a classical inpainting baseline (default: %(default)s)')
+    _method_arguments(g)
     g.add_argument('--model', '--ldm', dest='model', metavar='DIR', default=None,
                    help='trained diffusion model folder with unet/ and scheduler/, as the train_ldm stage writes '
-                        f"(default: {_default_help(DEFAULT_MODELS['latent'])} for latent; {_default_help(DEFAULT_MODELS['pixel'])} for pixel)")
-    g.add_argument('--vae', metavar='DIR', default=None, help=f'VAE folder (or hub id) of the latent method (default: {_default_help(DEFAULT_VAE)})')
+                        f"(default: {_default_help('ldm')} for latent; {_default_help('pixel')} for pixel)")
+    g.add_argument('--vae', metavar='DIR', default=None, help=f'VAE folder (or hub id) of the latent method (default: {_default_help("vae")})')
     g.add_argument('--vae-subfolder', default=None, metavar='NAME', help="the VAE's subfolder, e.g. vae in a Stable Diffusion repository")
     g.add_argument('--steps', type=at_least(1), default=50, metavar='N', help='sampling steps (default: %(default)s, the paper)')
     g.add_argument('--scheduler', choices=SCHEDULERS, default=None, help='swap the sampler: ddpm, ddim or dpm (DPM-Solver++); ddim and dpm on trailing timesteps (default: DDPM, as trained)')
@@ -164,38 +156,15 @@ def _restorer_arguments(p):
                         "artifact region keeps the damaged image's structure (mild artifacts: blur, a light stain) (default: %(default)s)")
 
 # %% ../nbs/12_cli.ipynb #288f72f0
-def _identity(args, # parsed options of `_restorer_arguments`
-              model:str|None=None, vae:str|None=None, # the model folders used (None: a classical method)
-             )->dict:
-    "What a slide's work folder records of the restorer: a resumed run must use the same (`histodiff.wsi.check_resume`)."
-    from histodiff.wsi import model_digest
-    ident = dict(method=args.method)
-    if model is None: return ident
-    return ident | dict(model=str(model), model_digest=model_digest(model), vae=vae and str(vae), vae_subfolder=args.vae_subfolder,
-                        vae_digest=vae and model_digest(vae), scheduler=args.scheduler, steps=args.steps, seed=args.seed,
-                        pixel_dilation=args.pixel_dilation, feather=args.feather, strength=args.strength)
-
 def _restorer(args, # parsed options of `_restorer_arguments` (and the common ones)
-              batched:bool=False, # a batched restorer (images N x H x W x 3, masks N x H x W), as `restore_slide` takes
-             )->Callable:
-    "`restore(image, mask) -> image` (or its batched form) for the chosen method; `.identity` says what it is."
-    if args.method not in ('latent', 'pixel'):
-        from histodiff.artifacts import restore
-        fn = partial(restore, method=args.method); fn.identity = _identity(args)
-        return fn
-    from histodiff.core import get_device
-    from histodiff.regional import load_regional_pipeline
-    vae = None
-    model = _default_model(args.model, DEFAULT_MODELS[args.method], '--ldm' if args.method == 'latent' else '--model')
-    if args.method == 'latent': vae = _default_model(args.vae, DEFAULT_VAE, '--vae')
-    pipe = load_regional_pipeline(model, vae=vae, vae_subfolder=args.vae_subfolder, scheduler=args.scheduler).to(get_device(args.device))
-    kw = dict(num_inference_steps=args.steps, generator=args.seed, pixel_dilation=args.pixel_dilation, feather=args.feather,
-              strength=args.strength)
-    if not batched: return lambda image, mask: pipe.restore(image, mask, progress=not args.quiet, **kw)
-    def restore_batch(images, masks): # the same seed for every batch: a resumed slide gives the same pixels
-        return pipe(list(images), list(masks), output_type='np', progress=False, **kw).images
-    restore_batch.batched, restore_batch.identity = True, _identity(args, model, vae)
-    return restore_batch
+              progress:bool=False, # a progress bar over sampling steps
+             ):
+    "The registry's restorer `args.method`, built from the options; `.identity` says what a slide records of it."
+    from histodiff.restorers import RestorerSettings, make_restorer
+    settings = RestorerSettings(model=args.model, vae=args.vae, vae_subfolder=args.vae_subfolder, scheduler=args.scheduler,
+                                steps=args.steps, seed=args.seed, strength=args.strength, pixel_dilation=args.pixel_dilation,
+                                feather=args.feather, device=args.device, progress=progress)
+    return make_restorer(args.method, settings)
 
 # %% ../nbs/12_cli.ipynb #55921040
 def _restore_arguments(p):
@@ -220,12 +189,13 @@ example:
   histodiff restore tile.png --mask mask.png --out out.png    # models/ (or the shipped checkpoints)
   histodiff restore tile.png --mask mask.png --out out.png --vae models/vae --ldm models/ldm
   histodiff restore tile.png --mask mask.png --out out.png --scheduler ddim --steps 20
-  histodiff restore tile.png --mask mask.png --out out.png --method telea"""
+  histodiff restore tile.png --mask mask.png --out out.png --method telea
+  histodiff restore tile.png --mask mask.png --out out.png --method none     # the floor every table starts from"""
     from histodiff.core import read_image, read_mask, write_image, check_image_suffix, warn_empty_mask
     check_image_suffix(args.out)   # before any work
     image = read_image(args.image)
     mask = read_mask(args.mask, image.shape, allow_empty=True, allow_full=False)
-    if mask.any(): out = _restorer(args)(image, mask)
+    if mask.any(): out = _restorer(args, progress=not args.quiet)(image, mask)
     else: warn_empty_mask(args.mask); out = image
     write_image(out, args.out)
     _say(args, f"{args.out}: {int(mask.sum())} artifact pixels ({mask.mean():.1%}) restored with {args.method}")
@@ -249,8 +219,9 @@ example:
   histodiff stain he.png --out ihc.png --model models/stardiff/both --steps 10"""
     from histodiff.core import read_image, write_image, get_device
     from histodiff.stardiff import StarDiffPipeline
+    from histodiff.checkpoints import default_model
     he = read_image(args.he)
-    args.model = _default_model(args.model, 'stardiff/both', '--model')
+    args.model = default_model(args.model, 'stardiff/both', '--model DIR')
     pipe = StarDiffPipeline.from_pretrained(_folder(args.model, 'Star-Diff model folder')).to(get_device(args.device))
     ihc = pipe.stain(he, args.steps, generator=args.seed, eta=args.eta, progress=not args.quiet,
                      overlap=args.overlap, batch_size=args.batch_size)
@@ -350,12 +321,13 @@ example:
     from tqdm.auto import tqdm
     from histodiff.core import read_image, atomic_path
     from histodiff.sfs import ImageClassifier, predict, sfs_report, binarize_her2
+    from histodiff.checkpoints import default_model
     real, gen = _folder(args.real, 'real image folder'), _folder(args.generated, 'generated image folder')
     names = _image_names(real)
     if not names: raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in {real}")
     missing = [n for n in names if not (gen/n).is_file()]
     if missing: raise FileNotFoundError(f"{len(missing)} of {len(names)} real images have no generated image of the same name in {gen}, e.g. {missing[:3]}")
-    args.classifier = _default_model(args.classifier, 'classifier/sfs', '--classifier')
+    args.classifier = default_model(args.classifier, 'classifier/sfs', '--classifier DIR')
     clf = ImageClassifier.from_pretrained(_folder(args.classifier, 'classifier folder'))
     class_names = [str(clf.model.config.id2label[i]) for i in range(clf.num_classes)]
     source = args.labels if args.labels in ('from-filename', 'dab-score') else 'csv'
@@ -431,10 +403,11 @@ example:
     detector = None
     if args.mask is None:   # no mask: the detector named, else models/detector, else the shipped one
         from histodiff.detect import ArtifactDetector
-        path = _default_model(args.detector, 'detector', '--detector')
+        from histodiff.checkpoints import default_model
+        path = default_model(args.detector, 'detector', '--detector DIR')
         detector = ArtifactDetector.from_pretrained(_folder(path, 'detector folder')).to(get_device(args.device))
         if args.threshold is not None: detector.settings['threshold'] = args.threshold
-    restorer, failed = _restorer(args, batched=True), []
+    restorer, failed = _restorer(args), []
     for slide, out, mask in jobs:
         if out.exists() and not WorkFolder(out).path.exists() and not args.overwrite:
             print(f"histodiff: note: {out} exists, {slide.name} skipped (--overwrite restores it again)", file=sys.stderr); continue

@@ -8,12 +8,13 @@ PSNR, PSNR in the artifact and SSIM per setting and kind, beside 'no restoration
 Usage: python scripts/validate_restorer.py --ldm checkpoints/ldm --vae checkpoints/vae --strengths 1 0.6 0.4
 """
 import argparse
+from dataclasses import replace
 import numpy as np, pandas as pd
 
-from histodiff.artifacts import make_paired_set, BASELINES
+from histodiff.artifacts import make_paired_set
 from histodiff.data import load_tile_dataset, dataset_images
 from histodiff.metrics import psnr, psnr_artifact, ssim
-from histodiff.regional import load_regional_pipeline
+from histodiff.restorers import RestorerSettings, make_restorer
 
 
 def main():
@@ -27,12 +28,13 @@ def main():
     a = ap.parse_args()
     tiles = dataset_images(load_tile_dataset(a.tiles))[::a.every]
     pairs = make_paired_set(tiles, seed=123, progress=False)
-    pipe = load_regional_pipeline(a.ldm, vae=a.vae, scheduler=a.scheduler)
-    methods = {'no restoration': lambda im, m: im, 'telea': BASELINES['telea']}
+    base = RestorerSettings(model=a.ldm, vae=a.vae, scheduler=a.scheduler, steps=a.steps, seed=0)
+    methods = {'no restoration': make_restorer('none'), 'telea': make_restorer('telea')}
+    latent = make_restorer('latent', base)
     for s in a.strengths:
-        for d in a.pixel_dilations:
-            methods[f'latent, strength {s:g}, dilation {d}'] = lambda im, m, s=s, d=d: pipe.restore(
-                im, m, num_inference_steps=a.steps, generator=0, strength=s, pixel_dilation=d)
+        for d in a.pixel_dilations:   # one loaded pipeline, other settings
+            methods[f'latent, strength {s:g}, dilation {d}'] = type(latent)(
+                replace(base, strength=s, pixel_dilation=d), pipeline=latent.pipeline)
     rows = []
     for i, (im, m, c, k) in enumerate(zip(pairs['artifact'], pairs['mask'], pairs['clean'], pairs['kind'])):
         for name, f in methods.items():

@@ -91,3 +91,22 @@ def test_metrics_hold_no_timings(smoke_repo):
         science, timings = split_timings(json.loads(f.read_text()))
         assert not timings, f'{f.name} holds timings: {timings}'
     assert (repo/'results'/'timings'/'restoration.json').exists()
+
+
+def test_a_registered_restorer_reaches_the_evaluation_table(smoke_repo, throwaway_plugin):
+    """A restorer registered outside histodiff (an entry point) and named in the profile's list is scored in the
+    evaluation table with no other file edited."""
+    from conftest import plugin_env
+    repo, _ = smoke_repo
+    params = yaml.safe_load((repo/'params.yaml').read_text())
+    params['evaluate_restoration']['restorers'].append('throwaway')   # its profile entry
+    (repo/'params.yaml').write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        env = {**plugin_env(throwaway_plugin), 'PATH': f"{BIN}{os.pathsep}{os.environ['PATH']}", 'MPLBACKEND': 'Agg'}
+        res = subprocess.run([sys.executable, '-m', 'histodiff.stage', 'evaluate_restoration'], cwd=repo, env=env,
+                             capture_output=True, text=True, timeout=1200)
+        assert res.returncode == 0, res.stderr[-4000:]
+        table = (repo/'results'/'restoration'/'table.md').read_text()
+        assert '| throwaway (mean colour) ' in table, table
+    finally:
+        sh(f'{sys.executable} scripts/params_from_profile.py smoke', repo)
