@@ -62,7 +62,7 @@ def test_stage_deps_cover_the_library_modules_they_import():
     stages = yaml.safe_load((ROOT/'dvc.yaml').read_text())['stages']
     for name, st in stages.items():
         nb = st['deps'][0]
-        assert nb.endswith('.ipynb'), f'stage {name}: its notebook is not the first of its deps (histodiff.stage runs the first .ipynb)'
+        assert nb.endswith('.ipynb'), f'stage {name}: the notebook is not its first dep (histodiff.stage runs it)'
         have = {Path(d).stem for d in st['deps'] if d.startswith('histodiff/')}
         imported = gen.library_closure(gen.notebook_source(ROOT/nb), mods)
         assert imported, f'stage {name}: its notebook {nb} imports no histodiff module (the import scan is broken?)'
