@@ -16,7 +16,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: install repro params test test-notebooks test-pytest test-smoke export clean-nbs
+.PHONY: install repro params dvc-yaml test test-notebooks test-pytest test-smoke export clean-nbs
 
 $(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ install: $(BIN)/.installed
 
 params: install
 	$(BIN)/python scripts/params_from_profile.py $(PROFILE)
+
+# dvc.yaml is generated from the stage table stages.yaml (its histodiff/*.py deps from the notebooks' imports)
+dvc-yaml: install
+	$(BIN)/python scripts/dvc_from_stages.py
 
 repro: params
 	$(BIN)/dvc repro $(TARGETS_$(PROFILE))

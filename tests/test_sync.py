@@ -40,24 +40,33 @@ def test_params_yaml_is_the_demo_profile():
     assert res.returncode == 0, 'params.yaml differs from profiles/demo.yaml: run `make params PROFILE=demo`'
 
 
+def _dvc_from_stages():
+    "The module scripts/dvc_from_stages.py (dvc.yaml from the stage table stages.yaml)."
+    sys.path.insert(0, str(ROOT/'scripts'))
+    import dvc_from_stages
+    return dvc_from_stages
+
+
+def test_dvc_yaml_is_generated_from_the_stage_table():
+    "dvc.yaml is what scripts/dvc_from_stages.py writes from stages.yaml (run `make dvc-yaml`)."
+    assert (ROOT/'dvc.yaml').read_text() == _dvc_from_stages().dvc_yaml(ROOT), \
+        'dvc.yaml differs from stages.yaml: edit stages.yaml and run `make dvc-yaml`'
+
+
 def test_stage_deps_cover_the_library_modules_they_import():
     "Each stage depends on every histodiff module its notebook imports, directly or through other modules (else a change leaves stale results)."
-    import re, yaml
-    mods = {p.stem: p.read_text() for p in (ROOT/'histodiff').glob('*.py') if not p.stem.startswith('_')}
-    pat = re.compile(r'(?:from histodiff\.|from \.|import histodiff\.|from histodiff import )(\w+)')
-    def imports(src): return set(pat.findall(src)) & set(mods)
-    def closure(names):
-        seen, todo = set(), list(names)
-        while todo:
-            m = todo.pop()
-            if m not in seen: seen.add(m); todo += imports(mods[m])
-        return seen
+    import yaml
+    gen = _dvc_from_stages()
+    mods = gen.library_sources(ROOT)
+    assert {'core', 'data', 'stage'} <= set(mods), 'the import scan finds no library modules'
     stages = yaml.safe_load((ROOT/'dvc.yaml').read_text())['stages']
     for name, st in stages.items():
-        nb = next(d for d in st['deps'] if d.endswith('.ipynb'))
-        src = '\n'.join(''.join(c['source']) for c in json.loads((ROOT/nb).read_text())['cells'])
+        nb = st['deps'][0]
+        assert nb.endswith('.ipynb'), f'stage {name}: the notebook is not its first dep (histodiff.stage runs it)'
         have = {Path(d).stem for d in st['deps'] if d.startswith('histodiff/')}
-        missing = closure(imports(src)) - have
+        imported = gen.library_closure(gen.notebook_source(ROOT/nb), mods)
+        assert imported, f'stage {name}: its notebook {nb} imports no histodiff module (the import scan is broken?)'
+        missing = imported - have
         assert not missing, f'stage {name} imports histodiff.{sorted(missing)} but does not list it in deps'
 
 
