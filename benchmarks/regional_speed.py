@@ -124,7 +124,8 @@ def main(argv=None):
         row('b', 'latent', f'SD-1.5 VAE + released UNet on 4x{a.tile // 8}x{a.tile // 8}, DDPM', a.latent_steps,
             a.latent_steps, time_pipe(lat, img, mask, a.latent_steps, (0, 1), a.repeats, device), 'measured')
         del lat, vae
-        pix = PixelRegionalPipeline(make_unet('ddpm-256', 3, a.tile).to(device, dtype).eval(), DDPMScheduler(clip_sample=True))  # pixel DDPM clips x0
+        pix_unet = make_unet('ddpm-256', 3, a.tile).to(device, dtype).eval()
+        pix = PixelRegionalPipeline(pix_unet, DDPMScheduler(clip_sample=True))  # pixel DDPM clips x0
         full_calls = unet_calls(repaint_levels(a.pixel_steps, a.jump_length, a.jump_n_sample))
         if full_calls <= a.pixel_max_calls:
             secs = time_pipe(pix, img, mask, a.pixel_steps, (a.jump_length, a.jump_n_sample), a.repeats, device)
