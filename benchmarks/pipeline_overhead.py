@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
 
 from histodiff.core import atomic_path
 from histodiff.train import make_unet, make_scheduler
-from histodiff.autoencoder import vae_config
+from histodiff.autoencoder import make_vae
 from histodiff import regional
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +55,7 @@ def old_module(ref:str): # the regional module of a git revision, importable nex
 def make_models(a): # (unet, vae) on the device, in the dtype and memory format asked for
     up, vp = PRESETS[a.preset]
     unet = make_unet(up, 4, a.tile // 8).eval()
-    with torch.random.fork_rng(): torch.manual_seed(0); vae = AutoencoderKL(**vae_config(vp)).eval()
+    vae = make_vae(vp).eval()
     mf = torch.channels_last if a.channels_last else torch.preserve_format
     unet, vae = (m.to(a.device, DTYPES[a.dtype], memory_format=mf) for m in (unet, vae))
     if a.compile:

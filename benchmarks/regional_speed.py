@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+from diffusers import AutoencoderKL, DDPMScheduler
 
-from histodiff.core import atomic_path
-from histodiff.train import unet_config
+from histodiff.core import atomic_path, downsample_factor
+from histodiff.train import make_unet
 from histodiff.autoencoder import vae_config
 from histodiff.regional import RegionalLatentPipeline, PixelRegionalPipeline, repaint_levels, unet_calls
 
@@ -38,11 +38,7 @@ _VAE = {
     'small': dict(vae_config('sd15'), block_out_channels=(32, 64, 64, 64), layers_per_block=1, sample_size=256),
 }
 
-def make_unet(preset, channels, size, device, dtype):
-    torch.manual_seed(0)
-    return UNet2DModel(**unet_config(preset, channels, size)).to(device, dtype).eval()
-
-def make_vae(preset, device, dtype):
+def bench_vae(preset, device, dtype): # 'small' is not a library preset (histodiff.autoencoder.make_vae)
     torch.manual_seed(0)
     return AutoencoderKL(**_VAE[preset]).to(device, dtype).eval()
 
@@ -108,10 +104,10 @@ def main(argv=None):
 
     # (a) equal depth, equal steps
     sched = lambda: DDPMScheduler(beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012)
-    vae = make_vae(a.equal_vae, device, dtype)
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
-    lat = RegionalLatentPipeline(make_unet(a.equal_preset, 4, a.tile // f, device, dtype), vae, sched())
-    pix = PixelRegionalPipeline(make_unet(a.equal_preset, 3, a.tile, device, dtype), sched())
+    vae = bench_vae(a.equal_vae, device, dtype)
+    f = downsample_factor(vae)
+    lat = RegionalLatentPipeline(make_unet(a.equal_preset, 4, a.tile // f).to(device, dtype).eval(), vae, sched())
+    pix = PixelRegionalPipeline(make_unet(a.equal_preset, 3, a.tile).to(device, dtype).eval(), sched())
     row('a', 'latent', f'UNet {a.equal_preset} on 4x{a.tile // f}x{a.tile // f} + VAE {a.equal_vae}', a.equal_steps,
         a.equal_steps, time_pipe(lat, img, mask, a.equal_steps, (0, 1), a.repeats, device), 'measured')
     row('a', 'pixel', f'UNet {a.equal_preset} on 3x{a.tile}x{a.tile}', a.equal_steps, a.equal_steps,
@@ -121,14 +117,15 @@ def main(argv=None):
     vae_secs = None
     if not a.skip_released:
         # (b) released sizes
-        vae = make_vae('sd15', device, dtype)
+        vae = bench_vae('sd15', device, dtype)
         vae_secs = time_vae(vae, a.tile, a.repeats, device, dtype)
-        lat = RegionalLatentPipeline(make_unet('released', 4, a.tile // 8, device, dtype), vae, DDPMScheduler(
+        lat = RegionalLatentPipeline(make_unet('released', 4, a.tile // 8).to(device, dtype).eval(), vae, DDPMScheduler(
             beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012))
         row('b', 'latent', f'SD-1.5 VAE + released UNet on 4x{a.tile // 8}x{a.tile // 8}, DDPM', a.latent_steps,
             a.latent_steps, time_pipe(lat, img, mask, a.latent_steps, (0, 1), a.repeats, device), 'measured')
         del lat, vae
-        pix = PixelRegionalPipeline(make_unet('ddpm-256', 3, a.tile, device, dtype), DDPMScheduler(clip_sample=True))  # pixel DDPM clips x0
+        pix_unet = make_unet('ddpm-256', 3, a.tile).to(device, dtype).eval()
+        pix = PixelRegionalPipeline(pix_unet, DDPMScheduler(clip_sample=True))  # pixel DDPM clips x0
         full_calls = unet_calls(repaint_levels(a.pixel_steps, a.jump_length, a.jump_n_sample))
         if full_calls <= a.pixel_max_calls:
             secs = time_pipe(pix, img, mask, a.pixel_steps, (a.jump_length, a.jump_n_sample), a.repeats, device)

@@ -13,7 +13,7 @@ import argparse, time, tempfile, platform
 from pathlib import Path
 import numpy as np
 import cv2
-from histodiff.data import fetch_demo_data
+from histodiff.sources import fetch_demo_data
 from histodiff.detect import tissue_mask
 from histodiff.wsi import SlideSource, restore_slide
 from histodiff.core import atomic_path

@@ -6,21 +6,19 @@ Docs: https://histodiff.github.io/histodiff/autoencoder.html.md"""
 
 # %% ../nbs/03_autoencoder.ipynb #a2681bb9
 from __future__ import annotations
-import json
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import to_tensor, make_generator
+from .core import to_tensor, make_generator, DIHEDRAL, dihedral, downsample_factor
+from .modelfolder import load_folder
 from .train import TensorDictDataset
 from torch.utils.data import Dataset
 
 # %% auto #0
-__all__ = ['SD15_VAE', 'VAE_PRESETS', 'DIHEDRAL', 'vae_config', 'make_vae', 'downsample_factor', 'ModelFolderError',
-           'read_json_settings', 'load_folder', 'load_vae', 'encode', 'decode', 'compute_scaling_factor',
-           'set_scaling_factor', 'AutoencoderTrainer', 'crop_tiles', 'dihedral', 'TileDataset', 'image_dataset',
-           'encode_dataset']
+__all__ = ['SD15_VAE', 'VAE_PRESETS', 'vae_config', 'make_vae', 'load_vae', 'encode', 'decode', 'compute_scaling_factor',
+           'set_scaling_factor', 'AutoencoderTrainer', 'crop_tiles', 'TileDataset', 'image_dataset', 'encode_dataset']
 
 # %% ../nbs/03_autoencoder.ipynb #e983de46
 SD15_VAE = 'stable-diffusion-v1-5/stable-diffusion-v1-5' # hub id of the paper's VAE (subfolder 'vae')
@@ -48,68 +46,6 @@ def make_vae(preset:str='demo', seed:int=0):
     "A freshly initialised `AutoencoderKL` of a preset (weights from `seed`)."
     from diffusers import AutoencoderKL
     with torch.random.fork_rng(): torch.manual_seed(seed); return AutoencoderKL(**vae_config(preset))
-
-def downsample_factor(vae)->int:
-    "Spatial downsampling factor f of an `AutoencoderKL` (2 ** (levels - 1))."
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-# %% ../nbs/03_autoencoder.ipynb #e8c1abbe
-class ModelFolderError(ValueError):
-    "A model folder that exists but cannot be loaded: corrupt or truncated weights, a bad settings file, a missing file."
-
-def _one_line(e:BaseException, n:int=300)->str:
-    s = ' '.join(str(e).split()) or type(e).__name__
-    return s if len(s) <= n else s[:n] + '...'
-
-def _type_names(t)->str: return ' or '.join(x.__name__ for x in (t if isinstance(t, tuple) else (t,)))
-
-def _is_a(v, t)->bool:
-    "isinstance, except that a bool is not a number (JSON true is not 1)."
-    ts = t if isinstance(t, tuple) else (t,)
-    return isinstance(v, ts) and (bool in ts or not isinstance(v, bool))
-
-def read_json_settings(file:str|Path, # a JSON file holding one object of settings
-                       types:dict|None=None, # allowed key -> type (or tuple of types); None: any keys
-                       required:tuple=(), # keys that must be present
-                      )->dict:
-    "The JSON object in `file`; a `ModelFolderError` naming the file for bad JSON, an unknown or missing key, a wrong type."
-    file = Path(file)
-    try: d = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{file} is not valid JSON ({_one_line(e)}): re-download or re-save the model folder.") from e
-    if not isinstance(d, dict): raise ModelFolderError(f"{file} must hold a JSON object, got {type(d).__name__}: re-download or re-save the model folder.")
-    for k, v in d.items():
-        if types is not None and k not in types: raise ModelFolderError(f"{file}: unknown setting {k!r} (expected {', '.join(types)}).")
-        if types is not None and not _is_a(v, types[k]): raise ModelFolderError(f"{file}: setting {k!r} must be {_type_names(types[k])}, got {v!r}.")
-    if missing := [k for k in required if k not in d]: raise ModelFolderError(f"{file}: missing setting(s) {', '.join(missing)}.")
-    return d
-
-# %% ../nbs/03_autoencoder.ipynb #5c30ea35
-def _chain(e:BaseException)->list:
-    "An exception and its causes, outermost first."
-    out = []
-    while e is not None and e not in out: out.append(e); e = e.__cause__ or e.__context__
-    return out
-
-def load_folder(load, # a `from_pretrained`, called as `load(str(folder), **kwargs)`
-                folder:str|Path, # the local model folder it reads
-                what:str='model', # what the folder holds, for messages
-                **kwargs):
-    "`load(folder, **kwargs)`; a folder that cannot be read raises `ModelFolderError` naming the folder or file and the cause."
-    from safetensors import SafetensorError
-    folder = Path(folder)
-    if not folder.is_dir(): raise FileNotFoundError(f"{what} folder not found: {folder}")
-    for f in sorted(folder.glob('*.json')): read_json_settings(f)  # a garbage config: name the file
-    try: return load(str(folder), **kwargs)
-    except (MemoryError, torch.OutOfMemoryError): raise
-    except (SafetensorError, OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, EOFError) as e:
-        bad = [c for c in _chain(e) if isinstance(c, SafetensorError)]
-        if bad:
-            w = sorted(folder.glob('*.safetensors'))
-            raise ModelFolderError(f"{w[0] if len(w) == 1 else folder}: corrupt or truncated weights ({_one_line(bad[-1])}): "
-                                   f"re-download or retrain the {what}.") from e
-        raise ModelFolderError(f"{folder}: cannot load the {what} ({_one_line(e)}): the folder is corrupt or incomplete; "
-                               "re-download or retrain it.") from e
 
 # %% ../nbs/03_autoencoder.ipynb #b777daac
 def _is_hub_id(s:str)->bool:
@@ -215,21 +151,6 @@ def crop_tiles(tiles:np.ndarray, # N x H x W x 3 uint8
     n, h, w = tiles.shape[:3]
     if h % size or w % size: raise ValueError(f"tile size {h}x{w} is not a multiple of the crop size {size}.")
     return tiles.reshape(n, h // size, size, w // size, size, -1).transpose(0, 1, 3, 2, 4, 5).reshape(-1, size, size, tiles.shape[-1])
-
-# %% ../nbs/03_autoencoder.ipynb #94207ca2
-DIHEDRAL = 8 # symmetries of a square tile: 4 rotations x (no flip, flip)
-
-def dihedral(x, # torch images (..., C, H, W) or numpy channel-last images (..., H, W, C)
-             v:int, # symmetry 0..7 = 4 * flip + k: flip left-right if v >= 4, then rotate k = v % 4 times 90 degrees
-            ):
-    "One of the 8 flips/rotations of image(s); numpy results are contiguous."
-    if not 0 <= v < DIHEDRAL: raise ValueError(f"v must be in 0..{DIHEDRAL - 1}, got {v}.")
-    if torch.is_tensor(x):
-        if v >= 4: x = x.flip(-1)
-        return torch.rot90(x, v % 4, (-2, -1))
-    x = np.asarray(x)
-    if v >= 4: x = np.flip(x, -2)
-    return np.ascontiguousarray(np.rot90(x, v % 4, axes=(-3, -2)))
 
 # %% ../nbs/03_autoencoder.ipynb #5bfc4772
 class TileDataset(Dataset):

@@ -277,7 +277,7 @@ def _label_of(name:str, # file name
              )->int:
     "The true class of one image (for `dab-score`, the caller computes it from the real image)."
     if source == 'from-filename':
-        from histodiff.data import bci_label
+        from histodiff.sources import bci_label
         try: return bci_label(name)
         except ValueError as e: raise ValueError(f"{e}; give --labels dab-score or --labels FILE.csv") from None
     if name not in table: raise ValueError(f"{name} has no label in the labels file")

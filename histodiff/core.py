@@ -6,7 +6,7 @@ Docs: https://histodiff.github.io/histodiff/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #04bee47f
 from __future__ import annotations
-import os, re, random, tempfile, threading, contextlib, functools, warnings
+import hashlib, os, re, random, tempfile, threading, contextlib, functools, warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -15,11 +15,12 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'atomic_path', 'atomic_dir', 'stale_temporaries', 'is_timing', 'split_timings', 'save_metrics',
-           'ImageError', 'as_rgb_uint8', 'read_image', 'check_image_suffix', 'write_image', 'MaskError', 'as_mask',
-           'check_mask', 'read_mask', 'write_mask', 'EmptyMaskWarning', 'warn_empty_mask', 'to_tensor', 'from_tensor',
-           'mask_to_tensor', 'seed_everything', 'make_generator', 'get_device', 'get_dtype', 'tile_coords',
-           'extract_tiles', 'blend_weight', 'stitch_tiles']
+__all__ = ['IMAGE_SUFFIXES', 'DIHEDRAL', 'atomic_path', 'atomic_dir', 'stale_temporaries', 'sha256sum', 'is_timing',
+           'split_timings', 'save_metrics', 'ImageError', 'as_rgb_uint8', 'read_image', 'check_image_suffix',
+           'write_image', 'MaskError', 'as_mask', 'check_mask', 'read_mask', 'write_mask', 'EmptyMaskWarning',
+           'warn_empty_mask', 'to_tensor', 'from_tensor', 'mask_to_tensor', 'dihedral', 'downsample_factor',
+           'seed_everything', 'make_generator', 'get_device', 'get_dtype', 'tile_coords', 'extract_tiles',
+           'blend_weight', 'stitch_tiles']
 
 # %% ../nbs/00_core.ipynb #e0b1bad6
 def _umask()->int:
@@ -85,6 +86,14 @@ def stale_temporaries(path:str|Path, # an output written with `atomic_path` or `
     now = time.time()
     return sorted(p for p in path.parent.iterdir()
                   if pat.fullmatch(p.name) and now - p.lstat().st_mtime >= min_age)
+
+# %% ../nbs/00_core.ipynb #11c074a4
+def sha256sum(path:str|Path)->str:
+    "The sha256 hex digest of a file, read in chunks."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #734efdb2
 def is_timing(key:str)->bool:
@@ -327,6 +336,26 @@ def mask_to_tensor(masks, # one boolean mask, a list, or an N x H x W array
     if isinstance(masks, torch.Tensor): return masks.float().reshape(-1, 1, *masks.shape[-2:])
     if not isinstance(masks, (list, tuple)): masks = [masks]
     return torch.from_numpy(np.stack([as_mask(m) for m in masks])).float()[:, None]
+
+# %% ../nbs/00_core.ipynb #94207ca2
+DIHEDRAL = 8 # symmetries of a square tile: 4 rotations x (no flip, flip)
+
+def dihedral(x, # torch images (..., C, H, W) or numpy channel-last images (..., H, W, C)
+             v:int, # symmetry 0..7 = 4 * flip + k: flip left-right if v >= 4, then rotate k = v % 4 times 90 degrees
+            ):
+    "One of the 8 flips/rotations of image(s); numpy results are contiguous."
+    if not 0 <= v < DIHEDRAL: raise ValueError(f"v must be in 0..{DIHEDRAL - 1}, got {v}.")
+    if torch.is_tensor(x):
+        if v >= 4: x = x.flip(-1)
+        return torch.rot90(x, v % 4, (-2, -1))
+    x = np.asarray(x)
+    if v >= 4: x = np.flip(x, -2)
+    return np.ascontiguousarray(np.rot90(x, v % 4, axes=(-3, -2)))
+
+# %% ../nbs/00_core.ipynb #04a40786
+def downsample_factor(model)->int:
+    "Spatial downsampling factor f of an `AutoencoderKL` (or a `UNet2DModel`): 2 ** (levels - 1)."
+    return 2 ** (len(model.config.block_out_channels) - 1)
 
 # %% ../nbs/00_core.ipynb #f78be009
 def seed_everything(seed:int # seed for python, numpy and torch

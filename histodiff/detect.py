@@ -12,10 +12,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import as_rgb_uint8, to_tensor, mask_to_tensor, stitch_tiles, tile_coords, atomic_path
+from .core import (as_rgb_uint8, to_tensor, mask_to_tensor, stitch_tiles, tile_coords, atomic_path,
+                            downsample_factor)
 from .artifacts import make_paired_set, ARTIFACT_KINDS
 from .train import record_sample_size, check_sample_size
-from .autoencoder import ModelFolderError, load_folder, read_json_settings
+from .modelfolder import ModelFolderError, load_folder, read_json_settings
 
 # %% auto #0
 __all__ = ['DETECTOR_SETTINGS', 'saturation', 'tissue_mask', 'marking_dye', 'clean_mask', 'dice_iou', 'check_detector_settings',
@@ -126,7 +127,7 @@ class ArtifactDetector(nn.Module):
     @property
     def multiple(self)->int:
         "Inputs must have sides divisible by this."
-        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return downsample_factor(self.unet)
 
     def forward(self, x:torch.Tensor # N x 3 x H x W in [-1, 1]
                )->torch.Tensor:

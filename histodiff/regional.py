@@ -20,7 +20,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .core import (ImageError, MaskError, as_rgb_uint8, check_mask, to_tensor, from_tensor, make_generator,
-                            warn_empty_mask)
+                            warn_empty_mask, downsample_factor)
 from .train import check_sample_size
 
 # %% auto #0
@@ -479,7 +479,7 @@ class RegionalLatentPipeline(RegionalPipelineBase):
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler)
 
     @property
-    def downsample_factor(self)->int: return 2 ** (len(self.vae.config.block_out_channels) - 1)
+    def downsample_factor(self)->int: return downsample_factor(self.vae)
     def _scale_shift(self):
         return self.vae.config.scaling_factor, (self.vae.config.get('shift_factor', None) or 0.0)
 

@@ -13,9 +13,9 @@ from pickle import UnpicklingError
 import numpy as np
 import torch
 
-from .core import atomic_dir
-from .data import (ARCHIVE_SUFFIXES, DataIntegrityError, GDRIVE_RELEASES, _archive_stem, _extract, _hidden,
-                            download_gdrive, sha256sum)
+from .core import atomic_dir, sha256sum
+from .archives import ARCHIVE_SUFFIXES, DataIntegrityError, _archive_stem, _extract
+from .sources import GDRIVE_RELEASES, _hidden, download_gdrive
 
 # %% auto #0
 __all__ = ['RELEASED_CHANNELS', 'WEIGHT_SUFFIXES', 'write_released_unet', 'make_release_mirrors', 'load_weights', 'find_unet',

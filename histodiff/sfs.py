@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .core import to_tensor, get_device, as_rgb_uint8, ImageError, atomic_dir
-from .data import HER2_CLASSES
-from .autoencoder import load_folder
+from .core import to_tensor, get_device, as_rgb_uint8, ImageError, atomic_dir, dihedral
+from .sources import HER2_CLASSES
+from .modelfolder import load_folder
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'HER2_VIEWS', 'SFS_METRICS', 'FOUR_CLASS_SUFFIX', 'ImageClassifier', 'build_classifier',
@@ -44,11 +44,6 @@ def _arch_config(arch:str, num_classes:int):
 ARCHITECTURES = ('tiny', 'resnet18', 'resnet50', 'convnext-tiny', 'efficientnet-b0')
 
 # %% ../nbs/08_sfs.ipynb #ad5e0c7e
-def _dihedral(x:torch.Tensor, k:int)->torch.Tensor:
-    "One of the 8 flips/rotations of a C x H x W tile."
-    x = torch.rot90(x, k % 4, dims=(-2, -1))
-    return x.flip(-1) if k >= 4 else x
-
 class ImageClassifier(nn.Module):
     "A transformers image classifier on [-1, 1] tensors, with a cross-entropy `training_loss` for `histodiff.train.fit`."
     def __init__(self, model, # a transformers `*ForImageClassification` model
@@ -76,7 +71,7 @@ class ImageClassifier(nn.Module):
         x, y = batch['image'], batch['label'].long()
         if self.augment and self.training:
             ks = torch.randint(0, 8, (len(x),)).tolist()
-            x = torch.stack([_dihedral(t, k) for t, k in zip(x, ks)])
+            x = torch.stack([dihedral(t, k if k < 4 else 4 + (-k) % 4) for t, k in zip(x, ks)])  # k >= 4: rotate, flip
         return F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
 
     def save_pretrained(self, save_directory:str|Path, **kwargs):

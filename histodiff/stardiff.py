@@ -18,8 +18,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from .core import (atomic_path, atomic_dir, as_rgb_uint8, to_tensor, from_tensor, make_generator,
-                            extract_tiles, stitch_tiles)
-from .autoencoder import ModelFolderError, load_folder, read_json_settings
+                            extract_tiles, stitch_tiles, dihedral, downsample_factor)
+from .modelfolder import ModelFolderError, load_folder, read_json_settings
 
 # %% auto #0
 __all__ = ['PATHS', 'StarDiffSchedulerOutput', 'StarDiffScheduler', 'oracle_sample', 'unet_config', 'StarDiffModel',
@@ -296,7 +296,7 @@ class StarDiffPipeline(DiffusionPipeline):
         self.register_modules(model=model, scheduler=scheduler or model.scheduler, vae=vae)
 
     @property
-    def vae_factor(self)->int: return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+    def vae_factor(self)->int: return 1 if self.vae is None else downsample_factor(self.vae)
     @property
     def tile_size(self)->int:
         "Side (pixels) of the tiles the model was trained on."
@@ -428,8 +428,9 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         a, b = self._get(self.he[i]), self._get(self.ihc[i])
         if self.augment:
-            k = int(torch.randint(4, (1,))); a, b = a.rot90(k, (1, 2)), b.rot90(k, (1, 2))
-            if torch.rand(()) < 0.5: a, b = a.flip(2), b.flip(2)
+            k = int(torch.randint(4, (1,)))
+            v = 4 + (-k) % 4 if torch.rand(()) < 0.5 else k   # rotate k times, then flip half the time
+            a, b = dihedral(a, v), dihedral(b, v)
         return {'he': a, 'ihc': b}
 
 # %% ../nbs/06_stardiff.ipynb #171a9f43

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .core import atomic_dir, atomic_path
-from .data import sha256sum
+from .core import atomic_dir, atomic_path, sha256sum
 
 # %% auto #0
 __all__ = ['MANIFEST', 'UNET_PRESETS', 'TrainConfig', 'EpochSampler', 'collate_dict', 'TensorDictDataset', 'verify_checkpoint',

@@ -263,7 +263,7 @@ def file_digest(path:str|Path, # a file (a slide, weights)
                 quick:bool=False, # only the size and the first and last MiB (for multi-GB slides)
                )->str:
     "sha256 (hex, 16 digits) of a file's bytes, or of its size, head and tail when `quick`."
-    from histodiff.data import sha256sum
+    from histodiff.core import sha256sum
     path = Path(path); size = path.stat().st_size
     if not (quick and size > 2 * 2**20): return sha256sum(path)[:16]
     h = hashlib.sha256(str(size).encode())

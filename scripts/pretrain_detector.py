@@ -24,6 +24,7 @@ import torch
 
 from histodiff.artifacts import make_paired_set
 from histodiff.checkpoints import ModelCard, export_checkpoint, data_hashes
+from histodiff.core import dihedral
 from histodiff.data import load_tile_dataset, dataset_images
 from histodiff.detect import ArtifactDetector, train_detector, evaluate_detector, predict_proba, clean_mask
 from histodiff.train import TrainConfig
@@ -35,7 +36,7 @@ MIN_SIZES = (16, 64, 256, 1024, 4096) # px: connected regions smaller than this 
 
 def orientations(tiles:np.ndarray)->np.ndarray:
     "Each tile as it is, rotated by 90 degrees and flipped: 3 x as many tiles, each to get its own artifact."
-    return np.concatenate([tiles, np.rot90(tiles, 1, axes=(1, 2)), tiles[:, :, ::-1]])
+    return np.concatenate([tiles, dihedral(tiles, 1), dihedral(tiles, 4)])
 
 
 def counts(pred:np.ndarray, true:np.ndarray)->dict:

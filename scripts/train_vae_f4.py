@@ -17,23 +17,14 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from histodiff.autoencoder import AutoencoderTrainer, crop_tiles, image_dataset, encode, decode
+from histodiff.autoencoder import AutoencoderTrainer, VAE_PRESETS, crop_tiles, image_dataset, encode, decode, make_vae
 from histodiff.checkpoints import ModelCard, export_checkpoint, data_hashes
 from histodiff.core import to_tensor, from_tensor
 from histodiff.data import load_tile_dataset, dataset_images
 from histodiff.metrics import psnr
 from histodiff.train import fit, TrainConfig
 
-CHANNELS = (32, 64, 64) # three levels: f = 4; 0.92 M parameters
-
-
-def vae_f4(seed:int=0)->AutoencoderKL:
-    "A fresh f = 4 AutoencoderKL with 4 latent channels."
-    n = len(CHANNELS)
-    torch.manual_seed(seed)
-    return AutoencoderKL(block_out_channels=CHANNELS, layers_per_block=1, norm_num_groups=8, latent_channels=4,
-                         down_block_types=('DownEncoderBlock2D',) * n, up_block_types=('UpDecoderBlock2D',) * n,
-                         mid_block_add_attention=False, scaling_factor=1.0, sample_size=256)
+CHANNELS = VAE_PRESETS['f4']['block_out_channels'] # three levels: f = 4; 0.92 M parameters
 
 
 def test_psnr(vae, tiles_dir:Path)->dict:
@@ -55,7 +46,7 @@ def main():
     tiles, run = Path(a.tiles), Path(a.run)
     train = dataset_images(load_tile_dataset(tiles/'train'))
     t0 = time.time()
-    fit(AutoencoderTrainer(vae_f4(), kl_weight=1e-6), image_dataset(crop_tiles(train, 128)),
+    fit(AutoencoderTrainer(make_vae('f4'), kl_weight=1e-6), image_dataset(crop_tiles(train, 128)),
         TrainConfig(str(run), max_steps=a.steps, batch_size=8, learning_rate=1e-3, use_ema=False, checkpoint_every=250,
                     log_every=50, seed=0))
     minutes = a.minutes if a.minutes is not None else (time.time() - t0) / 60

@@ -115,7 +115,8 @@ def test_absent_class_warns_once_per_view():
 
 
 def test_demo_dab_score_labels_and_bci_labels_alike():
-    from histodiff.data import HER2_CLASSES, bci_label, demo_staining_pairs
+    from histodiff.sources import HER2_CLASSES, bci_label
+    from histodiff.data import demo_staining_pairs
     bci = [bci_label(f'0000{i}_test_{s}.png') for i, s in enumerate(HER2_CLASSES)]
     np.testing.assert_array_equal(binarize_her2(bci), [0, 0, 1, 1])
     y = demo_staining_pairs('test', tile=64)['label']  # the demo's DAB-score classes 0..3 (scikit-image's IHC field)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import histodiff.data as data
-from histodiff.data import (SDIST_SOURCES, default_cache_dir, demo_cache_files, fetch_demo_data, sha256sum,
-                            split_columns, split_images, image_tiles, tissue_fraction, demo_staining_pairs, _find_dist)
+from histodiff.core import sha256sum
+from histodiff.sources import SDIST_SOURCES, default_cache_dir, demo_cache_files, fetch_demo_data, _find_dist
+from histodiff.data import split_columns, split_images, image_tiles, tissue_fraction, demo_staining_pairs
 
 SDIST_DIRS = [Path(p) for p in (os.environ.get('HISTODIFF_DIST_DIR', ''), '/tmp/sd') if p]
 

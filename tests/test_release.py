@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from histodiff.data import (GDRIVE_RELEASES, DownloadRefused, UnsafeArchiveError, check_images, download_gdrive,
-                            find_named_dir)
+from histodiff.archives import UnsafeArchiveError
+from histodiff.sources import GDRIVE_RELEASES, DownloadRefused, check_images, download_gdrive, find_named_dir
 from histodiff.release import convert_checkpoint, fetch_released_unet, load_weights, make_release_mirrors
 
 ROOT = Path(__file__).resolve().parents[1]

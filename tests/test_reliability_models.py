@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 
 from histodiff import cli
-from histodiff.autoencoder import make_vae, load_vae, ModelFolderError
-from histodiff.data import UnsafeArchiveError, _extract, _write_zip, extract_nested, download_gdrive
+from histodiff.autoencoder import make_vae, load_vae
+from histodiff.modelfolder import ModelFolderError
+from histodiff.archives import UnsafeArchiveError, _extract, _write_zip, extract_nested
+from histodiff.sources import download_gdrive
 from histodiff.detect import ArtifactDetector
 from histodiff.sfs import build_classifier, ImageClassifier
 from histodiff.stardiff import StarDiffModel, StarDiffPipeline, unet_config, latent_pipeline

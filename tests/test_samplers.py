@@ -7,7 +7,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from histodiff.autoencoder import make_vae, encode, encode_dataset, dihedral, DIHEDRAL
+from histodiff.core import dihedral, DIHEDRAL
+from histodiff.autoencoder import make_vae, encode, encode_dataset
 from histodiff.core import to_tensor
 from histodiff.regional import load_regional_pipeline, sampling_scheduler, clips_x0, SAMPLERS
 from histodiff.train import DenoisingDiffusionModel, make_scheduler, make_unet
