@@ -7,7 +7,7 @@ Docs: https://histodiff.github.io/histodiff/regional.html.md"""
 # %% ../nbs/05_regional.ipynb #fb83a89e
 from __future__ import annotations
 import inspect, math, warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,8 +25,9 @@ from .train import check_sample_size
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'latent_mask', 'dilate_disk', 'gaussian_blur', 'paste_alpha', 'paste_back', 'repaint_levels', 'unet_calls',
-           'sampling_timesteps', 'regional_sample', 'sampling_scheduler', 'clips_x0', 'RegionalOutput',
-           'RegionalPipelineBase', 'PixelRegionalPipeline', 'RegionalLatentPipeline', 'load_regional_pipeline']
+           'sampling_timesteps', 'RegionalSettings', 'regional_sample', 'sampling_scheduler', 'clips_x0',
+           'RegionalOutput', 'RegionalPipelineBase', 'PixelRegionalPipeline', 'RegionalLatentPipeline',
+           'load_regional_pipeline']
 
 # %% ../nbs/05_regional.ipynb #e8895f11
 def latent_mask(mask:torch.Tensor, # N x 1 x H x W float {0, 1} pixel mask, 1 = artifact
@@ -237,21 +238,34 @@ def sampling_timesteps(scheduler, # any diffusers scheduler
     if begin and hasattr(scheduler, 'set_begin_index'): scheduler.set_begin_index(begin)
     return scheduler.timesteps[begin:]
 
+@dataclass
+class RegionalSettings:
+    "How regional sampling treats the known region, where it starts, RePaint jumps, strength, and the paste-back."
+    keep:str='diffused' # known region: 'diffused' (add_noise of z0, fresh eps each step) or 'clean' (z0, the released code)
+    start:str='noise' # z_T: 'noise' (N(0, I)) or 'encoded' (z0 noised to the first timestep, the released code)
+    jump_length:int|None=0 # RePaint jump length (0/None: off)
+    jump_n_sample:int=1 # RePaint resampling count (1: off)
+    strength:float=1.0 # run the last `strength` of the schedule from z0 noised to its first step (< 1: start='encoded')
+    latent_dilation:int|None=None # pipelines: latent pixels added around the pooled mask (None: the class default)
+    pixel_dilation:int=8 # pipelines: px; outside the mask dilated by this, the output is the input byte for byte
+    feather:float=2.0 # pipelines: px, Gaussian sigma of the paste-back ramp
+    progress:bool=True # pipelines: show a tqdm bar
+    callback_on_step_end:Callable|None=None # f(step, timestep, dict(z_in, eps, z0, mask, noise_pred, z)) after each UNet call
+    progress_bar:Callable|None=None # f(total=...) -> context manager with .update(), e.g. tqdm (the pipelines set it)
+
 def regional_sample(unet:torch.nn.Module, # noise model, called as unet(z, t).sample
                     scheduler, # any diffusers scheduler
                     z0:torch.Tensor, # N x C x h x w clean latents (or pixels in [-1, 1])
                     mask:torch.Tensor, # N x 1 x h x w {0, 1}, 1 = regenerate
                     num_inference_steps:int=50, # scheduler steps
                     generator:torch.Generator|None=None, # the only source of randomness
-                    keep:str='diffused', # known region: 'diffused' (add_noise of z0, fresh eps each step) or 'clean' (z0)
-                    start:str='noise', # z_T: 'noise' (N(0, I)) or 'encoded' (z0 noised to the first timestep)
-                    jump_length:int|None=0, # RePaint jump length (0/None: off)
-                    jump_n_sample:int=1, # RePaint resampling count (1: off)
-                    callback_on_step_end:Callable|None=None, # f(step, timestep, dict of tensors) after each UNet call
-                    progress_bar:Callable|None=None, # f(total=...) -> context manager with .update(), e.g. tqdm
-                    strength:float=1.0, # run the last `strength` of the schedule from z0 noised to its first step (< 1: start='encoded')
+                    settings:RegionalSettings|None=None, # keep, start, jumps, strength, callback, progress bar
+                    **changes, # fields of `settings` to change, e.g. keep='clean', strength=0.5
                    )->torch.Tensor:
     "Regenerate the masked region of `z0` with a diffusion model, conditioning on the rest (SPEC 2, steps 3-5)."
+    st = replace(settings or RegionalSettings(), **changes)
+    keep, start, jump_length, jump_n_sample, strength = st.keep, st.start, st.jump_length, st.jump_n_sample, st.strength
+    callback_on_step_end, progress_bar = st.callback_on_step_end, st.progress_bar
     if keep not in ('diffused', 'clean'): raise ValueError(f"keep must be 'diffused' or 'clean', got {keep!r}.")
     if start not in ('noise', 'encoded'): raise ValueError(f"start must be 'noise' or 'encoded', got {start!r}.")
     if num_inference_steps < 1: raise ValueError("num_inference_steps must be >= 1.")
@@ -388,8 +402,8 @@ class RegionalPipelineBase(DiffusionPipeline):
 
     def _restore_batch(self, x:torch.Tensor, # the images with a non-empty mask, as `_as_batch` gives them
                        ms:np.ndarray, # their N x H x W bool masks
-                       latent_dilation:int|None, pixel_dilation:int, feather:float, # as in `__call__`
-                       progress:bool, **kw, # progress bar; the rest goes to `regional_sample`
+                       num_inference_steps:int, generator, # as in `__call__`
+                       st:RegionalSettings, # the call's settings
                       )->list[np.ndarray]:
         "Encode, sample, decode and paste back on the model's device; [output, alpha] on the host in one transfer."
         device, dtype = self.unet.device, self.unet.dtype
@@ -398,11 +412,12 @@ class RegionalPipelineBase(DiffusionPipeline):
         xf = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x # `to_tensor`'s arithmetic
         z0 = self.encode(xf.to(dtype))
         self.check_sampling(z0)
-        ld = self.default_latent_dilation if latent_dilation is None else latent_dilation
+        ld = self.default_latent_dilation if st.latent_dilation is None else st.latent_dilation
         m_lat = latent_mask(torch.from_numpy(ms).to(device)[:, None].float(), self.downsample_factor, ld).to(z0.dtype)
-        self.set_progress_bar_config(disable=not progress)
-        z = regional_sample(self.unet, self.scheduler, z0, m_lat, progress_bar=self.progress_bar, **kw)
-        out, alpha = paste_back(self.decode(z), x, ms, pixel_dilation, feather)
+        self.set_progress_bar_config(disable=not st.progress)
+        z = regional_sample(self.unet, self.scheduler, z0, m_lat, num_inference_steps, make_generator(generator), st,
+                            progress_bar=self.progress_bar)
+        out, alpha = paste_back(self.decode(z), x, ms, st.pixel_dilation, st.feather)
         return _to_host(out[:, :H, :W] if out.dtype == torch.uint8 else out[..., :H, :W], alpha[:, :H, :W])
 
     @torch.no_grad()
@@ -411,34 +426,28 @@ class RegionalPipelineBase(DiffusionPipeline):
                  masks, # one artifact mask per image (True/1/255 = artifact), H x W
                  num_inference_steps:int=50, # scheduler steps (DDPM 50 = the paper)
                  generator:torch.Generator|int|None=None, # generator or seed: same seed, same bytes
-                 keep:str='diffused', # known region: 'diffused' (SPEC default) or 'clean' (released code)
-                 start:str='noise', # 'noise' (z_T ~ N(0, I)) or 'encoded' (released code: z0 noised to t_0)
-                 latent_dilation:int|None=None, # latent pixels added around the pooled mask (None: class default)
-                 pixel_dilation:int=8, # px; outside the mask dilated by this, the output is the input byte for byte
-                 feather:float=2.0, # px, Gaussian sigma of the paste-back ramp
-                 jump_length:int|None=0, # RePaint jump length (0/None: off)
-                 jump_n_sample:int=1, # RePaint resampling count (1: off)
-                 strength:float=1.0, # < 1: run the last `strength` of the schedule from the encoded image (keeps its structure)
                  output_type:str='pil', # 'pil', 'np' (uint8) or 'pt' ([-1, 1] tensor)
-                 progress:bool=True, # show a tqdm bar
-                 callback_on_step_end:Callable|None=None, # f(step, timestep, dict(z_in, eps, z0, mask, noise_pred, z))
                  return_dict:bool=True, # False: return a tuple (images, masks)
+                 settings:RegionalSettings|None=None, # keep, start, dilations, feather, jumps, strength, progress, callback
+                 **changes, # fields of `settings` to change, e.g. keep='clean', pixel_dilation=2, progress=False
                 ):
+        st = replace(settings or RegionalSettings(), **changes)
+        # 1. check the arguments, the images and the masks
         if output_type not in ('pil', 'np', 'pt'): raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        if pixel_dilation < 0 or feather < 0: raise ValueError("pixel_dilation and feather must be >= 0.")
+        if st.pixel_dilation < 0 or st.feather < 0: raise ValueError("pixel_dilation and feather must be >= 0.")
         x = _as_batch(images)
         u8 = x.dtype == torch.uint8
         N, H, W = (x.shape[:3] if u8 else (x.shape[0], *x.shape[2:]))
         ms = _as_masks(masks, N, (H, W))
         self.check_size(H, W)
+        # 2. restore the images with a non-empty mask (encode, sample, decode, paste back); copy the others
         alpha, out = np.zeros((N, H, W), np.float32), (x.numpy().copy() if u8 else x.detach().cpu().clone())
         active = np.flatnonzero(ms.reshape(N, -1).any(1))
         if len(active):
-            o, alpha[active] = self._restore_batch(x[torch.from_numpy(active)], ms[active], latent_dilation, pixel_dilation,
-                feather, progress, num_inference_steps=num_inference_steps, generator=make_generator(generator), keep=keep,
-                start=start, jump_length=jump_length, jump_n_sample=jump_n_sample, callback_on_step_end=callback_on_step_end,
-                strength=strength)
+            o, alpha[active] = self._restore_batch(x[torch.from_numpy(active)], ms[active], num_inference_steps,
+                                                   generator, st)
             out[active] = o if u8 else torch.from_numpy(o)
+        # 3. convert to the output type
         if u8: images_out = to_tensor(out) if output_type == 'pt' else out
         else: images_out = out if output_type == 'pt' else from_tensor(out)
         if output_type == 'pil': images_out = [Image.fromarray(im) for im in images_out]
