@@ -6,95 +6,57 @@ Docs: https://histodiff.github.io/histodiff/checkpoints.html.md"""
 
 # %% ../nbs/15_checkpoints.ipynb #ca6c19eb
 from __future__ import annotations
-import argparse, importlib, json, os, re, shutil, sys
-from dataclasses import dataclass, field
+import argparse, json, re, shutil, sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
-import histodiff
 from .core import atomic_dir
+from .modelfolder import load_float32, load_trainable
+from .autoencoder import load_vae
+from .train import DenoisingDiffusionModel
+from .detect import ArtifactDetector
+from .stardiff import StarDiffPipeline
+from .sfs import ImageClassifier
 
 # %% auto #0
-__all__ = ['SHIPPED', 'PICKLE_SUFFIXES', 'CONFIG_SUFFIXES', 'LEFTOVER_DIRS', 'LEFTOVER_FILES', 'FP16_MAX', 'Shipped',
-           'checkpoints_root', 'shipped', 'default_model', 'ModelCard', 'data_hashes', 'metrics_of', 'training_device',
-           'training_facts', 'CheckpointError', 'model_files', 'to_fp16_file', 'load_checkpoint', 'export_checkpoint',
+__all__ = ['SHIPPED', 'PICKLE_SUFFIXES', 'CONFIG_SUFFIXES', 'LEFTOVER_DIRS', 'LEFTOVER_FILES', 'FP16_MAX', 'Shipped', 'ModelCard',
+           'read_card', 'CheckpointError', 'model_files', 'to_fp16_file', 'load_checkpoint', 'export_checkpoint',
            'init_model', 'checkpoint_sizes', 'check_budget', 'export_all', 'main']
 
 # %% ../nbs/15_checkpoints.ipynb #a9a60920
 class Shipped(NamedTuple):
-    "One shipped model: its folder under `models/`, layout, loader and where its card's facts are."
+    "One shipped model: its folder under `models/`, layout, loader and what it is."
     models:str # folder under models/ that the pipeline writes
     library:str # 'diffusers' or 'transformers' (the card's library_name)
-    loader:str # 'module.function' that loads the folder in float32
+    loader:Callable # the class whose from_pretrained loads the folder in float32, or a function of the folder
     about:str # one sentence for the card
-    steps:tuple # key path of its training steps in params.yaml
-    timing:tuple # (file in results/timings, key path) of its training seconds
-    metrics:tuple # ((file in results/metrics, key path), ...) shown in the card
 
-def _stardiff(v:str, about:str)->Shipped:
-    return Shipped(f'stardiff/{v}', 'diffusers', 'histodiff.stardiff.StarDiffPipeline.from_pretrained', about,
-                   ('train_stardiff', 'max_steps'), ('train_stardiff.json', ('variants', v, 'train_seconds')),
-                   (('staining.json', ('methods', f'Star-Diff ({v})')), ('train_stardiff.json', ('variants', v))))
+def _stardiff(v:str, about:str)->Shipped: return Shipped(f'stardiff/{v}', 'diffusers', StarDiffPipeline, about)
 
 SHIPPED:dict[str, Shipped] = {
-    'vae': Shipped('vae', 'diffusers', 'histodiff.autoencoder.load_vae', 'The AutoencoderKL (4 latent channels; its config says its downsampling factor) of the latent space.',
-                   ('train_vae', 'max_steps'), ('vae.json', ('seconds',)), (('vae.json', ()),)),
-    'ldm': Shipped('ldm', 'diffusers', 'histodiff.train.DenoisingDiffusionModel.from_pretrained',
-                   'The latent denoising UNet of LatentArtiFusion (unet/ + scheduler/), trained on VAE latents of clean tiles; use it with the vae checkpoint.',
-                   ('train_ldm', 'max_steps'), ('train_ldm.json', ('seconds',)),
-                   (('restoration.json', ('methods', 'latent regional (ours)')), ('train_ldm.json', ()))),
-    'pixel': Shipped('pixel', 'diffusers', 'histodiff.train.DenoisingDiffusionModel.from_pretrained',
-                     'The pixel-space denoising UNet of the ArtiFusion-like baseline (unet/ + scheduler/).',
-                     ('train_pixel', 'max_steps'), ('train_pixel.json', ('seconds',)),
-                     (('restoration.json', ('methods', 'pixel regional')), ('train_pixel.json', ()))),
-    'detector': Shipped('detector', 'diffusers', 'histodiff.detect.ArtifactDetector.from_pretrained',
-                        'The artifact detector: a segmentation UNet (unet/) and its settings (detector.json).',
-                        ('restore_slide', 'detector', 'steps'), ('detect.json', ('train_seconds',)), (('detect.json', ()),)),
+    'vae': Shipped('vae', 'diffusers', load_vae,
+                   'The AutoencoderKL (4 latent channels; its config says its downsampling factor) of the latent space.'),
+    'ldm': Shipped('ldm', 'diffusers', DenoisingDiffusionModel,
+                   'The latent denoising UNet of LatentArtiFusion (unet/ + scheduler/), trained on VAE latents of clean tiles; '
+                   'use it with the vae checkpoint.'),
+    'pixel': Shipped('pixel', 'diffusers', DenoisingDiffusionModel,
+                     'The pixel-space denoising UNet of the ArtiFusion-like baseline (unet/ + scheduler/).'),
+    'detector': Shipped('detector', 'diffusers', ArtifactDetector,
+                        'The artifact detector: a segmentation UNet (unet/) and its settings (detector.json).'),
     'stardiff/both': _stardiff('both', 'Star-Diff, H&E to virtual IHC: residual and noise networks.'),
     'stardiff/residual': _stardiff('residual', "Star-Diff's ablation with the residual (restoration) path only."),
     'stardiff/noise': _stardiff('noise', "Star-Diff's ablation with the noise path only."),
     'stardiff/latent': _stardiff('latent', 'Star-Diff in the latent space of a frozen VAE (model/ + vae/).'),
-    'classifier/sfs': Shipped('classifier/sfs', 'transformers', 'histodiff.sfs.ImageClassifier.from_pretrained',
-                              'The HER2 classifier of the Semantic Fidelity Score, trained on real IHC tiles.',
-                              ('train_classifier', 'max_steps'), ('train_classifier.json', ('seconds',)),
-                              (('train_classifier.json', ('acc_test',)),)),
-    'classifier/tissue': Shipped('classifier/tissue', 'transformers', 'histodiff.sfs.ImageClassifier.from_pretrained',
-                                 'The downstream tissue classifier of the restoration study, trained on clean H&E tiles.',
-                                 ('train_classifier', 'tissue', 'steps'), ('train_classifier.json', ('tissue_seconds',)),
-                                 (('train_classifier.json', ('tissue',)),)),
+    'classifier/sfs': Shipped('classifier/sfs', 'transformers', ImageClassifier,
+                              'The HER2 classifier of the Semantic Fidelity Score, trained on real IHC tiles.'),
+    'classifier/tissue': Shipped('classifier/tissue', 'transformers', ImageClassifier,
+                                 'The downstream tissue classifier of the restoration study, trained on clean H&E tiles.'),
 }
-
-# %% ../nbs/15_checkpoints.ipynb #a2a41e07
-def checkpoints_root()->Path|None:
-    "`$HISTODIFF_CHECKPOINTS`, else the repository's `checkpoints/` beside the package, else None."
-    if env := os.environ.get('HISTODIFF_CHECKPOINTS'): return Path(env)
-    p = Path(histodiff.__file__).resolve().parents[1]/'checkpoints'
-    return p if p.is_dir() else None
 
 def _check_name(name:str)->str:
     if name not in SHIPPED: raise ValueError(f"unknown checkpoint {name!r}; choose one of {list(SHIPPED)}.")
     return name
-
-def shipped(name:str # a key of SHIPPED, e.g. 'ldm'
-           )->Path|None:
-    "The folder of the shipped checkpoint `name`, or None when it is not there."
-    root = checkpoints_root()
-    p = root/_check_name(name) if root is not None else None
-    return p if p is not None and p.is_dir() and any(p.iterdir()) else None
-
-# %% ../nbs/15_checkpoints.ipynb #651928a3
-def default_model(given, # the folder (or hub id) named; None or '': none
-                  name:str, # the model's name: <models_dir>/<name>, else the shipped checkpoint <name>
-                  what:str, # how the user names it (e.g. '--ldm DIR'), for the message
-                  models_dir:str|Path='models', # the pipeline's trained models
-                 )->str:
-    "`given`, else `<models_dir>/<name>` when it exists, else the shipped checkpoint; else a FileNotFoundError saying what to do."
-    if given: return str(given)
-    local = Path(models_dir)/name
-    if local.exists(): return str(local)
-    if (p := shipped(name)) is not None: return str(p)
-    raise FileNotFoundError(f"no {name} model: {local} does not exist and no checkpoint is shipped (checkpoints/{name}, or "
-                            f"$HISTODIFF_CHECKPOINTS); run `make repro` to train the models, or pass {what}")
 
 # %% ../nbs/15_checkpoints.ipynb #30a1e253
 def _cell(v)->str:
@@ -105,9 +67,9 @@ def _load_lines(name:str, path:str)->list[str]:
     "Python lines that load the checkpoint `name` from `path`."
     s = SHIPPED.get(name)
     if s is None: return ["# a diffusers / transformers folder: use the from_pretrained of its class"]
-    mod, _, fn = s.loader.partition('.from_pretrained')[0].rpartition('.')
-    call = f"{fn}.from_pretrained({path!r})" if s.loader.endswith('.from_pretrained') else f"{fn}({path!r})"
-    return [f"from {mod} import {fn}", f"model = {call}   # float32, on the CPU"]
+    fn = s.loader.__name__
+    call = f"{fn}.from_pretrained({path!r})" if isinstance(s.loader, type) else f"{fn}({path!r})"
+    return [f"from {s.loader.__module__} import {fn}", f"model = {call}   # float32, on the CPU"]
 
 # %% ../nbs/15_checkpoints.ipynb #d770125d
 @dataclass
@@ -141,60 +103,15 @@ class ModelCard:
         if self.notes: out += ['', '## Notes', '', self.notes]
         return '\n'.join(out) + '\n'
 
-
-# %% ../nbs/15_checkpoints.ipynb #91c85edb
-_SHA = re.compile(r'^[0-9a-f]{64}$')
-
-def _read_json(path:Path)->dict|None:
-    "The JSON object in `path`, None when the file is absent; a broken file raises a ValueError naming it."
-    if not Path(path).is_file(): return None
-    try: return json.loads(Path(path).read_text())
-    except ValueError as e: raise ValueError(f"{path}: not valid JSON ({e}); regenerate it (make repro).") from None
-
-def data_hashes(path:str|Path='data/download.json')->list[tuple[str, str]]:
-    "(file, sha256) of every hash recorded in the download stage's summary (empty when the file is absent)."
-    out = []
-    def walk(d, prefix):
-        for k, v in d.items():
-            if isinstance(v, dict): walk(v, f'{prefix}{k}/')
-            elif isinstance(v, str) and _SHA.match(v): out.append((f'{prefix}{k}', v))
-    walk(_read_json(Path(path)) or {}, '')
-    return out
-
-def _get(d, keys:tuple):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d: return None
-        d = d[k]
-    return d
-
-def _flat(d, prefix:str='')->dict:
-    if isinstance(d, bool) or not isinstance(d, (dict, int, float)): return {}
-    if not isinstance(d, dict): return {prefix.rstrip('.'): d}
-    return {k: v for key, x in d.items() for k, v in _flat(x, f'{prefix}{key}.').items()}
-
-def metrics_of(name:str, metrics_dir:str|Path='results/metrics')->dict:
-    "The numbers of the stage metrics of checkpoint `name`, as `dotted.key -> value`."
-    rows = {}
-    for file, keys in SHIPPED[_check_name(name)].metrics:
-        sub = _get(_read_json(Path(metrics_dir)/file), keys)
-        rows.update({f'{Path(file).stem}.{k}' if k else Path(file).stem: v for k, v in _flat(sub).items()})
-    return rows
-
-# %% ../nbs/15_checkpoints.ipynb #979ccddb
-def training_device()->str:
-    "The device this process would train on, in words (the export runs right after the training, on the same machine)."
-    import torch
-    if torch.cuda.is_available(): return torch.cuda.get_device_name(0)
-    return f'cpu ({os.cpu_count()} cores)'
-
-def training_facts(name:str, params:str|Path='params.yaml', timings_dir:str|Path='results/timings')->dict:
-    "`steps` (params.yaml) and `minutes` (results/timings) of checkpoint `name`; None where not recorded."
-    import yaml
-    s = SHIPPED[_check_name(name)]
-    p = Path(params)
-    steps = _get(yaml.safe_load(p.read_text()) or {}, s.steps) if p.is_file() else None
-    sec = _get(_read_json(Path(timings_dir)/s.timing[0]), s.timing[1])
-    return dict(steps=steps, minutes=round(sec / 60, 2) if isinstance(sec, (int, float)) else None)
+def read_card(folder:str|Path, # a model or checkpoint folder
+              name:str, # its key of SHIPPED
+             )->ModelCard:
+    "The card of the model in `folder`: its `card.json` (written by the stage that trained it), else a card of no facts."
+    f = Path(folder)/'card.json'
+    if not f.is_file(): return ModelCard(_check_name(name), profile='not recorded')
+    try: d = json.loads(f.read_text())
+    except ValueError as e: raise CheckpointError(f"{f}: not valid JSON ({e}); retrain the model (make repro).") from None
+    return ModelCard(**{**d, 'name': name, 'data': [tuple(r) for r in d.get('data', [])]})
 
 # %% ../nbs/15_checkpoints.ipynb #e2fb7578
 class CheckpointError(ValueError):
@@ -253,15 +170,7 @@ def load_checkpoint(path:str|Path, # a checkpoint folder (or a model folder of m
                     **kwargs, # passed to the loader, e.g. key='latents' for a DenoisingDiffusionModel
                    ):
     "Load checkpoint `name` from `path` with histodiff's loader; refuses a model whose floating weights are not float32."
-    import torch
-    mod, _, attr = SHIPPED[_check_name(name)].loader.partition('.from_pretrained')[0].rpartition('.')
-    obj = getattr(importlib.import_module(mod), attr)
-    load = obj.from_pretrained if SHIPPED[name].loader.endswith('.from_pretrained') else obj
-    model = load(Path(path), **kwargs)
-    mods = list(model.components.values()) if hasattr(model, 'components') else [model]
-    bad = {p.dtype for m in mods if isinstance(m, torch.nn.Module) for p in m.parameters() if p.dtype != torch.float32}
-    if bad: raise CheckpointError(f"{path}: {name} loads with {sorted(map(str, bad))} weights, expected float32.")
-    return model
+    return load_float32(SHIPPED[_check_name(name)].loader, path, name, **kwargs)
 
 # %% ../nbs/15_checkpoints.ipynb #17556dfc
 def _fp16_config(src:Path, dst:Path):
@@ -279,7 +188,7 @@ def export_checkpoint(src:str|Path, # a trained model folder, e.g. models/ldm
                       dst:str|Path, # the checkpoint folder to write, e.g. checkpoints/ldm (replaced atomically)
                       card:ModelCard, # its model card (card.name in SHIPPED: the written folder is loaded back to check it)
                      )->Path:
-    "Copy `src` to `dst` as an fp16 safetensors checkpoint with `card` as README.md; checked by loading it back."
+    "Copy `src` to `dst` as an fp16 safetensors checkpoint with `card` as README.md and card.json; checked by loading it back."
     src, dst = Path(src), Path(dst)
     files = model_files(src)
     with atomic_dir(dst) as tmp:
@@ -288,6 +197,7 @@ def export_checkpoint(src:str|Path, # a trained model folder, e.g. models/ldm
             if f.suffix == '.safetensors': to_fp16_file(f, out)
             else: _fp16_config(f, out)
         (tmp/'README.md').write_text(card.markdown())
+        (tmp/'card.json').write_text(json.dumps(asdict(card), indent=1) + '\n')
         if card.name in SHIPPED:
             try: load_checkpoint(tmp, card.name)
             except (OSError, ValueError) as e: raise CheckpointError(f"{src} exported as {card.name} does not load back: {e}") from e
@@ -299,12 +209,7 @@ def init_model(init_from:str|Path, # a checkpoint folder of kind `name`, e.g. ch
                **kwargs, # passed to the loader (e.g. key='latents')
               ):
     "The model of checkpoint `init_from`, ready to fine-tune with `fit`: float32, train mode, all weights trainable."
-    p = Path(init_from)
-    if not p.is_dir(): raise FileNotFoundError(f"init_from: {p} is not a folder; export the checkpoints first "
-                                               "(make repro PROFILE=pretrain) or set init_from to '' to train from scratch.")
-    m = load_checkpoint(p, name, **kwargs)
-    m = m.model if hasattr(m, 'components') and 'model' in m.components else m
-    return m.train().requires_grad_(True)
+    return load_trainable(SHIPPED[_check_name(name)].loader, init_from, name, **kwargs)
 
 # %% ../nbs/15_checkpoints.ipynb #fe66912e
 def _mb(path:Path)->float: return sum(p.stat().st_size for p in Path(path).rglob('*') if p.is_file()) / 2**20
@@ -327,22 +232,19 @@ def check_budget(root:str|Path='checkpoints', # the checkpoints folder
 # %% ../nbs/15_checkpoints.ipynb #2e7345ca
 def export_all(models_dir:str|Path='models', # the pipeline's trained models
                out:str|Path='checkpoints', # where the checkpoints go
-               profile:str='pretrain', # the profile the models were trained under (for the cards)
-               cards:dict|None=None, # name -> {ModelCard field: value} overriding what the records say (e.g. notes)
-               results:str|Path='results', # metrics/ and timings/ of the run
-               data_json:str|Path='data/download.json', # the download stage's hashes
-               params:str|Path='params.yaml', # the run's parameters (training steps)
-               device:str|None=None, # what trained the models (default: this machine's device)
+               profile:str|None=None, # the profile the models were trained under (None: what each card.json says)
+               cards:dict|None=None, # name -> {ModelCard field: value} overriding what the cards say (e.g. notes)
+               device:str|None=None, # what trained the models (None: what each card.json says)
                limit_mb:float=80, # the size budget of all checkpoints
               )->dict[str, Path]:
     "Export each trained model of `models_dir` listed in SHIPPED to `out/<name>` with its card; then check the budget."
     models_dir, done = Path(models_dir), {}
-    data, device = data_hashes(data_json), device or training_device()
     for name, s in SHIPPED.items():
         if not (models_dir/s.models).is_dir(): continue
-        facts = training_facts(name, params, Path(results)/'timings')
-        card = ModelCard(name, profile, device=device, data=data, metrics=metrics_of(name, Path(results)/'metrics'), **facts)
-        for k, v in ((cards or {}).get(name) or {}).items(): setattr(card, k, v)
+        card = read_card(models_dir/s.models, name)
+        given = dict(profile=profile, device=device, **((cards or {}).get(name) or {}))
+        for k, v in given.items():
+            if v is not None: setattr(card, k, v)
         done[name] = export_checkpoint(models_dir/s.models, Path(out)/name, card)
     if not done: raise FileNotFoundError(f"no trained model under {models_dir} (expected e.g. {models_dir/'ldm'}): run `make repro PROFILE=pretrain` first.")
     check_budget(out, limit_mb)
@@ -356,8 +258,8 @@ def main(argv:list[str]|None=None)->int:
     e = sub.add_parser('export', help='export every trained model listed in histodiff.checkpoints.SHIPPED')
     e.add_argument('--models', default='models', help='the trained models (default: %(default)s)')
     e.add_argument('--out', default='checkpoints', help='where the checkpoints go (default: %(default)s)')
-    e.add_argument('--profile', default='pretrain', help='the profile they were trained under, for the cards (default: %(default)s)')
-    e.add_argument('--device', default=None, help="what trained them, for the cards (default: this machine's GPU or CPU)")
+    e.add_argument('--profile', default=None, help="the profile they were trained under, for the cards (default: each card.json's)")
+    e.add_argument('--device', default=None, help="what trained them, for the cards (default: each card.json's)")
     e.add_argument('--limit-mb', type=float, default=80, help='size budget of all checkpoints (default: %(default)s)')
     a = p.parse_args(argv)
     try: done = export_all(a.models, a.out, a.profile, device=a.device, limit_mb=a.limit_mb)

@@ -219,7 +219,7 @@ example:
   histodiff stain he.png --out ihc.png --model models/stardiff/both --steps 10"""
     from histodiff.core import read_image, write_image, get_device
     from histodiff.stardiff import StarDiffPipeline
-    from histodiff.checkpoints import default_model
+    from histodiff.modelfolder import default_model
     he = read_image(args.he)
     args.model = default_model(args.model, 'stardiff/both', '--model DIR')
     pipe = StarDiffPipeline.from_pretrained(_folder(args.model, 'Star-Diff model folder')).to(get_device(args.device))
@@ -321,7 +321,7 @@ example:
     from tqdm.auto import tqdm
     from histodiff.core import read_image, atomic_path
     from histodiff.sfs import ImageClassifier, predict, sfs_report, binarize_her2
-    from histodiff.checkpoints import default_model
+    from histodiff.modelfolder import default_model
     real, gen = _folder(args.real, 'real image folder'), _folder(args.generated, 'generated image folder')
     names = _image_names(real)
     if not names: raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in {real}")
@@ -403,7 +403,7 @@ example:
     detector = None
     if args.mask is None:   # no mask: the detector named, else models/detector, else the shipped one
         from histodiff.detect import ArtifactDetector
-        from histodiff.checkpoints import default_model
+        from histodiff.modelfolder import default_model
         path = default_model(args.detector, 'detector', '--detector DIR')
         detector = ArtifactDetector.from_pretrained(_folder(path, 'detector folder')).to(get_device(args.device))
         if args.threshold is not None: detector.settings['threshold'] = args.threshold

@@ -6,12 +6,13 @@ Docs: https://histodiff.github.io/histodiff/modelfolder.html.md"""
 
 # %% ../nbs/00a_modelfolder.ipynb #64f4f2d3
 from __future__ import annotations
-import json
+import json, os, re
 from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['ModelFolderError', 'read_json_settings', 'load_folder']
+__all__ = ['ModelFolderError', 'read_json_settings', 'load_folder', 'checkpoints_root', 'shipped', 'default_model',
+           'load_float32', 'load_trainable', 'data_hashes', 'flat_numbers', 'training_device', 'write_card']
 
 # %% ../nbs/00a_modelfolder.ipynb #e8c1abbe
 class ModelFolderError(ValueError):
@@ -70,3 +71,107 @@ def load_folder(load, # a `from_pretrained`, called as `load(str(folder), **kwar
                                    f"re-download or retrain the {what}.") from e
         raise ModelFolderError(f"{folder}: cannot load the {what} ({_one_line(e)}): the folder is corrupt or incomplete; "
                                "re-download or retrain it.") from e
+
+# %% ../nbs/00a_modelfolder.ipynb #92b45293
+def checkpoints_root()->Path|None:
+    "`$HISTODIFF_CHECKPOINTS`, else the repository's `checkpoints/` beside the package, else None."
+    if env := os.environ.get('HISTODIFF_CHECKPOINTS'): return Path(env)
+    import histodiff
+    p = Path(histodiff.__file__).resolve().parents[1]/'checkpoints'
+    return p if p.is_dir() else None
+
+def shipped(name:str # the checkpoint's path under the checkpoints folder, e.g. 'ldm' or 'stardiff/both'
+           )->Path|None:
+    "The folder of the shipped checkpoint `name`, or None when it is not there."
+    if not name or Path(name).is_absolute() or '..' in Path(name).parts:
+        raise ValueError(f"unknown checkpoint {name!r}: name a folder under the checkpoints, e.g. 'ldm'.")
+    root = checkpoints_root()
+    p = root/name if root is not None else None
+    return p if p is not None and p.is_dir() and any(p.iterdir()) else None
+
+def default_model(given, # the folder (or hub id) named; None or '': none
+                  name:str, # the model's name: <models_dir>/<name>, else the shipped checkpoint <name>
+                  what:str, # how the user names it (e.g. '--ldm DIR'), for the message
+                  models_dir:str|Path='models', # the pipeline's trained models
+                 )->str:
+    "`given`, else `<models_dir>/<name>` when it exists, else the shipped checkpoint; else a FileNotFoundError saying what to do."
+    if given: return str(given)
+    local = Path(models_dir)/name
+    if local.exists(): return str(local)
+    if (p := shipped(name)) is not None: return str(p)
+    raise FileNotFoundError(f"no {name} model: {local} does not exist and no checkpoint is shipped (checkpoints/{name}, or "
+                            f"$HISTODIFF_CHECKPOINTS); run `make repro` to train the models, or pass {what}")
+
+# %% ../nbs/00a_modelfolder.ipynb #8425f616
+def load_float32(load, # a class with `from_pretrained`, or a function of the folder
+                 path:str|Path, # the model folder
+                 what:str='model', # what it is, for messages
+                 **kwargs, # passed to the loader
+                ):
+    "`load`'s model of the folder `path`; a `ModelFolderError` when its floating weights are not float32."
+    model = (load.from_pretrained if isinstance(load, type) else load)(Path(path), **kwargs)
+    mods = list(model.components.values()) if hasattr(model, 'components') else [model]
+    bad = {p.dtype for m in mods if isinstance(m, torch.nn.Module) for p in m.parameters() if p.dtype != torch.float32}
+    if bad: raise ModelFolderError(f"{path}: {what} loads with {sorted(map(str, bad))} weights, expected float32.")
+    return model
+
+def load_trainable(load, # a class with `from_pretrained`, or a function of the folder
+                   init_from:str|Path, # a checkpoint folder, e.g. checkpoints/ldm
+                   what:str='model', # what it is, for messages
+                   **kwargs, # passed to the loader (e.g. key='latents')
+                  ):
+    "The model of the checkpoint folder `init_from`, ready to fine-tune with `fit`: float32, train mode, all weights trainable."
+    p = Path(init_from)
+    if not p.is_dir(): raise FileNotFoundError(f"init_from: {p} is not a folder; export the checkpoints first "
+                                               "(make repro PROFILE=pretrain) or set init_from to '' to train from scratch.")
+    m = load_float32(load, p, what, **kwargs)
+    m = m.model if hasattr(m, 'components') and 'model' in m.components else m
+    return m.train().requires_grad_(True)
+
+# %% ../nbs/00a_modelfolder.ipynb #49cfc76d
+_SHA = re.compile(r'^[0-9a-f]{64}$')
+
+def _read_json(path:Path)->dict|None:
+    "The JSON object in `path`, None when the file is absent; a broken file raises a ValueError naming it."
+    if not Path(path).is_file(): return None
+    try: return json.loads(Path(path).read_text())
+    except ValueError as e: raise ValueError(f"{path}: not valid JSON ({e}); regenerate it (make repro).") from None
+
+def data_hashes(path:str|Path # the download stage's summary, e.g. data/download.json
+               )->list[tuple[str, str]]:
+    "(file, sha256) of every hash recorded in the download stage's summary (empty when the file is absent)."
+    out = []
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict): walk(v, f'{prefix}{k}/')
+            elif isinstance(v, str) and _SHA.match(v): out.append((f'{prefix}{k}', v))
+    walk(_read_json(Path(path)) or {}, '')
+    return out
+
+def flat_numbers(d, prefix:str='')->dict:
+    "The numbers of a nested dict as `dotted.key -> value` (booleans, strings and lists left out)."
+    if isinstance(d, bool) or not isinstance(d, (dict, int, float)): return {}
+    if not isinstance(d, dict): return {prefix.rstrip('.'): d}
+    return {k: v for key, x in d.items() for k, v in flat_numbers(x, f'{prefix}{key}.').items()}
+
+def training_device()->str:
+    "The device this process trains on, in words."
+    if torch.cuda.is_available(): return torch.cuda.get_device_name(0)
+    return f'cpu ({os.cpu_count()} cores)'
+
+def write_card(model_dir:str|Path, # the trained model's folder, e.g. models/ldm
+               name:str, # its checkpoint name, e.g. 'ldm' or 'stardiff/both'
+               profile:str, # the profile it was trained under
+               steps:int|None=None, # optimizer steps (0: a checkpoint used as it is)
+               seconds:float|None=None, # training time
+               metrics:dict|None=None, # the stage's metrics of it (nested numbers)
+               data:str|Path|None=None, # the download stage's summary holding the data's sha256 (None: none recorded)
+               device:str|None=None, # what trained it (default: this machine's device)
+              )->Path:
+    "Write the facts of `name`'s model card as `model_dir/card.json`; returns its path."
+    card = dict(name=name, profile=profile, steps=steps, device=device or training_device(),
+                minutes=round(seconds / 60, 2) if isinstance(seconds, (int, float)) else None,
+                data=[list(r) for r in data_hashes(data)] if data else [], metrics=flat_numbers(metrics or {}), notes='')
+    f = Path(model_dir)/'card.json'
+    f.write_text(json.dumps(card, indent=1) + '\n')
+    return f

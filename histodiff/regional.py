@@ -510,7 +510,7 @@ def load_regional_pipeline(model_dir, # folder with unet/ and scheduler/ (a trai
     "A `RegionalLatentPipeline` (with `vae`) or a `PixelRegionalPipeline` from trained model folders."
     from pathlib import Path
     if model_dir is None:   # the shipped checkpoints (histodiff.checkpoints.shipped)
-        from histodiff.checkpoints import shipped
+        from histodiff.modelfolder import shipped
         model_dir, vae = shipped('ldm'), vae if vae is not None else shipped('vae')
         if model_dir is None or vae is None:
             raise FileNotFoundError("no model folder given and no shipped checkpoints/ldm and checkpoints/vae (nor $HISTODIFF_CHECKPOINTS): "

@@ -187,7 +187,7 @@ class _Regional(Restorer):
     def _load(self):
         from histodiff.core import get_device
         from histodiff.regional import load_regional_pipeline
-        from histodiff.checkpoints import default_model
+        from histodiff.modelfolder import default_model
         s = self.settings
         self.model = default_model(s.model, self.model_name, self.model_option, s.models_dir)
         self.vae = default_model(s.vae, 'vae', '--vae DIR (RestorerSettings.vae)', s.models_dir) if self.latent else None

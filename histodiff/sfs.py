@@ -25,7 +25,9 @@ __all__ = ['ARCHITECTURES', 'HER2_VIEWS', 'SFS_METRICS', 'FOUR_CLASS_SUFFIX', 'I
            'ClassificationDataset', 'HubClassificationDataset', 'train_classifier', 'save_classifier', 'as_classifier',
            'predict_proba', 'predict', 'confusion_matrix', 'accuracy', 'per_class_recall', 'AbsentClassWarning',
            'semantic_fidelity_score', 'her2_scores', 'binarize_her2', 'her2_views', 'bootstrap_ci', 'sfs_report',
-           'her2_table', 'sfs_table', 'accuracy_table', 'her2_wide', 'plot_her2_table', 'plot_confusion_matrix']
+           'her2_table', 'sfs_table', 'accuracy_table', 'her2_wide', 'plot_her2_table', 'plot_confusion_matrix',
+           'resize_tiles', 'staining_split', 'leg_config', 'train_leg', 'sfs_bias_legs', 'tissue_study',
+           'plot_bias_confusions', 'log_bias_curve', 'json_ready']
 
 # %% ../nbs/08_sfs.ipynb #022392d2
 def _arch_config(arch:str, num_classes:int):
@@ -440,3 +442,150 @@ def plot_confusion_matrix(y_true, y_pred, # labels and predictions
     ax.set_xlabel('predicted'); ax.set_ylabel('true')
     if title: ax.set_title(title)
     return ax
+
+# %% ../nbs/08_sfs.ipynb #54cab339
+def resize_tiles(tiles:np.ndarray, size:int)->np.ndarray:
+    "Resize uint8 tiles to size x size (area interpolation), or keep them when size is 0: an explicit, documented step."
+    if not size or tiles.shape[1] == size: return tiles
+    import cv2
+    return np.stack([cv2.resize(t, (size, size), interpolation=cv2.INTER_AREA) for t in tiles])
+
+def staining_split(split:str, # 'train' or 'test'
+                   s:dict, # staining_data ('demo' | 'bci'), bci_root, data_dir, image_size
+                   stains:tuple=('he', 'ihc'), # the tiles to read
+                  )->dict:
+    "The tiles (`stains`) and HER2 `label`s of `split` of the staining task, resized to `s['image_size']`."
+    from histodiff.core import read_image
+    if s['staining_data'] == 'bci':
+        from histodiff.sources import load_bci
+        pairs = load_bci(s['bci_root'], split)
+        out = {k: np.stack([resize_tiles(read_image(p[k])[None], s['image_size'])[0] for p in pairs]) for k in stains}
+        return {**out, 'label': np.array([p['label'] for p in pairs])}
+    if s['staining_data'] != 'demo':
+        raise ValueError(f"staining_data {s['staining_data']!r}: expected 'demo' or 'bci'")
+    from histodiff.data import load_tile_dataset, dataset_images
+    ds = load_tile_dataset(Path(s['data_dir'])/'staining'/split)
+    out = {k: resize_tiles(dataset_images(ds, k), s['image_size']) for k in stains}
+    return {**out, 'label': np.asarray(ds['label'], np.int64)}
+
+# %% ../nbs/08_sfs.ipynb #22ca3fd9
+def leg_config(s:dict, run:str, steps:int, batch:int|None=None):
+    "fit's settings of the classifier run `run` (models_dir/runs/run) up to `steps`."
+    from histodiff.train import TrainConfig
+    return TrainConfig(output_dir=str(Path(s['models_dir'])/'runs'/run), max_steps=int(steps), batch_size=batch or s['batch_size'],
+                       learning_rate=s['learning_rate'], weight_decay=s['weight_decay'], seed=s['seed'], progress=s['progress'],
+                       use_ema=False, checkpoint_every=10**9, keep_checkpoints=10)
+
+def _from_checkpoint(run, init, data, labels, cfg, class_names, **kw):
+    "The classifier checkpoint `init` (same classes as the data), fine-tuned with fit (cfg None: as it is)."
+    from histodiff.modelfolder import load_trainable
+    from histodiff.train import fit
+    clf = load_trainable(ImageClassifier, init, f'classifier/{run}')
+    have = [str(clf.model.config.id2label[i]) for i in range(clf.num_classes)]
+    if have != list(class_names): raise ValueError(f"init_from {init}: classes {have}, but the data has {list(class_names)}; use a matching checkpoint or init_from ''.")
+    if cfg is None: return clf.eval()
+    ds = data if labels is None else ClassificationDataset(data, labels)
+    return fit(clf, ds, cfg).eval()
+
+def train_leg(run:str, # the run folder's name under models_dir/runs
+              steps:int, # train up to this step (0: the checkpoint `init` as it is)
+              data, labels, # tiles and labels (labels None: `data` is a Dataset)
+              s:dict, # the stage's parameters
+              batch:int|None=None, # tiles per step (default s['batch_size'])
+              init:str='', # a classifier checkpoint to start from ('': a fresh model)
+              **kw, # arch, num_classes, class_names
+             ):
+    "Train run `run` up to `steps`, resuming from its previous leg; refuse a folder already past `steps`."
+    from histodiff.train import list_checkpoints
+    if not steps: return _from_checkpoint(run, init, data, labels, None, kw['class_names'])   # 0 steps: the checkpoint as it is
+    cfg = leg_config(s, run, steps, batch); ckpt = Path(cfg.output_dir)/'checkpoints'/f'step_{int(steps):08d}'
+    if ckpt.exists(): cfg.resume = str(ckpt)
+    else:
+        done = [int(p.name.split('_')[1]) for p in list_checkpoints(cfg.output_dir)]
+        if done and max(done) > steps: raise RuntimeError(f"{cfg.output_dir} holds a run past step {steps} without a checkpoint at it; delete the folder.")
+    return _from_checkpoint(run, init, data, labels, cfg, **kw) if init else train_classifier(data, labels, cfg, **kw)
+
+# %% ../nbs/08_sfs.ipynb #8b6056e5
+def sfs_bias_legs(train:dict, test:dict, # {'ihc': tiles, 'label': HER2 labels} of the training and test tiles
+                  s:dict, # the stage's parameters (underfit_steps, max_steps, overfit_steps, init_from, arch, resume, ...)
+                  device=None)->tuple[dict, float]:
+    "The SFS classifier's legs of one run, saved to models_dir/<leg> and scored: ({leg: results}, seconds in all)."
+    import shutil, time
+    models = Path(s['models_dir'])
+    if not s['resume']: shutil.rmtree(models/'runs', ignore_errors=True)
+    legs = {'sfs_underfit': s['underfit_steps'], 'sfs': s['max_steps'], 'sfs_overfit': s['overfit_steps']}
+    legs = {k: v for k, v in legs.items() if v or (k == 'sfs' and s['init_from'])}
+    (x, y), (xt, yt), bs = (train['ihc'], train['label']), (test['ihc'], test['label']), s['batch_size']
+    results, t0 = {}, time.time()
+    for name, steps in sorted(legs.items(), key=lambda kv: kv[1]):
+        clf = train_leg('sfs', steps, x, y, s, init=s['init_from'], arch=s['arch'], num_classes=4, class_names=HER2_CLASSES)
+        save_classifier(clf, models/name)
+        p_train, p_test = predict(clf, x, bs, device), predict(clf, xt, bs, device)
+        results[name] = dict(steps=int(steps), acc_train=accuracy(y, p_train), acc_test=accuracy(yt, p_test),
+                             acc_train_binary=accuracy(binarize_her2(y), binarize_her2(p_train)),
+                             acc_test_binary=accuracy(binarize_her2(yt), binarize_her2(p_test)),
+                             recall_test=per_class_recall(yt, p_test, 4).tolist(), pred_test=p_test)
+        print(name, steps, 'steps: train acc', round(results[name]['acc_train'], 3), 'test acc', round(results[name]['acc_test'], 3))
+    return results, round(time.time() - t0, 1)   # the whole trajectory, predictions included
+
+# %% ../nbs/08_sfs.ipynb #07a36242
+def _tissue_data(tc:dict, data_dir:str|Path):
+    "(training data, its labels or None, test tiles, test labels, class names) of the tissue classifier."
+    from histodiff.data import load_tile_dataset, dataset_images
+    if tc['dataset'] == 'demo':   # the demo: each tile's source as its tissue class
+        names = list(tc['classes'])
+        def pick(ds):
+            keep = [i for i, src in enumerate(ds['source']) if src in names]
+            return dataset_images(ds)[keep], np.array([names.index(ds['source'][i]) for i in keep], np.int64)
+        (t_train, l_train), (t_test, l_test) = (pick(load_tile_dataset(Path(data_dir)/'tiles'/k)) for k in ('train', 'test'))
+        return t_train, l_train, t_test, l_test, names
+    from histodiff.sources import load_hub_dataset   # a saved hub dataset (paper: NCT-CRC-HE-100K / CRC-VAL-HE-7K)
+    hub = load_hub_dataset(tc['dataset'])
+    tr, te = hub[tc['train_split']], hub[tc['test_split']]
+    names = list(tr.features[tc['label_column']].names)
+    if tc['max_test']: te = te.select(range(min(tc['max_test'], len(te))))
+    t_test = np.stack([np.asarray(im.convert('RGB')) for im in te[tc['image_column']]])
+    l_test = np.asarray(te[tc['label_column']], np.int64)
+    return HubClassificationDataset(tr, tc['image_column'], tc['label_column']), None, t_test, l_test, names
+
+def tissue_study(s:dict, # the stage's parameters: tissue (the group's settings), data_dir, models_dir, n_resamples, seed
+                 device=None)->tuple[dict|None, float]:
+    "Train (or take) the tissue classifier, save it to models_dir/tissue and score it: (results or None when skipped, seconds)."
+    import time
+    tc, t0 = s['tissue'], time.time()
+    if not (tc['steps'] or tc['init_from']): return None, 0.0
+    data, labels, t_test, l_test, names = _tissue_data(tc, s['data_dir'])
+    clf = train_leg('tissue', tc['steps'], data, labels, s, batch=tc['batch_size'], init=tc['init_from'], arch=tc['arch'],
+                    num_classes=len(names), class_names=names)
+    save_classifier(clf, Path(s['models_dir'])/'tissue')
+    pt = predict(ImageClassifier.from_pretrained(Path(s['models_dir'])/'tissue'), t_test, tc['batch_size'], device)
+    acc = bootstrap_ci(lambda y, p: float((y == p).mean()), l_test, pt, n_resamples=s['n_resamples'], seed=s['seed'])
+    result = dict(steps=int(tc['steps']), init_from=tc['init_from'], classes=names, n_test=int(len(l_test)), acc_test=acc,
+                  recall_test=per_class_recall(l_test, pt, len(names)).tolist())
+    return result, time.time() - t0
+
+# %% ../nbs/08_sfs.ipynb #53d2656f
+def plot_bias_confusions(y_test, results:dict, class_names=HER2_CLASSES):
+    "One confusion matrix per leg of the bias study (its test predictions `pred_test`), side by side."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.4))
+    for ax, (name, r) in zip(np.atleast_1d(axs), results.items()):
+        plot_confusion_matrix(y_test, r['pred_test'], class_names, ax=ax, title=f"{name} ({r['steps']} steps): acc {r['acc_test']:.2f}")
+    plt.tight_layout()
+    return fig
+
+def log_bias_curve(results:dict, live_dir:str|Path)->dict:
+    "Log train and test accuracy of each leg against its steps with dvclive; {leg: (steps, train acc, test acc)}."
+    from dvclive import Live
+    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None) as live:
+        for name, r in sorted(results.items(), key=lambda kv: kv[1]['steps']):
+            live.step = r['steps']
+            live.log_metric('sfs_classifier/acc_train', r['acc_train']); live.log_metric('sfs_classifier/acc_test', r['acc_test'])
+    return {k: (r['steps'], round(r['acc_train'], 3), round(r['acc_test'], 3)) for k, r in results.items()}
+
+def json_ready(v):
+    "`v` with numpy numbers as Python ones and NaN as None (JSON without NaN: an undefined recall becomes null)."
+    if isinstance(v, dict): return {k: json_ready(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [json_ready(x) for x in v]
+    if isinstance(v, (float, np.floating)): return None if np.isnan(v) else float(v)
+    return int(v) if isinstance(v, np.integer) else v

@@ -6,7 +6,7 @@ Docs: https://histodiff.github.io/histodiff/stardiff.html.md"""
 
 # %% ../nbs/06_stardiff.ipynb #d0ecac7f
 from __future__ import annotations
-import json, math, warnings
+import json, math, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch
@@ -19,12 +19,14 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from .core import (atomic_path, atomic_dir, as_rgb_uint8, to_tensor, from_tensor, make_generator,
                             extract_tiles, stitch_tiles, dihedral, downsample_factor)
-from .modelfolder import ModelFolderError, load_folder, read_json_settings
+from .modelfolder import ModelFolderError, load_folder, read_json_settings, load_float32, load_trainable
 
 # %% auto #0
-__all__ = ['PATHS', 'StarDiffSchedulerOutput', 'StarDiffScheduler', 'oracle_sample', 'unet_config', 'StarDiffModel',
+__all__ = ['PATHS', 'VARIANTS', 'StarDiffSchedulerOutput', 'StarDiffScheduler', 'oracle_sample', 'unet_config', 'StarDiffModel',
            'StarDiffPipeline', 'latent_pipeline', 'PairDataset', 'StainNormalizationError', 'tile_mosaic',
-           'stained_pixels', 'StainNormalizer', 'fit_stain_baselines', 'save_stain_baselines', 'load_stain_baselines']
+           'stained_pixels', 'StainNormalizer', 'fit_stain_baselines', 'save_stain_baselines', 'load_stain_baselines',
+           'stage_config', 'stage_model', 'train_variant', 'quick_eval', 'train_stardiff_variants', 'sum_scale_study',
+           'score_baselines', 'plot_loss_curves', 'plot_preview']
 
 # %% ../nbs/06_stardiff.ipynb #09056229
 @dataclass
@@ -546,3 +548,159 @@ def load_stain_baselines(path:str|Path)->dict[str, StainNormalizer]:
     try: return {k: StainNormalizer.from_state_dict(v) for k, v in read_json_settings(path).items()}
     except (KeyError, TypeError, IndexError) as e:
         raise ModelFolderError(f"{path} does not hold stain baselines written by save_stain_baselines ({type(e).__name__}: {e}): fit them again.") from e
+
+# %% ../nbs/06_stardiff.ipynb #69d4255b
+VARIANTS = ('both', 'residual', 'noise', 'latent')
+
+def stage_config(s:dict, # the stage's parameters
+                 run:str, # the run folder's name under models_dir/runs
+                )->'TrainConfig':
+    "fit's settings of the stage's run `run`."
+    from histodiff.train import TrainConfig
+    return TrainConfig(output_dir=str(Path(s['models_dir'])/'runs'/run), max_steps=s['max_steps'], batch_size=s['batch_size'],
+                       learning_rate=s['learning_rate'], weight_decay=s['weight_decay'], use_ema=s['use_ema'],
+                       ema_decay=s['ema_decay'], checkpoint_every=s['checkpoint_every'], seed=s['seed'], progress=s['progress'])
+
+def stage_model(s:dict, channels:int, size:int, paths:str, scale:float|None=None)->StarDiffModel:
+    "A fresh model of the stage's settings (`scale`: its sum_scale, default the stage's)."
+    unet = unet_config(size, tuple(s['block_out_channels']), s['layers_per_block'], s['norm_num_groups'], s['attention'])
+    sched = StarDiffScheduler(sum_scale=s['sum_scale'] if scale is None else scale)
+    return StarDiffModel(channels, unet, paths=paths, loss=s['loss'], scheduler=sched)
+
+def _start_latent(s:dict, he:np.ndarray, ihc:np.ndarray):
+    "The latent variant's model and VAE: the pair of checkpoint init_from/latent, else a fresh model on vae_path's VAE."
+    from histodiff.train import TrainConfig, fit
+    if s['init_from']:
+        pipe = load_float32(StarDiffPipeline, Path(s['init_from'])/'latent', 'stardiff/latent')
+        return pipe.model.train().requires_grad_(True), pipe.vae
+    vae = AutoencoderKL.from_pretrained(s['vae_path'], subfolder=s['vae_subfolder'] or None)
+    if s['vae_ihc_steps']:   # a VAE that has seen IHC too (issue 12): fine-tuned on the training pairs' H&E and IHC tiles
+        from histodiff.autoencoder import AutoencoderTrainer, image_dataset
+        run = Path(s['models_dir'])/'runs'/'vae_ihc'
+        cfg = TrainConfig(output_dir=str(run), max_steps=s['vae_ihc_steps'], batch_size=s['batch_size'],
+                          learning_rate=s['learning_rate'], use_ema=False, checkpoint_every=s['checkpoint_every'],
+                          seed=s['seed'], progress=s['progress'])
+        fit(AutoencoderTrainer(vae), image_dataset(np.concatenate([he, ihc]), augment=True), cfg)
+        vae = AutoencoderKL.from_pretrained(run/'final')
+    return stage_model(s, vae.config.latent_channels, he.shape[1] // downsample_factor(vae), 'both'), vae
+
+# %% ../nbs/06_stardiff.ipynb #35dc218a
+def train_variant(v:str, # one of VARIANTS
+                  he:np.ndarray, ihc:np.ndarray, # the training pairs (uint8 N x t x t x 3)
+                  s:dict, # the stage's parameters
+                  device='cpu', # where the saved pipeline is loaded back to
+                 )->tuple[StarDiffPipeline, float]:
+    "Train (or take from `init_from`) variant `v`, save its pipeline to models_dir/v; (the pipeline loaded back, seconds)."
+    from histodiff.train import fit
+    t0, steps = time.perf_counter(), s['max_steps']
+    if v == 'latent':
+        model, vae = _start_latent(s, he, ihc); vae = vae.to(device).eval().requires_grad_(False)
+        f = downsample_factor(vae)
+        if he.shape[1] % f: raise ValueError(f"tile {he.shape[1]} is not a multiple of the VAE factor {f}")
+        # flips/rotations in image space, then encoded (a VAE is not rotation-equivariant); 0 steps: nothing to encode
+        from histodiff.autoencoder import encode_dataset
+        enc = lambda x: encode_dataset(vae, x, progress=s['progress'], augment=s['augment']).tensors['latents']
+        data = PairDataset(enc(he), enc(ihc), False) if steps else None
+        model = fit(model, data, stage_config(s, v)) if steps else model
+        pipe = latent_pipeline(model.cpu(), vae.cpu())
+    else:
+        start = load_trainable(StarDiffPipeline, Path(s['init_from'])/v, f'stardiff/{v}') if s['init_from'] else \
+            stage_model(s, 3, he.shape[1], v)
+        data = PairDataset(he, ihc, s['augment'])
+        model = fit(start, data, stage_config(s, v)) if steps else start
+        pipe = StarDiffPipeline(model.cpu())
+    seconds = time.perf_counter() - t0
+    pipe.save_pretrained(Path(s['models_dir'])/v)
+    return StarDiffPipeline.from_pretrained(Path(s['models_dir'])/v).to(device), seconds
+
+def quick_eval(pipe, he:np.ndarray, ihc:np.ndarray, s:dict, row:dict)->dict:
+    "PSNR / SSIM of `pipe` on the quick-evaluation pairs, and its seconds per tile, into `row`."
+    from histodiff.metrics import psnr, ssim
+    if not len(he): return row
+    t0 = time.perf_counter(); out = pipe.stain(he, num_inference_steps=s['num_inference_steps'], generator=s['seed'], progress=s['progress'])
+    row.update(seconds_per_tile=(time.perf_counter() - t0) / len(he), psnr=float(np.mean(psnr(out, ihc))), ssim=float(np.mean(ssim(out, ihc))))
+    return row
+
+def _rounded(row:dict)->dict: return {k: round(x, 4) if isinstance(x, float) else x for k, x in row.items()}
+
+def train_stardiff_variants(train:dict, # training pairs {'he': ..., 'ihc': ...}
+                            test:dict, # quick-evaluation pairs
+                            s:dict, # the stage's parameters (variants, ...)
+                            device='cpu',
+                           )->tuple[dict, dict]:
+    "Every variant of `s['variants']`, each seeded alike: ({variant: pipeline}, {variant: its row of the metrics})."
+    pipes, rows = {}, {}
+    for v in s['variants']:
+        if v not in VARIANTS: raise ValueError(f"unknown variant {v!r}")
+        torch.manual_seed(s['seed'])
+        if v == 'latent' and not s['vae_path']: print('latent: skipped (no vae_path)'); rows[v] = 'skipped: no vae_path'; continue
+        pipes[v], seconds = train_variant(v, train['he'], train['ihc'], s, device)
+        n = int(sum(p.numel() for p in pipes[v].model.parameters()))
+        rows[v] = quick_eval(pipes[v], test['he'], test['ihc'], s, dict(train_seconds=seconds, parameters=n))
+        print(v, _rounded(rows[v]))
+    return pipes, rows
+
+# %% ../nbs/06_stardiff.ipynb #65225d51
+def sum_scale_study(train:dict, test:dict, # training and quick-evaluation pairs
+                    s:dict, # the stage's parameters (sum_scales, sum_scale, max_steps, ...)
+                    pipes:dict, # the variants trained (the study's model at sum_scale is `both`)
+                    device='cpu')->dict:
+    "`both` trained again (same seed, steps, data) at every other value of sum_scales, saved to models_dir/sum_scale/<value>."
+    from histodiff.train import fit
+    out = {}
+    for scale in s['sum_scales']:
+        if not s['max_steps']: print('sum_scale study skipped: max_steps = 0'); break   # it trains from scratch: needs steps
+        if float(scale) == float(s['sum_scale']):
+            if 'both' in pipes: out[str(scale)] = 'the both variant'
+            continue
+        torch.manual_seed(s['seed']); t0 = time.perf_counter()
+        model = stage_model(s, 3, train['he'].shape[1], 'both', scale)
+        model = fit(model, PairDataset(train['he'], train['ihc'], s['augment']), stage_config(s, f'sum_scale_{scale}'))
+        seconds = time.perf_counter() - t0
+        folder = Path(s['models_dir'])/'sum_scale'/str(scale)
+        StarDiffPipeline(model.cpu()).save_pretrained(folder)
+        pipe = StarDiffPipeline.from_pretrained(folder).to(device)
+        out[str(scale)] = row = quick_eval(pipe, test['he'], test['ihc'], s, dict(train_seconds=seconds))
+        print('sum_scale', scale, {k: round(x, 4) for k, x in row.items()})
+    return out
+
+def score_baselines(baselines:dict, he:np.ndarray, ihc:np.ndarray)->dict:
+    "PSNR, SSIM, seconds per tile and Macenko's fallbacks of each stain baseline on the quick-evaluation pairs."
+    from histodiff.metrics import psnr, ssim
+    out = {}
+    for name, nrm in baselines.items():
+        t0 = time.perf_counter(); o = nrm.stain(he); dt = (time.perf_counter() - t0) / max(len(he), 1)
+        out[name] = dict(psnr=float(np.mean(psnr(o, ihc))), ssim=float(np.mean(ssim(o, ihc))), seconds_per_tile=dt,
+                         n_fallback=int(nrm.n_fallback))
+    return out
+
+# %% ../nbs/06_stardiff.ipynb #65ba8f83
+def plot_loss_curves(runs:str|Path, # fit's run folders, runs/<name>/dvclive
+                     names, # the runs to draw
+                     ylabel:str='training loss (L1 residual + L1 noise)'):
+    "A figure of the dvclive loss curves of the runs `names` (those logged), log scale."
+    import matplotlib.pyplot as plt, pandas as pd
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for v in names:
+        f = Path(runs)/v/'dvclive'/'plots'/'metrics'/'loss.tsv'
+        if f.exists(): d = pd.read_csv(f, sep='\t'); ax.plot(d['step'], d['loss'], label=v)
+    ax.set_xlabel('step'); ax.set_ylabel(ylabel); ax.set_yscale('log'); ax.legend()
+    fig.tight_layout()
+    return fig
+
+def plot_preview(test:dict, # quick-evaluation pairs
+                 baselines:dict, pipes:dict, # the stain baselines and the Star-Diff pipelines
+                 s:dict, k:int=4):
+    "A grid of the first `k` test pairs, the baselines' and every variant's stainings (None when there is nothing to show)."
+    import matplotlib.pyplot as plt
+    k, he = min(k, len(test['he'])), test['he']
+    if not (k and pipes): return None
+    rows = [('H&E input', he[:k]), ('real IHC', test['ihc'][:k])] + [(n, nrm.stain(he[:k])) for n, nrm in baselines.items()]
+    rows += [(f'Star-Diff ({v})', p.stain(he[:k], num_inference_steps=s['num_inference_steps'], generator=s['seed'])) for v, p in pipes.items()]
+    fig, axes = plt.subplots(len(rows), k, figsize=(1.6 * k, 1.6 * len(rows)), squeeze=False)
+    for r, (name, imgs) in enumerate(rows):
+        for c in range(k):
+            axes[r, c].imshow(imgs[c]); axes[r, c].set_xticks([]); axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(name, fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from histodiff.artifacts import make_paired_set
-from histodiff.checkpoints import ModelCard, export_checkpoint, data_hashes
+from histodiff.checkpoints import ModelCard, export_checkpoint
+from histodiff.modelfolder import data_hashes
 from histodiff.core import dihedral
 from histodiff.data import load_tile_dataset, dataset_images
 from histodiff.detect import ArtifactDetector, train_detector, evaluate_detector, predict_proba, clean_mask

@@ -18,7 +18,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from histodiff.autoencoder import AutoencoderTrainer, VAE_PRESETS, crop_tiles, image_dataset, encode, decode, make_vae
-from histodiff.checkpoints import ModelCard, export_checkpoint, data_hashes
+from histodiff.checkpoints import ModelCard, export_checkpoint
+from histodiff.modelfolder import data_hashes
 from histodiff.core import to_tensor, from_tensor
 from histodiff.data import load_tile_dataset, dataset_images
 from histodiff.metrics import psnr

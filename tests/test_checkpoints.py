@@ -1,6 +1,6 @@
 """Shipped checkpoints (issue 12): every kind of model, trained 2 steps, exported as fp16 safetensors with a model card,
 loads back in float32 and gives the same outputs within fp16 tolerance; pickles refused, leftovers skipped, the size
-budget enforced; the CLI restores with no model named from $HISTODIFF_CHECKPOINTS; stages fine-tune from a checkpoint.
+budget enforced; the card's facts come from the card.json its stage wrote; the CLI restores with no model named from $HISTODIFF_CHECKPOINTS; stages fine-tune from a checkpoint.
 Tiny models: seconds on a CPU."""
 import json, os, shutil, subprocess, sys
 from pathlib import Path
@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from histodiff.autoencoder import make_vae, AutoencoderTrainer, image_dataset, load_vae
 from histodiff.checkpoints import (SHIPPED, CheckpointError, ModelCard, check_budget, checkpoint_sizes, export_all,
-                                   export_checkpoint, init_model, load_checkpoint, shipped)
+                                   export_checkpoint, init_model, load_checkpoint, read_card)
+from histodiff.modelfolder import shipped, write_card
 from histodiff.cli import main as cli
 from histodiff.core import write_image, write_mask
 from histodiff.detect import ArtifactDetector, train_detector
@@ -51,18 +52,17 @@ def trained(tmp_path_factory):
     for name, k in (('sfs', 4), ('tissue', 2)):
         clf = train_classifier(tiles(8, 16), np.arange(8) % k, cfg(runs/name, batch=4), arch='tiny', num_classes=k)
         save_classifier(clf, m/'classifier'/name)
-    (d/'results'/'metrics').mkdir(parents=True)
-    (d/'results'/'metrics'/'vae.json').write_text(json.dumps({'psnr': 28.25, 'steps': 2}))
     (d/'download.json').write_text(json.dumps({'demo': {'ihc.png': 'f' * 64}}))
-    (d/'params.yaml').write_text('train_vae:\n  max_steps: 2\n')
+    for name, s in SHIPPED.items():   # what each training stage writes beside the weights
+        write_card(m/s.models, name, 'demo', steps=2, seconds=60, metrics={'psnr': 28.25} if name == 'vae' else {},
+                   data=d/'download.json', device='cpu (stage)')
     return d
 
 
 @pytest.fixture(scope='module')
 def exported(trained):
     out = trained/'checkpoints'
-    export_all(trained/'models', out, 'smoke', results=trained/'results', data_json=trained/'download.json',
-               params=trained/'params.yaml', device='cpu (test)')
+    export_all(trained/'models', out, 'smoke', device='cpu (test)')
     return out
 
 
@@ -100,8 +100,16 @@ def test_every_model_exports_to_fp16_with_a_card_and_loads_back_the_same(trained
         assert all(p.dtype == torch.float32 for m in mods if isinstance(m, torch.nn.Module) for p in m.parameters()), name
         a, b = outputs(original, name), outputs(loaded, name)
         torch.testing.assert_close(b, a, atol=2e-2, rtol=2e-2, msg=lambda m: f'{name}: {m}')
-    assert '| vae.psnr | 28.25 |' in (exported/'vae'/'README.md').read_text()
-    assert '| 2 |' in (exported/'vae'/'README.md').read_text()   # steps from params.yaml
+        assert read_card(ck, name).markdown() == card, name   # card.json beside the weights renders the README
+    assert '| psnr | 28.25 |' in (exported/'vae'/'README.md').read_text()
+    assert '| smoke | 2 | cpu (test) | 1 |' in (exported/'vae'/'README.md').read_text()   # steps and minutes of card.json
+
+
+def test_shipped_checkpoints_cards_render_their_readme():
+    "The committed checkpoints: each card.json renders exactly the README.md beside it."
+    for name in SHIPPED:
+        ck = ROOT/'checkpoints'/name
+        assert read_card(ck, name).markdown() == (ck/'README.md').read_text(), name
 
 
 def test_classifier_from_fp16_weights_is_float32(exported):
@@ -125,7 +133,7 @@ def test_training_leftovers_are_skipped(trained, tmp_path):
         (src/f).parent.mkdir(parents=True, exist_ok=True); (src/f).write_bytes(b'x')
     out = export_checkpoint(src, tmp_path/'out', ModelCard('detector'))
     assert sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.is_file()) == \
-        ['README.md', 'detector.json', 'unet/config.json', 'unet/diffusion_pytorch_model.safetensors']
+        ['README.md', 'card.json', 'detector.json', 'unet/config.json', 'unet/diffusion_pytorch_model.safetensors']
 
 
 def test_budget_check_fails_over_the_limit(trained, exported, tmp_path):
@@ -134,7 +142,7 @@ def test_budget_check_fails_over_the_limit(trained, exported, tmp_path):
     with pytest.raises(CheckpointError, match=r'over the 0.01 MB budget \(largest: '):
         check_budget(exported, limit_mb=0.01)
     with pytest.raises(CheckpointError, match='over the'):
-        export_all(trained/'models', tmp_path/'ck', results=trained/'results', data_json=trained/'download.json', limit_mb=0.01)
+        export_all(trained/'models', tmp_path/'ck', limit_mb=0.01)
 
 
 def test_export_command(trained, tmp_path):
