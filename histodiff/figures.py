@@ -84,7 +84,8 @@ def plot_restoration_grid(book:FigureBook, examples:int=4, # rows of the grid
             if i == 0:
                 ax.set_title(cols[j], fontsize=8)
     fig.suptitle(f'Artifact restoration ({profile} profile)', y=1.0)
-    book.save(fig, 'restoration_grid', 'Restoration: each method on the same synthesized artifacts; pixels outside the mask are kept.')
+    book.save(fig, 'restoration_grid',
+              'Restoration: each method on the same synthesized artifacts; pixels outside the mask are kept.')
 
 def plot_restoration_by_kind(book:FigureBook):
     "One large artifact of each kind, every panel at full resolution (`restoration_by_kind.png`)."
@@ -101,7 +102,8 @@ def plot_restoration_by_kind(book:FigureBook):
         ax.text(0.5, 0.5, 'no large artifact in the test set', ha='center')
         book.save(fig, 'restoration_by_kind', 'No fold, bubble, stain patch or blur in the evaluated test tiles.')
         return
-    fig, axs = plt.subplots(len(ex['kinds']), len(cols), figsize=(len(cols) * w / 100, len(ex['kinds']) * (h + 24) / 100 + 0.3),
+    fig, axs = plt.subplots(len(ex['kinds']), len(cols),
+                            figsize=(len(cols) * w / 100, len(ex['kinds']) * (h + 24) / 100 + 0.3),
                             squeeze=False, dpi=100)
     for i, kind in enumerate(ex['kinds']):
         row = [ex['artifact'][i]] + [ex[f'out{j}'][i] for j in range(len(names))] + [ex['clean'][i]]
@@ -112,12 +114,15 @@ def plot_restoration_by_kind(book:FigureBook):
             ax.set_title(f'{kind}: {cols[j]}' if j == 0 else cols[j], fontsize=8)
             if j == 0:
                 ax.contour(ex['mask'][i], levels=[0.5], colors='yellow', linewidths=0.6)
-    fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.3 / fig.get_figheight(), wspace=0.02, hspace=24 / (h + 24) * 1.2)
-    book.save(fig, 'restoration_by_kind', 'Large artifacts (fold, bubble, stain patch, blur), each at full resolution: damaged '
-              '(artifact outlined), ' + ', '.join(names) + ', clean.', dpi=100, bbox_inches=None)   # 1 image pixel = 1 figure pixel
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.3 / fig.get_figheight(), wspace=0.02,
+                        hspace=24 / (h + 24) * 1.2)
+    book.save(fig, 'restoration_by_kind',
+              'Large artifacts (fold, bubble, stain patch, blur), each at full resolution: damaged '
+              '(artifact outlined), ' + ', '.join(names) + ', clean.',
+              dpi=100, bbox_inches=None)   # 1 image pixel = 1 figure pixel
 
 def plot_restoration_metrics(book:FigureBook):
-    "Metric bars with 95 % intervals (`restoration_metrics.png`) and seconds per tile on a log scale (`seconds_per_tile.png`)."
+    "Metric bars with 95 % intervals (`restoration_metrics.png`), seconds per tile, log scale (`seconds_per_tile.png`)."
     res, profile = book.results_dir, book.profile
     if not book.need(res/'restoration'/'table.csv'):
         return
@@ -126,13 +131,15 @@ def plot_restoration_metrics(book:FigureBook):
     fig, axs = plt.subplots(1, len(mets), figsize=(4.2 * len(mets), 3.6), sharey=True)
     pal = dict(zip(t.method, sns.color_palette('tab10', len(t))))
     for ax, m in zip(np.atleast_1d(axs), mets):
-        ax.barh(t.method, t[m], xerr=[t[m] - t[f'{m}_lo'], t[f'{m}_hi'] - t[m]], color=[pal[x] for x in t.method], capsize=3)
+        ax.barh(t.method, t[m], xerr=[t[m] - t[f'{m}_lo'], t[f'{m}_hi'] - t[m]], color=[pal[x] for x in t.method],
+                capsize=3)
         ax.set_title(m)
         ax.invert_yaxis()
     fig.suptitle(f'Restoration metrics, mean and bootstrap 95 % CI ({profile})', y=1.02)
     book.save(fig, 'restoration_metrics', 'Restoration metrics per method (mean, bootstrap 95 % CI over test tiles).')
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(t) + 1))
-    ax.barh(t.method, t.seconds, xerr=[t.seconds - t.seconds_lo, t.seconds_hi - t.seconds], color=[pal[x] for x in t.method], capsize=3)
+    ax.barh(t.method, t.seconds, xerr=[t.seconds - t.seconds_lo, t.seconds_hi - t.seconds],
+            color=[pal[x] for x in t.method], capsize=3)
     ax.set_xscale('log')
     ax.set_xlabel('seconds per tile (log scale)')
     ax.invert_yaxis()
@@ -171,7 +178,7 @@ def plot_staining_metrics(book:FigureBook):
     if not book.need(res/'staining'/'table.csv'):
         return
     t = pd.read_csv(res/'staining'/'table.csv')
-    mets = [m for m in ('psnr', 'ssim', 'accuracy', 'sfs', 'accuracy_4class', 'sfs_4class') if m in t]   # binary HER2 first
+    mets = [m for m in ('psnr', 'ssim', 'accuracy', 'sfs', 'accuracy_4class', 'sfs_4class') if m in t]  # binary first
     fig, axs = plt.subplots(1, len(mets), figsize=(4 * len(mets), 0.45 * len(t) + 1.5), sharey=True)
     for ax, m in zip(axs, mets):
         ax.barh(t.method, t[m], xerr=t[f'{m}_sd'], color=sns.color_palette('tab10', len(t)), capsize=3)
@@ -191,7 +198,8 @@ def plot_sfs_ci(book:FigureBook):
     fig, axs = plt.subplots(1, 2, figsize=(2 * (0.6 * ci.method.nunique() + 2), 4.2), sharey=True)
     for ax, (m, name) in zip(axs, [('acc_gen', 'accuracy on virtual IHC'), ('sfs', 'SFS')]):
         plot_her2_table(ci, [m], by='method', ax=ax, title=f'{name}, 95 % CI ({profile})')
-        ax.set_xticklabels([l.get_text().rsplit(' / ', 1)[0] for l in ax.get_xticklabels()], rotation=35, ha='right', fontsize=8)
+        ax.set_xticklabels([l.get_text().rsplit(' / ', 1)[0] for l in ax.get_xticklabels()], rotation=35, ha='right',
+                           fontsize=8)
     book.save(fig, 'sfs_ci', 'Binary HER2 accuracy and SFS (headline) beside four-class, bootstrap 95 % CI.')
 
 def plot_robustness(book:FigureBook):
@@ -205,9 +213,11 @@ def plot_robustness(book:FigureBook):
     long = r.melt(id_vars=['perturbation', 'level'], value_vars=[c for c in drops if c in r],
                   var_name='metric', value_name='drop (%)')
     long['metric'] = long.metric.str.replace('_drop_pct', '')
-    g = sns.catplot(long, x='level', y='drop (%)', hue='metric', col='perturbation', kind='point', sharex=False, height=3.3)
+    g = sns.catplot(long, x='level', y='drop (%)', hue='metric', col='perturbation', kind='point', sharex=False,
+                    height=3.3)
     g.figure.suptitle(f'Metric drop under spatial misalignment ({profile})', y=1.04)
-    book.save(g.figure, 'robustness', 'Drop of SSIM, accuracy and SFS when the real IHC is translated, rotated or deformed.')
+    book.save(g.figure, 'robustness',
+              'Drop of SSIM, accuracy and SFS when the real IHC is translated, rotated or deformed.')
 
 def plot_classifier_bias(book:FigureBook):
     "Accuracy on real IHC, accuracy and SFS on virtual IHC of each classifier (`classifier_bias.png`)."
@@ -221,7 +231,8 @@ def plot_classifier_bias(book:FigureBook):
     sns.barplot(long, x='classifier', y='value', hue='metric', ax=ax)
     ax.set_ylim(0, 1.05)
     ax.set_title(f'Classifier bias: accuracy vs SFS ({profile})')
-    book.save(fig, 'classifier_bias', 'Under-, properly and over-fit classifiers: accuracy on real IHC, accuracy and SFS on virtual IHC.')
+    book.save(fig, 'classifier_bias',
+              'Under-, properly and over-fit classifiers: accuracy on real IHC, accuracy and SFS on virtual IHC.')
 
 # %% ../nbs/17_figures.ipynb #080c2adc
 def plot_training_curves(book:FigureBook):
@@ -245,13 +256,14 @@ def plot_training_curves(book:FigureBook):
     book.save(fig, 'training_curves', 'Training loss of every model of the pipeline (dvclive logs, smoothed).')
 
 def slide_summary(book:FigureBook)->list[str]:
-    "The demo slide's numbers from `metrics/detect.json` as Markdown lines; its figure joins the page ([] when missing)."
+    "The demo slide's numbers from `metrics/detect.json` as Markdown lines, its figure joins the page ([] if missing)."
     res = book.results_dir
     if not book.need(res/'metrics'/'detect.json', book.figures_dir/'slide_restoration.png'):
         return []
     d = json.loads((res/'metrics'/'detect.json').read_text())
     s = d['slide']
-    book.made['slide_restoration'] = (f"The demo slide: clean, with synthesized artifacts, detected mask (true in red), restored by "
+    book.made['slide_restoration'] = ("The demo slide: clean, with synthesized artifacts, detected mask (true in red), "
+                                      f"restored by "
                                       f"{d['restorer']}; bottom, a full-resolution zoom.")
     rows = [('detector Dice on held-out slide tiles (synthesized artifacts)', f"{d['all']['dice']:.3f}"),
             ('clean held-out tiles with any pixel flagged', f"{d['false_alarm']:.0%}"),
@@ -260,15 +272,18 @@ def slide_summary(book:FigureBook)->list[str]:
                                                        f"({s['detected_coverage'] / s['true_coverage']:.2f} x)"),
             ('PSNR over tissue: damaged', f"{s['psnr_damaged']:.2f} dB"),
             ('PSNR over tissue: restored from the detected mask', f"{s['psnr_restored']:.2f} dB"),
-            ('PSNR over tissue: restored from the true mask (a perfect detector)', f"{s['psnr_restored_true_mask']:.2f} dB"),
+            ('PSNR over tissue: restored from the true mask (a perfect detector)',
+             f"{s['psnr_restored_true_mask']:.2f} dB"),
             ('tiles restored', f"{s['restored_tiles']} of {s['tiles']}")]
     return ['## The demo slide', '', '| | value |', '|---|---|'] + [f'| {a} | {b} |' for a, b in rows]
 
 RESULT_TABLES = [('Restoration', 'restoration/table.md'), ('Restoration per test set', 'restoration/by_set.md'),
                  ('Restoration by artifact kind', 'restoration/by_kind.md'),
                  ('Downstream classification', 'restoration/downstream.md'), ('Virtual staining', 'staining/table.md'),
-                 ('Accuracy and SFS with bootstrap CI', 'staining/sfs_ci.md'), ('The sum_scale study', 'staining/sum_scale.md'),
-                 ('The released LatentArtiFusion UNet', 'released/table.md'), ('SFS robustness', 'staining/robustness.md'),
+                 ('Accuracy and SFS with bootstrap CI', 'staining/sfs_ci.md'),
+                 ('The sum_scale study', 'staining/sum_scale.md'),
+                 ('The released LatentArtiFusion UNet', 'released/table.md'),
+                 ('SFS robustness', 'staining/robustness.md'),
                  ('Classifier bias', 'staining/classifier_bias.md')] # under the results folder, in the page's order
 BENCHMARK_TABLES = [('Speed of the regional pipelines', 'benchmarks/regional_speed.md'),
                     ('Slide restoration cost', 'benchmarks/slide_cost.md')] # under the working folder
@@ -276,7 +291,7 @@ BENCHMARK_TABLES = [('Speed of the regional pipelines', 'benchmarks/regional_spe
 def write_results_page(book:FigureBook,
                        slide_table:list[str]=(), # from `slide_summary`
                       )->Path:
-    "Write `results/README.md`: every figure drawn with its caption, every table found, the slide's numbers, what is missing."
+    "Write `results/README.md`: every figure with its caption, every table found, the slide's numbers, what is missing."
     res = book.results_dir
     tables = [(t, res/p) for t, p in RESULT_TABLES] + [(t, Path(p)) for t, p in BENCHMARK_TABLES]
     page = [f'# Results of the last run (profile `{book.profile}`)', '',

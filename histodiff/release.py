@@ -271,7 +271,7 @@ def released_unet_folder(model_dir:str|Path='models/released', # the converted m
                          sha256:str|None=None, # expected sha256 of the downloaded zip, checked if given
                          quiet:bool=False, # no download progress bars
                         )->Path:
-    "The `released` stage's model folder: the fetched, converted UNet, or without a source a note (DVC's output exists in every profile)."
+    "The `released` stage's model folder: the fetched, converted UNet, or without a source a note (for DVC's output)."
     if source:
         fetch_released_unet(model_dir, source, sha256=sha256, quiet=quiet)
     else:

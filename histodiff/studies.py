@@ -268,7 +268,7 @@ class RestorationEvaluation(StageSettings):
     synth_dir:str='data/synth' # the synthesize stage's output: one folder per test set
     synth_sets:list=field(default_factory=lambda: ['test']) # the test sets
     models_dir:str='models' # the trained models: vae, ldm, pixel
-    restorers:list=field(default_factory=lambda: ['none']) # the rows of the table: restorer names or {'name': ..., <setting>: value}
+    restorers:list=field(default_factory=lambda: ['none']) # the rows: restorer names or {'name': ..., <setting>: value}
     tissue_classifier:str='' # the downstream classifier ('' : no downstream study)
     tissue_labels:str='source' # column of the test set holding the downstream class
     num_inference_steps:int=20 # sampling steps of the regional pipelines
@@ -317,7 +317,7 @@ def restoration_tiles(parts:dict, # set name -> dataset, from `load_test_sets`
 
 # %% ../nbs/09_studies.ipynb #59a8f048
 def restoration_methods(cfg:RestorationEvaluation)->dict:
-    "Label -> restorer of `histodiff.restorers`, one per entry of `cfg.restorers`, in order, with one `RestorerSettings`."
+    "Label -> restorer of `histodiff.restorers`, one per entry of `cfg.restorers`, in order, one `RestorerSettings`."
     from histodiff.restorers import RestorerSettings, restorer_from_spec
     settings = RestorerSettings(models_dir=cfg.models_dir, scheduler=cfg.scheduler, steps=cfg.num_inference_steps,
                                 seed=cfg.seed, progress=cfg.progress)
@@ -326,7 +326,7 @@ def restoration_methods(cfg:RestorationEvaluation)->dict:
 def score_restorers(cfg:RestorationEvaluation, tiles:RestorationTiles,
                     methods:Mapping[str, Callable], # label -> restore(image, mask) -> image
                    )->tuple[pd.DataFrame, dict, pd.DataFrame]:
-    "Run `restoration_study`: the per-tile rows (written to `per_tile.csv`), the restored tiles, the summary per method."
+    "Run `restoration_study`: the per-tile rows (in `per_tile.csv`), the restored tiles, the summary per method."
     per_tile, outputs = restoration_study(methods, tiles.artifact, tiles.mask, tiles.clean, tiles.kinds,
                                           progress=cfg.progress, keep_outputs=True)
     per_tile['set'] = tiles.set_of[per_tile['index'].to_numpy()]
@@ -387,12 +387,14 @@ def restoration_downstream(cfg:RestorationEvaluation, tiles:RestorationTiles,
     name_to_id = {v: int(k) for k, v in names.items()}
     keep = np.array([l in name_to_id for l in ds[cfg.tissue_labels]])
     if not keep.any():
-        print(f'downstream study skipped: no test tile has a {cfg.tissue_labels} the classifier knows ({sorted(names.values())})')
+        print(f'downstream study skipped: no test tile has a {cfg.tissue_labels} the classifier knows '
+              f'({sorted(names.values())})')
         return None
     labels = np.array([name_to_id[l] for l in np.asarray(ds[cfg.tissue_labels])[keep]])
     conditions = {'clean': tiles.clean[keep], 'artifact': tiles.artifact[keep],
                   **{f'restored w/ {k}': v[keep] for k, v in outputs.items()}}
-    downstream = downstream_study({'tissue classifier': lambda x: predict(clf, x)}, conditions, labels, n_boot=cfg.n_boot)
+    downstream = downstream_study({'tissue classifier': lambda x: predict(clf, x)}, conditions, labels,
+                                  n_boot=cfg.n_boot)
     write_table(downstream, Path(cfg.out_dir)/'downstream', 'Downstream classification (LatentArtiFusion Table 3)',
                 cfg.profile, f"{keep.sum()} test tiles; classifier {cfg.tissue_classifier}")
     print((Path(cfg.out_dir)/'downstream.md').read_text())
@@ -421,7 +423,7 @@ class StainingEvaluation(StageSettings):
     bci_root:str='data/raw/BCI' # the extracted BCI archive
     image_size:int=0 # resize BCI tiles to this side (0: keep)
     stardiff_dir:str='models/stardiff' # one folder per trained variant
-    variants:list=field(default_factory=lambda: ['both', 'residual', 'noise', 'latent']) # Star-Diff variants (missing: skipped)
+    variants:list=field(default_factory=lambda: ['both', 'residual', 'noise', 'latent']) # the Star-Diff variants
     baselines_path:str='models/stardiff/baselines.json' # fitted Reinhard / Macenko parameters
     classifier_dir:str='models/classifier' # sfs, sfs_underfit, sfs_overfit
     num_inference_steps:int=10 # Star-Diff sampling steps
@@ -452,7 +454,7 @@ def _resize(tiles, size):
     return np.stack([cv2.resize(t, (size, size), interpolation=cv2.INTER_AREA) for t in tiles])
 
 def staining_pairs(cfg:StainingEvaluation)->StainingPairs:
-    "The test pairs of `cfg.staining_data` ('demo' or 'bci'), at most `cfg.max_tiles`, evenly spaced; prints their classes."
+    "The test pairs of `cfg.staining_data` ('demo' or 'bci'), at most `cfg.max_tiles` evenly spaced."
     from histodiff.core import read_image
     if cfg.staining_data == 'bci':
         from histodiff.sources import load_bci
@@ -483,12 +485,13 @@ def staining_classifier(path:str|Path, # a saved `histodiff.sfs.ImageClassifier`
 
 # %% ../nbs/09_studies.ipynb #283d5631
 def staining_stainers(cfg:StainingEvaluation)->tuple[dict, list, dict]:
-    "The stainers `stain(he, seed)` (Star-Diff variants, the sum_scale study's models, baselines), the missing variants, sum_scale -> name."
+    "The stainers `stain(he, seed)` (Star-Diff, sum_scale models, baselines), missing variants, sum_scale -> name."
     from histodiff import stardiff
     def star_diff(path):
         "stain(x, seed) with the Star-Diff pipeline saved in `path`."
         pipe = stardiff.StarDiffPipeline.from_pretrained(path).to(cfg.device)
-        return lambda x, s: pipe.stain(x, num_inference_steps=cfg.num_inference_steps, generator=s, progress=cfg.progress)
+        steps = cfg.num_inference_steps
+        return lambda x, s: pipe.stain(x, num_inference_steps=steps, generator=s, progress=cfg.progress)
     stainers, skipped = {}, []
     for v in cfg.variants:
         if (Path(cfg.stardiff_dir)/v).exists():
@@ -513,14 +516,15 @@ def score_stainers(cfg:StainingEvaluation, pairs:StainingPairs,
                    stainers:Mapping[str, Callable], # name -> stain(he, seed)
                    classify:Callable, # the SFS classifier: predict(images) -> classes 0..3
                   )->tuple[pd.DataFrame, dict, pd.DataFrame]:
-    "Run `staining_study`: the rows per seed (written to `per_seed.csv`), the first seed's outputs, mean and SD per method."
+    "Run `staining_study`: the rows per seed (in `per_seed.csv`), the first seed's outputs, mean and SD per method."
     per_seed, outputs = staining_study(stainers, pairs.he, pairs.ihc, pairs.labels, classify, 4, list(cfg.seeds),
                                        progress=cfg.progress, keep_outputs=True)
     per_seed.to_csv(Path(cfg.out_dir)/'per_seed.csv', index=False)
     return per_seed, outputs, mean_sd(per_seed)
 
 def _staining_note(cfg:StainingEvaluation)->str:
-    return ("Mean and standard deviation over sampling seeds " + ", ".join(map(str, cfg.seeds)) + ". PSNR with a peak of 255. "
+    return ("Mean and standard deviation over sampling seeds " + ", ".join(map(str, cfg.seeds))
+            + ". PSNR with a peak of 255. "
             "Star-Diff's paper reports on BCI: PSNR 21.30, SSIM 0.53, accuracy 0.68, SFS 0.74. " + HER2_NOTE)
 
 def write_staining_tables(cfg:StainingEvaluation, pairs:StainingPairs,
@@ -529,7 +533,8 @@ def write_staining_tables(cfg:StainingEvaluation, pairs:StainingPairs,
                          )->Path:
     "Write Star-Diff's Table 1 and the example tiles of the `figures` stage; return the table's Markdown."
     out = Path(cfg.out_dir)
-    write_table(table, out/'table', 'Virtual staining (Star-Diff Table 1)', cfg.profile, pairs.data_note, _staining_note(cfg))
+    write_table(table, out/'table', 'Virtual staining (Star-Diff Table 1)', cfg.profile, pairs.data_note,
+                _staining_note(cfg))
     np.savez_compressed(out/'examples.npz', he=pairs.he[:6], ihc=pairs.ihc[:6], labels=pairs.labels[:6],
                         methods=np.array(list(outputs)), **{f'out{i}': o[:6] for i, o in enumerate(outputs.values())})
     return out/'table.md'
@@ -544,8 +549,9 @@ def sum_scale_study(cfg:StainingEvaluation, pairs:StainingPairs,
          .sort_values('sum_scale').reset_index(drop=True))
     t = t[['sum_scale'] + [c for c in table.columns if c != 'sum_scale']]
     if len(t):
-        write_table(t, Path(cfg.out_dir)/'sum_scale', 'The sum_scale study: Star-Diff (both) at each bbar_T^2', cfg.profile,
-                    pairs.data_note, f'The profile default is sum_scale = {cfg.sum_scale}. ' + _staining_note(cfg))
+        write_table(t, Path(cfg.out_dir)/'sum_scale', 'The sum_scale study: Star-Diff (both) at each bbar_T^2',
+                    cfg.profile, pairs.data_note,
+                    f'The profile default is sum_scale = {cfg.sum_scale}. ' + _staining_note(cfg))
     return t
 
 # %% ../nbs/09_studies.ipynb #76279450
@@ -556,7 +562,8 @@ def staining_robustness(cfg:StainingEvaluation, pairs:StainingPairs,
     robust = robustness_study(pairs.ihc, pairs.labels, classify)
     write_table(robust, Path(cfg.out_dir)/'robustness', 'Metric drop under spatial perturbation (Star-Diff Table 2)',
                 cfg.profile, pairs.data_note,
-                'Real IHC against perturbed copies of itself; the unperturbed PSNR is infinite, so PSNR has no drop. ' + HER2_NOTE)
+                'Real IHC against perturbed copies of itself; the unperturbed PSNR is infinite, so PSNR has no drop. '
+                + HER2_NOTE)
     return robust
 
 def staining_classifier_bias(cfg:StainingEvaluation, pairs:StainingPairs,
@@ -568,15 +575,15 @@ def staining_classifier_bias(cfg:StainingEvaluation, pairs:StainingPairs,
     clfs = {k: staining_classifier(Path(cfg.classifier_dir)/d, cfg.device)
             for k, d in folders if (Path(cfg.classifier_dir)/d).exists()}
     bias = classifier_bias_study(clfs, pairs.ihc, outputs[gen_name], pairs.labels)
-    write_table(bias, Path(cfg.out_dir)/'classifier_bias', f'Classifier bias: accuracy and SFS of {gen_name}', cfg.profile,
-                pairs.data_note, HER2_NOTE)
+    write_table(bias, Path(cfg.out_dir)/'classifier_bias', f'Classifier bias: accuracy and SFS of {gen_name}',
+                cfg.profile, pairs.data_note, HER2_NOTE)
     return bias
 
 def sfs_intervals(cfg:StainingEvaluation, pairs:StainingPairs,
                   outputs:dict, # method -> virtual IHC of the first seed
                   classify:Callable, # the SFS classifier
                  )->pd.DataFrame:
-    "Accuracy and SFS with bootstrap 95 % intervals per method (long rows in `sfs_ci_long.csv`), the wide table written."
+    "Accuracy and SFS with bootstrap 95 % intervals per method (long rows in `sfs_ci_long.csv`), written wide."
     from histodiff.sfs import sfs_table, her2_wide
     out = Path(cfg.out_dir)
     pred_real = classify(pairs.ihc)
@@ -584,7 +591,8 @@ def sfs_intervals(cfg:StainingEvaluation, pairs:StainingPairs,
                     for k, o in outputs.items()], ignore_index=True)
     ci.to_csv(out/'sfs_ci_long.csv', index=False)
     ci_wide = her2_wide(ci, 'method')
-    write_table(ci_wide, out/'sfs_ci', 'Accuracy and SFS, bootstrap 95 % CI: binary HER2 headline, four-class beside it',
+    write_table(ci_wide, out/'sfs_ci',
+                'Accuracy and SFS, bootstrap 95 % CI: binary HER2 headline, four-class beside it',
                 cfg.profile, pairs.data_note, f'Sampling seed {list(cfg.seeds)[0]}. ' + HER2_NOTE)
     return ci_wide
 
@@ -624,7 +632,7 @@ class ReleasedEvaluation(StageSettings):
     device:str='cpu' # where the UNet runs (the stage sets it from `start_study`)
 
 def released_methods(cfg:ReleasedEvaluation)->dict:
-    "Name -> restore(image, mask): the released UNet, corrected and as the released code, then the baselines (none without a source)."
+    "Name -> restore(image, mask): the released UNet, corrected and as released, the baselines ({} without a source)."
     from histodiff.artifacts import BASELINES
     from histodiff.regional import load_regional_pipeline
     methods = {}
@@ -634,7 +642,8 @@ def released_methods(cfg:ReleasedEvaluation)->dict:
                                   scheduler=cfg.scheduler).to(cfg.device)
     kw = dict(num_inference_steps=cfg.num_inference_steps, generator=cfg.seed, progress=cfg.progress)
     methods['released UNet, corrected regional'] = lambda im, m: pipe.restore(im, m, **kw)
-    methods['released UNet, released-code variant'] = lambda im, m: pipe.restore(im, m, keep='clean', start='encoded', **kw)
+    methods['released UNet, released-code variant'] = lambda im, m: pipe.restore(im, m, keep='clean', start='encoded',
+                                                                                  **kw)
     methods.update(BASELINES)
     return methods
 
@@ -663,17 +672,20 @@ def released_table(cfg:ReleasedEvaluation,
     out = Path(cfg.out_dir)
     paper = pd.DataFrame([dict(set='histology', method='paper: LatentArtiFusion (reported, PSNR converted)', n=np.nan,
                                psnr=float(psnr_from_4095_peak(46.92)), fsim=0.8913, seconds=0.834)])
-    peak_note = (f"PSNR with a peak of 255 (true 8-bit PSNR); the paper's 4095-peak PSNR minus {PSNR_4095_OFFSET:.1f} dB "
+    peak_note = ("PSNR with a peak of 255 (true 8-bit PSNR); the paper's 4095-peak PSNR minus "
+                 f"{PSNR_4095_OFFSET:.1f} dB "
                  "is shown in its row. Seconds per tile on the machine that ran the stage.")
     if not len(per_tile):
         (out/'table.md').write_text("# The released LatentArtiFusion UNet\n\n"
                                     "Skipped: set `released.unet_source` (`make repro PROFILE=released`).\n")
         return {'profile': cfg.profile, 'skipped': True}
-    table = summarize(per_tile, ['set', 'method'], metrics=['psnr', 'psnr_artifact', 'ssim', 'fsim', 'seconds'], n_boot=cfg.n_boot)
+    table = summarize(per_tile, ['set', 'method'], metrics=['psnr', 'psnr_artifact', 'ssim', 'fsim', 'seconds'],
+                      n_boot=cfg.n_boot)
     table = pd.concat([table, paper], ignore_index=True)
     data_note = (f"{per_tile['index'].nunique()} synthesized test tiles per method ({', '.join(parts)}); "
                  f"{cfg.scheduler} {cfg.num_inference_steps} steps")
-    write_table(table, out/'table', "The released LatentArtiFusion UNet (the paper's Table 1)", cfg.profile, data_note, peak_note)
+    write_table(table, out/'table', "The released LatentArtiFusion UNet (the paper's Table 1)", cfg.profile, data_note,
+                peak_note)
     print((out/'table.md').read_text())
     keys = ('psnr', 'ssim', 'fsim', 'seconds')
     return {'profile': cfg.profile, 'skipped': False,
