@@ -19,7 +19,7 @@ from .sources import GDRIVE_RELEASES, _hidden, download_gdrive
 
 # %% auto #0
 __all__ = ['RELEASED_CHANNELS', 'WEIGHT_SUFFIXES', 'write_released_unet', 'make_release_mirrors', 'load_weights', 'find_unet',
-           'unet_weights', 'convert_checkpoint', 'fetch_released_unet']
+           'unet_weights', 'convert_checkpoint', 'fetch_released_unet', 'released_unet_folder']
 
 # %% ../nbs/14_release.ipynb #805eb364
 RELEASED_CHANNELS = (128, 128, 256, 256, 512, 512) # SPEC 2: LatentArtiFusion's released UNet
@@ -264,3 +264,18 @@ def fetch_released_unet(out_dir:str|Path='models/released', # the converted mode
     try: return convert_checkpoint(src, out_dir)
     finally:
         if download_dir is None: shutil.rmtree(src, ignore_errors=True)
+
+# %% ../nbs/14_release.ipynb #04ff6309
+def released_unet_folder(model_dir:str|Path='models/released', # the converted model folder
+                         source:str='', # as `fetch_released_unet`'s; '' : no UNet, a folder holding only a note
+                         sha256:str|None=None, # expected sha256 of the downloaded zip, checked if given
+                         quiet:bool=False, # no download progress bars
+                        )->Path:
+    "The `released` stage's model folder: the fetched, converted UNet, or without a source a note (for DVC's output)."
+    if source:
+        fetch_released_unet(model_dir, source, sha256=sha256, quiet=quiet)
+    else:
+        with atomic_dir(model_dir) as d:
+            (d/'README.md').write_text("Not fetched: the stage `released` ran with an empty `released.unet_source` "
+                                       "(only `make repro PROFILE=released` sets it).\n")
+    return Path(model_dir)
