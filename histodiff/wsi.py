@@ -14,14 +14,14 @@ import numpy as np
 import tifffile
 from .core import (ImageError, EmptyMaskWarning, as_rgb_uint8, as_mask, read_image, read_mask, atomic_path,
                             stale_temporaries, tile_coords, blend_weight)
+from .modelfolder import file_digest, model_digest
 
 # %% auto #0
 __all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'SlideSource', 'fit_mask', 'as_batch_restorer', 'blend_tile', 'half_level',
-           'pyramid_levels', 'write_pyramid', 'check_compression', 'SlideSettings', 'file_digest', 'model_digest',
-           'restorer_identity', 'SlideBusyError', 'output_lock', 'sigterm_as_interrupt', 'WorkFolder',
-           'ResumeMismatchError', 'check_resume', 'prefetched', 'keep_context_frame', 'SlidePlan', 'tissue_region',
-           'detect_slide', 'run_settings', 'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide',
-           'slide_jobs']
+           'pyramid_levels', 'write_pyramid', 'check_compression', 'SlideSettings', 'restorer_identity',
+           'SlideBusyError', 'output_lock', 'sigterm_as_interrupt', 'WorkFolder', 'ResumeMismatchError', 'check_resume',
+           'prefetched', 'keep_context_frame', 'SlidePlan', 'tissue_region', 'detect_slide', 'run_settings',
+           'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide', 'slide_jobs']
 
 # %% ../nbs/11_wsi.ipynb #64e1b7de
 SLIDE_SUFFIXES = {'.svs', '.ndpi', '.mrxs', '.vms', '.vmu', '.scn', '.bif', '.svslide', '.tif', '.tiff'}
@@ -259,28 +259,6 @@ class SlideSettings:
                     compression=self.compression)
 
 # %% ../nbs/11_wsi.ipynb #f73e651d
-def file_digest(path:str|Path, # a file (a slide, weights)
-                quick:bool=False, # only the size and the first and last MiB (for multi-GB slides)
-               )->str:
-    "sha256 (hex, 16 digits) of a file's bytes, or of its size, head and tail when `quick`."
-    from histodiff.core import sha256sum
-    path = Path(path); size = path.stat().st_size
-    if not (quick and size > 2 * 2**20): return sha256sum(path)[:16]
-    h = hashlib.sha256(str(size).encode())
-    with open(path, 'rb') as f: h.update(f.read(2**20)); f.seek(-2**20, 2); h.update(f.read())
-    return h.hexdigest()[:16]
-
-def model_digest(source, # a model folder, a file, or a hub id / name (recorded as given)
-                )->str:
-    "What identifies a model for resume: the sha256 of every file in a local folder (names and bytes), else the name."
-    p = Path(str(source))
-    if p.is_file(): return file_digest(p)
-    if not p.is_dir(): return str(source)
-    h = hashlib.sha256()
-    for f in sorted(q for q in p.rglob('*') if q.is_file() and not any(s.startswith('.') for s in q.relative_to(p).parts)):
-        h.update(f.relative_to(p).as_posix().encode()); h.update(file_digest(f).encode())
-    return h.hexdigest()[:16]
-
 def restorer_identity(restorer, # what `restore_slide` is given
                      )->dict:
     "`restorer.identity` when it has one (the CLI's restorers record method, models, sampler, steps, seed), else its name."
