@@ -63,7 +63,8 @@ def model_digest(source, # a model folder, a file, or a hub id / name (recorded 
     if p.is_file(): return file_digest(p)
     if not p.is_dir(): return str(source)
     h = hashlib.sha256()
-    for f in sorted(q for q in p.rglob('*') if q.is_file() and not any(s.startswith('.') for s in q.relative_to(p).parts)):
+    files = (q for q in p.rglob('*') if q.is_file() and not any(s.startswith('.') for s in q.relative_to(p).parts))
+    for f in sorted(files):
         h.update(f.relative_to(p).as_posix().encode()); h.update(file_digest(f).encode())
     return h.hexdigest()[:16]
 
