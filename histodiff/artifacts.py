@@ -19,7 +19,8 @@ from .core import as_rgb_uint8, check_mask, atomic_path, warn_empty_mask
 __all__ = ['MASK_TOL', 'INK_COLOURS', 'ARTIFACT_KINDS', 'ARTIFACTS', 'BASELINES', 'ArtifactError', 'as_rng', 'finish',
            'ArtifactKind', 'sample_params', 'synthesize', 'tissue_fold', 'air_bubble', 'ink', 'pen_line', 'dust',
            'blur', 'tear', 'stain_patch', 'compose', 'make_paired_set', 'save_paired_set', 'load_paired_set',
-           'restore_telea', 'restore_navier_stokes', 'restore_biharmonic', 'restore']
+           'restore_telea', 'restore_navier_stokes', 'restore_biharmonic', 'restore', 'synthesize_sets',
+           'check_paired_set', 'show_paired_set']
 
 # %% ../nbs/02_artifacts.ipynb #6a8f8c55
 MASK_TOL = 2 # a pixel belongs to the mask when some channel moved by more than this many grey levels
@@ -510,3 +511,59 @@ def restore(image, # RGB uint8 H x W x 3
     "Restore the masked pixels of `image` with a classical baseline; pixels outside the mask are returned unchanged."
     if method not in BASELINES: raise ValueError(f"unknown baseline {method!r}; choose from {list(BASELINES)}.")
     return BASELINES[method](image, mask)
+
+# %% ../nbs/02_artifacts.ipynb #d5c2ad7b
+def _set_summary(pairs:dict, kinds:list, n:int)->dict:
+    "Tiles and mean mask fraction of a paired set, overall and per kind (a composed tile counts for each of its kinds)."
+    fr = pairs['mask'].mean((1, 2))
+    per_kind = {}
+    for k in kinds:
+        sel = [f for f, kk in zip(fr, pairs['kind']) if k in kk.split('+')]
+        per_kind[k] = dict(n=int(sum(k in kk.split('+') for kk in pairs['kind'])),
+                           mask_fraction=round(float(np.mean(sel)), 4) if sel else None)
+    return dict(n=n, mask_fraction=round(float(fr.mean()), 4), per_kind=per_kind)
+
+def synthesize_sets(sets:dict, # name -> (clean tiles N x H x W x 3, source name of each tile)
+                    kinds:list, # artifact kinds, assigned round-robin
+                    out_dir:str|Path, # each set is saved to out_dir/<name>
+                    seed:int=0, # master seed of the artifacts
+                    n_kinds:int=1, # artifacts per tile
+                    profile:str='demo', # recorded in the manifests and the summary
+                    progress:bool=True, # tqdm bars
+                   )->dict:
+    "Synthesize and save a paired set per clean set; the summary: per set and kind, tiles and mask coverage."
+    summary = dict(profile=profile, seed=seed, mask_tol=MASK_TOL, kinds=kinds, sets={})
+    for name, (t, src) in sets.items():
+        pairs = make_paired_set(t, kinds, seed=seed, n_kinds=n_kinds, progress=progress)
+        save_paired_set(Path(out_dir)/name, pairs, source=src, seed=seed, profile=profile, set=name)
+        summary['sets'][name] = _set_summary(pairs, kinds, len(t))
+    return summary
+
+def check_paired_set(path:str|Path, # a folder written by `save_paired_set`
+                    )->dict:
+    "Reload a paired set, checking that every mask is non-empty and the pixels outside it untouched; the set."
+    back = load_paired_set(path)
+    for i, (a, m, c) in enumerate(zip(back['artifact'], back['mask'], back['clean'])):
+        if not ((a[~m] == c[~m]).all() and m.any()):
+            raise ArtifactError(f"{path}: tile {i} has an empty mask or changed pixels outside it.")
+    if len(back['manifest']['tiles']) != len(back['kind']):
+        raise ArtifactError(f"{path}: manifest.json does not list every tile.")
+    return back
+
+def show_paired_set(back:dict, # a paired set (`load_paired_set`)
+                    kinds:list, # the kinds to show, in this order (the first tile of each kind present)
+                   ):
+    "A figure: artifact, mask and clean tile of one tile per kind present."
+    import matplotlib.pyplot as plt
+    shown = [next(i for i, k in enumerate(back['kind']) if k.split('+')[0] == kk) for kk in kinds
+             if any(k.split('+')[0] == kk for k in back['kind'])]
+    fig, ax = plt.subplots(len(shown), 3, figsize=(7, 2.4 * len(shown)), squeeze=False)
+    for r, i in enumerate(shown):
+        row = [(back['artifact'][i], back['kind'][i]), (back['mask'][i], f"mask {back['mask'][i].mean():.1%}"),
+               (back['clean'][i], 'clean')]
+        for j, (im, ttl) in enumerate(row):
+            ax[r, j].imshow(im, cmap='gray' if j == 1 else None)
+            ax[r, j].set_title(ttl, fontsize=9)
+            ax[r, j].axis('off')
+    fig.tight_layout()
+    return fig

@@ -19,7 +19,8 @@ from .sources import demo_source, fetch_demo_data
 __all__ = ['DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'STAINING_FIELDS', 'open_slide', 'slide_mpp', 'read_slide', 'split_columns',
            'tissue_fraction', 'grid_tiles', 'region_tiles', 'split_images', 'image_tiles', 'demo_images', 'demo_tiles',
            'hematoxylin_only', 'dab_fraction', 'dab_score', 'demo_staining_pairs', 'save_tile_dataset',
-           'load_tile_dataset', 'dataset_images']
+           'load_tile_dataset', 'dataset_images', 'save_demo_tiles', 'save_demo_staining', 'show_split_tiles',
+           'show_examples', 'save_folder_tiles', 'folder_tiles', 'clean_test_sets']
 
 # %% ../nbs/01_data.ipynb #88d212c9
 def open_slide(path:str|Path):
@@ -234,3 +235,129 @@ def dataset_images(ds, column:str='image')->np.ndarray:
     arrs = [np.asarray(im) for im in ds[column]]
     a = np.stack(arrs)
     return a > 127 if a.ndim == 3 else a
+
+# %% ../nbs/01_data.ipynb #4eaf081d
+def _cap(a, max_tiles:int): return a[:max_tiles] if max_tiles else a
+
+def save_demo_tiles(out_dir:str|Path, # writes out_dir/{train,test}, e.g. data/tiles
+                    cache_dir:str|Path, # the demo cache (data/demo)
+                    sources:Sequence[str], # demo H&E sources cut into tiles
+                    tile:int, stride:int, # tile side and step between tiles (px)
+                    test_fraction:float, # share of each image's columns kept as the test region
+                    max_tiles:int=0, # keep at most this many tiles per split (0: all)
+                   )->tuple[dict, dict, dict]:
+    "Restoration tiles of the demo sources: (split -> tiles, split -> count per source, source -> one tile)."
+    splits, counts, examples = {}, {}, {}
+    for split in ('train', 'test'):
+        parts = [demo_tiles(s, split, tile, stride, cache_dir, test_fraction) for s in sources]
+        names = [s for s, p in zip(sources, parts) for _ in range(len(p))]
+        tiles = _cap(np.concatenate(parts), max_tiles)
+        names = _cap(names, max_tiles)
+        save_tile_dataset(Path(out_dir)/split, image=tiles, source=names)
+        splits[split] = tiles
+        counts[split] = {s: names.count(s) for s in sources}
+        if split == 'train': examples = {s: p[len(p) // 2] for s, p in zip(sources, parts) if len(p)}
+    return splits, counts, examples
+
+def save_demo_staining(out_dir:str|Path, # writes out_dir/{train,test}, e.g. data/staining
+                       cache_dir:str|Path, # the demo cache (data/demo)
+                       sources:Sequence[str], # IHC fields of the demo staining task
+                       tile:int, # staining tile side (px)
+                       max_tiles:int=0, # keep at most this many pairs per split (0: all)
+                      )->dict:
+    "Staining pairs of the demo task per split; split -> field -> HER2 class -> count."
+    from histodiff.sources import HER2_CLASSES
+    staining = {}
+    for split in ('train', 'test'):
+        pairs = demo_staining_pairs(split, tile, cache_dir=cache_dir, sources=sources)
+        pairs = {k: _cap(v, max_tiles) for k, v in pairs.items()}
+        save_tile_dataset(Path(out_dir)/split, he=pairs['he'], ihc=pairs['ihc'], label=pairs['label'],
+                          source=pairs['source'].tolist())
+        per_field = {f: np.bincount(pairs['label'][pairs['source'] == f], minlength=4).tolist() for f in sources}
+        staining[split] = {f: dict(zip(HER2_CLASSES, n)) for f, n in per_field.items()}
+        print(split, len(pairs['label']), 'pairs; per field, classes:', staining[split])
+    return staining
+
+# %% ../nbs/01_data.ipynb #3e298507
+def show_split_tiles(splits:dict, # split -> tiles N x H x W x 3
+                     n:int=6, # tiles shown per split, evenly spaced
+                    ):
+    "A figure: `n` evenly spaced tiles of each split, one row per split."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(len(splits), n, figsize=(2 * n, 2.15 * len(splits)), squeeze=False)
+    for r, (split, t) in enumerate(splits.items()):
+        for j, i in enumerate(np.linspace(0, len(t) - 1, n).astype(int)):
+            ax[r, j].imshow(t[i]); ax[r, j].axis('off'); ax[r, j].set_title(f'{split} #{i}', fontsize=9)
+    plt.tight_layout()
+    return fig
+
+def show_examples(examples:dict, # name -> one tile
+                 ):
+    "A figure: one tile per name, titled by it."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, len(examples), figsize=(2.4 * len(examples), 2.7), squeeze=False)
+    for a, (s, t) in zip(ax[0], examples.items()): a.imshow(t); a.set_title(s); a.axis('off')
+    plt.tight_layout()
+    return fig
+
+# %% ../nbs/01_data.ipynb #747a70e6
+def save_folder_tiles(folder:str|Path, # tiles, in one folder per slide (or flat)
+                      out_dir:str|Path, # writes out_dir/{train,test}, e.g. data/tiles
+                      test_fraction:float, # share of the folders (flat: of the sorted names) held out
+                      max_tiles:int=0, # keep at most this many tiles per split (0: all)
+                     )->dict:
+    "Restoration tiles from a folder of tiles, split by subfolder (seeded) or, flat, by name order; split -> tiles."
+    from histodiff.core import IMAGE_SUFFIXES
+    files = sorted(p for p in Path(folder).rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+    folders = sorted({p.parent for p in files})
+    held_out = set()
+    if len(folders) > 1:
+        n_test = max(1, round(len(folders) * test_fraction))
+        held_out = set(np.random.default_rng(0).permutation(len(folders))[:n_test].tolist())
+    def is_test(i, p):
+        return folders.index(p.parent) in held_out if len(folders) > 1 else i >= round(len(files) * (1 - test_fraction))
+    splits = {}
+    for split in ('train', 'test'):
+        chosen = _cap([p for i, p in enumerate(files) if is_test(i, p) == (split == 'test')], max_tiles)
+        splits[split] = np.stack([read_image(p) for p in chosen])
+        save_tile_dataset(Path(out_dir)/split, image=splits[split], source=[p.parent.name for p in chosen])
+    print({k: v.shape for k, v in splits.items()}, 'from', len(folders), 'folder(s) of LatentArtiFusion training tiles')
+    return splits
+
+# %% ../nbs/01_data.ipynb #55274ebc
+def folder_tiles(folder:str|Path, # clean tiles or larger images (PNG, TIFF, JPEG), searched recursively
+                 tile:int, # tile side (px)
+                )->np.ndarray:
+    "Every image of `folder` (sorted), cut into non-overlapping `tile` px tiles when larger: N x tile x tile x 3."
+    from histodiff.core import extract_tiles, IMAGE_SUFFIXES
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob('**/*') if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files: raise FileNotFoundError(f"no clean image tiles (PNG/TIFF/JPEG) in {folder}; run the download stage "
+                                          "or point source_dirs at folders of clean tiles.")
+    ts = []
+    for p in files:
+        im = read_image(p)
+        if min(im.shape[:2]) < tile: raise ValueError(f"{p} is {im.shape[0]}x{im.shape[1]}, smaller than tile={tile}.")
+        ts.extend(extract_tiles(im, tile, 0)[0] if im.shape[:2] != (tile, tile) else [im])
+    return np.stack(ts)
+
+def clean_test_sets(source_dirs:dict, # test-set name -> folder of clean tiles ({}: the demo sources' test region)
+                    sources:Sequence[str], # demo sources cut into tiles when `source_dirs` is empty
+                    tile:int, stride:int, # tile side and (demo) step between tiles (px)
+                    cache_dir:str|Path, # the demo cache (data/demo)
+                    test_fraction:float, # share of each demo image's columns in the test region
+                    max_tiles:int=0, # keep at most this many tiles per set (0: all)
+                   )->dict:
+    "Clean test tiles per set: name -> (tiles N x H x W x 3, source name of each tile)."
+    sets = {}
+    if source_dirs:   # paper, released: test-set name -> folder of clean tiles
+        for name, folder in source_dirs.items():
+            if not Path(folder).is_dir():
+                raise FileNotFoundError(f"source_dirs folder {folder} does not exist; run the download stage.")
+            t = _cap(folder_tiles(folder, tile), max_tiles)
+            sets[name] = (t, [name] * len(t))
+    else:
+        parts = [demo_tiles(s, 'test', tile, stride, cache_dir, test_fraction) for s in sources]
+        names = [s for s, p in zip(sources, parts) for _ in range(len(p))]
+        sets['test'] = (_cap(np.concatenate(parts), max_tiles), _cap(names, max_tiles))
+    return sets

@@ -21,7 +21,7 @@ from .modelfolder import ModelFolderError, load_folder, read_json_settings
 # %% auto #0
 __all__ = ['DETECTOR_SETTINGS', 'saturation', 'tissue_mask', 'marking_dye', 'clean_mask', 'dice_iou', 'check_detector_settings',
            'ArtifactDetector', 'predict_proba', 'predict_mask', 'detect_image', 'SegmentationSet', 'make_detection_set',
-           'train_detector', 'evaluate_detector']
+           'train_detector', 'evaluate_detector', 'place_artifacts', 'train_or_load_detector']
 
 # %% ../nbs/10_detect.ipynb #1c3dc511
 def saturation(image:np.ndarray # RGB uint8 image
@@ -288,3 +288,65 @@ def evaluate_detector(detector:ArtifactDetector, # the model
     res['all'] = {'dice': d, 'iou': i, 'n': int(len(tiles) * len(kinds))}
     res['false_alarm'] = float(predict_mask(detector, tiles, batch_size).any((1, 2)).mean())
     return res
+
+# %% ../nbs/10_detect.ipynb #77bc6f2e
+def place_artifacts(clean:np.ndarray, # a slide level, H x W x 3 RGB uint8
+                    n_artifacts:int, # artifacts to synthesize (kinds round-robin over ARTIFACT_KINDS)
+                    size:int, # side of the window each artifact is drawn in (px)
+                    seed:int=0, # seed of the positions and the artifacts
+                   )->tuple[np.ndarray, np.ndarray, list]:
+    "Seeded artifacts at tissue positions of the test region: (damaged copy, their mask, [(kind, y, x)])."
+    from histodiff.artifacts import synthesize
+    from histodiff.data import split_columns
+    h, w = clean.shape[:2]
+    tissue = tissue_mask(clean[::8, ::8])
+    rng = np.random.default_rng(seed)
+    x0 = split_columns(w)
+    damaged, mask = clean.copy(), np.zeros((h, w), bool)
+    kinds = list(ARTIFACT_KINDS)
+    ty, tx = np.nonzero(tissue)
+    ok = (tx * 8 >= x0) & (tx * 8 <= w - size) & (ty * 8 <= h - size)
+    ty, tx = ty[ok] * 8, tx[ok] * 8
+    placed = []
+    for i in range(n_artifacts):
+        k = rng.integers(len(ty))
+        y, x = int(ty[k]), int(tx[k])
+        win, m = synthesize(damaged[y:y + size, x:x + size], kinds[i % len(kinds)], rng)
+        damaged[y:y + size, x:x + size] = win
+        mask[y:y + size, x:x + size] |= m
+        placed.append((kinds[i % len(kinds)], y, x))
+    return damaged, mask, placed
+
+# %% ../nbs/10_detect.ipynb #e0bc47d8
+def train_or_load_detector(det:dict, # the stage's detector settings: tile, channels, stride, steps, batch, lr,
+                           # threshold, init_from (nbs/pipeline/09_restore_slide.ipynb)
+                           detector_dir:str|Path, # where the detector is saved (trained) or loaded from
+                           train:bool=True, # train (or fine-tune) here; False: load `detector_dir`
+                           seed:int=0, # seed of the synthesis and the training
+                           progress:bool=True, # tqdm bars
+                          )->tuple[ArtifactDetector, dict]:
+    "The stage's detector, trained on the demo slide's training region, fine-tuned, or loaded; and what was done."
+    import time
+    from histodiff.modelfolder import load_trainable
+    t0 = time.time()
+    start = load_trainable(ArtifactDetector, det['init_from'], 'detector') if train and det['init_from'] else None   # a checkpoint
+    n_tiles = 0
+    if train and det['steps']:
+        from histodiff.data import demo_tiles
+        from histodiff.train import TrainConfig
+        tiles = demo_tiles('slide', 'train', tile=det['tile'], stride=det['stride'])
+        cfg = TrainConfig(output_dir=str(Path(detector_dir) / 'train'), max_steps=det['steps'], batch_size=det['batch'],
+                          learning_rate=det['lr'], use_ema=False, checkpoint_every=max(det['steps'] // 2, 1), seed=seed,
+                          progress=progress)
+        detector = train_detector(tiles, cfg, seed=seed, detector=start, block_out_channels=tuple(det['channels']),
+                                  layers_per_block=1, norm_num_groups=8)
+        n_tiles = len(tiles)
+    elif start is not None: detector = start.eval()   # 0 steps: the checkpoint as it is
+    else: detector = ArtifactDetector.from_pretrained(detector_dir)
+    if train and (det['steps'] or start is not None):
+        detector.save_pretrained(detector_dir)   # the one place the stage saves its detector
+    if det['threshold'] is not None: detector.settings['threshold'] = det['threshold']   # None: the detector's own
+    seconds = time.time() - t0
+    how = f"{'fine-tuned' if start is not None else 'trained'} on {n_tiles} tiles" if n_tiles else 'loaded'
+    print(f"detector ready in {seconds:.0f} s ({how})")
+    return detector, dict(how=how, steps=det['steps'] if n_tiles else 0, tiles=n_tiles, seconds=seconds)

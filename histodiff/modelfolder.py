@@ -6,13 +6,14 @@ Docs: https://histodiff.github.io/histodiff/modelfolder.html.md"""
 
 # %% ../nbs/00a_modelfolder.ipynb #64f4f2d3
 from __future__ import annotations
-import json, os, re
+import hashlib, json, os, re
 from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['ModelFolderError', 'read_json_settings', 'load_folder', 'checkpoints_root', 'shipped', 'default_model',
-           'load_float32', 'load_trainable', 'data_hashes', 'flat_numbers', 'training_device', 'write_card']
+__all__ = ['ModelFolderError', 'read_json_settings', 'file_digest', 'model_digest', 'load_folder', 'checkpoints_root', 'shipped',
+           'default_model', 'load_float32', 'load_trainable', 'data_hashes', 'flat_numbers', 'training_device',
+           'write_card']
 
 # %% ../nbs/00a_modelfolder.ipynb #e8c1abbe
 class ModelFolderError(ValueError):
@@ -44,6 +45,30 @@ def read_json_settings(file:str|Path, # a JSON file holding one object of settin
         if types is not None and not _is_a(v, types[k]): raise ModelFolderError(f"{file}: setting {k!r} must be {_type_names(types[k])}, got {v!r}.")
     if missing := [k for k in required if k not in d]: raise ModelFolderError(f"{file}: missing setting(s) {', '.join(missing)}.")
     return d
+
+# %% ../nbs/00a_modelfolder.ipynb #f90bf2be
+def file_digest(path:str|Path, # a file (a slide, weights)
+                quick:bool=False, # only the size and the first and last MiB (for multi-GB slides)
+               )->str:
+    "sha256 (hex, 16 digits) of a file's bytes, or of its size, head and tail when `quick`."
+    from histodiff.core import sha256sum
+    path = Path(path); size = path.stat().st_size
+    if not (quick and size > 2 * 2**20): return sha256sum(path)[:16]
+    h = hashlib.sha256(str(size).encode())
+    with open(path, 'rb') as f: h.update(f.read(2**20)); f.seek(-2**20, 2); h.update(f.read())
+    return h.hexdigest()[:16]
+
+def model_digest(source, # a model folder, a file, or a hub id / name (recorded as given)
+                )->str:
+    "What identifies a model for resume: the sha256 of every file in a local folder (names and bytes), else the name."
+    p = Path(str(source))
+    if p.is_file(): return file_digest(p)
+    if not p.is_dir(): return str(source)
+    h = hashlib.sha256()
+    files = (q for q in p.rglob('*') if q.is_file() and not any(s.startswith('.') for s in q.relative_to(p).parts))
+    for f in sorted(files):
+        h.update(f.relative_to(p).as_posix().encode()); h.update(file_digest(f).encode())
+    return h.hexdigest()[:16]
 
 # %% ../nbs/00a_modelfolder.ipynb #5c30ea35
 def _chain(e:BaseException)->list:

@@ -209,7 +209,7 @@ class _Regional(Restorer):
 
 # %% ../nbs/16_restorers.ipynb #a4b864fc
 def _digest(source)->str|None:
-    from histodiff.wsi import model_digest
+    from histodiff.modelfolder import model_digest
     return None if source is None else model_digest(source)
 
 @register

