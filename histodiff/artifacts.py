@@ -151,7 +151,9 @@ def _sample_bubble(rng, h, w):
                 brightness=_u(rng, 0.25, 0.5), rim=round(_u(rng, 2.5, 5.0) * _scale(s), 2),
                 refraction=round(_u(rng, 3, 8) * _scale(s), 2), seed=_seed(rng))
 
-def _render_bubble(image, rng, cx, cy, rx, ry, angle, brightness, rim, refraction):
+def _render_bubble(image, rng, **p): # p: cx, cy (centre), rx, ry (radii), angle, brightness, rim, refraction
+    cx, cy, rx, ry, angle = p['cx'], p['cy'], p['rx'], p['ry'], p['angle']
+    brightness, rim, refraction = p['brightness'], p['rim'], p['refraction']
     h, w = image.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     a = np.deg2rad(angle); dx, dy = xx - cx, yy - cy

@@ -7,6 +7,7 @@ Docs: https://histodiff.github.io/histodiff/metrics.html.md"""
 # %% ../nbs/07_metrics.ipynb #bd66ea82
 from __future__ import annotations
 import math
+from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ from .core import as_rgb_uint8, ImageError, MaskError, as_mask
 # %% auto #0
 __all__ = ['PSNR_4095_OFFSET', 'SSIM_KWARGS', 'FSIM_T1', 'FSIM_T2', 'FSIM_T3', 'FSIM_T4', 'FSIM_LAMBDA', 'as_image_batch',
            'as_mask_batch', 'l2', 'mse_artifact', 'psnr', 'psnr_artifact', 'psnr_from_4095_peak', 'ssim',
-           'phase_congruency', 'fsim', 'restoration_metrics']
+           'LogGaborBank', 'phase_congruency', 'fsim', 'restoration_metrics']
 
 # %% ../nbs/07_metrics.ipynb #03ba247c
 def as_image_batch(images, # one RGB uint8 image H x W x 3 or a batch N x H x W x 3
@@ -124,17 +125,24 @@ def _lowpass(rows, cols, cutoff=0.45, n=15):
     return torch.fft.ifftshift(1.0 / (1.0 + (torch.sqrt(x**2 + y**2) / cutoff) ** (2 * n)))
 
 # %% ../nbs/07_metrics.ipynb #3bf2fcd3
+@dataclass(frozen=True)
+class LogGaborBank:
+    "The log-Gabor filters of phase congruency (Kovesi's `phasecong2` defaults, as FSIM uses them)."
+    nscale:int=4 # number of log-Gabor scales
+    norient:int=4 # number of orientations
+    min_wavelength:float=6 # wavelength of the smallest scale filter
+    mult:float=2 # scaling between successive filters
+    sigma_onf:float=0.55 # bandwidth of the log-Gabor transfer function
+    dtheta_on_sigma:float=1.2 # angular spacing over angular sigma
+    k:float=2.0 # noise threshold in standard deviations of the noise energy
+    eps:float=1e-4 # avoids division by zero
+
 def phase_congruency(im:torch.Tensor, # N x H x W float64 luminance, 0-255
-                     nscale:int=4, # number of log-Gabor scales
-                     norient:int=4, # number of orientations
-                     min_wavelength:float=6, # wavelength of the smallest scale filter
-                     mult:float=2, # scaling between successive filters
-                     sigma_onf:float=0.55, # bandwidth of the log-Gabor transfer function
-                     dtheta_on_sigma:float=1.2, # angular spacing over angular sigma
-                     k:float=2.0, # noise threshold in standard deviations of the noise energy
-                     eps:float=1e-4, # avoids division by zero
+                     bank:LogGaborBank=LogGaborBank(), # the filters and the noise threshold
                     )->torch.Tensor:
     "Phase congruency maps (Kovesi's `phasecong2`, the version shipped with FSIM), batched: N x H x W in [0, 1]."
+    nscale, norient, min_wavelength, mult = bank.nscale, bank.norient, bank.min_wavelength, bank.mult
+    sigma_onf, dtheta_on_sigma, k, eps = bank.sigma_onf, bank.dtheta_on_sigma, bank.k, bank.eps
     n, rows, cols = im.shape
     theta_sigma = math.pi / norient / dtheta_on_sigma
     imfft = torch.fft.fft2(im)

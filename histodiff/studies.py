@@ -152,9 +152,9 @@ def staining_study(stainers:Mapping[str, Callable], # name -> stain(he_images, s
                    ihc:np.ndarray, # N x H x W x 3 uint8 real IHC tiles
                    labels:np.ndarray, # HER2 class of each pair (0..3)
                    predict:Callable, # the four-class SFS classifier: predict(images) -> labels 0..3
-                   num_classes:int=4, seeds:Sequence[int]=(0, 1, 2), progress:bool=True,
-                   keep_outputs:bool=False):
-    "One row per (method, seed): mean PSNR, SSIM; accuracy, SFS, AvgDeg on binary HER2 (headline), then `_4class`."
+                   num_classes:int=4, seeds:Sequence[int]=(0, 1, 2), progress:bool=True)->tuple[pd.DataFrame, dict]:
+    """One row per (method, seed): mean PSNR, SSIM; accuracy, SFS, AvgDeg on binary HER2 (headline), then `_4class`;
+    and each method's images of the first seed."""
     from histodiff.metrics import psnr, ssim
     labels = np.asarray(labels); pred_real = np.asarray(predict(ihc)); rows, outputs = [], {}
     for name, stain in tqdm(stainers.items(), desc='staining study', disable=not progress):
@@ -164,8 +164,7 @@ def staining_study(stainers:Mapping[str, Callable], # name -> stain(he_images, s
             rows.append(dict(method=name, seed=s, psnr=float(np.mean(psnr(gen, ihc))), ssim=float(np.mean(ssim(gen, ihc))),
                              **_sfs_row(labels, pred_real, predict(gen), num_classes), seconds=dt))
             if s == seeds[0]: outputs[name] = gen
-    df = pd.DataFrame(rows)
-    return (df, outputs) if keep_outputs else df
+    return pd.DataFrame(rows), outputs
 
 # %% ../nbs/09_studies.ipynb #9e49c22c
 def mean_sd(df:pd.DataFrame, by:str='method')->pd.DataFrame:
@@ -518,7 +517,7 @@ def score_stainers(cfg:StainingEvaluation, pairs:StainingPairs,
                   )->tuple[pd.DataFrame, dict, pd.DataFrame]:
     "Run `staining_study`: the rows per seed (in `per_seed.csv`), the first seed's outputs, mean and SD per method."
     per_seed, outputs = staining_study(stainers, pairs.he, pairs.ihc, pairs.labels, classify, 4, list(cfg.seeds),
-                                       progress=cfg.progress, keep_outputs=True)
+                                       progress=cfg.progress)
     per_seed.to_csv(Path(cfg.out_dir)/'per_seed.csv', index=False)
     return per_seed, outputs, mean_sd(per_seed)
 
