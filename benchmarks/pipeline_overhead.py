@@ -6,8 +6,9 @@ batch: the VAE encode, the UNet calls and the VAE decode of one call of the curr
 tensors it passed them (recorded once with hooks: same values, same memory layout, which changes a conv's speed
 on a CPU by up to 30 %). Since (a) and (b) come from different runs, the last column also gives the overhead
 within single calls: the call's time less the time spent in its VAE encoder / UNet / VAE decoder forwards (timed
-by hooks; synchronised on a GPU, so host work cannot hide behind device work there: an upper bound). Overhead per tile = (a - b) / batch: validation, mask pooling, dilation, feathering, the sampler's
-arithmetic, blending, dtype casts and host copies. Weights are random (the time does not depend on them).
+by hooks; synchronised on a GPU, so host work cannot hide behind device work there: an upper bound). Overhead per
+tile = (a - b) / batch: validation, mask pooling, dilation, feathering, the sampler's arithmetic, blending, dtype
+casts and host copies. Weights are random (the time does not depend on them).
 
 `--baseline REF` also times the pipeline of `git show REF:histodiff/regional.py` (imported as a module next to
 the current one, same models, same batch) on the same machine, in the same run: the "before" row.
@@ -16,8 +17,9 @@ the current one, same models, same batch) on the same machine, in the same run: 
     python benchmarks/pipeline_overhead.py --device cuda --preset paper --batch 64 --steps 20 --dtype bf16 --append
 
 Every time is the fastest of `--repeats` runs (interleaved: models, before, after, models, ...) after one warm-up
-(three with `--compile`): the overhead is a difference of two times, and the minimum is the least disturbed. Prints a Markdown table and writes it
-(atomically) to `--out`; `--append` adds this run's section to the file instead of replacing it.
+(three with `--compile`): the overhead is a difference of two times, and the minimum is the least disturbed. Prints
+a Markdown table and writes it (atomically) to `--out`; `--append` adds this run's section to the file instead of
+replacing it.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def sync(device):
 
 
 def models_alone(pipe, imgs, masks, steps, device):  # a closure replaying the model calls of one call of `pipe`
-    "Record the exact tensors (values and memory layout) `pipe` hands the VAE and the UNet, and replay just those calls."
+    """Record the exact tensors (values and memory layout) `pipe` hands the VAE and the UNet, and replay just those
+    calls."""
     rec, vae = {'enc': [], 'unet': [], 'dec': []}, pipe.vae
     enc, dec = vae.encode, vae.decode
     vae.encode = lambda x, *a, **k: (rec['enc'].append(x.clone()), enc(x, *a, **k))[1]  # clone keeps the strides
@@ -195,7 +198,8 @@ def table(a, times: dict, inside: dict) -> str:
         )
     head = (
         f'## {a.device}, {opts}, batch {a.batch}, {a.tile} px, DPM-Solver++ {a.steps} steps\n\n'
-        f'Machine: {machine(a.device)}. Fastest of {a.repeats} interleaved runs after warm-up ({time.strftime("%Y-%m-%d %H:%M")}).\n\n'
+        f'Machine: {machine(a.device)}. Fastest of {a.repeats} interleaved runs after warm-up '
+        f'({time.strftime("%Y-%m-%d %H:%M")}).\n\n'
     )
     return head + '\n'.join(rows) + '\n'
 

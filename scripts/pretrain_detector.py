@@ -13,7 +13,8 @@ tiles (held out by region or by image) are scored once, after the threshold is f
 Usage (from the repository root, after `make repro` has built data/tiles):
   python scripts/pretrain_detector.py --run results/pretrain_detector --steps 1500 --out checkpoints/detector
 Fine-tune the shipped detector with more clean tiles (hard negatives), or only re-choose its operating point:
-  python scripts/pretrain_detector.py --init checkpoints/detector --prior-steps 1200 --steps 400 --clean-fraction 1 --lr 5e-4 --seed 1
+  python scripts/pretrain_detector.py --init checkpoints/detector --prior-steps 1200 --steps 400 \\
+      --clean-fraction 1 --lr 5e-4 --seed 1
   python scripts/pretrain_detector.py --init checkpoints/detector --prior-steps 1200 --steps 0 --minutes 49
 """
 

@@ -1,6 +1,7 @@
 """Shipped checkpoints (issue 12): every kind of model, trained 2 steps, exported as fp16 safetensors with a model card,
 loads back in float32 and gives the same outputs within fp16 tolerance; pickles refused, leftovers skipped, the size
-budget enforced; the card's facts come from the card.json its stage wrote; the CLI restores with no model named from $HISTODIFF_CHECKPOINTS; stages fine-tune from a checkpoint.
+budget enforced; the card's facts come from the card.json its stage wrote; the CLI restores with no model named from
+$HISTODIFF_CHECKPOINTS; stages fine-tune from a checkpoint.
 Tiny models: seconds on a CPU."""
 
 import json, os, shutil, subprocess, sys

@@ -37,7 +37,8 @@ def test_readme_is_the_index_notebook():
 
 
 def test_jupyter_lab_starts(tmp_path):
-    "`make install` gives a working `jupyter lab` (the notebooks are the documentation): the server starts and serves /lab."
+    """`make install` gives a working `jupyter lab` (the notebooks are the documentation): the server starts and serves
+    /lab."""
     import socket, time, urllib.request
 
     with socket.socket() as sock:

@@ -60,7 +60,8 @@ def test_sources_of_several_images_are_split_by_image():
     assert len(set(o_tr)) + len(set(o_te)) == len(images)
     for t, name in zip(te, o_te):  # each test tile is a crop of its own (test) image
         assert any((images[name][y : y + 32, x : x + 32] == t).all() for y in (0, 32) for x in (0, 32))
-    # the registry's sources of several images: histolab's overlapping tissue tiles stay together, HistoQC holds out a template
+    # the registry's sources of several images: histolab's overlapping tissue tiles stay together,
+    # HistoQC holds out a template
     tc = SDIST_SOURCES['tcga']
     side = split_images([m for m in tc['files'] if m not in tc['exclude']], groups=list(tc['groups']))
     assert len({v for k, v in side.items() if Path(k).name.startswith('tissue-level')}) == 1

@@ -82,7 +82,8 @@ def test_changed_parameter_reruns_only_its_dependents(smoke_repo):
 
 
 def test_no_notebook_received_a_boolean_as_text(smoke_repo):
-    "The parameters Papermill injected are typed like the notebook's defaults: no 'false' strings, no lists or groups as text."
+    """The parameters Papermill injected are typed like the notebook's defaults: no 'false' strings, no lists or groups
+    as text."""
     import ast, json
     from histodiff.stage import stage_notebooks, notebook_defaults, check_types
 
@@ -104,7 +105,8 @@ def test_no_notebook_received_a_boolean_as_text(smoke_repo):
 
 
 def test_metrics_hold_no_timings(smoke_repo):
-    "DVC's metrics files hold science only (timings go to results/timings/), so `dvc metrics diff` is quiet for identical models."
+    """DVC's metrics files hold science only (timings go to results/timings/), so `dvc metrics diff` is quiet for
+    identical models."""
     import json
     from histodiff.core import split_timings
 

@@ -92,7 +92,8 @@ def test_download_by_drive_id(mirrors, tmp_path, monkeypatch):
     [
         ('Too many users have viewed or downloaded this file recently.', 'wait 24 h'),
         (
-            "Cannot retrieve the public link of the file. You may need to change the permission to 'Anyone with the link'",
+            "Cannot retrieve the public link of the file. "
+            "You may need to change the permission to 'Anyone with the link'",
             "'anyone with the link'",
         ),
         ('Failed to retrieve folder contents for folder ID: x (status code 404).', 'renamed, moved or deleted'),
@@ -222,7 +223,8 @@ def _name(node) -> str:
 
 
 def _unpickles(tree) -> list[str]:
-    "What in `tree` can unpickle: torch.load, pickle/joblib/dill loads, np.load(allow_pickle=True), weights_only=False, their imports."
+    """What in `tree` can unpickle: torch.load, pickle/joblib/dill loads, np.load(allow_pickle=True),
+    weights_only=False, their imports."""
     hits = []
     for n in ast.walk(tree):
         if isinstance(n, ast.Import):

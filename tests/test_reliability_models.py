@@ -232,7 +232,8 @@ def test_archive_over_the_size_limit_is_refused_before_writing(make, tmp_path):
 
 
 def test_zip_whose_header_lies_is_stopped_and_cleaned(tmp_path):
-    "A member declaring 10 bytes but holding 100 kB: the header check passes, the extraction must stop and leave nothing."
+    """A member declaring 10 bytes but holding 100 kB: the header check passes, the extraction must stop and leave
+    nothing."""
     data = bytearray(_zip(tmp_path / 'ok.zip', n=1, size=100_000).read_bytes())
     struct.pack_into('<I', data, data.find(b'PK\x03\x04') + 22, 10)  # local header: uncompressed size
     struct.pack_into('<I', data, data.find(b'PK\x01\x02') + 24, 10)  # central directory: uncompressed size

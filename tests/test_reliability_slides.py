@@ -82,7 +82,8 @@ RUNNER = textwrap.dedent('''
         write = tifffile.TiffWriter.write
         def slow(self, *a, **k):
             r = write(self, *a, **k)
-            if self._fh.path.endswith('.tif'): print('WRITING', flush=True); time.sleep(60)   # the output, not a check in memory
+            # the output, not a check in memory
+            if self._fh.path.endswith('.tif'): print('WRITING', flush=True); time.sleep(60)
             return r
         tifffile.TiffWriter.write = slow
     sys.exit(cli.main(sys.argv[1:]))
@@ -104,7 +105,8 @@ def run_sub(tmp, args, mode='', after=3, **kw):
 
 
 def test_resume_refuses_other_settings(slide):
-    "(1) an interrupted telea run, then navier_stokes on the same --out: refused naming the method; --no-resume restarts."
+    """(1) an interrupted telea run, then navier_stokes on the same --out: refused naming the method; --no-resume
+    restarts."""
     base = ['restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'out.tif', *SLIDE_ARGS]
     p = run_sub(slide, [*base, '--method', 'telea'], mode='interrupt')
     p.wait(60)
@@ -149,7 +151,10 @@ def test_resume_with_same_settings_gives_same_bytes(slide):
 
 def test_concurrent_run_is_refused(slide):
     "(2) a second run on an --out whose lock another process holds fails at once, naming that pid."
-    code = f"from histodiff.wsi import output_lock\nimport time\nwith output_lock({str(slide / 'out.tif')!r}):\n    print('held', flush=True); time.sleep(30)"
+    code = (
+        "from histodiff.wsi import output_lock\nimport time\n"
+        f"with output_lock({str(slide / 'out.tif')!r}):\n    print('held', flush=True); time.sleep(30)"
+    )
     holder = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'held'
@@ -410,7 +415,8 @@ def test_restore_refuses_unknown_output_suffix_before_work(slide, monkeypatch):
 
 
 def test_several_slides_resume_slide_by_slide(slide):
-    "(issue 14) a folder of slides and a folder of masks; interrupted in the second slide, the rerun skips the first and resumes the second."
+    """(issue 14) a folder of slides and a folder of masks; interrupted in the second slide, the rerun skips the first
+    and resumes the second."""
     (slide / 'in').mkdir()
     (slide / 'masks').mkdir()
     one = np.zeros((200, 260), bool)

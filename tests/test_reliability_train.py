@@ -16,7 +16,8 @@ torch.set_num_threads(1)  # tiny model: one thread is faster
 
 
 class Toy(nn.Module):
-    "Linear regression with noisy targets (noise from the global RNG); raises at micro-batch `fail_at` (an interruption)."
+    """Linear regression with noisy targets (noise from the global RNG); raises at micro-batch `fail_at` (an
+    interruption)."""
 
     def __init__(self, fail_at=None):
         super().__init__()
@@ -43,7 +44,8 @@ def toy_model(**kw):
 
 
 def cfg(d, **kw):
-    "6 steps of 2 micro-batches, a checkpoint every 2 steps (all kept), EMA, a batch size that does not divide the data."
+    """6 steps of 2 micro-batches, a checkpoint every 2 steps (all kept), EMA, a batch size that does not divide the
+    data."""
     return TrainConfig(
         str(d),
         **{

@@ -1,5 +1,6 @@
 """A restorer registered from outside histodiff (an entry point) reaches the CLI with no other file edited:
-`--help` lists it and `restore --method` runs it. (The evaluation table of the smoke profile: tests/test_pipeline.py.)"""
+`--help` lists it and `restore --method` runs it. (The evaluation table of the smoke profile:
+tests/test_pipeline.py.)"""
 
 import subprocess, sys
 from pathlib import Path

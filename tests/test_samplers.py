@@ -17,7 +17,8 @@ from histodiff.train import DenoisingDiffusionModel, make_scheduler, make_unet
 
 @pytest.fixture(scope='module')
 def models(tmp_path_factory):
-    "A pixel model folder (saved with clip_sample=True), a latent one (saved the way the train_ldm stage does) and a VAE."
+    """A pixel model folder (saved with clip_sample=True), a latent one (saved the way the train_ldm stage does) and a
+    VAE."""
     d = tmp_path_factory.mktemp('models')
     DenoisingDiffusionModel(make_unet('tiny', 3, 16), make_scheduler(clip_sample=True)).save_pretrained(d / 'pixel')
     DenoisingDiffusionModel(make_unet('tiny', 4, 2), make_scheduler()).save_pretrained(d / 'ldm')

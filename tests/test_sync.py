@@ -61,7 +61,8 @@ def test_dvc_yaml_is_generated_from_the_stage_table():
 
 
 def test_stage_deps_cover_the_library_modules_they_import():
-    "Each stage depends on every histodiff module its notebook imports, directly or through other modules (else a change leaves stale results)."
+    """Each stage depends on every histodiff module its notebook imports, directly or through other modules (else a
+    change leaves stale results)."""
     import yaml
 
     gen = _dvc_from_stages()
@@ -89,8 +90,9 @@ def test_every_stage_runs_through_the_stage_runner():
 
 
 def test_notebook_defaults_are_the_demo_profile():
-    """Each pipeline notebook's `parameters` cell holds what `dvc repro` passes it under the demo profile (its first stage;
-    `train_pixel` reuses train_ldm's notebook with constants), so running a notebook by hand reproduces the pipeline."""
+    """Each pipeline notebook's `parameters` cell holds what `dvc repro` passes it under the demo profile (its first
+    stage; `train_pixel` reuses train_ldm's notebook with constants), so running a notebook by hand reproduces the
+    pipeline."""
     import yaml
     from histodiff.stage import stage_call, notebook_defaults, RUNNER_SET
 
@@ -109,7 +111,8 @@ def test_notebook_defaults_are_the_demo_profile():
 
 @pytest.mark.parametrize('profile', ['demo', 'smoke', 'paper', 'released', 'pretrain'])
 def test_every_profile_passes_typed_parameters(profile, tmp_path):
-    "Under every profile each stage's parameters exist in its notebook with the default's type (no 'false' strings, no '1,2' lists)."
+    """Under every profile each stage's parameters exist in its notebook with the default's type (no 'false' strings, no
+    '1,2' lists)."""
     import yaml
 
     sys.path.insert(0, str(ROOT / 'scripts'))
