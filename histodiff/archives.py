@@ -20,7 +20,8 @@ class DataIntegrityError(RuntimeError):
 
 
 class UnsafeArchiveError(DataIntegrityError, ValueError):
-    "An archive refused: a member that could write outside its folder (`..`, an absolute path, a link, a device), more bytes or members than the limits, or content that does not match its headers."
+    """An archive refused: a member that could write outside its folder (`..`, an absolute path, a link, a device),
+    more bytes or members than the limits, or content that does not match its headers."""
 
 
 _SKIP_MEMBERS = ('__MACOSX',)  # macOS resource forks in zips: never extracted
@@ -117,7 +118,8 @@ def _undo_on_error(
     dest: Path,  # folder extracted into (made if missing)
     archive: Path,
 ):
-    "Run an extraction into `dest`; on any error remove what it added (`dest` itself if it was missing), and name a corrupt archive."
+    """Run an extraction into `dest`; on any error remove what it added (`dest` itself if it was missing),
+    and name a corrupt archive."""
     existed = dest.exists()
     before = set(dest.iterdir()) if existed else set()
     try:
@@ -159,7 +161,8 @@ def _write_zip(
                 written += len(chunk)
                 if written > max_bytes:
                     raise UnsafeArchiveError(
-                        f"{archive.name} is refused: extracting it wrote more than max_bytes={max_bytes} ({_human(max_bytes)}) "
+                        f"{archive.name} is refused: extracting it wrote more than max_bytes={max_bytes} "
+                        f"({_human(max_bytes)}) "
                         f"at its member {m.filename!r}, more than its headers declare; the partial output was removed."
                     )
                 dst.write(chunk)
@@ -172,7 +175,8 @@ def _extract(
     max_bytes: int = MAX_EXTRACT_BYTES,  # refuse an archive that would write more (declared, and counted while writing)
     max_members: int = MAX_EXTRACT_MEMBERS,  # refuse an archive with more files and folders
 ) -> Path:
-    "Extract a zip or tar archive into `dest` after checking every member and the size; a refused or failed extraction leaves nothing behind."
+    """Extract a zip or tar archive into `dest` after checking every member and the size;
+    a refused or failed extraction leaves nothing behind."""
     archive, dest = Path(archive), Path(dest)
     if zipfile.is_zipfile(archive):
         with _undo_on_error(dest, archive), zipfile.ZipFile(archive) as z:
@@ -234,7 +238,8 @@ def extract_nested(
     max_bytes: int = MAX_EXTRACT_BYTES,  # all the archives together may write at most this many bytes
     max_members: int = MAX_EXTRACT_MEMBERS,  # ... and at most this many files and folders
 ) -> list[Path]:
-    "Extract every zip or tar archive under `root` beside itself and delete it, within one size budget; returns the folders made."
+    """Extract every zip or tar archive under `root` beside itself and delete it, within one size budget;
+    returns the folders made."""
     root, made, left = Path(root), [], set()
     for _ in range(max_depth):
         todo = sorted(

@@ -607,7 +607,8 @@ def save_paired_set(
     source=None,  # optional per-tile source names (list of str)
     **info,  # extra JSON-serialisable fields stored in manifest.json (seed, profile, ...)
 ) -> Path:
-    "Save triplets with `histodiff.data.save_tile_dataset` (columns artifact, mask, clean, kind, params) + manifest.json."
+    """Save triplets with `histodiff.data.save_tile_dataset`
+    (columns artifact, mask, clean, kind, params) + manifest.json."""
     from histodiff.data import save_tile_dataset
 
     n = len(pairs['kind'])
@@ -664,7 +665,8 @@ def _keep_outside(image, out, mask):
 
 
 def _baseline(inpaint: Callable) -> Callable:
-    "`inpaint(image, mask, ...)` as a restorer: inputs checked, an empty mask gives a copy (warned), outside pixels kept."
+    """`inpaint(image, mask, ...)` as a restorer: inputs checked, an empty mask gives a copy (warned),
+    outside pixels kept."""
 
     @functools.wraps(inpaint)
     def restore_fn(image, mask, *args, **kwargs):

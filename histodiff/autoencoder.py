@@ -105,7 +105,8 @@ def load_vae(
     if p.exists():
         if not (p / (subfolder or '') / 'config.json').exists():
             raise FileNotFoundError(
-                f"no VAE config at {p / (subfolder or '') / 'config.json'} (is this a save_pretrained folder? subfolder={subfolder!r})"
+                f"no VAE config at {p / (subfolder or '') / 'config.json'} "
+                f"(is this a save_pretrained folder? subfolder={subfolder!r})"
             )
         vae = load_folder(AutoencoderKL.from_pretrained, p / (subfolder or ''), 'VAE', torch_dtype=dtype)
     elif not _is_hub_id(str(path_or_hub_id)) or Path(p.parts[0]).is_dir():
@@ -118,8 +119,8 @@ def load_vae(
             vae = AutoencoderKL.from_pretrained(str(path_or_hub_id), subfolder=subfolder, torch_dtype=dtype)
         except OSError as e:
             raise OSError(
-                f"could not load the VAE {path_or_hub_id!r} (subfolder={subfolder!r}): offline, or no such hub repository? "
-                f"Pass a local folder instead. ({e})"
+                f"could not load the VAE {path_or_hub_id!r} (subfolder={subfolder!r}): "
+                f"offline, or no such hub repository? Pass a local folder instead. ({e})"
             ) from e
     vae.eval().requires_grad_(False)
     return vae.to(device) if device is not None else vae
@@ -241,7 +242,8 @@ def crop_tiles(
 
 # %% ../nbs/03_autoencoder.ipynb #5bfc4772
 class TileDataset(Dataset):
-    "uint8 tiles as a Dataset of `{key: 3 x H x W in [-1, 1]}`; with `augment`, item `v * N + i` is symmetry `v` of tile `i`."
+    """uint8 tiles as a Dataset of `{key: 3 x H x W in [-1, 1]}`;
+    with `augment`, item `v * N + i` is symmetry `v` of tile `i`."""
 
     def __init__(
         self,
@@ -278,7 +280,8 @@ def encode_dataset(
     progress: bool = True,  # tqdm bar
     augment: bool = False,  # also encode the 7 other flips/rotations of each tile, in image space (8 x N latents)
 ) -> TensorDictDataset:
-    "Encode tiles to scaled posterior-mean latents: a dataset of `{'latents': 4 x H/f x W/f}` items, `v * N + i` = tile i, symmetry v."
+    """Encode tiles to scaled posterior-mean latents: a dataset of `{'latents': 4 x H/f x W/f}` items,
+    `v * N + i` = tile i, symmetry v."""
     from tqdm.auto import tqdm
 
     if len(tiles) == 0:

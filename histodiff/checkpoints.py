@@ -141,8 +141,8 @@ class ModelCard:
             *_load_lines(self.name, f'checkpoints/{self.name}'),
             '```',
             '',
-            'The weights are float16 safetensors; `from_pretrained` loads them into float32 modules. The folder is a plain '
-            f'{lib} folder: a hub id that holds it loads the same way.',
+            'The weights are float16 safetensors; `from_pretrained` loads them into float32 modules. '
+            f'The folder is a plain {lib} folder: a hub id that holds it loads the same way.',
             '',
             '## Training data',
             '',
@@ -175,7 +175,8 @@ def read_card(
     folder: str | Path,  # a model or checkpoint folder
     name: str,  # its key of SHIPPED
 ) -> ModelCard:
-    "The card of the model in `folder`: its `card.json` (written by the stage that trained it), else a card of no facts."
+    """The card of the model in `folder`: its `card.json` (written by the stage that trained it), else a card of no
+    facts."""
     f = Path(folder) / 'card.json'
     if not f.is_file():
         return ModelCard(_check_name(name), profile='not recorded')
@@ -254,7 +255,8 @@ def to_fp16_file(
             continue
         if t.numel() and t.abs().max() > FP16_MAX:
             raise CheckpointError(
-                f"{src}: tensor {k} holds values beyond float16's range (|x| > {FP16_MAX:g}); it cannot be shipped in fp16."
+                f"{src}: tensor {k} holds values beyond float16's range (|x| > {FP16_MAX:g}); "
+                "it cannot be shipped in fp16."
             )
         tensors[k] = t.to(torch.float16)
     save_file({k: t.contiguous() for k, t in tensors.items()}, str(dst), metadata=meta or {'format': 'pt'})
@@ -266,7 +268,8 @@ def load_checkpoint(
     name: str,  # its key of SHIPPED: picks the loader
     **kwargs,  # passed to the loader, e.g. key='latents' for a DenoisingDiffusionModel
 ):
-    "Load checkpoint `name` from `path` with histodiff's loader; refuses a model whose floating weights are not float32."
+    """Load checkpoint `name` from `path` with histodiff's loader; refuses a model whose floating weights are not
+    float32."""
     return load_float32(SHIPPED[_check_name(name)].loader, path, name, **kwargs)
 
 # %% ../nbs/15_checkpoints.ipynb #17556dfc
@@ -292,7 +295,8 @@ def export_checkpoint(
     dst: str | Path,  # the checkpoint folder to write, e.g. checkpoints/ldm (replaced atomically)
     card: ModelCard,  # its model card (card.name in SHIPPED: the written folder is loaded back to check it)
 ) -> Path:
-    "Copy `src` to `dst` as an fp16 safetensors checkpoint with `card` as README.md and card.json; checked by loading it back."
+    """Copy `src` to `dst` as an fp16 safetensors checkpoint with `card` as README.md and card.json; checked by loading
+    it back."""
     src, dst = Path(src), Path(dst)
     files = model_files(src)
     with atomic_dir(dst) as tmp:
@@ -367,7 +371,8 @@ def export_all(
         done[name] = export_checkpoint(models_dir / s.models, Path(out) / name, card)
     if not done:
         raise FileNotFoundError(
-            f"no trained model under {models_dir} (expected e.g. {models_dir / 'ldm'}): run `make repro PROFILE=pretrain` first."
+            f"no trained model under {models_dir} (expected e.g. {models_dir / 'ldm'}): "
+            "run `make repro PROFILE=pretrain` first."
         )
     check_budget(out, limit_mb)
     return done

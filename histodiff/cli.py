@@ -111,7 +111,8 @@ def _say(args, *msg):
 
 
 def _silence():
-    "For `--quiet`: switch off the progress bars and info logs of huggingface_hub, transformers and diffusers (process-wide)."
+    """For `--quiet`: switch off the progress bars and info logs of huggingface_hub, transformers and diffusers
+    (process-wide)."""
     import os, importlib
 
     os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS='1', TRANSFORMERS_VERBOSITY='error', DIFFUSERS_VERBOSITY='error')
@@ -124,7 +125,8 @@ def _silence():
 
 @contextlib.contextmanager
 def _notes():
-    "histodiff's own warnings (e.g. an empty mask: the input is returned) as one `histodiff: note: ...` line each on stderr."
+    """histodiff's own warnings (e.g. an empty mask: the input is returned) as one `histodiff: note: ...` line each on
+    stderr."""
     import warnings
 
     with warnings.catch_warnings():
@@ -143,7 +145,8 @@ def _notes():
 def main(
     argv: list[str] | None = None,  # arguments after the program name (default: sys.argv[1:])
 ) -> int:
-    "Run the `histodiff` command line; returns the exit status (0: done, 2: an input or model refused, 130: interrupted)."
+    """Run the `histodiff` command line; returns the exit status (0: done, 2: an input or model refused, 130:
+    interrupted)."""
     args = build_parser().parse_args(argv)
     if args.quiet:
         _silence()
@@ -224,7 +227,8 @@ def _restorer_arguments(p):
         '--scheduler',
         choices=SCHEDULERS,
         default=None,
-        help='swap the sampler: ddpm, ddim or dpm (DPM-Solver++); ddim and dpm on trailing timesteps (default: DDPM, as trained)',
+        help='swap the sampler: ddpm, ddim or dpm (DPM-Solver++); ddim and dpm on trailing timesteps '
+        '(default: DDPM, as trained)',
     )
     g.add_argument(
         '--seed', type=int, default=0, help='sampling seed: same seed, same bytes on CPU (default: %(default)s)'
@@ -249,7 +253,8 @@ def _restorer_arguments(p):
         default=1.0,
         metavar='S',
         help='diffusion methods: run the last S of the schedule from the encoded image, in (0, 1]; below 1 the '
-        "artifact region keeps the damaged image's structure (mild artifacts: blur, a light stain) (default: %(default)s)",
+        "artifact region keeps the damaged image's structure (mild artifacts: blur, a light stain) "
+        "(default: %(default)s)",
     )
 
 # %% ../nbs/12_cli.ipynb #288f72f0
@@ -392,7 +397,8 @@ def _sfs_arguments(p):
         '--classifier',
         default=None,
         metavar='DIR',
-        help=f"classifier folder (histodiff.sfs.save_classifier), trained on real IHC (default: {_default_help('classifier/sfs')})",
+        help="classifier folder (histodiff.sfs.save_classifier), trained on real IHC "
+        f"(default: {_default_help('classifier/sfs')})",
     )
     p.add_argument(
         '--labels',
@@ -526,7 +532,8 @@ example:
     missing = [n for n in names if not (gen / n).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} of {len(names)} real images have no generated image of the same name in {gen}, e.g. {missing[:3]}"
+            f"{len(missing)} of {len(names)} real images have no generated image of the same name in {gen}, "
+            f"e.g. {missing[:3]}"
         )
     args.classifier = default_model(args.classifier, 'classifier/sfs', '--classifier DIR')
     clf = ImageClassifier.from_pretrained(_folder(args.classifier, 'classifier folder'))
@@ -584,7 +591,8 @@ def _slide_arguments(p):
     p.add_argument(
         '--out',
         required=True,
-        help='output pyramidal TIFF (.tif or .tiff) of one slide, or a folder for several (<stem>.tif each); written atomically',
+        help='output pyramidal TIFF (.tif or .tiff) of one slide, or a folder for several (<stem>.tif each); '
+        'written atomically',
     )
     p.add_argument(
         '--overwrite', action='store_true', help='restore slides whose output already exists (default: skip them)'
@@ -598,7 +606,8 @@ def _slide_arguments(p):
     src.add_argument(
         '--detector',
         metavar='DIR',
-        help=f'artifact detector folder (histodiff.detect.ArtifactDetector; default without --mask: {_default_help("detector")})',
+        help='artifact detector folder (histodiff.detect.ArtifactDetector; '
+        f'default without --mask: {_default_help("detector")})',
     )
     p.add_argument(
         '--threshold', type=float, default=None, help="detector probability threshold (default: the detector's own)"

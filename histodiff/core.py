@@ -40,7 +40,8 @@ def _umask() -> int:
 def atomic_path(
     path: str | Path,  # final path of the output
 ):
-    "Yield a temporary path in the same folder; rename it to `path` (mode `0o666 & ~umask`) on success, delete it on error."
+    """Yield a temporary path in the same folder;
+    rename it to `path` (mode `0o666 & ~umask`) on success, delete it on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
@@ -69,7 +70,8 @@ def _normal_modes(root: Path):
 def atomic_dir(
     path: str | Path,  # final folder of the output (replaced whole if it exists)
 ):
-    "Yield a temporary folder beside `path`; on success it replaces `path` (mode `0o777 & ~umask`), on error it is deleted."
+    """Yield a temporary folder beside `path`; on success it replaces `path` (mode `0o777 & ~umask`),
+    on error it is deleted."""
     import shutil
 
     path = Path(path)
@@ -91,7 +93,8 @@ def stale_temporaries(
     path: str | Path,  # an output written with `atomic_path` or `atomic_dir`
     min_age: float = 0.0,  # seconds since last modified; > 0 spares temporaries a live writer may still be filling
 ) -> list[Path]:
-    "Leftover temporaries of `path` (files and folders) that `atomic_path` / `atomic_dir` did not get to rename or remove."
+    """Leftover temporaries of `path` (files and folders)
+    that `atomic_path` / `atomic_dir` did not get to rename or remove."""
     import time
 
     path = Path(path)
@@ -141,7 +144,8 @@ def save_metrics(
     path: str | Path,  # its metrics file, e.g. results/metrics/vae.json
     timings_dir: str | Path | None = None,  # where the timings go (default: ../timings beside the metrics folder)
 ) -> tuple[Path, Path]:
-    "Write the science of `metrics` to `path` and its timings (maybe `{}`) to `timings_dir/<name>`, atomically; return both paths."
+    """Write the science of `metrics` to `path` and its timings (maybe `{}`) to `timings_dir/<name>`, atomically;
+    return both paths."""
     import json
 
     path = Path(path)
@@ -206,7 +210,8 @@ _STRICT, _STRICT_LOCK = {'readers': 0, 'saved': False}, threading.Lock()
 
 @contextlib.contextmanager
 def _strict_loading():
-    "PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` off inside the block, the caller's value back after it (thread-safe: the last reader out restores it)."
+    """PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` off inside the block,
+    the caller's value back after it (thread-safe: the last reader out restores it)."""
     with _STRICT_LOCK:
         if _STRICT['readers'] == 0:
             _STRICT['saved'] = ImageFile.LOAD_TRUNCATED_IMAGES
@@ -256,7 +261,8 @@ IMAGE_SUFFIXES = (
 def read_image(
     path: str | Path,  # image file (PNG, JPEG, TIFF, ...)
 ) -> np.ndarray:
-    "Read an image file as RGB uint8 `H x W x 3`, with clear errors for missing, truncated, corrupt, grayscale or 16-bit files."
+    """Read an image file as RGB uint8 `H x W x 3`, with clear errors for missing, truncated, corrupt,
+    grayscale or 16-bit files."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
@@ -296,7 +302,8 @@ def _writable_suffixes() -> dict[str, str]:
 def check_image_suffix(
     path: str | Path,  # an output image file
 ) -> str:
-    "The PIL format `path`'s suffix asks for; an `ImageError` listing the usable suffixes if PIL cannot write RGB there."
+    """The PIL format `path`'s suffix asks for;
+    an `ImageError` listing the usable suffixes if PIL cannot write RGB there."""
     path = Path(path)
     fmt = _writable_suffixes().get(path.suffix.lower())
     if fmt is None:
@@ -312,7 +319,8 @@ def write_image(
     img,  # RGB uint8 array (or PIL image)
     path: str | Path,  # output file; the format follows the suffix, which PIL must be able to write
 ) -> Path:
-    "Write an RGB uint8 image atomically (temporary name, then rename); a suffix PIL cannot write is refused before writing."
+    """Write an RGB uint8 image atomically (temporary name, then rename);
+    a suffix PIL cannot write is refused before writing."""
     img = as_rgb_uint8(img)
     path = Path(path)
     fmt = check_image_suffix(path)
@@ -374,7 +382,8 @@ def read_mask(
     shape: Sequence[int] | None = None,  # expected (H, W), checked if given
     **kwargs,
 ) -> np.ndarray:
-    "Read a mask file as a boolean artifact mask (True = artifact), checked with `check_mask`; truncated files are refused."
+    """Read a mask file as a boolean artifact mask (True = artifact), checked with `check_mask`;
+    truncated files are refused."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"mask not found: {path}")
@@ -522,7 +531,8 @@ def tile_coords(
     tile: int = 256,  # tile side
     overlap: int = 32,  # pixels shared by neighbouring tiles
 ) -> list[tuple[int, int]]:
-    "Top-left `(y, x)` of tiles of side `tile` covering an `height x width` image with at least `overlap` shared pixels."
+    """Top-left `(y, x)` of tiles of side `tile` covering an `height x width` image
+    with at least `overlap` shared pixels."""
     if tile > height or tile > width:
         raise ValueError(f"tile {tile} is larger than the image {height}x{width}.")
     if not 0 <= overlap < tile:

@@ -90,7 +90,8 @@ def grid_tiles(
     x0: int = 0,
     x1: int | None = None,  # the columns to tile (default: all)
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    "Tiles on a regular grid inside columns `x0:x1` of `img`, blank and background ones dropped, with their (y, x) corners."
+    """Tiles on a regular grid inside columns `x0:x1` of `img`, blank and background ones dropped,
+    with their (y, x) corners."""
     img = as_rgb_uint8(img)
     stride = stride or tile
     h, w = img.shape[:2]
@@ -159,7 +160,8 @@ def image_tiles(
     min_tissue: float = 0.5,  # drop tiles with less tissue than this
     groups: Sequence[str] = (),  # file-name prefixes of images that go to one side together
 ) -> tuple[np.ndarray, list[str]]:
-    "Tiles of the train or test images of a source split by image, with the image each comes from; images smaller than a tile give none."
+    """Tiles of the train or test images of a source split by image, with the image each comes from;
+    images smaller than a tile give none."""
     if split not in ('train', 'test'):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     side = split_images(list(images), test_fraction, groups)
@@ -177,7 +179,8 @@ def demo_images(
     source: str,  # a demo source: 'he', 'slide', 'ihc' or a key of `SDIST_SOURCES`
     cache_dir: str | Path | None = None,  # demo cache folder
 ) -> dict[str, np.ndarray]:
-    "The RGB uint8 images of a demo source by file name (slides and pyramids read at the registry's level; excluded files left out)."
+    """The RGB uint8 images of a demo source by file name
+    (slides and pyramids read at the registry's level; excluded files left out)."""
     spec, path = demo_source(source), fetch_demo_data(cache_dir, names=[source])[source]
     files = (
         [path] if path.is_file() else [path / Path(m).name for m in spec['files'] if m not in spec.get('exclude', ())]

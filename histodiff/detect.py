@@ -138,7 +138,8 @@ class ArtifactDetector(nn.Module):
         hole_size: int = 64,  # clean-up: largest hole filled (px)
         dilation: int = 2,  # clean-up: dilation radius (px)
         dice_weight: float = 1.0,  # weight of the soft Dice term in `training_loss`
-        **unet_kwargs,  # UNet2DModel arguments (sample_size: the tile it will run on, default 256; block_out_channels, ...)
+        # UNet2DModel arguments (sample_size: the tile it will run on, default 256; block_out_channels, ...)
+        **unet_kwargs,
     ):
         super().__init__()
         from diffusers import UNet2DModel
@@ -160,7 +161,8 @@ class ArtifactDetector(nn.Module):
             unet = UNet2DModel(in_channels=3, out_channels=1, **kw)
         if unet.config.in_channels != 3 or unet.config.out_channels != 1:
             raise ValueError(
-                f"the detector UNet needs 3 input and 1 output channels, got {unet.config.in_channels} and {unet.config.out_channels}."
+                f"the detector UNet needs 3 input and 1 output channels, "
+                f"got {unet.config.in_channels} and {unet.config.out_channels}."
             )
         self.unet = unet
         self.settings = check_detector_settings(threshold, min_size, hole_size, dilation, dice_weight)
@@ -211,7 +213,8 @@ class ArtifactDetector(nn.Module):
         cls,
         path: str | Path,  # folder written by `save_pretrained`
     ) -> 'ArtifactDetector':
-        "Load a detector saved by `save_pretrained` (safetensors, no pickles); a damaged folder raises `ModelFolderError` naming the file."
+        """Load a detector saved by `save_pretrained` (safetensors, no pickles); a damaged folder raises
+        `ModelFolderError` naming the file."""
         from diffusers import UNet2DModel
 
         path = Path(path)

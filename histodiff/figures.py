@@ -53,6 +53,11 @@ class FigureBook:
         self.missing.extend(absent)
         return not absent
 
+    def table(self, name: str) -> pd.DataFrame | None:  # a CSV file under `results_dir`, e.g. 'staining/table.csv'
+        "The table, or None when it is missing (recorded)."
+        path = self.results_dir / name
+        return pd.read_csv(path) if self.need(path) else None
+
 
 def figure_book(
     profile: str = 'demo',  # the params profile
@@ -143,10 +148,10 @@ def plot_restoration_by_kind(book: FigureBook):
 
 def plot_restoration_metrics(book: FigureBook):
     "Metric bars with 95 % intervals (`restoration_metrics.png`), seconds per tile, log scale (`seconds_per_tile.png`)."
-    res, profile = book.results_dir, book.profile
-    if not book.need(res / 'restoration' / 'table.csv'):
+    profile = book.profile
+    t = book.table('restoration/table.csv')
+    if t is None:
         return
-    t = pd.read_csv(res / 'restoration' / 'table.csv')
     mets = [m for m in ('psnr', 'psnr_artifact', 'ssim', 'fsim') if m in t]
     fig, axs = plt.subplots(1, len(mets), figsize=(4.2 * len(mets), 3.6), sharey=True)
     pal = dict(zip(t.method, sns.color_palette('tab10', len(t))))
@@ -208,10 +213,10 @@ STAINING_TITLES = {
 
 def plot_staining_metrics(book: FigureBook):
     "Staining metrics per method, mean and SD over the seeds (`staining_metrics.png`)."
-    res, profile = book.results_dir, book.profile
-    if not book.need(res / 'staining' / 'table.csv'):
+    profile = book.profile
+    t = book.table('staining/table.csv')
+    if t is None:
         return
-    t = pd.read_csv(res / 'staining' / 'table.csv')
     mets = [m for m in ('psnr', 'ssim', 'accuracy', 'sfs', 'accuracy_4class', 'sfs_4class') if m in t]  # binary first
     fig, axs = plt.subplots(1, len(mets), figsize=(4 * len(mets), 0.45 * len(t) + 1.5), sharey=True)
     for ax, m in zip(axs, mets):
@@ -231,10 +236,10 @@ def plot_sfs_ci(book: FigureBook):
     "Binary HER2 accuracy and SFS beside four-class, bootstrap 95 % CI (`sfs_ci.png`)."
     from histodiff.sfs import plot_her2_table
 
-    res, profile = book.results_dir, book.profile
-    if not book.need(res / 'staining' / 'sfs_ci_long.csv'):
+    profile = book.profile
+    ci = book.table('staining/sfs_ci_long.csv')
+    if ci is None:
         return
-    ci = pd.read_csv(res / 'staining' / 'sfs_ci_long.csv')
     fig, axs = plt.subplots(1, 2, figsize=(2 * (0.6 * ci.method.nunique() + 2), 4.2), sharey=True)
     for ax, (m, name) in zip(axs, [('acc_gen', 'accuracy on virtual IHC'), ('sfs', 'SFS')]):
         plot_her2_table(ci, [m], by='method', ax=ax, title=f'{name}, 95 % CI ({profile})')
@@ -246,10 +251,10 @@ def plot_sfs_ci(book: FigureBook):
 
 def plot_robustness(book: FigureBook):
     "Drop of SSIM, accuracy and SFS under translation, rotation and deformation (`robustness.png`)."
-    res, profile = book.results_dir, book.profile
-    if not book.need(res / 'staining' / 'robustness.csv'):
+    profile = book.profile
+    r = book.table('staining/robustness.csv')
+    if r is None:
         return
-    r = pd.read_csv(res / 'staining' / 'robustness.csv')
     r = r[r.perturbation != 'none']
     drops = ('ssim_drop_pct', 'accuracy_drop_pct', 'sfs_drop_pct', 'accuracy_4class_drop_pct', 'sfs_4class_drop_pct')
     long = r.melt(
@@ -270,10 +275,10 @@ def plot_robustness(book: FigureBook):
 
 def plot_classifier_bias(book: FigureBook):
     "Accuracy on real IHC, accuracy and SFS on virtual IHC of each classifier (`classifier_bias.png`)."
-    res, profile = book.results_dir, book.profile
-    if not book.need(res / 'staining' / 'classifier_bias.csv'):
+    profile = book.profile
+    b = book.table('staining/classifier_bias.csv')
+    if b is None:
         return
-    b = pd.read_csv(res / 'staining' / 'classifier_bias.csv')
     cols = ('accuracy_real', 'accuracy', 'sfs', 'accuracy_real_4class', 'accuracy_4class', 'sfs_4class')
     long = b.melt(id_vars='classifier', value_vars=[c for c in cols if c in b], var_name='metric')
     fig, ax = plt.subplots(figsize=(6, 3.5))

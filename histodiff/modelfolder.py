@@ -17,7 +17,8 @@ __all__ = ['ModelFolderError', 'read_json_settings', 'file_digest', 'model_diges
 
 # %% ../nbs/00a_modelfolder.ipynb #e8c1abbe
 class ModelFolderError(ValueError):
-    "A model folder that exists but cannot be loaded: corrupt or truncated weights, a bad settings file, a missing file."
+    """A model folder that exists but cannot be loaded: corrupt or truncated weights, a bad settings file,
+    a missing file."""
 
 
 def _one_line(e: BaseException, n: int = 300) -> str:
@@ -40,7 +41,8 @@ def read_json_settings(
     types: dict | None = None,  # allowed key -> type (or tuple of types); None: any keys
     required: tuple = (),  # keys that must be present
 ) -> dict:
-    "The JSON object in `file`; a `ModelFolderError` naming the file for bad JSON, an unknown or missing key, a wrong type."
+    """The JSON object in `file`; a `ModelFolderError` naming the file for bad JSON, an unknown or missing key,
+    a wrong type."""
     file = Path(file)
     try:
         d = json.loads(file.read_text())
@@ -113,7 +115,8 @@ def load_folder(
     what: str = 'model',  # what the folder holds, for messages
     **kwargs,
 ):
-    "`load(folder, **kwargs)`; a folder that cannot be read raises `ModelFolderError` naming the folder or file and the cause."
+    """`load(folder, **kwargs)`; a folder that cannot be read raises `ModelFolderError`
+    naming the folder or file and the cause."""
     from safetensors import SafetensorError
 
     folder = Path(folder)
@@ -166,7 +169,8 @@ def default_model(
     what: str,  # how the user names it (e.g. '--ldm DIR'), for the message
     models_dir: str | Path = 'models',  # the pipeline's trained models
 ) -> str:
-    "`given`, else `<models_dir>/<name>` when it exists, else the shipped checkpoint; else a FileNotFoundError saying what to do."
+    """`given`, else `<models_dir>/<name>` when it exists, else the shipped checkpoint;
+    else a FileNotFoundError saying what to do."""
     if given:
         return str(given)
     local = Path(models_dir) / name
@@ -201,7 +205,8 @@ def load_trainable(
     what: str = 'model',  # what it is, for messages
     **kwargs,  # passed to the loader (e.g. key='latents')
 ):
-    "The model of the checkpoint folder `init_from`, ready to fine-tune with `fit`: float32, train mode, all weights trainable."
+    """The model of the checkpoint folder `init_from`, ready to fine-tune with `fit`: float32, train mode,
+    all weights trainable."""
     p = Path(init_from)
     if not p.is_dir():
         raise FileNotFoundError(

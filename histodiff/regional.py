@@ -71,7 +71,8 @@ def _disk_rects(r: int) -> list[tuple[int, int]]:
 
 
 def _max1d(x: torch.Tensor, w: int, dim: int) -> torch.Tensor:
-    "Max over the window [-w, w] along `dim` (dim -1 or -2; nothing outside the tensor), by doubling: about 2 log2(w) maxima."
+    """Max over the window [-w, w] along `dim` (dim -1 or -2; nothing outside the tensor), by doubling:
+    about 2 log2(w) maxima."""
     if w <= 0:
         return x
     p, k = F.pad(x, (w, w) if dim == -1 else (0, 0, w, w)), 0  # zero-padded by w: border pixels keep their whole window
@@ -87,7 +88,8 @@ def dilate_disk(
     m: torch.Tensor,  # ... x H x W mask, bool (or {0, 1} of any dtype)
     r: int,  # radius of the disk structuring element (0: no-op)
 ) -> torch.Tensor:
-    "Binary dilation with `_disk(r)`, exactly scipy's `binary_dilation`: a union of rectangles (separable maxima), Horner-style."
+    """Binary dilation with `_disk(r)`, exactly scipy's `binary_dilation`: a union of rectangles (separable maxima),
+    Horner-style."""
     if r <= 0:
         return m
     out, hp, a, wp = None, 0, m, 0
@@ -128,7 +130,8 @@ def paste_alpha(
     pixel_dilation: int = 8,  # px: outside the mask dilated by this much, the input is kept byte for byte
     feather: float = 2.0,  # px: sigma of the Gaussian ramp at the border (0 = hard edge)
 ) -> np.ndarray | torch.Tensor:
-    "Float32 alpha for pasting a generated image: 1 on the mask, feathered, 0 outside the dilated mask; on the mask's device."
+    """Float32 alpha for pasting a generated image: 1 on the mask, feathered, 0 outside the dilated mask;
+    on the mask's device."""
     if pixel_dilation < 0 or feather < 0:
         raise ValueError("pixel_dilation and feather must be >= 0.")
     if not isinstance(mask, torch.Tensor):
@@ -168,7 +171,8 @@ def _windows(
     ms: np.ndarray,  # N x H x W bool masks (host)
     margin: int,  # px around each mask's bounding box
 ) -> tuple[np.ndarray, np.ndarray]:
-    "Rows (N x h) and columns (N x w) of one window per image, all of the same size, holding its mask's box grown by `margin`."
+    """Rows (N x h) and columns (N x w) of one window per image, all of the same size,
+    holding its mask's box grown by `margin`."""
     out = []
     for ax, n in ((2, ms.shape[1]), (1, ms.shape[2])):
         hit = ms.any(ax)
@@ -232,7 +236,8 @@ def _pad_to(
     ms: np.ndarray,  # N x H x W bool masks (host)
     multiple: int,  # the sides are padded up to multiples of this
 ) -> tuple[torch.Tensor, np.ndarray]:
-    "Images mirrored and masks padded with False (known context), at the bottom and right, to sides divisible by `multiple`."
+    """Images mirrored and masks padded with False (known context), at the bottom and right,
+    to sides divisible by `multiple`."""
     H, W = ms.shape[1:]
     ph, pw = -H % multiple, -W % multiple
     if not (ph or pw):
@@ -278,7 +283,8 @@ def sampling_timesteps(
     strength: float = 1.0,  # fraction of the schedule to run, the part that ends at t = 0: 1 = all of it
     device=None,
 ) -> torch.Tensor:
-    "The scheduler's timesteps for `num_inference_steps`, keeping the last `strength` of them (diffusers img2img's rule)."
+    """The scheduler's timesteps for `num_inference_steps`,
+    keeping the last `strength` of them (diffusers img2img's rule)."""
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}.")
     if num_inference_steps < 1:
@@ -404,7 +410,8 @@ def sampling_scheduler(
     sampler: str | None = None,  # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++); None: 'ddpm'
     clip: bool = False,  # clip the predicted x0 to [-1, 1]: True in pixel space, False for latents
 ):
-    "A diffusers sampler on the training schedule: DDIM / DPM-Solver++ with trailing timesteps; x0 clipped only if `clip`."
+    """A diffusers sampler on the training schedule: DDIM / DPM-Solver++ with trailing timesteps;
+    x0 clipped only if `clip`."""
     config = getattr(config, 'config', config)
     name = sampler or 'ddpm'
     if name not in SAMPLERS:
@@ -471,7 +478,8 @@ def _as_masks(masks, n: int, shape: tuple) -> np.ndarray:
 
 # %% ../nbs/05_regional.ipynb #34f27e73
 class RegionalPipelineBase(DiffusionPipeline):
-    "The image side of regional denoising, shared by the latent and the pixel pipelines; subclasses define `encode`/`decode`."
+    """The image side of regional denoising, shared by the latent and the pixel pipelines;
+    subclasses define `encode`/`decode`."""
 
     default_latent_dilation = 1
     clip_x0 = True  # the sampler must clip the predicted x0 to [-1, 1] (pixels), or must not (latents)
@@ -511,7 +519,8 @@ class RegionalPipelineBase(DiffusionPipeline):
         self,
         z0: torch.Tensor,  # the clean latents (or pixels) about to be sampled
     ) -> bool:
-        "Warn when the scheduler's x0 clipping is wrong for the space, or the UNet runs at a size it was not trained at."
+        """Warn when the scheduler's x0 clipping is wrong for the space,
+        or the UNet runs at a size it was not trained at."""
         ok = clips_x0(self.scheduler) == self.clip_x0
         if not ok:
             warnings.warn(
@@ -604,7 +613,8 @@ class RegionalPipelineBase(DiffusionPipeline):
         mask,  # H x W artifact mask, True = artifact
         **kwargs,  # any `__call__` option (num_inference_steps, generator, keep, ...)
     ) -> np.ndarray:
-        "The project's `restore(image, mask) -> image` interface: uint8 in, uint8 out; an empty mask gives a copy, warned."
+        """The project's `restore(image, mask) -> image` interface: uint8 in, uint8 out;
+        an empty mask gives a copy, warned."""
         kwargs = {'progress': False, **kwargs, 'output_type': 'np', 'return_dict': True}
         res = self([as_rgb_uint8(image)], [mask], **kwargs)
         if not res.masks[0].any():
@@ -661,7 +671,9 @@ class RegionalLatentPipeline(RegionalPipelineBase):
 # %% ../nbs/05_regional.ipynb #c2e72d08
 def load_regional_pipeline(
     model_dir,  # folder with unet/ and scheduler/ (a training stage's output); None: the shipped checkpoints/ldm
-    vae=None,  # VAE folder or hub id (latent pipeline); None: the pixel pipeline (the shipped checkpoints/vae when model_dir is None)
+    # VAE folder or hub id (latent pipeline); None: the pixel pipeline
+    # (the shipped checkpoints/vae when model_dir is None)
+    vae=None,
     vae_subfolder: str | None = None,  # e.g. 'vae' inside a Stable Diffusion repository
     scheduler: str | None = None,  # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++) to swap samplers; None: DDPM as trained
 ) -> RegionalPipelineBase:
@@ -674,7 +686,8 @@ def load_regional_pipeline(
         model_dir, vae = shipped('ldm'), vae if vae is not None else shipped('vae')
         if model_dir is None or vae is None:
             raise FileNotFoundError(
-                "no model folder given and no shipped checkpoints/ldm and checkpoints/vae (nor $HISTODIFF_CHECKPOINTS): "
+                "no model folder given and no shipped checkpoints/ldm and checkpoints/vae "
+                "(nor $HISTODIFF_CHECKPOINTS): "
                 "pass model_dir and vae, or train them (make repro)."
             )
     d = Path(model_dir)

@@ -31,7 +31,8 @@ def write_released_unet(
     norm_num_groups: int = 32,  # GroupNorm groups (must divide every channel count)
     seed: int = 0,  # random weights from this seed
 ) -> Path:
-    "A randomly initialised UNet with the released layout, saved as the release is: config.json and pickled `.bin` weights."
+    """A randomly initialised UNet with the released layout, saved as the release is: config.json and pickled `.bin`
+    weights."""
     from diffusers import UNet2DModel
     from histodiff.train import unet_config
 
@@ -128,7 +129,8 @@ def _state_dict(obj, path: Path) -> dict:
 def load_weights(
     path: str | Path,  # a .safetensors, .bin or .ckpt file
 ) -> dict:
-    "A state dict of tensors: safetensors read directly, pickles only with `torch.load(weights_only=True)`, which runs no code."
+    """A state dict of tensors: safetensors read directly, pickles only with `torch.load(weights_only=True)`, which runs
+    no code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -192,7 +194,8 @@ def find_unet(
 def unet_weights(
     unet_dir: str | Path,  # a diffusers UNet folder (config.json + weights)
 ) -> Path:
-    "The weights file of a UNet folder: full precision before fp16, safetensors before pickles, the standard name first."
+    """The weights file of a UNet folder: full precision before fp16, safetensors before pickles, the standard name
+    first."""
     unet_dir = Path(unet_dir)
     files = [p for p in sorted(unet_dir.iterdir()) if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
     if not files:
@@ -201,7 +204,8 @@ def unet_weights(
         )
     if any(re.search(r'-\d{5}-of-\d{5}', p.name) for p in files):
         raise ValueError(
-            f"{unet_dir} holds sharded weights: load and re-save them with diffusers where you trust the source, then convert."
+            f"{unet_dir} holds sharded weights: load and re-save them with diffusers where you trust the source, "
+            "then convert."
         )
     rank = lambda p: ('fp16' in p.name.split('.'), WEIGHT_SUFFIXES.index(p.suffix), p.stem != 'diffusion_pytorch_model')
     files.sort(key=rank)
@@ -231,7 +235,8 @@ def _save_unet(
     sd: dict,  # its state dict
     out: Path,  # the unet/ folder to write
 ):
-    "Load `sd` into the UNet of `config` through diffusers (strict: no missing or unexpected key), save it as safetensors."
+    """Load `sd` into the UNet of `config` through diffusers (strict: no missing or unexpected key), save it as
+    safetensors."""
     from diffusers import UNet2DModel
     from diffusers.utils import logging
     from safetensors.torch import save_file
@@ -280,7 +285,10 @@ def _save_scheduler(
     from histodiff.train import make_scheduler
 
     make_scheduler().save_pretrained(out)
-    return "SPEC 2's training schedule (`histodiff.train.make_scheduler()`: DDPM, 1000 steps, scaled_linear 0.00085..0.012, epsilon)"
+    return (
+        "SPEC 2's training schedule (`histodiff.train.make_scheduler()`: DDPM, 1000 steps, "
+        "scaled_linear 0.00085..0.012, epsilon)"
+    )
 
 
 def _model_card(src: Path, weights: Path, rel: str, unet, scheduler: str) -> str:
@@ -347,7 +355,8 @@ def convert_checkpoint(
     | Path,  # a diffusers UNet folder (config.json + weights), a zip of one, or a weights file beside its config.json
     dst: str | Path,  # the model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically
 ) -> Path:
-    "Convert a downloaded UNet to a safetensors model folder `load_regional_pipeline` loads; pickles read with `weights_only=True`."
+    """Convert a downloaded UNet to a safetensors model folder `load_regional_pipeline` loads; pickles read with
+    `weights_only=True`."""
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise FileNotFoundError(f"checkpoint not found: {src}")

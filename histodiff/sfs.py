@@ -55,7 +55,8 @@ ARCHITECTURES = ('tiny', 'resnet18', 'resnet50', 'convnext-tiny', 'efficientnet-
 
 # %% ../nbs/08_sfs.ipynb #ad5e0c7e
 class ImageClassifier(nn.Module):
-    "A transformers image classifier on [-1, 1] tensors, with a cross-entropy `training_loss` for `histodiff.train.fit`."
+    """A transformers image classifier on [-1, 1] tensors, with a cross-entropy `training_loss` for
+    `histodiff.train.fit`."""
 
     def __init__(
         self,
@@ -103,7 +104,8 @@ class ImageClassifier(nn.Module):
         name_or_path: str | Path,  # hub id or local folder of a transformers image classifier
         **kwargs,  # passed to `AutoModelForImageClassification.from_pretrained`
     ) -> 'ImageClassifier':
-        "Load a classifier saved by `save_pretrained` or any transformers image classifier of the hub, in float32 (fp16 weights too, unless `dtype` is given); a damaged local folder raises `ModelFolderError`."
+        """Load a classifier saved by `save_pretrained` or any transformers image classifier of the hub, in float32
+        (fp16 weights too, unless `dtype` is given); a damaged local folder raises `ModelFolderError`."""
         from transformers import AutoModelForImageClassification
 
         if 'dtype' not in kwargs and 'torch_dtype' not in kwargs:
@@ -488,7 +490,8 @@ def her2_table(
     level: float = 0.95,
     seed: int = 0,  # bootstrap settings
 ) -> pd.DataFrame:
-    "`metrics` on the binary (headline) and four-class HER2 views: columns classes, metric, value, ci_low, ci_high, n, level."
+    """`metrics` on the binary (headline) and four-class HER2 views: columns classes, metric, value, ci_low, ci_high, n,
+    level."""
     point = {cls: metrics(*a, HER2_VIEWS[cls]) for cls, a in her2_views(y_true, *preds).items()}  # warns once per view
 
     def stat(*arrays):
@@ -695,7 +698,8 @@ def _from_checkpoint(run, init, data, labels, cfg, class_names, **kw):
     have = [str(clf.model.config.id2label[i]) for i in range(clf.num_classes)]
     if have != list(class_names):
         raise ValueError(
-            f"init_from {init}: classes {have}, but the data has {list(class_names)}; use a matching checkpoint or init_from ''."
+            f"init_from {init}: classes {have}, but the data has {list(class_names)}; "
+            "use a matching checkpoint or init_from ''."
         )
     if cfg is None:
         return clf.eval()
@@ -804,7 +808,8 @@ def tissue_study(
     s: dict,  # the stage's parameters: tissue (the group's settings), data_dir, models_dir, n_resamples, seed
     device=None,
 ) -> tuple[dict | None, float]:
-    "Train (or take) the tissue classifier, save it to models_dir/tissue and score it: (results or None when skipped, seconds)."
+    """Train (or take) the tissue classifier, save it to models_dir/tissue and score it: (results or None when skipped,
+    seconds)."""
     import time
 
     tc, t0 = s['tissue'], time.time()

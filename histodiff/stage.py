@@ -38,7 +38,8 @@ def _out_path(entry) -> str:
 def stage_notebooks(
     spec: dict,  # a stage's entry of dvc.yaml
 ) -> tuple[str, str]:
-    "The stage's notebook (first `.ipynb` of deps) and its executed copy (the `.ipynb` of outs under results/executed/)."
+    """The stage's notebook (first `.ipynb` of deps) and its executed copy (the `.ipynb` of outs under
+    results/executed/)."""
     nbs = [d for d in spec.get('deps', []) if str(d).endswith('.ipynb')]
     outs = [
         o for o in map(_out_path, spec.get('outs', [])) if o.endswith('.ipynb') and o.startswith('results/executed/')

@@ -50,7 +50,8 @@ class StarDiffSchedulerOutput(BaseOutput):
 
 # %% ../nbs/06_stardiff.ipynb #6bedf6ff
 class StarDiffScheduler(SchedulerMixin, ConfigMixin):
-    "RDDM residual + noise scheduler (SPEC 3): `x_t = x0 + abar_t * I_res + bbar_t * eps`, index 0 = x0, index T = H&E + noise."
+    """RDDM residual + noise scheduler (SPEC 3): `x_t = x0 + abar_t * I_res + bbar_t * eps`, index 0 = x0,
+    index T = H&E + noise."""
 
     config_name = 'scheduler_config.json'
     order = 1
@@ -166,7 +167,8 @@ class StarDiffScheduler(SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,  # x_t
         x_in: torch.Tensor | None = None,  # the condition (needed when a prediction is None)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        "(r_hat, e_hat), the missing one derived from `x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps`; r_hat = 0 at t = T."
+        """(r_hat, e_hat), the missing one derived from `x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps`; r_hat = 0 at
+        t = T."""
         if residual_pred is not None and noise_pred is not None:
             return residual_pred, noise_pred
         if residual_pred is None and noise_pred is None:
@@ -197,7 +199,8 @@ class StarDiffScheduler(SchedulerMixin, ConfigMixin):
         eta: float | None = None,  # stochasticity (default: config.eta)
         return_dict: bool = True,
     ):
-        "One sampling step t -> t' (SPEC 3 / paper Eq. 6); `sigma_t^2 = eta * (bbar_t^2 - bbar_t'^2) * bbar_t'^2 / bbar_t^2`."
+        """One sampling step t -> t' (SPEC 3 / paper Eq. 6); `sigma_t^2 = eta * (bbar_t^2 - bbar_t'^2) * bbar_t'^2 /
+        bbar_t^2`."""
         eta = self.config.eta if eta is None else float(eta)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}.")
@@ -368,7 +371,8 @@ class StarDiffModel(nn.Module):
         path: str | Path,  # folder written by `save_pretrained`
         **kwargs,
     ):
-        "Load a model saved with `save_pretrained` (safetensors only); a damaged folder raises `ModelFolderError` naming the file."
+        """Load a model saved with `save_pretrained` (safetensors only); a damaged folder raises `ModelFolderError`
+        naming the file."""
         path = Path(path)
         cf = path / cls.config_name
         if not cf.exists():
@@ -379,7 +383,8 @@ class StarDiffModel(nn.Module):
         subs = [s for s, off in (('residual_unet', 'noise'), ('noise_unet', 'residual')) if cfg['paths'] != off]
         if missing := [s for s in subs if not (path / s).is_dir()]:
             raise ModelFolderError(
-                f"{cf} says paths={cfg['paths']!r} but {path / missing[0]} is missing: re-download or retrain the model."
+                f"{cf} says paths={cfg['paths']!r} but {path / missing[0]} is missing: "
+                "re-download or retrain the model."
             )
         nets = {
             s: load_folder(UNet2DModel.from_pretrained, path / s, 'Star-Diff UNet', use_safetensors=True) for s in subs
@@ -387,8 +392,10 @@ class StarDiffModel(nn.Module):
         for s, n in nets.items():
             if (n.config.in_channels, n.config.out_channels) != (2 * cfg['channels'], cfg['channels']):
                 raise ModelFolderError(
-                    f"{path / s}: a UNet with {n.config.in_channels} -> {n.config.out_channels} channels, but {cf.name} says "
-                    f"channels={cfg['channels']} (needs {2 * cfg['channels']} -> {cfg['channels']}): the folder is inconsistent."
+                    f"{path / s}: a UNet with {n.config.in_channels} -> {n.config.out_channels} channels, "
+                    f"but {cf.name} says channels={cfg['channels']} "
+                    f"(needs {2 * cfg['channels']} -> {cfg['channels']}): "
+                    "the folder is inconsistent."
                 )
         sch = load_folder(StarDiffScheduler.from_pretrained, path / 'scheduler', 'Star-Diff scheduler')
         try:
@@ -486,7 +493,8 @@ class StarDiffPipeline(DiffusionPipeline):
         num_inference_steps: int = 10,  # sampling steps (few, as RDDM)
         generator: torch.Generator | int | None = None,  # seed or generator (same seed, same output)
         eta: float = 0.0,  # 0: deterministic DDIM-like sampling; > 0 stochastic
-        output_type: str = 'pil',  # 'pil' (list of PIL), 'np' (float N x H x W x 3 in [0, 1]) or 'pt' (N x 3 x H x W in [-1, 1])
+        # 'pil' (list of PIL), 'np' (float N x H x W x 3 in [0, 1]) or 'pt' (N x 3 x H x W in [-1, 1])
+        output_type: str = 'pil',
         progress: bool = True,  # show tqdm bars
         overlap: int | None = None,  # tile overlap for large inputs (default tile_size // 4)
         batch_size: int = 16,  # tiles per model batch
@@ -561,7 +569,8 @@ class StarDiffPipeline(DiffusionPipeline):
         path: str | Path,  # a pipeline folder, or a bare StarDiffModel folder
         **kwargs,
     ):
-        "Load a pipeline saved with `save_pretrained` (or a model folder saved by `fit`), checked against its `stardiff_pipeline.json`."
+        """Load a pipeline saved with `save_pretrained` (or a model folder saved by `fit`), checked against its
+        `stardiff_pipeline.json`."""
         path = Path(path)
         f = path / 'stardiff_pipeline.json'
         if not path.is_dir():
@@ -581,7 +590,8 @@ class StarDiffPipeline(DiffusionPipeline):
         model = StarDiffModel.from_pretrained(path / 'model')
         if model.paths != cfg['paths']:
             raise ModelFolderError(
-                f"{f} says paths={cfg['paths']!r} but {path / 'model' / StarDiffModel.config_name} says {model.paths!r}: "
+                f"{f} says paths={cfg['paths']!r} but {path / 'model' / StarDiffModel.config_name} "
+                f"says {model.paths!r}: "
                 "the folder was altered; re-download it or save the pipeline again."
             )
         if not cfg['latent']:
@@ -604,7 +614,8 @@ def latent_pipeline(
 
 # %% ../nbs/06_stardiff.ipynb #47b7f734
 class PairDataset(torch.utils.data.Dataset):
-    "Paired tiles as `{'he': x_in, 'ihc': x0}` float items in [-1, 1] (the `fit` protocol); uint8 tiles stay uint8 in memory."
+    """Paired tiles as `{'he': x_in, 'ihc': x0}` float items in [-1, 1] (the `fit` protocol); uint8 tiles stay uint8 in
+    memory."""
 
     def __init__(
         self,
@@ -809,12 +820,14 @@ def save_stain_baselines(baselines: dict[str, StainNormalizer], path: str | Path
 
 
 def load_stain_baselines(path: str | Path) -> dict[str, StainNormalizer]:
-    "Read baselines written by `save_stain_baselines` (name -> fitted `StainNormalizer`); a damaged file raises `ModelFolderError` naming it."
+    """Read baselines written by `save_stain_baselines` (name -> fitted `StainNormalizer`); a damaged file raises
+    `ModelFolderError` naming it."""
     try:
         return {k: StainNormalizer.from_state_dict(v) for k, v in read_json_settings(path).items()}
     except (KeyError, TypeError, IndexError) as e:
         raise ModelFolderError(
-            f"{path} does not hold stain baselines written by save_stain_baselines ({type(e).__name__}: {e}): fit them again."
+            f"{path} does not hold stain baselines written by save_stain_baselines ({type(e).__name__}: {e}): "
+            "fit them again."
         ) from e
 
 # %% ../nbs/06_stardiff.ipynb #69d4255b
@@ -887,7 +900,8 @@ def train_variant(
     s: dict,  # the stage's parameters
     device='cpu',  # where the saved pipeline is loaded back to
 ) -> tuple[StarDiffPipeline, float]:
-    "Train (or take from `init_from`) variant `v`, save its pipeline to models_dir/v; (the pipeline loaded back, seconds)."
+    """Train (or take from `init_from`) variant `v`, save its pipeline to models_dir/v; (the pipeline loaded back,
+    seconds)."""
     from histodiff.train import fit
 
     t0, steps = time.perf_counter(), s['max_steps']
@@ -968,7 +982,8 @@ def sum_scale_study(
     pipes: dict,  # the variants trained (the study's model at sum_scale is `both`)
     device='cpu',
 ) -> dict:
-    "`both` trained again (same seed, steps, data) at every other value of sum_scales, saved to models_dir/sum_scale/<value>."
+    """`both` trained again (same seed, steps, data) at every other value of sum_scales, saved to
+    models_dir/sum_scale/<value>."""
     from histodiff.train import fit
 
     out = {}
@@ -1040,7 +1055,8 @@ def plot_preview(
     s: dict,
     k: int = 4,
 ):
-    "A grid of the first `k` test pairs, the baselines' and every variant's stainings (None when there is nothing to show)."
+    """A grid of the first `k` test pairs, the baselines' and every variant's stainings (None when there is nothing to
+    show)."""
     import matplotlib.pyplot as plt
 
     k, he = min(k, len(test['he'])), test['he']

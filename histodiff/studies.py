@@ -94,8 +94,8 @@ def write_table(
     with atomic_path(stem.with_suffix('.csv')) as tmp:
         df.to_csv(tmp, index=False)
     caveat = {
-        'demo': "Demo profile: the small models shipped in checkpoints/ (their model cards say how they were trained), scored on "
-        "a few held-out tiles of open tissue; not the papers' data or model sizes.",
+        'demo': "Demo profile: the small models shipped in checkpoints/ (their model cards say how they were trained), "
+        "scored on a few held-out tiles of open tissue; not the papers' data or model sizes.",
         'smoke': "Smoke profile: tiny models trained a few steps; these numbers only show that the pipeline runs.",
     }.get(profile, '')
     md = [f"# {title}", '', f"profile: `{profile}`; data: {data}.", '']
@@ -297,7 +297,8 @@ def robustness_study(
     perturbations: Mapping = PERTURBATIONS,
     seed: int = 0,
 ) -> pd.DataFrame:
-    "SSIM, PSNR, binary (headline) and `_4class` accuracy and SFS of perturbed copies, with drops (%) from the unperturbed set."
+    """SSIM, PSNR, binary (headline) and `_4class` accuracy and SFS of perturbed copies, with drops (%) from the
+    unperturbed set."""
     from histodiff.metrics import psnr, ssim
 
     labels = np.asarray(labels)
@@ -329,7 +330,8 @@ def classifier_bias_study(
     labels: np.ndarray,
     num_classes: int = 4,
 ) -> pd.DataFrame:
-    "Per frozen classifier: accuracy on real IHC, accuracy and SFS on the generated IHC; binary (headline), then `_4class`."
+    """Per frozen classifier: accuracy on real IHC, accuracy and SFS on the generated IHC; binary (headline), then
+    `_4class`."""
     labels = np.asarray(labels)
     rows = []
     for name, predict in classifiers.items():

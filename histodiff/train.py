@@ -153,7 +153,8 @@ def _unverifiable(ckpt: Path) -> bool:
 def verify_checkpoint(
     path: str | Path,  # a checkpoint folder, `output_dir/checkpoints/step_N`
 ) -> str | None:
-    "None when checkpoint `path` is complete (every file of its manifest there, same size and sha256); else what is wrong, naming the file."
+    """None when checkpoint `path` is complete (every file of its manifest there, same size and sha256);
+    else what is wrong, naming the file."""
     p = Path(path)
     if not (p / 'trainer_state.json').is_file():
         return f"{p / 'trainer_state.json'} is missing"
@@ -226,7 +227,8 @@ def _check_checkpoint(path: str | Path) -> Path:
         raise FileNotFoundError(f"{p} is not a complete histodiff checkpoint: {p / 'trainer_state.json'} is missing")
     if problem := verify_checkpoint(p):
         raise ValueError(
-            f"checkpoint {p} is incomplete or corrupt: {problem}; resume from another one (resume=True takes the newest complete one)."
+            f"checkpoint {p} is incomplete or corrupt: {problem}; "
+            f"resume from another one (resume=True takes the newest complete one)."
         )
     return p
 
@@ -300,7 +302,8 @@ class _Run:
 
 # %% ../nbs/04_train.ipynb #0c5fed35
 def _resume_point(c: TrainConfig) -> Path | None:
-    "The checkpoint `fit` starts from (None: a fresh start); warns about each one skipped and about an unverifiable one."
+    """The checkpoint `fit` starts from (None: a fresh start);
+    warns about each one skipped and about an unverifiable one."""
     out = Path(c.output_dir)
     if c.resume is True:
         p = latest_checkpoint(out)
@@ -318,7 +321,8 @@ def _resume_point(c: TrainConfig) -> Path | None:
         p = None
     if p is not None and _unverifiable(p):
         warnings.warn(
-            f"checkpoint {p} has no {MANIFEST} (written by an older histodiff): it cannot be verified; resuming from it as it is.",
+            f"checkpoint {p} has no {MANIFEST} (written by an older histodiff): "
+            f"it cannot be verified; resuming from it as it is.",
             stacklevel=3,
         )
     return p
@@ -503,7 +507,8 @@ def fit(
     config: TrainConfig,  # run settings
     collate_fn=None,  # batches a list of items (default `collate_dict`)
 ) -> nn.Module:
-    "Train `model` on `dataset` with accelerate; checkpoint, resume, log; return the model with its final (EMA) weights."
+    """Train `model` on `dataset` with accelerate; checkpoint, resume, log;
+    return the model with its final (EMA) weights."""
     if not callable(getattr(model, 'training_loss', None)):
         raise TypeError(f"{type(model).__name__} has no `training_loss(batch)` method; fit needs one.")
     if len(dataset) == 0:
@@ -523,7 +528,7 @@ def make_scheduler(
     beta_start: float = 0.00085,  # SPEC 2: first beta
     beta_end: float = 0.012,  # SPEC 2: last beta
     prediction_type: str = 'epsilon',  # what the UNet predicts: 'epsilon', 'v_prediction' or 'sample'
-    clip_sample: bool = False,  # clip the predicted x0 to [-1, 1] when sampling: True for pixel models, never for latents
+    clip_sample: bool = False,  # clip predicted x0 to [-1, 1] when sampling: True for pixel models, never for latents
 ):
     "The training noise scheduler of SPEC 2: `DDPMScheduler`, 1000 steps, scaled_linear 0.00085..0.012, epsilon."
     from diffusers import DDPMScheduler
@@ -550,7 +555,8 @@ def record_sample_size(
     model,  # a diffusers model (`UNet2DModel`) whose config has `sample_size`
     x: torch.Tensor,  # a training batch N x C x H x W
 ):
-    "Store the training input size in `model.config.sample_size` (an int for square inputs), so the saved config says it."
+    """Store the training input size in `model.config.sample_size` (an int for square inputs),
+    so the saved config says it."""
     h, w = x.shape[-2:]
     if _hw(model.config.get('sample_size')) != (h, w):
         model.register_to_config(sample_size=int(h) if h == w else (int(h), int(w)))
@@ -670,7 +676,8 @@ def unet_config(
         attn = res[-1]
     if attn is not None and attn not in res:
         raise ValueError(
-            f"preset {preset!r} puts attention at the {attn}x{attn} level, absent for sample_size {sample_size} (levels {res})."
+            f"preset {preset!r} puts attention at the {attn}x{attn} level, "
+            f"absent for sample_size {sample_size} (levels {res})."
         )
     down = tuple('AttnDownBlock2D' if r == attn else 'DownBlock2D' for r in res)
     up = tuple('AttnUpBlock2D' if r == attn else 'UpBlock2D' for r in reversed(res))

@@ -367,7 +367,8 @@ class SlideSettings:
 def restorer_identity(
     restorer,  # what `restore_slide` is given
 ) -> dict:
-    "`restorer.identity` when it has one (the CLI's restorers record method, models, sampler, steps, seed), else its name."
+    """`restorer.identity` when it has one (the CLI's restorers record method, models, sampler, steps, seed), else its
+    name."""
     ident = getattr(restorer, 'identity', None)
     if ident is not None:
         return dict(ident)
@@ -387,7 +388,8 @@ class SlideBusyError(OSError):
 def output_lock(
     out: str | Path,  # the output file a run writes
 ):
-    "Hold `.<out name>.lock` beside `out` for the run (the lock file records the pid, and is removed at the end); a second run fails at once."
+    """Hold `.<out name>.lock` beside `out` for the run (the lock file records the pid, and is removed at the end); a
+    second run fails at once."""
     from filelock import FileLock, Timeout
 
     out = Path(out)
@@ -577,7 +579,8 @@ def tissue_region(
     min_saturation: float = 0.05,  # glass is below this (H&E and IHC tissue well above)
     margin: int = 2,  # grow the region by this many thumbnail pixels (artifacts on the tissue's edge)
 ) -> np.ndarray:
-    "Where a restorer may work: pixels coloured like tissue, every hole inside them filled (tears, bubbles, dark marks), slightly grown."
+    """Where a restorer may work: pixels coloured like tissue, every hole inside them filled (tears, bubbles, dark
+    marks), slightly grown."""
     from scipy import ndimage
     from skimage.filters import gaussian
     from histodiff.detect import saturation
@@ -596,7 +599,8 @@ def detect_slide(
     progress: bool = True,  # tqdm bar
     tissue_only: bool = True,  # keep only detections on tissue (pixel by pixel): never regenerate glass
 ) -> np.ndarray:
-    "Boolean artifact mask of a slide level: the detector on tissue tiles only, blended, cleaned, intersected with the tissue."
+    """Boolean artifact mask of a slide level: the detector on tissue tiles only, blended, cleaned, intersected with the
+    tissue."""
     from histodiff.detect import ArtifactDetector, predict_proba, tissue_mask, clean_mask
     from tqdm.auto import tqdm
 
@@ -723,7 +727,8 @@ def restore_tiles(
     work: WorkFolder,
     s: SlideSettings,
 ) -> tuple[int, int]:
-    "Restore the planned tiles not yet logged as done, batch by batch (reads prefetched); returns (calls, tiles resumed)."
+    """Restore the planned tiles not yet logged as done, batch by batch (reads prefetched); returns (calls, tiles
+    resumed)."""
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
