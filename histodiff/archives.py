@@ -18,164 +18,243 @@ __all__ = ['MAX_EXTRACT_BYTES', 'MAX_EXTRACT_MEMBERS', 'ARCHIVE_SUFFIXES', 'Data
 class DataIntegrityError(RuntimeError):
     "A downloaded or cached file whose sha256 is not the expected one."
 
+
 class UnsafeArchiveError(DataIntegrityError, ValueError):
-    "An archive refused: a member that could write outside its folder (`..`, an absolute path, a link, a device), more bytes or members than the limits, or content that does not match its headers."
+    """An archive refused: a member that could write outside its folder (`..`, an absolute path, a link, a device),
+    more bytes or members than the limits, or content that does not match its headers."""
 
-_SKIP_MEMBERS = ('__MACOSX',) # macOS resource forks in zips: never extracted
 
-def _unsafe_name(name:str)->str|None:
+_SKIP_MEMBERS = ('__MACOSX',)  # macOS resource forks in zips: never extracted
+
+
+def _unsafe_name(name: str) -> str | None:
     "Why an archive member's name is unsafe to extract (None when it is safe)."
     n = name.replace('\\', '/')
-    if n.startswith('/') or re.match(r'^[A-Za-z]:', n): return 'an absolute path'
-    if '..' in n.split('/'): return "a path with '..' that leads outside the target folder"
+    if n.startswith('/') or re.match(r'^[A-Za-z]:', n):
+        return 'an absolute path'
+    if '..' in n.split('/'):
+        return "a path with '..' that leads outside the target folder"
     return None
 
-def _refused(archive:Path, name:str, why:str)->UnsafeArchiveError:
-    return UnsafeArchiveError(f"{Path(archive).name} is refused and nothing was extracted: its member {name!r} is {why}. "
-                              "Extract it by hand only if you trust its source, and pass the folder instead.")
 
-def _skipped(name:str)->bool: return name.replace('\\', '/').split('/')[0] in _SKIP_MEMBERS
+def _refused(archive: Path, name: str, why: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(
+        f"{Path(archive).name} is refused and nothing was extracted: its member {name!r} is {why}. "
+        "Extract it by hand only if you trust its source, and pass the folder instead."
+    )
 
-def _zip_members(z:zipfile.ZipFile, archive:Path)->list:
+
+def _skipped(name: str) -> bool:
+    return name.replace('\\', '/').split('/')[0] in _SKIP_MEMBERS
+
+
+def _zip_members(z: zipfile.ZipFile, archive: Path) -> list:
     "The members of a zip to extract, after checking all of them."
     for m in z.infolist():
         why = _unsafe_name(m.filename) or ('a symbolic link' if stat.S_ISLNK(m.external_attr >> 16) else None)
-        if why: raise _refused(archive, m.filename, why)
+        if why:
+            raise _refused(archive, m.filename, why)
     return [m for m in z.infolist() if not _skipped(m.filename)]
 
-def _tar_members(t:tarfile.TarFile, archive:Path)->list:
+
+def _tar_members(t: tarfile.TarFile, archive: Path) -> list:
     "The members of a tar to extract, after checking all of them."
     members = t.getmembers()
     for m in members:
         why = _unsafe_name(m.name) or ('a link' if m.issym() or m.islnk() else None)
         why = why or (None if m.isfile() or m.isdir() else 'a device or other special file')
-        if why: raise _refused(archive, m.name, why)
+        if why:
+            raise _refused(archive, m.name, why)
     return [m for m in members if not _skipped(m.name)]
 
 # %% ../nbs/01a_archives.ipynb #b6f81c81
-MAX_EXTRACT_BYTES = 50 * 10**9 # bytes one archive (with the archives inside it) may extract: BCI, the largest data set, is about 10 GB
-MAX_EXTRACT_MEMBERS = 1_000_000 # files and folders one archive (with the archives inside it) may extract
+MAX_EXTRACT_BYTES = (
+    50 * 10**9
+)  # bytes one archive (with the archives inside it) may extract: BCI, the largest data set, is about 10 GB
+MAX_EXTRACT_MEMBERS = 1_000_000  # files and folders one archive (with the archives inside it) may extract
 
-def _human(n:float)->str:
+
+def _human(n: float) -> str:
     "A byte count for messages: 950 B, 3.0 kB, 51.2 GB."
     for unit in ('B', 'kB', 'MB', 'GB'):
-        if abs(n) < 1000: return f"{n:.0f} {unit}" if unit == 'B' else f"{n:.1f} {unit}"
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == 'B' else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
 
-def _check_size(members:list, # ZipInfo or TarInfo members to extract
-                archive:Path, max_bytes:int, max_members:int)->int:
+
+def _check_size(
+    members: list,  # ZipInfo or TarInfo members to extract
+    archive: Path,
+    max_bytes: int,
+    max_members: int,
+) -> int:
     "The bytes `members` declare; refuses the archive, before anything is written, when they exceed the limits."
     total = sum(m.file_size if isinstance(m, zipfile.ZipInfo) else m.size for m in members)
     over = [f"{_human(total)}, more than max_bytes={max_bytes} ({_human(max_bytes)})"] if total > max_bytes else []
     over += [f"{len(members)} members, more than max_members={max_members}"] if len(members) > max_members else []
-    if over: raise UnsafeArchiveError(f"{Path(archive).name} is refused and nothing was extracted: it would extract {' and '.join(over)} "
-                                      "(a decompression bomb?). If you trust it, pass larger limits.")
+    if over:
+        raise UnsafeArchiveError(
+            f"{Path(archive).name} is refused and nothing was extracted: it would extract {' and '.join(over)} "
+            "(a decompression bomb?). If you trust it, pass larger limits."
+        )
     return total
 
-def _tree_size(folder:Path)->tuple[int, int]:
+
+def _tree_size(folder: Path) -> tuple[int, int]:
     "Bytes of the files under `folder` and the number of entries."
     entries = list(Path(folder).rglob('*'))
     return sum(p.stat().st_size for p in entries if p.is_file() and not p.is_symlink()), len(entries)
 
 # %% ../nbs/01a_archives.ipynb #debb36ed
-def _looks_like_html(path:Path)->bool:
-    with open(path, 'rb') as f: head = f.read(2048).lstrip().lower()
+def _looks_like_html(path: Path) -> bool:
+    with open(path, 'rb') as f:
+        head = f.read(2048).lstrip().lower()
     return head.startswith((b'<!doctype html', b'<html')) or b'<html' in head
 
+
 @contextmanager
-def _undo_on_error(dest:Path, # folder extracted into (made if missing)
-                   archive:Path):
-    "Run an extraction into `dest`; on any error remove what it added (`dest` itself if it was missing), and name a corrupt archive."
-    existed = dest.exists(); before = set(dest.iterdir()) if existed else set()
-    try: yield
+def _undo_on_error(
+    dest: Path,  # folder extracted into (made if missing)
+    archive: Path,
+):
+    """Run an extraction into `dest`; on any error remove what it added (`dest` itself if it was missing),
+    and name a corrupt archive."""
+    existed = dest.exists()
+    before = set(dest.iterdir()) if existed else set()
+    try:
+        yield
     except BaseException as e:
-        for p in (set(dest.iterdir()) - before if existed else [dest]):
-            if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
-            else: p.unlink(missing_ok=True)
+        for p in set(dest.iterdir()) - before if existed else [dest]:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
         if isinstance(e, (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError)):
-            raise UnsafeArchiveError(f"{archive.name} is refused and nothing was kept: it is corrupt or its headers lie ({e}). "
-                                     "Download it again.") from e
+            raise UnsafeArchiveError(
+                f"{archive.name} is refused and nothing was kept: it is corrupt or its headers lie ({e}). "
+                "Download it again."
+            ) from e
         raise
 
-def _write_zip(z:zipfile.ZipFile, members:list, # checked members (`_zip_members`)
-               dest:Path, archive:Path, max_bytes:int)->int:
+
+def _write_zip(
+    z: zipfile.ZipFile,
+    members: list,  # checked members (`_zip_members`)
+    dest: Path,
+    archive: Path,
+    max_bytes: int,
+) -> int:
     "Stream the members into `dest`, counting the bytes actually written (a zip's headers can lie); returns the count."
     written = 0
     for m in members:
         parts = [p for p in m.filename.split('/') if p not in ('', '.')]  # as ZipFile.extract; '..' was refused
-        if not parts: continue
+        if not parts:
+            continue
         out = dest.joinpath(*parts)
-        if m.is_dir(): out.mkdir(parents=True, exist_ok=True); continue
+        if m.is_dir():
+            out.mkdir(parents=True, exist_ok=True)
+            continue
         out.parent.mkdir(parents=True, exist_ok=True)
         with z.open(m) as src, open(out, 'wb') as dst:
             while chunk := src.read(1 << 20):
                 written += len(chunk)
                 if written > max_bytes:
-                    raise UnsafeArchiveError(f"{archive.name} is refused: extracting it wrote more than max_bytes={max_bytes} ({_human(max_bytes)}) "
-                                             f"at its member {m.filename!r}, more than its headers declare; the partial output was removed.")
+                    raise UnsafeArchiveError(
+                        f"{archive.name} is refused: extracting it wrote more than max_bytes={max_bytes} "
+                        f"({_human(max_bytes)}) "
+                        f"at its member {m.filename!r}, more than its headers declare; the partial output was removed."
+                    )
                 dst.write(chunk)
     return written
 
-def _extract(archive:Path, # a zip or tar file
-             dest:Path, # folder to extract into (made if missing)
-             max_bytes:int=MAX_EXTRACT_BYTES, # refuse an archive that would write more (declared, and counted while writing)
-             max_members:int=MAX_EXTRACT_MEMBERS, # refuse an archive with more files and folders
-            )->Path:
-    "Extract a zip or tar archive into `dest` after checking every member and the size; a refused or failed extraction leaves nothing behind."
+
+def _extract(
+    archive: Path,  # a zip or tar file
+    dest: Path,  # folder to extract into (made if missing)
+    max_bytes: int = MAX_EXTRACT_BYTES,  # refuse an archive that would write more (declared, and counted while writing)
+    max_members: int = MAX_EXTRACT_MEMBERS,  # refuse an archive with more files and folders
+) -> Path:
+    """Extract a zip or tar archive into `dest` after checking every member and the size;
+    a refused or failed extraction leaves nothing behind."""
     archive, dest = Path(archive), Path(dest)
     if zipfile.is_zipfile(archive):
         with _undo_on_error(dest, archive), zipfile.ZipFile(archive) as z:
-            members = _zip_members(z, archive); _check_size(members, archive, max_bytes, max_members)  # before writing anything
-            dest.mkdir(parents=True, exist_ok=True); _write_zip(z, members, dest, archive, max_bytes)
+            members = _zip_members(z, archive)
+            _check_size(members, archive, max_bytes, max_members)  # before writing anything
+            dest.mkdir(parents=True, exist_ok=True)
+            _write_zip(z, members, dest, archive, max_bytes)
     elif tarfile.is_tarfile(archive):
         with _undo_on_error(dest, archive), tarfile.open(archive) as t:
-            members = _tar_members(t, archive); _check_size(members, archive, max_bytes, max_members)
-            dest.mkdir(parents=True, exist_ok=True); t.extractall(dest, members=members, filter='data')  # a tar member writes exactly its header's size
+            members = _tar_members(t, archive)
+            _check_size(members, archive, max_bytes, max_members)
+            dest.mkdir(parents=True, exist_ok=True)
+            t.extractall(dest, members=members, filter='data')  # a tar member writes exactly its header's size
     elif _looks_like_html(archive):
-        raise DataIntegrityError(f"{archive} is a web page, not an archive: Google Drive answered with a page instead of the file "
-                                 "(download quota exceeded, or the file is not shared). Download it in a browser and pass the local path.")
-    else: raise DataIntegrityError(f"{archive} is neither a zip nor a tar archive.")
+        raise DataIntegrityError(
+            f"{archive} is a web page, not an archive: Google Drive answered with a page instead of the file "
+            "(download quota exceeded, or the file is not shared). Download it in a browser and pass the local path."
+        )
+    else:
+        raise DataIntegrityError(f"{archive} is neither a zip nor a tar archive.")
     return dest
 
 # %% ../nbs/01a_archives.ipynb #f0878b8c
 ARCHIVE_SUFFIXES = ('.zip', '.tar', '.tar.gz', '.tgz', '.tar.bz2', '.tar.xz')
 
-def _archive_stem(p:Path)->str|None:
+
+def _archive_stem(p: Path) -> str | None:
     "The name of an archive without its suffix (None if it is not an archive by name)."
     n = p.name.lower()
-    return next((p.name[:-len(s)] for s in ARCHIVE_SUFFIXES if n.endswith(s) and len(n) > len(s)), None)
+    return next((p.name[: -len(s)] for s in ARCHIVE_SUFFIXES if n.endswith(s) and len(n) > len(s)), None)
 
-def _extract_beside(archive:Path, max_bytes:int=MAX_EXTRACT_BYTES, max_members:int=MAX_EXTRACT_MEMBERS)->Path|None:
+
+def _extract_beside(
+    archive: Path, max_bytes: int = MAX_EXTRACT_BYTES, max_members: int = MAX_EXTRACT_MEMBERS
+) -> Path | None:
     "Extract `archive` next to itself and delete it; returns the new folder (None if its target exists already)."
     import warnings
+
     parent, stem = archive.parent, _archive_stem(archive)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{stem}.', suffix='.tmp', dir=parent))
     try:
         _extract(archive, tmp, max_bytes, max_members)
         entries = list(tmp.iterdir())
         src = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
-        target = parent/(src.name if src is not tmp else stem)
+        target = parent / (src.name if src is not tmp else stem)
         if target.exists():
-            warnings.warn(f"{archive} is left as it is: it would extract into {target}, which exists already."); return None
+            warnings.warn(f"{archive} is left as it is: it would extract into {target}, which exists already.")
+            return None
         os.replace(src, target)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     archive.unlink()
     return target
 
-def extract_nested(root:str|Path, # folder whose archives are extracted in place
-                   max_depth:int=3, # archives inside archives: at most this many rounds
-                   max_bytes:int=MAX_EXTRACT_BYTES, # all the archives together may write at most this many bytes
-                   max_members:int=MAX_EXTRACT_MEMBERS, # ... and at most this many files and folders
-                  )->list[Path]:
-    "Extract every zip or tar archive under `root` beside itself and delete it, within one size budget; returns the folders made."
+
+def extract_nested(
+    root: str | Path,  # folder whose archives are extracted in place
+    max_depth: int = 3,  # archives inside archives: at most this many rounds
+    max_bytes: int = MAX_EXTRACT_BYTES,  # all the archives together may write at most this many bytes
+    max_members: int = MAX_EXTRACT_MEMBERS,  # ... and at most this many files and folders
+) -> list[Path]:
+    """Extract every zip or tar archive under `root` beside itself and delete it, within one size budget;
+    returns the folders made."""
     root, made, left = Path(root), [], set()
     for _ in range(max_depth):
-        todo = sorted(p for p in root.rglob('*') if p.is_file() and _archive_stem(p) and not p.name.startswith('.') and p not in left)
-        if not todo: break
+        todo = sorted(
+            p
+            for p in root.rglob('*')
+            if p.is_file() and _archive_stem(p) and not p.name.startswith('.') and p not in left
+        )
+        if not todo:
+            break
         for a in todo:
             out = _extract_beside(a, max_bytes, max_members)
-            if out is None: left.add(a); continue
-            made.append(out); n, k = _tree_size(out)
+            if out is None:
+                left.add(a)
+                continue
+            made.append(out)
+            n, k = _tree_size(out)
             max_bytes, max_members = max(0, max_bytes - n), max(0, max_members - k)
     return made

@@ -23,26 +23,35 @@ __all__ = ['MASK_TOL', 'INK_COLOURS', 'ARTIFACT_KINDS', 'ARTIFACTS', 'BASELINES'
            'check_paired_set', 'show_paired_set']
 
 # %% ../nbs/02_artifacts.ipynb #6a8f8c55
-MASK_TOL = 2 # a pixel belongs to the mask when some channel moved by more than this many grey levels
+MASK_TOL = 2  # a pixel belongs to the mask when some channel moved by more than this many grey levels
+
 
 class ArtifactError(ValueError):
     "An artifact request that cannot be honoured (unknown kind, bad parameter, tile too small)."
 
-def as_rng(rng, # a `numpy.random.Generator` or an int seed
-          )->np.random.Generator:
-    "A numpy Generator from `rng`; `None` is refused so that every artifact is reproducible."
-    if isinstance(rng, np.random.Generator): return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool): return np.random.default_rng(int(rng))
-    raise ArtifactError(f"rng must be a numpy.random.Generator or an int seed, got {type(rng).__name__}; "
-                        "pass a seed so the artifact can be reproduced.")
 
-def finish(image:np.ndarray, # the clean RGB uint8 input
-           rendered:np.ndarray, # the rendered artifact image, float in 0..255 (or uint8), same shape
-           tol:int=MASK_TOL, # changes of at most `tol` grey levels (every channel) are undone
-          )->tuple[np.ndarray, np.ndarray]:
+def as_rng(
+    rng,  # a `numpy.random.Generator` or an int seed
+) -> np.random.Generator:
+    "A numpy Generator from `rng`; `None` is refused so that every artifact is reproducible."
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
+    raise ArtifactError(
+        f"rng must be a numpy.random.Generator or an int seed, got {type(rng).__name__}; "
+        "pass a seed so the artifact can be reproduced."
+    )
+
+
+def finish(
+    image: np.ndarray,  # the clean RGB uint8 input
+    rendered: np.ndarray,  # the rendered artifact image, float in 0..255 (or uint8), same shape
+    tol: int = MASK_TOL,  # changes of at most `tol` grey levels (every channel) are undone
+) -> tuple[np.ndarray, np.ndarray]:
     "The shared finishing step: round, find the changed set, copy the input back outside it; return (image, mask)."
     out = np.clip(np.rint(rendered), 0, 255).astype(np.uint8)
-    mask = (np.abs(out.astype(np.int16) - image.astype(np.int16)).max(-1) > tol)
+    mask = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(-1) > tol
     return np.where(mask[..., None], out, image), mask
 
 # %% ../nbs/02_artifacts.ipynb #5b1e0097
@@ -50,34 +59,43 @@ def _od(img):
     "Optical density of an RGB image in 0..255 (Beer-Lambert: stacked absorbers add in OD)."
     return -np.log(np.maximum(np.asarray(img, np.float32), 1.0) / 255.0)
 
+
 def _from_od(od):
     return 255.0 * np.exp(-od)
+
 
 def _feather(mask, sigma):
     "A soft 0..1 version of a binary mask (Gaussian edge of width `sigma` px)."
     m = mask.astype(np.float32)
     return np.clip(ndi.gaussian_filter(m, sigma), 0, 1) if sigma > 0 else m
 
+
 def _curve(rng, h, w, bend=0.35, n=400):
     "A smooth random curve crossing the tile from one side to the opposite side: n x 2 array of (x, y)."
     L = max(h, w)
     if rng.random() < 0.5:  # left -> right
-        p0 = np.array([-0.1 * w, rng.uniform(0, h)]); p3 = np.array([1.1 * w, rng.uniform(0, h)])
-    else:                   # top -> bottom
-        p0 = np.array([rng.uniform(0, w), -0.1 * h]); p3 = np.array([rng.uniform(0, w), 1.1 * h])
+        p0 = np.array([-0.1 * w, rng.uniform(0, h)])
+        p3 = np.array([1.1 * w, rng.uniform(0, h)])
+    else:  # top -> bottom
+        p0 = np.array([rng.uniform(0, w), -0.1 * h])
+        p3 = np.array([rng.uniform(0, w), 1.1 * h])
     p1 = p0 + (p3 - p0) / 3 + rng.normal(0, bend * L, 2)
     p2 = p0 + 2 * (p3 - p0) / 3 + rng.normal(0, bend * L, 2)
     t = np.linspace(0, 1, n)[:, None]
-    return (1-t)**3 * p0 + 3*(1-t)**2*t * p1 + 3*(1-t)*t**2 * p2 + t**3 * p3
+    return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
+
 
 def _stroke(rng, h, w, length, bend=0.3, n=200):
     "A smooth open stroke of about `length` px whose middle lies inside the tile: n x 2 array of (x, y)."
     c = np.array([rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h])  # the middle lies inside the tile
-    a = rng.uniform(0, 2 * np.pi); d = np.array([np.cos(a), np.sin(a)]) * length
+    a = rng.uniform(0, 2 * np.pi)
+    d = np.array([np.cos(a), np.sin(a)]) * length
     p0, p3 = c - d / 2, c + d / 2
-    p1 = p0 + d / 3 + rng.normal(0, bend * length, 2); p2 = p0 + 2 * d / 3 + rng.normal(0, bend * length, 2)
+    p1 = p0 + d / 3 + rng.normal(0, bend * length, 2)
+    p2 = p0 + 2 * d / 3 + rng.normal(0, bend * length, 2)
     t = np.linspace(0, 1, n)[:, None]
-    return (1-t)**3 * p0 + 3*(1-t)**2*t * p1 + 3*(1-t)*t**2 * p2 + t**3 * p3
+    return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
+
 
 def _polyline_dist(pts, h, w, closed=False):
     "Distance (px) of every pixel to a polyline, via OpenCV's distance transform."
@@ -85,18 +103,22 @@ def _polyline_dist(pts, h, w, closed=False):
     cv2.polylines(canvas, [np.round(pts * 16).astype(np.int32)], closed, 0, 1, cv2.LINE_8, shift=4)
     return cv2.distanceTransform(canvas, cv2.DIST_L2, 5)
 
+
 def _blob(rng, h, w, radius, roughness=0.15, center=None):
     "A smooth irregular blob (ellipse with a low-frequency wobbly boundary) as a bool H x W mask."
     cy, cx = center if center is not None else (rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ecc = rng.uniform(0.6, 1.0); rot = rng.uniform(0, np.pi)
+    ecc = rng.uniform(0.6, 1.0)
+    rot = rng.uniform(0, np.pi)
     dx, dy = xx - cx, yy - cy
-    u = dx * np.cos(rot) + dy * np.sin(rot); v = (-dx * np.sin(rot) + dy * np.cos(rot)) / ecc
+    u = dx * np.cos(rot) + dy * np.sin(rot)
+    v = (-dx * np.sin(rot) + dy * np.cos(rot)) / ecc
     r, th = np.hypot(u, v), np.arctan2(v, u)
     wob = np.ones_like(th)
     for k in range(2, 6):
         wob += roughness / k * rng.normal() * np.cos(k * th + rng.uniform(0, 2 * np.pi))
     return r <= radius * wob
+
 
 def _side(image):
     return min(image.shape[:2])
@@ -104,24 +126,34 @@ def _side(image):
 # %% ../nbs/02_artifacts.ipynb #a12a900d
 INK_COLOURS = {'blue': (40, 85, 190), 'green': (45, 150, 95), 'black': (45, 45, 55), 'red': (200, 45, 60)}
 
-def _scale(side): return side / 256  # default sizes are tuned on 256 px tiles at about 0.5 um/px
 
-def _u(rng, lo, hi, nd=3): return round(float(rng.uniform(lo, hi)), nd)
+def _scale(side):
+    return side / 256  # default sizes are tuned on 256 px tiles at about 0.5 um/px
 
-def _seed(rng): return int(rng.integers(0, 2**31 - 1))
+
+def _u(rng, lo, hi, nd=3):
+    return round(float(rng.uniform(lo, hi)), nd)
+
+
+def _seed(rng):
+    return int(rng.integers(0, 2**31 - 1))
 
 # %% ../nbs/02_artifacts.ipynb #eb2fa665
 def _sample_fold(rng, h, w):
-    s = min(h, w); width = _u(rng, 0.08, 0.2) * s
-    return dict(width=round(width, 1), shift=round(width * _u(rng, 0.5, 1.0), 1),
-                strength=_u(rng, 0.7, 1.0), seed=_seed(rng))
+    s = min(h, w)
+    width = _u(rng, 0.08, 0.2) * s
+    return dict(
+        width=round(width, 1), shift=round(width * _u(rng, 0.5, 1.0), 1), strength=_u(rng, 0.7, 1.0), seed=_seed(rng)
+    )
+
 
 def _render_fold(image, rng, width, shift, strength):
     h, w = image.shape[:2]
     pts = _curve(rng, h, w, bend=0.2)
     d = _polyline_dist(pts, h, w)
     # the flap: one side of the fold line, `width` wide; its far edge wobbles a little
-    t = pts[-1] - pts[0]; nrm = np.array([-t[1], t[0]]) / (np.hypot(*t) + 1e-6)
+    t = pts[-1] - pts[0]
+    nrm = np.array([-t[1], t[0]]) / (np.hypot(*t) + 1e-6)
     L = 4 * max(h, w)
     poly = np.concatenate([pts, (pts + nrm * L)[::-1]])
     side = np.zeros((h, w), np.uint8)
@@ -138,29 +170,40 @@ def _render_fold(image, rng, width, shift, strength):
     od = cv2.GaussianBlur(od, (0, 0), 0.7)
     # a dark crease along the fold line itself
     tissue = np.clip((_od(image) + _od(layer)).mean(-1) / 0.4, 0, 1)  # no crease over bare glass
-    crease = np.exp(-(d / 1.5) ** 2) * 0.35 * tissue
+    crease = np.exp(-((d / 1.5) ** 2)) * 0.35 * tissue
     a = _feather(flap, 1.2)[..., None]
     out = _from_od(od) * a + image * (1 - a)
     return _from_od(_od(out) + crease[..., None] * np.array([0.8, 1.0, 0.7], np.float32))
 
 # %% ../nbs/02_artifacts.ipynb #d68b330a
 def _sample_bubble(rng, h, w):
-    s = min(h, w); rx = _u(rng, 0.18, 0.4) * s
-    return dict(cx=_u(rng, 0.1, 0.9) * w, cy=_u(rng, 0.1, 0.9) * h, rx=round(rx, 1),
-                ry=round(rx * _u(rng, 0.65, 1.0), 1), angle=_u(rng, 0, 180, 1),
-                brightness=_u(rng, 0.25, 0.5), rim=round(_u(rng, 2.5, 5.0) * _scale(s), 2),
-                refraction=round(_u(rng, 3, 8) * _scale(s), 2), seed=_seed(rng))
+    s = min(h, w)
+    rx = _u(rng, 0.18, 0.4) * s
+    return dict(
+        cx=_u(rng, 0.1, 0.9) * w,
+        cy=_u(rng, 0.1, 0.9) * h,
+        rx=round(rx, 1),
+        ry=round(rx * _u(rng, 0.65, 1.0), 1),
+        angle=_u(rng, 0, 180, 1),
+        brightness=_u(rng, 0.25, 0.5),
+        rim=round(_u(rng, 2.5, 5.0) * _scale(s), 2),
+        refraction=round(_u(rng, 3, 8) * _scale(s), 2),
+        seed=_seed(rng),
+    )
 
-def _render_bubble(image, rng, **p): # p: cx, cy (centre), rx, ry (radii), angle, brightness, rim, refraction
+
+def _render_bubble(image, rng, **p):  # p: cx, cy (centre), rx, ry (radii), angle, brightness, rim, refraction
     cx, cy, rx, ry, angle = p['cx'], p['cy'], p['rx'], p['ry'], p['angle']
     brightness, rim, refraction = p['brightness'], p['rim'], p['refraction']
     h, w = image.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    a = np.deg2rad(angle); dx, dy = xx - cx, yy - cy
-    u = dx * np.cos(a) + dy * np.sin(a); v = -dx * np.sin(a) + dy * np.cos(a)
-    rho = np.hypot(u / rx, v / ry)                         # 1 on the rim
+    a = np.deg2rad(angle)
+    dx, dy = xx - cx, yy - cy
+    u = dx * np.cos(a) + dy * np.sin(a)
+    v = -dx * np.sin(a) + dy * np.cos(a)
+    rho = np.hypot(u / rx, v / ry)  # 1 on the rim
     R = (rx + ry) / 2
-    dist_in = (1 - rho) * R                                # px inside the rim (negative outside)
+    dist_in = (1 - rho) * R  # px inside the rim (negative outside)
     # refraction: near the rim the image is pushed outwards (sampled from closer to the centre)
     push = refraction * np.exp(-np.clip(dist_in, 0, None) / (2.5 * rim)) * (rho < 1)
     k = np.where(rho > 1e-3, 1 - push / (rho * R + 1e-3), 1).astype(np.float32)
@@ -171,8 +214,8 @@ def _render_bubble(image, rng, **p): # p: cx, cy (centre), rx, ry (radii), angle
     bright = warped * (1 - brightness) + glass * brightness
     out = image * (1 - inside) + bright * inside
     # dark rim (total internal reflection at the air/mountant edge) with a faint bright halo inside it
-    ring = np.exp(-((dist_in + 0.3 * rim) / rim) ** 2)
-    halo = np.exp(-((dist_in - 1.6 * rim) / (0.8 * rim)) ** 2) * 0.12
+    ring = np.exp(-(((dist_in + 0.3 * rim) / rim) ** 2))
+    halo = np.exp(-(((dist_in - 1.6 * rim) / (0.8 * rim)) ** 2)) * 0.12
     od = _od(out) + ring[..., None] * np.float32(rng.uniform(0.9, 1.4)) * np.array([1.0, 1.0, 0.95], np.float32)
     out = _from_od(od)
     return out + halo[..., None] * (255 - out)
@@ -180,13 +223,20 @@ def _render_bubble(image, rng, **p): # p: cx, cy (centre), rx, ry (radii), angle
 # %% ../nbs/02_artifacts.ipynb #10748de6
 def _sample_ink(rng, h, w):
     s = min(h, w)
-    return dict(colour=str(rng.choice(['blue', 'green', 'black'], p=[0.5, 0.3, 0.2])),
-                width=round(_u(rng, 0.12, 0.3) * s, 1), length=round(_u(rng, 0.6, 1.4) * s, 1),
-                opacity=_u(rng, 0.35, 0.75), seed=_seed(rng))
+    return dict(
+        colour=str(rng.choice(['blue', 'green', 'black'], p=[0.5, 0.3, 0.2])),
+        width=round(_u(rng, 0.12, 0.3) * s, 1),
+        length=round(_u(rng, 0.6, 1.4) * s, 1),
+        opacity=_u(rng, 0.35, 0.75),
+        seed=_seed(rng),
+    )
+
 
 def _ink_od(colour):
-    if colour not in INK_COLOURS: raise ArtifactError(f"colour must be one of {list(INK_COLOURS)}, got {colour!r}.")
+    if colour not in INK_COLOURS:
+        raise ArtifactError(f"colour must be one of {list(INK_COLOURS)}, got {colour!r}.")
     return _od(np.array(INK_COLOURS[colour], np.float32))
+
 
 def _render_stroke(image, rng, colour, width, length, opacity, edge, streaks):
     h, w = image.shape[:2]
@@ -196,27 +246,41 @@ def _render_stroke(image, rng, colour, width, length, opacity, edge, streaks):
     a = _feather(core, edge)
     if streaks:  # felt-tip markers leave streaks along the stroke and pool ink at the edges
         n = ndi.gaussian_filter(rng.normal(size=(h, w)).astype(np.float32), (width / 6, width / 6))
-        a = a * (0.85 + 0.15 * np.tanh(n / (n.std() + 1e-6))) * (1 + 0.3 * np.exp(-((d - width / 2) / 2.5) ** 2))
+        a = a * (0.85 + 0.15 * np.tanh(n / (n.std() + 1e-6))) * (1 + 0.3 * np.exp(-(((d - width / 2) / 2.5) ** 2)))
     return _from_od(_od(image) + (opacity * a)[..., None] * _ink_od(colour))
+
 
 def _render_ink(image, rng, colour, width, length, opacity):
     return _render_stroke(image, rng, colour, width, length, opacity, edge=1.5, streaks=True)
 
+
 def _sample_pen(rng, h, w):
     s = min(h, w)
-    return dict(colour=str(rng.choice(['blue', 'black', 'red', 'green'], p=[0.45, 0.3, 0.15, 0.1])),
-                width=round(_u(rng, 2.0, 5.0) * _scale(s), 2), length=round(_u(rng, 0.6, 1.4) * s, 1),
-                opacity=_u(rng, 0.7, 0.95), seed=_seed(rng))
+    return dict(
+        colour=str(rng.choice(['blue', 'black', 'red', 'green'], p=[0.45, 0.3, 0.15, 0.1])),
+        width=round(_u(rng, 2.0, 5.0) * _scale(s), 2),
+        length=round(_u(rng, 0.6, 1.4) * s, 1),
+        opacity=_u(rng, 0.7, 0.95),
+        seed=_seed(rng),
+    )
+
 
 def _render_pen(image, rng, colour, width, length, opacity):
     return _render_stroke(image, rng, colour, width, length, opacity, edge=0.6, streaks=False)
 
 # %% ../nbs/02_artifacts.ipynb #c84a85d0
 def _sample_dust(rng, h, w):
-    s = min(h, w); k = (h * w) / 256**2
-    return dict(particles=int(rng.integers(4, 16) * k) + 1, fibres=int(rng.integers(0, 4) * max(k, 1)),
-                size=round(_u(rng, 1.5, 5.0) * _scale(s), 2), darkness=_u(rng, 0.8, 1.6),
-                defocus=_u(rng, 0.5, 1.5), seed=_seed(rng))
+    s = min(h, w)
+    k = (h * w) / 256**2
+    return dict(
+        particles=int(rng.integers(4, 16) * k) + 1,
+        fibres=int(rng.integers(0, 4) * max(k, 1)),
+        size=round(_u(rng, 1.5, 5.0) * _scale(s), 2),
+        darkness=_u(rng, 0.8, 1.6),
+        defocus=_u(rng, 0.5, 1.5),
+        seed=_seed(rng),
+    )
+
 
 def _render_dust(image, rng, particles, fibres, size, darkness, defocus):
     h, w = image.shape[:2]
@@ -236,8 +300,8 @@ def _render_dust(image, rng, particles, fibres, size, darkness, defocus):
 # %% ../nbs/02_artifacts.ipynb #33b5f712
 def _sample_blur(rng, h, w):
     s = min(h, w)
-    return dict(radius=round(_u(rng, 0.18, 0.4) * s, 1), sigma=round(_u(rng, 2.0, 5.0) * _scale(s), 2),
-                seed=_seed(rng))
+    return dict(radius=round(_u(rng, 0.18, 0.4) * s, 1), sigma=round(_u(rng, 2.0, 5.0) * _scale(s), 2), seed=_seed(rng))
+
 
 def _render_blur(image, rng, radius, sigma):
     h, w = image.shape[:2]
@@ -248,30 +312,51 @@ def _render_blur(image, rng, radius, sigma):
 # %% ../nbs/02_artifacts.ipynb #13c3a4a2
 def _sample_tear(rng, h, w):
     s = min(h, w)
-    return dict(width=round(_u(rng, 3.0, 10.0) * _scale(s), 2), branches=int(rng.integers(0, 3)),
-                jagged=round(_u(rng, 1.0, 3.0) * _scale(s), 2), seed=_seed(rng))
+    return dict(
+        width=round(_u(rng, 3.0, 10.0) * _scale(s), 2),
+        branches=int(rng.integers(0, 3)),
+        jagged=round(_u(rng, 1.0, 3.0) * _scale(s), 2),
+        seed=_seed(rng),
+    )
+
 
 def _render_tear(image, rng, width, branches, jagged):
     h, w = image.shape[:2]
     canvas = np.zeros((h, w), np.uint8)
+
     def crack(pts, wd):
         # jagged: a smoothed random walk perpendicular to the path; width varies along it
-        n = len(pts); tng = np.gradient(pts, axis=0); tng /= np.linalg.norm(tng, axis=1, keepdims=True) + 1e-6
+        n = len(pts)
+        tng = np.gradient(pts, axis=0)
+        tng /= np.linalg.norm(tng, axis=1, keepdims=True) + 1e-6
         off = ndi.gaussian_filter1d(np.cumsum(rng.normal(0, jagged, n)), 1.5) * 0.5
         off = off - np.linspace(off[0], off[-1], n)
         p = pts + off[:, None] * np.stack([-tng[:, 1], tng[:, 0]], 1)
-        wv = ndi.gaussian_filter1d(rng.normal(size=n), 6); wv = wd * np.clip(1 + 1.6 * wv / (wv.std() + 1e-6), 0.25, 2.2)
+        wv = ndi.gaussian_filter1d(rng.normal(size=n), 6)
+        wv = wd * np.clip(1 + 1.6 * wv / (wv.std() + 1e-6), 0.25, 2.2)
         for i in range(n - 1):
-            cv2.line(canvas, tuple(np.round(p[i] * 16).astype(int)), tuple(np.round(p[i+1] * 16).astype(int)),
-                     255, max(1, int(round(wv[i]))), cv2.LINE_AA, shift=4)
+            cv2.line(
+                canvas,
+                tuple(np.round(p[i] * 16).astype(int)),
+                tuple(np.round(p[i + 1] * 16).astype(int)),
+                255,
+                max(1, int(round(wv[i]))),
+                cv2.LINE_AA,
+                shift=4,
+            )
         return p
+
     main = crack(_curve(rng, h, w, bend=0.2, n=300), width)
     for _ in range(branches):
         start = main[rng.integers(len(main) // 5, 4 * len(main) // 5)]
-        ang = rng.uniform(0, 2 * np.pi); L = rng.uniform(0.15, 0.4) * min(h, w)
+        ang = rng.uniform(0, 2 * np.pi)
+        L = rng.uniform(0.15, 0.4) * min(h, w)
         t = np.linspace(0, 1, 80)[:, None]
-        pts = start + t * L * np.array([np.cos(ang), np.sin(ang)]) + \
-              np.cumsum(rng.normal(0, 0.8, (80, 2)), 0) * _scale(min(h, w))
+        pts = (
+            start
+            + t * L * np.array([np.cos(ang), np.sin(ang)])
+            + np.cumsum(rng.normal(0, 0.8, (80, 2)), 0) * _scale(min(h, w))
+        )
         crack(pts, width * rng.uniform(0.3, 0.6))
     # ragged edges: threshold the softened gap against smooth noise, then antialias
     rough = ndi.gaussian_filter(rng.normal(size=(h, w)).astype(np.float32), 1.2)
@@ -287,68 +372,111 @@ def _render_tear(image, rng, width, branches, jagged):
 
 # %% ../nbs/02_artifacts.ipynb #41847668
 def _sample_stain(rng, h, w):
-    s = min(h, w); over = bool(rng.random() < 0.5)
+    s = min(h, w)
+    over = bool(rng.random() < 0.5)
     hs, es = (_u(rng, 1.35, 1.9), _u(rng, 1.2, 1.7)) if over else (_u(rng, 0.35, 0.7), _u(rng, 0.4, 0.75))
     return dict(radius=round(_u(rng, 0.18, 0.38) * s, 1), h_scale=hs, e_scale=es, seed=_seed(rng))
+
 
 def _render_stain(image, rng, radius, h_scale, e_scale):
     h, w = image.shape[:2]
     a = _feather(_blob(rng, h, w, radius, roughness=0.3), 0.3 * radius)[..., None]
     hed = rgb2hed(image)
-    hed[..., 0] *= h_scale; hed[..., 1] *= e_scale
+    hed[..., 0] *= h_scale
+    hed[..., 1] *= e_scale
     restained = np.clip(hed2rgb(hed), 0, 1) * 255
     return image + a * (restained - image)
 
 # %% ../nbs/02_artifacts.ipynb #92bcc910
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class ArtifactKind:
     "How one artifact kind is drawn (`sample`), rendered (`render`) and bounded (`min_size`, `coverage`)."
+
     name: str
-    sample: Callable   # (rng, h, w) -> dict of JSON-serialisable parameters, including 'seed'
-    render: Callable   # (image, rng, **params without seed) -> float image in 0..255
-    min_size: int      # smallest tile side (px) the kind is defined for
-    coverage: tuple    # (low, high) mask fraction on a 256 px tissue tile with default parameters
+    sample: Callable  # (rng, h, w) -> dict of JSON-serialisable parameters, including 'seed'
+    render: Callable  # (image, rng, **params without seed) -> float image in 0..255
+    min_size: int  # smallest tile side (px) the kind is defined for
+    coverage: tuple  # (low, high) mask fraction on a 256 px tissue tile with default parameters
     doc: str = ''
 
-ARTIFACT_KINDS = {k.name: k for k in [
-    ArtifactKind('tissue_fold', _sample_fold, _render_fold, 48, (0.03, 0.35),
-                 'a darker, more saturated band where the section lies on itself'),
-    ArtifactKind('air_bubble', _sample_bubble, _render_bubble, 64, (0.02, 0.5),
-                 'a dark-rimmed ellipse, brighter and hazy inside, refracted near the rim'),
-    ArtifactKind('ink', _sample_ink, _render_ink, 48, (0.04, 0.45),
-                 'a translucent blue, green or black marker stroke'),
-    ArtifactKind('pen_line', _sample_pen, _render_pen, 32, (0.003, 0.06),
-                 'a thin opaque pen line'),
-    ArtifactKind('dust', _sample_dust, _render_dust, 32, (0.002, 0.06),
-                 'dark particles and fibres on the coverslip, slightly out of focus'),
-    ArtifactKind('blur', _sample_blur, _render_blur, 48, (0.03, 0.7),
-                 'an out-of-focus region'),
-    ArtifactKind('tear', _sample_tear, _render_tear, 48, (0.008, 0.15),
-                 'a crack or tear: white gaps of bare glass with slightly compressed edges'),
-    ArtifactKind('stain_patch', _sample_stain, _render_stain, 48, (0.05, 0.85),
-                 'a patch of over- or under-staining, scaled in HED space'),
-]}
+
+ARTIFACT_KINDS = {
+    k.name: k
+    for k in [
+        ArtifactKind(
+            'tissue_fold',
+            _sample_fold,
+            _render_fold,
+            48,
+            (0.03, 0.35),
+            'a darker, more saturated band where the section lies on itself',
+        ),
+        ArtifactKind(
+            'air_bubble',
+            _sample_bubble,
+            _render_bubble,
+            64,
+            (0.02, 0.5),
+            'a dark-rimmed ellipse, brighter and hazy inside, refracted near the rim',
+        ),
+        ArtifactKind(
+            'ink', _sample_ink, _render_ink, 48, (0.04, 0.45), 'a translucent blue, green or black marker stroke'
+        ),
+        ArtifactKind('pen_line', _sample_pen, _render_pen, 32, (0.003, 0.06), 'a thin opaque pen line'),
+        ArtifactKind(
+            'dust',
+            _sample_dust,
+            _render_dust,
+            32,
+            (0.002, 0.06),
+            'dark particles and fibres on the coverslip, slightly out of focus',
+        ),
+        ArtifactKind('blur', _sample_blur, _render_blur, 48, (0.03, 0.7), 'an out-of-focus region'),
+        ArtifactKind(
+            'tear',
+            _sample_tear,
+            _render_tear,
+            48,
+            (0.008, 0.15),
+            'a crack or tear: white gaps of bare glass with slightly compressed edges',
+        ),
+        ArtifactKind(
+            'stain_patch',
+            _sample_stain,
+            _render_stain,
+            48,
+            (0.05, 0.85),
+            'a patch of over- or under-staining, scaled in HED space',
+        ),
+    ]
+}
 
 # %% ../nbs/02_artifacts.ipynb #570a5174
-def sample_params(kind:str, # a key of ARTIFACT_KINDS
-                  shape:tuple, # (H, W) or (H, W, 3) of the tile
-                  rng, # numpy Generator or int seed
-                 )->dict:
+def sample_params(
+    kind: str,  # a key of ARTIFACT_KINDS
+    shape: tuple,  # (H, W) or (H, W, 3) of the tile
+    rng,  # numpy Generator or int seed
+) -> dict:
     "Draw the parameters of `kind` for a tile of `shape` from its default (realistic) ranges."
-    if kind not in ARTIFACT_KINDS: raise ArtifactError(f"unknown artifact kind {kind!r}; choose from {list(ARTIFACT_KINDS)}.")
+    if kind not in ARTIFACT_KINDS:
+        raise ArtifactError(f"unknown artifact kind {kind!r}; choose from {list(ARTIFACT_KINDS)}.")
     return ARTIFACT_KINDS[kind].sample(as_rng(rng), *shape[:2])
 
-def synthesize(image, # clean RGB uint8 tile, H x W x 3
-               kind:str, # a key of ARTIFACT_KINDS
-               rng, # numpy Generator or int seed (parameters not given are drawn from it)
-               return_params:bool=False, # also return the full parameter dict (JSON-serialisable)
-               **params, # override any drawn parameter (see `sample_params`)
-              ):
+
+def synthesize(
+    image,  # clean RGB uint8 tile, H x W x 3
+    kind: str,  # a key of ARTIFACT_KINDS
+    rng,  # numpy Generator or int seed (parameters not given are drawn from it)
+    return_params: bool = False,  # also return the full parameter dict (JSON-serialisable)
+    **params,  # override any drawn parameter (see `sample_params`)
+):
     "Put one artifact of `kind` on `image`: (image_with_artifact, mask) or (image, mask, params)."
     image = as_rgb_uint8(image)
-    if kind not in ARTIFACT_KINDS: raise ArtifactError(f"unknown artifact kind {kind!r}; choose from {list(ARTIFACT_KINDS)}.")
+    if kind not in ARTIFACT_KINDS:
+        raise ArtifactError(f"unknown artifact kind {kind!r}; choose from {list(ARTIFACT_KINDS)}.")
     spec, (h, w) = ARTIFACT_KINDS[kind], image.shape[:2]
     if min(h, w) < spec.min_size:
         raise ArtifactError(f"the tile is {h}x{w} px but {kind} needs at least {spec.min_size}x{spec.min_size} px.")
@@ -365,70 +493,94 @@ def tissue_fold(image, rng, **params):
     "A tissue fold: the section folded onto itself (optical densities add), darker and more saturated, with a crease."
     return synthesize(image, 'tissue_fold', rng, **params)
 
+
 def air_bubble(image, rng, **params):
     "An air bubble under the coverslip: dark refractive rim, washed-out interior, displaced tissue near the edge."
     return synthesize(image, 'air_bubble', rng, **params)
+
 
 def ink(image, rng, **params):
     "A translucent marker-ink stroke (blue, green or black), streaky, with ink pooling at its edges."
     return synthesize(image, 'ink', rng, **params)
 
+
 def pen_line(image, rng, **params):
     "A thin, nearly opaque pen line (blue, black, red or green)."
     return synthesize(image, 'pen_line', rng, **params)
+
 
 def dust(image, rng, **params):
     "Dust and debris: dark irregular particles and thin fibres, slightly out of the focal plane."
     return synthesize(image, 'dust', rng, **params)
 
+
 def blur(image, rng, **params):
     "An out-of-focus region: Gaussian blur inside an irregular blob with a soft edge."
     return synthesize(image, 'blur', rng, **params)
+
 
 def tear(image, rng, **params):
     "A tissue tear or crack: jagged white gaps of bare glass, with optional branches."
     return synthesize(image, 'tear', rng, **params)
 
+
 def stain_patch(image, rng, **params):
     "A patch of over- or under-staining: hematoxylin and eosin scaled in HED colour space inside a soft blob."
     return synthesize(image, 'stain_patch', rng, **params)
 
-ARTIFACTS = {'tissue_fold': tissue_fold, 'air_bubble': air_bubble, 'ink': ink, 'pen_line': pen_line,
-             'dust': dust, 'blur': blur, 'tear': tear, 'stain_patch': stain_patch}
+
+ARTIFACTS = {
+    'tissue_fold': tissue_fold,
+    'air_bubble': air_bubble,
+    'ink': ink,
+    'pen_line': pen_line,
+    'dust': dust,
+    'blur': blur,
+    'tear': tear,
+    'stain_patch': stain_patch,
+}
 
 # %% ../nbs/02_artifacts.ipynb #33a45be4
-def compose(image, # clean RGB uint8 tile
-            kinds, # artifact kinds to apply in order (names of ARTIFACT_KINDS)
-            rng, # numpy Generator or int seed
-            return_params:bool=False, # also return the list of (kind, params)
-           ):
+def compose(
+    image,  # clean RGB uint8 tile
+    kinds,  # artifact kinds to apply in order (names of ARTIFACT_KINDS)
+    rng,  # numpy Generator or int seed
+    return_params: bool = False,  # also return the list of (kind, params)
+):
     "Several artifacts on one tile, in order; the mask is their exact union against the clean input."
     image, rng = as_rgb_uint8(image), as_rng(rng)
-    if isinstance(kinds, str): kinds = [kinds]
-    if not kinds: raise ArtifactError("compose needs at least one artifact kind.")
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    if not kinds:
+        raise ArtifactError("compose needs at least one artifact kind.")
     out, log = image, []
     for k in kinds:
         out, _, p = synthesize(out, k, rng, return_params=True)
         log.append({'kind': k, 'params': p})
-    out, mask = finish(image, out)   # changed set against the clean input, the rest copied back
+    out, mask = finish(image, out)  # changed set against the clean input, the rest copied back
     return (out, mask, log) if return_params else (out, mask)
 
 # %% ../nbs/02_artifacts.ipynb #a132a967
-def make_paired_set(tiles, # clean tiles, N x H x W x 3 uint8 (or a list)
-                    kinds=None, # kinds to use (default: all of ARTIFACT_KINDS), assigned round-robin
-                    seed:int=0, # master seed; tile i gets its own child seed, so results do not depend on N
-                    n_kinds:int=1, # artifacts per tile (more than 1: `compose` of distinct kinds)
-                    max_tries:int=10, # redraws when an artifact changes no pixel (e.g. blur on bare glass)
-                    progress:bool=True, # show a tqdm bar
-                   )->dict:
+def make_paired_set(
+    tiles,  # clean tiles, N x H x W x 3 uint8 (or a list)
+    kinds=None,  # kinds to use (default: all of ARTIFACT_KINDS), assigned round-robin
+    seed: int = 0,  # master seed; tile i gets its own child seed, so results do not depend on N
+    n_kinds: int = 1,  # artifacts per tile (more than 1: `compose` of distinct kinds)
+    max_tries: int = 10,  # redraws when an artifact changes no pixel (e.g. blur on bare glass)
+    progress: bool = True,  # show a tqdm bar
+) -> dict:
     "Clean tiles -> dict(artifact, mask, clean, kind, params): seeded (artifact, mask, clean) triplets."
     from tqdm.auto import tqdm
+
     tiles = np.stack([as_rgb_uint8(t, f'tile {i}') for i, t in enumerate(tiles)]) if len(tiles) else None
-    if tiles is None: raise ArtifactError("make_paired_set got no tiles.")
+    if tiles is None:
+        raise ArtifactError("make_paired_set got no tiles.")
     kinds = list(kinds or ARTIFACT_KINDS)
     for k in kinds:
-        if k not in ARTIFACT_KINDS: raise ArtifactError(f"unknown artifact kind {k!r}; choose from {list(ARTIFACT_KINDS)}.")
-    if not 1 <= n_kinds <= len(kinds): raise ArtifactError(f"n_kinds must be in 1..{len(kinds)}, got {n_kinds}.")
+        if k not in ARTIFACT_KINDS:
+            raise ArtifactError(f"unknown artifact kind {k!r}; choose from {list(ARTIFACT_KINDS)}.")
+    if not 1 <= n_kinds <= len(kinds):
+        raise ArtifactError(f"n_kinds must be in 1..{len(kinds)}, got {n_kinds}.")
     order = np.random.default_rng(seed).permutation(len(kinds))
     children = np.random.SeedSequence(seed).spawn(len(tiles))
     arts, masks, names, params = [], [], [], []
@@ -436,113 +588,170 @@ def make_paired_set(tiles, # clean tiles, N x H x W x 3 uint8 (or a list)
         rng = np.random.default_rng(ss)
         first = kinds[order[i % len(kinds)]]
         for _ in range(max_tries):
-            ks = [first] + [kinds[j] for j in rng.permutation(len(kinds)) if kinds[j] != first][:n_kinds - 1]
+            ks = [first] + [kinds[j] for j in rng.permutation(len(kinds)) if kinds[j] != first][: n_kinds - 1]
             out, m, log = compose(t, ks, rng, return_params=True)
-            if m.any() and not m.all(): break
-        else: raise ArtifactError(f"tile {i}: no usable artifact after {max_tries} tries (is it blank glass?).")
-        arts.append(out); masks.append(m); names.append('+'.join(ks)); params.append(log)
+            if m.any() and not m.all():
+                break
+        else:
+            raise ArtifactError(f"tile {i}: no usable artifact after {max_tries} tries (is it blank glass?).")
+        arts.append(out)
+        masks.append(m)
+        names.append('+'.join(ks))
+        params.append(log)
     return dict(artifact=np.stack(arts), mask=np.stack(masks), clean=tiles, kind=names, params=params)
 
 # %% ../nbs/02_artifacts.ipynb #4a2897bf
-def save_paired_set(out_dir, # destination folder (a `datasets` dataset, replaced atomically)
-                    pairs:dict, # the output of `make_paired_set`
-                    source=None, # optional per-tile source names (list of str)
-                    **info, # extra JSON-serialisable fields stored in manifest.json (seed, profile, ...)
-                   )->Path:
-    "Save triplets with `histodiff.data.save_tile_dataset` (columns artifact, mask, clean, kind, params) + manifest.json."
+def save_paired_set(
+    out_dir,  # destination folder (a `datasets` dataset, replaced atomically)
+    pairs: dict,  # the output of `make_paired_set`
+    source=None,  # optional per-tile source names (list of str)
+    **info,  # extra JSON-serialisable fields stored in manifest.json (seed, profile, ...)
+) -> Path:
+    """Save triplets with `histodiff.data.save_tile_dataset`
+    (columns artifact, mask, clean, kind, params) + manifest.json."""
     from histodiff.data import save_tile_dataset
-    n = len(pairs['kind']); source = list(source) if source is not None else [''] * n
-    cols = dict(artifact=pairs['artifact'], mask=pairs['mask'], clean=pairs['clean'], kind=list(pairs['kind']),
-                params=[json.dumps(p) for p in pairs['params']], source=source)
+
+    n = len(pairs['kind'])
+    source = list(source) if source is not None else [''] * n
+    cols = dict(
+        artifact=pairs['artifact'],
+        mask=pairs['mask'],
+        clean=pairs['clean'],
+        kind=list(pairs['kind']),
+        params=[json.dumps(p) for p in pairs['params']],
+        source=source,
+    )
     out = save_tile_dataset(out_dir, **cols)
-    manifest = dict(info, n=n, mask_tol=MASK_TOL, tiles=[
-        dict(index=i, kind=pairs['kind'][i], source=source[i], mask_fraction=round(float(pairs['mask'][i].mean()), 5),
-             artifacts=pairs['params'][i]) for i in range(n)])
-    with atomic_path(Path(out)/'manifest.json') as p: p.write_text(json.dumps(manifest, indent=1))
+    manifest = dict(
+        info,
+        n=n,
+        mask_tol=MASK_TOL,
+        tiles=[
+            dict(
+                index=i,
+                kind=pairs['kind'][i],
+                source=source[i],
+                mask_fraction=round(float(pairs['mask'][i].mean()), 5),
+                artifacts=pairs['params'][i],
+            )
+            for i in range(n)
+        ],
+    )
+    with atomic_path(Path(out) / 'manifest.json') as p:
+        p.write_text(json.dumps(manifest, indent=1))
     return Path(out)
 
-def load_paired_set(path, # folder written by `save_paired_set`
-                   )->dict:
+
+def load_paired_set(
+    path,  # folder written by `save_paired_set`
+) -> dict:
     "Load a paired set: dict(artifact, clean uint8 N x H x W x 3, mask bool N x H x W, kind, params, manifest)."
     from histodiff.data import load_tile_dataset, dataset_images
+
     ds = load_tile_dataset(path)
-    return dict(artifact=dataset_images(ds, 'artifact'), clean=dataset_images(ds, 'clean'),
-                mask=dataset_images(ds, 'mask'), kind=list(ds['kind']), params=[json.loads(p) for p in ds['params']],
-                manifest=json.loads((Path(path)/'manifest.json').read_text()))
+    return dict(
+        artifact=dataset_images(ds, 'artifact'),
+        clean=dataset_images(ds, 'clean'),
+        mask=dataset_images(ds, 'mask'),
+        kind=list(ds['kind']),
+        params=[json.loads(p) for p in ds['params']],
+        manifest=json.loads((Path(path) / 'manifest.json').read_text()),
+    )
 
 # %% ../nbs/02_artifacts.ipynb #40abd17b
 def _keep_outside(image, out, mask):
     "Outside the mask the restoration returns the input, byte for byte."
     return np.where(mask[..., None], np.clip(np.rint(out), 0, 255).astype(np.uint8), image)
 
-def _baseline(inpaint:Callable)->Callable:
-    "`inpaint(image, mask, ...)` as a restorer: inputs checked, an empty mask gives a copy (warned), outside pixels kept."
+
+def _baseline(inpaint: Callable) -> Callable:
+    """`inpaint(image, mask, ...)` as a restorer: inputs checked, an empty mask gives a copy (warned),
+    outside pixels kept."""
+
     @functools.wraps(inpaint)
     def restore_fn(image, mask, *args, **kwargs):
         image = as_rgb_uint8(image)
         mask = check_mask(mask, image.shape, allow_empty=True)
-        if not mask.any(): warn_empty_mask(inpaint.__name__); return image.copy()
+        if not mask.any():
+            warn_empty_mask(inpaint.__name__)
+            return image.copy()
         return _keep_outside(image, inpaint(image, mask, *args, **kwargs), mask)
+
     return restore_fn
 
+
 @_baseline
-def restore_telea(image, # RGB uint8 H x W x 3
-                  mask, # bool H x W, True = artifact
-                  radius:int=5, # inpainting neighbourhood (px)
-                 )->np.ndarray:
+def restore_telea(
+    image,  # RGB uint8 H x W x 3
+    mask,  # bool H x W, True = artifact
+    radius: int = 5,  # inpainting neighbourhood (px)
+) -> np.ndarray:
     "Fast-marching inpainting (Telea 2004) with `cv2.inpaint`."
     return cv2.inpaint(image, mask.astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
 
+
 @_baseline
-def restore_navier_stokes(image, mask, radius:int=5)->np.ndarray:
+def restore_navier_stokes(image, mask, radius: int = 5) -> np.ndarray:
     "Navier-Stokes inpainting (Bertalmio et al. 2001) with `cv2.inpaint`."
     return cv2.inpaint(image, mask.astype(np.uint8) * 255, radius, cv2.INPAINT_NS)
 
+
 @_baseline
-def restore_biharmonic(image, mask)->np.ndarray:
+def restore_biharmonic(image, mask) -> np.ndarray:
     "Biharmonic inpainting with `skimage.restoration.inpaint_biharmonic` (each connected region solved apart)."
     from skimage.restoration import inpaint_biharmonic
+
     return inpaint_biharmonic(image.astype(np.float64) / 255, mask, split_into_regions=True, channel_axis=-1) * 255
+
 
 BASELINES = {'telea': restore_telea, 'navier_stokes': restore_navier_stokes, 'biharmonic': restore_biharmonic}
 
-def restore(image, # RGB uint8 H x W x 3
-            mask, # bool H x W, True = artifact
-            method:str='telea', # a key of BASELINES
-           )->np.ndarray:
+
+def restore(
+    image,  # RGB uint8 H x W x 3
+    mask,  # bool H x W, True = artifact
+    method: str = 'telea',  # a key of BASELINES
+) -> np.ndarray:
     "Restore the masked pixels of `image` with a classical baseline; pixels outside the mask are returned unchanged."
-    if method not in BASELINES: raise ValueError(f"unknown baseline {method!r}; choose from {list(BASELINES)}.")
+    if method not in BASELINES:
+        raise ValueError(f"unknown baseline {method!r}; choose from {list(BASELINES)}.")
     return BASELINES[method](image, mask)
 
 # %% ../nbs/02_artifacts.ipynb #d5c2ad7b
-def _set_summary(pairs:dict, kinds:list, n:int)->dict:
+def _set_summary(pairs: dict, kinds: list, n: int) -> dict:
     "Tiles and mean mask fraction of a paired set, overall and per kind (a composed tile counts for each of its kinds)."
     fr = pairs['mask'].mean((1, 2))
     per_kind = {}
     for k in kinds:
         sel = [f for f, kk in zip(fr, pairs['kind']) if k in kk.split('+')]
-        per_kind[k] = dict(n=int(sum(k in kk.split('+') for kk in pairs['kind'])),
-                           mask_fraction=round(float(np.mean(sel)), 4) if sel else None)
+        per_kind[k] = dict(
+            n=int(sum(k in kk.split('+') for kk in pairs['kind'])),
+            mask_fraction=round(float(np.mean(sel)), 4) if sel else None,
+        )
     return dict(n=n, mask_fraction=round(float(fr.mean()), 4), per_kind=per_kind)
 
-def synthesize_sets(sets:dict, # name -> (clean tiles N x H x W x 3, source name of each tile)
-                    kinds:list, # artifact kinds, assigned round-robin
-                    out_dir:str|Path, # each set is saved to out_dir/<name>
-                    seed:int=0, # master seed of the artifacts
-                    n_kinds:int=1, # artifacts per tile
-                    profile:str='demo', # recorded in the manifests and the summary
-                    progress:bool=True, # tqdm bars
-                   )->dict:
+
+def synthesize_sets(
+    sets: dict,  # name -> (clean tiles N x H x W x 3, source name of each tile)
+    kinds: list,  # artifact kinds, assigned round-robin
+    out_dir: str | Path,  # each set is saved to out_dir/<name>
+    seed: int = 0,  # master seed of the artifacts
+    n_kinds: int = 1,  # artifacts per tile
+    profile: str = 'demo',  # recorded in the manifests and the summary
+    progress: bool = True,  # tqdm bars
+) -> dict:
     "Synthesize and save a paired set per clean set; the summary: per set and kind, tiles and mask coverage."
     summary = dict(profile=profile, seed=seed, mask_tol=MASK_TOL, kinds=kinds, sets={})
     for name, (t, src) in sets.items():
         pairs = make_paired_set(t, kinds, seed=seed, n_kinds=n_kinds, progress=progress)
-        save_paired_set(Path(out_dir)/name, pairs, source=src, seed=seed, profile=profile, set=name)
+        save_paired_set(Path(out_dir) / name, pairs, source=src, seed=seed, profile=profile, set=name)
         summary['sets'][name] = _set_summary(pairs, kinds, len(t))
     return summary
 
-def check_paired_set(path:str|Path, # a folder written by `save_paired_set`
-                    )->dict:
+
+def check_paired_set(
+    path: str | Path,  # a folder written by `save_paired_set`
+) -> dict:
     "Reload a paired set, checking that every mask is non-empty and the pixels outside it untouched; the set."
     back = load_paired_set(path)
     for i, (a, m, c) in enumerate(zip(back['artifact'], back['mask'], back['clean'])):
@@ -552,17 +761,26 @@ def check_paired_set(path:str|Path, # a folder written by `save_paired_set`
         raise ArtifactError(f"{path}: manifest.json does not list every tile.")
     return back
 
-def show_paired_set(back:dict, # a paired set (`load_paired_set`)
-                    kinds:list, # the kinds to show, in this order (the first tile of each kind present)
-                   ):
+
+def show_paired_set(
+    back: dict,  # a paired set (`load_paired_set`)
+    kinds: list,  # the kinds to show, in this order (the first tile of each kind present)
+):
     "A figure: artifact, mask and clean tile of one tile per kind present."
     import matplotlib.pyplot as plt
-    shown = [next(i for i, k in enumerate(back['kind']) if k.split('+')[0] == kk) for kk in kinds
-             if any(k.split('+')[0] == kk for k in back['kind'])]
+
+    shown = [
+        next(i for i, k in enumerate(back['kind']) if k.split('+')[0] == kk)
+        for kk in kinds
+        if any(k.split('+')[0] == kk for k in back['kind'])
+    ]
     fig, ax = plt.subplots(len(shown), 3, figsize=(7, 2.4 * len(shown)), squeeze=False)
     for r, i in enumerate(shown):
-        row = [(back['artifact'][i], back['kind'][i]), (back['mask'][i], f"mask {back['mask'][i].mean():.1%}"),
-               (back['clean'][i], 'clean')]
+        row = [
+            (back['artifact'][i], back['kind'][i]),
+            (back['mask'][i], f"mask {back['mask'][i].mean():.1%}"),
+            (back['clean'][i], 'clean'),
+        ]
         for j, (im, ttl) in enumerate(row):
             ax[r, j].imshow(im, cmap='gray' if j == 1 else None)
             ax[r, j].set_title(ttl, fontsize=9)

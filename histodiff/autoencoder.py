@@ -21,106 +21,179 @@ __all__ = ['SD15_VAE', 'VAE_PRESETS', 'vae_config', 'make_vae', 'load_vae', 'enc
            'set_scaling_factor', 'AutoencoderTrainer', 'crop_tiles', 'TileDataset', 'image_dataset', 'encode_dataset']
 
 # %% ../nbs/03_autoencoder.ipynb #e983de46
-SD15_VAE = 'stable-diffusion-v1-5/stable-diffusion-v1-5' # hub id of the paper's VAE (subfolder 'vae')
+SD15_VAE = 'stable-diffusion-v1-5/stable-diffusion-v1-5'  # hub id of the paper's VAE (subfolder 'vae')
 
 VAE_PRESETS = {
-    'sd15': dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
-                 mid_block_add_attention=True, scaling_factor=0.18215, sample_size=512),
-    'demo': dict(block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8,
-                 mid_block_add_attention=False, scaling_factor=1.0, sample_size=256),
-    'f4': dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
-               mid_block_add_attention=False, scaling_factor=1.0, sample_size=256),
-    'tiny': dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4,
-                 mid_block_add_attention=False, scaling_factor=1.0, sample_size=64),
+    'sd15': dict(
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        norm_num_groups=32,
+        mid_block_add_attention=True,
+        scaling_factor=0.18215,
+        sample_size=512,
+    ),
+    'demo': dict(
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        mid_block_add_attention=False,
+        scaling_factor=1.0,
+        sample_size=256,
+    ),
+    'f4': dict(
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        mid_block_add_attention=False,
+        scaling_factor=1.0,
+        sample_size=256,
+    ),
+    'tiny': dict(
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+        scaling_factor=1.0,
+        sample_size=64,
+    ),
 }
 
-def vae_config(preset:str='demo', # 'sd15', 'demo', 'f4' or 'tiny'
-              )->dict:
-    "Keyword arguments of `diffusers.AutoencoderKL` for a preset (4 latent channels; f = 8, but 4 for 'f4')."
-    if preset not in VAE_PRESETS: raise ValueError(f"unknown VAE preset {preset!r}; choose one of {list(VAE_PRESETS)}.")
-    p = dict(VAE_PRESETS[preset]); n = len(p['block_out_channels'])
-    return dict(in_channels=3, out_channels=3, latent_channels=4, down_block_types=('DownEncoderBlock2D',)*n,
-                up_block_types=('UpDecoderBlock2D',)*n, act_fn='silu', **p)
 
-def make_vae(preset:str='demo', seed:int=0):
+def vae_config(
+    preset: str = 'demo',  # 'sd15', 'demo', 'f4' or 'tiny'
+) -> dict:
+    "Keyword arguments of `diffusers.AutoencoderKL` for a preset (4 latent channels; f = 8, but 4 for 'f4')."
+    if preset not in VAE_PRESETS:
+        raise ValueError(f"unknown VAE preset {preset!r}; choose one of {list(VAE_PRESETS)}.")
+    p = dict(VAE_PRESETS[preset])
+    n = len(p['block_out_channels'])
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=('DownEncoderBlock2D',) * n,
+        up_block_types=('UpDecoderBlock2D',) * n,
+        act_fn='silu',
+        **p,
+    )
+
+
+def make_vae(preset: str = 'demo', seed: int = 0):
     "A freshly initialised `AutoencoderKL` of a preset (weights from `seed`)."
     from diffusers import AutoencoderKL
-    with torch.random.fork_rng(): torch.manual_seed(seed); return AutoencoderKL(**vae_config(preset))
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return AutoencoderKL(**vae_config(preset))
 
 # %% ../nbs/03_autoencoder.ipynb #b777daac
-def _is_hub_id(s:str)->bool:
+def _is_hub_id(s: str) -> bool:
     parts = str(s).split('/')
     return len(parts) == 2 and all(parts) and not str(s).startswith(('.', '/', '~'))
 
-def load_vae(path_or_hub_id:str|Path, # local folder or hub id, e.g. `SD15_VAE`
-             subfolder:str|None=None, # e.g. 'vae' for a full Stable Diffusion repository
-             device:str|torch.device|None=None, # where to put it (default: stay on CPU)
-             dtype:torch.dtype|None=None, # e.g. torch.float16 on a GPU
-            ):
+
+def load_vae(
+    path_or_hub_id: str | Path,  # local folder or hub id, e.g. `SD15_VAE`
+    subfolder: str | None = None,  # e.g. 'vae' for a full Stable Diffusion repository
+    device: str | torch.device | None = None,  # where to put it (default: stay on CPU)
+    dtype: torch.dtype | None = None,  # e.g. torch.float16 on a GPU
+):
     "Load an `AutoencoderKL`, frozen: eval mode, `requires_grad=False`."
     from diffusers import AutoencoderKL
+
     p = Path(path_or_hub_id)
     if p.exists():
-        if not (p/(subfolder or '')/'config.json').exists():
-            raise FileNotFoundError(f"no VAE config at {p/(subfolder or '')/'config.json'} (is this a save_pretrained folder? subfolder={subfolder!r})")
-        vae = load_folder(AutoencoderKL.from_pretrained, p/(subfolder or ''), 'VAE', torch_dtype=dtype)
+        if not (p / (subfolder or '') / 'config.json').exists():
+            raise FileNotFoundError(
+                f"no VAE config at {p / (subfolder or '') / 'config.json'} "
+                f"(is this a save_pretrained folder? subfolder={subfolder!r})"
+            )
+        vae = load_folder(AutoencoderKL.from_pretrained, p / (subfolder or ''), 'VAE', torch_dtype=dtype)
     elif not _is_hub_id(str(path_or_hub_id)) or Path(p.parts[0]).is_dir():
         # 'models/vae' has a hub id's shape, but where ./models exists it is a local path that is missing
-        raise FileNotFoundError(f"VAE not found: {p} is neither an existing folder nor a hub id (owner/name); train or download it first.")
+        raise FileNotFoundError(
+            f"VAE not found: {p} is neither an existing folder nor a hub id (owner/name); train or download it first."
+        )
     else:
-        try: vae = AutoencoderKL.from_pretrained(str(path_or_hub_id), subfolder=subfolder, torch_dtype=dtype)
+        try:
+            vae = AutoencoderKL.from_pretrained(str(path_or_hub_id), subfolder=subfolder, torch_dtype=dtype)
         except OSError as e:
-            raise OSError(f"could not load the VAE {path_or_hub_id!r} (subfolder={subfolder!r}): offline, or no such hub repository? "
-                          f"Pass a local folder instead. ({e})") from e
+            raise OSError(
+                f"could not load the VAE {path_or_hub_id!r} (subfolder={subfolder!r}): "
+                f"offline, or no such hub repository? Pass a local folder instead. ({e})"
+            ) from e
     vae.eval().requires_grad_(False)
     return vae.to(device) if device is not None else vae
 
 # %% ../nbs/03_autoencoder.ipynb #4e7b1bb2
-def _check_images(x, f:int):
-    if not torch.is_tensor(x): raise TypeError(f"images must be a tensor N x 3 x H x W in [-1, 1] (use histodiff.core.to_tensor), got {type(x).__name__}.")
-    if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"images must be N x 3 x H x W, got {tuple(x.shape)}.")
-    if x.shape[-1] % f or x.shape[-2] % f: raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the VAE factor {f}.")
-    if x.numel() and (x.min() < -1.001 or x.max() > 1.001): raise ValueError(f"images must be in [-1, 1], got [{x.min():.3f}, {x.max():.3f}].")
+def _check_images(x, f: int):
+    if not torch.is_tensor(x):
+        raise TypeError(
+            f"images must be a tensor N x 3 x H x W in [-1, 1] (use histodiff.core.to_tensor), got {type(x).__name__}."
+        )
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must be N x 3 x H x W, got {tuple(x.shape)}.")
+    if x.shape[-1] % f or x.shape[-2] % f:
+        raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the VAE factor {f}.")
+    if x.numel() and (x.min() < -1.001 or x.max() > 1.001):
+        raise ValueError(f"images must be in [-1, 1], got [{x.min():.3f}, {x.max():.3f}].")
+
 
 @torch.no_grad()
-def encode(vae, # AutoencoderKL
-           images:torch.Tensor, # N x 3 x H x W in [-1, 1]
-           generator:torch.Generator|int|None=None, # for `sample=True`
-           sample:bool=False, # draw from the posterior instead of taking its mean
-           batch_size:int=16, # images per forward pass
-          )->torch.Tensor:
+def encode(
+    vae,  # AutoencoderKL
+    images: torch.Tensor,  # N x 3 x H x W in [-1, 1]
+    generator: torch.Generator | int | None = None,  # for `sample=True`
+    sample: bool = False,  # draw from the posterior instead of taking its mean
+    batch_size: int = 16,  # images per forward pass
+) -> torch.Tensor:
     "Scaled latents `scaling_factor * E(x)` (posterior mean by default), N x 4 x H/f x W/f, float32 on CPU."
     _check_images(images, downsample_factor(vae))
-    p = next(vae.parameters()); g = make_generator(generator, p.device) if sample else None
+    p = next(vae.parameters())
+    g = make_generator(generator, p.device) if sample else None
     out = []
     for i in range(0, len(images), batch_size):
-        post = vae.encode(images[i:i+batch_size].to(p.device, p.dtype)).latent_dist
+        post = vae.encode(images[i : i + batch_size].to(p.device, p.dtype)).latent_dist
         z = post.sample(generator=g) if sample else post.mean
         out.append(z.float().cpu() * vae.config.scaling_factor)
-    return torch.cat(out) if out else torch.zeros(0, vae.config.latent_channels, *[s // downsample_factor(vae) for s in images.shape[-2:]])
+    return (
+        torch.cat(out)
+        if out
+        else torch.zeros(0, vae.config.latent_channels, *[s // downsample_factor(vae) for s in images.shape[-2:]])
+    )
+
 
 @torch.no_grad()
-def decode(vae, # AutoencoderKL
-           latents:torch.Tensor, # N x 4 x h x w, scaled
-           batch_size:int=16, # latents per forward pass
-          )->torch.Tensor:
+def decode(
+    vae,  # AutoencoderKL
+    latents: torch.Tensor,  # N x 4 x h x w, scaled
+    batch_size: int = 16,  # latents per forward pass
+) -> torch.Tensor:
     "Images in [-1, 1], N x 3 x (h*f) x (w*f), float32 on CPU."
     if latents.ndim != 4 or latents.shape[1] != vae.config.latent_channels:
         raise ValueError(f"latents must be N x {vae.config.latent_channels} x h x w, got {tuple(latents.shape)}.")
     p = next(vae.parameters())
-    out = [vae.decode((latents[i:i+batch_size] / vae.config.scaling_factor).to(p.device, p.dtype)).sample.float().clamp(-1, 1).cpu()
-           for i in range(0, len(latents), batch_size)]
+    out = [
+        vae.decode((latents[i : i + batch_size] / vae.config.scaling_factor).to(p.device, p.dtype))
+        .sample.float()
+        .clamp(-1, 1)
+        .cpu()
+        for i in range(0, len(latents), batch_size)
+    ]
     return torch.cat(out)
 
 # %% ../nbs/03_autoencoder.ipynb #84e13d38
-def compute_scaling_factor(vae, # AutoencoderKL
-                           images:torch.Tensor, # training images, N x 3 x H x W in [-1, 1]
-                           batch_size:int=16)->float:
+def compute_scaling_factor(
+    vae,  # AutoencoderKL
+    images: torch.Tensor,  # training images, N x 3 x H x W in [-1, 1]
+    batch_size: int = 16,
+) -> float:
     "1 / std of the unscaled posterior means of `images`."
     z = encode(vae, images, batch_size=batch_size) / vae.config.scaling_factor
     return float(1 / z.std())
 
-def set_scaling_factor(vae, images:torch.Tensor, batch_size:int=16)->float:
+
+def set_scaling_factor(vae, images: torch.Tensor, batch_size: int = 16) -> float:
     "Measure the scaling factor on `images` and store it in the VAE's config; return it."
     s = compute_scaling_factor(vae, images, batch_size)
     vae.register_to_config(scaling_factor=s)
@@ -129,62 +202,93 @@ def set_scaling_factor(vae, images:torch.Tensor, batch_size:int=16)->float:
 # %% ../nbs/03_autoencoder.ipynb #910329a0
 class AutoencoderTrainer(nn.Module):
     "Wraps an `AutoencoderKL` with a reconstruction + KL `training_loss` for `histodiff.train.fit`."
-    def __init__(self, vae, # AutoencoderKL to train
-                 kl_weight:float=1e-6, # KL weight (relative to the per-image summed reconstruction loss)
-                 l2_weight:float=1.0, # weight of the MSE term next to L1
-                 key:str='image'): # batch entry with images N x 3 x H x W in [-1, 1]
-        super().__init__(); self.vae, self.kl_weight, self.l2_weight, self.key = vae, kl_weight, l2_weight, key
+
+    def __init__(
+        self,
+        vae,  # AutoencoderKL to train
+        kl_weight: float = 1e-6,  # KL weight (relative to the per-image summed reconstruction loss)
+        l2_weight: float = 1.0,  # weight of the MSE term next to L1
+        key: str = 'image',
+    ):  # batch entry with images N x 3 x H x W in [-1, 1]
+        super().__init__()
+        self.vae, self.kl_weight, self.l2_weight, self.key = vae, kl_weight, l2_weight, key
+
     def training_loss(self, batch):
         x = batch[self.key]
         post = self.vae.encode(x).latent_dist
         rec = self.vae.decode(post.sample()).sample
         loss = (rec - x).abs().mean() + self.l2_weight * F.mse_loss(rec, x)
         return loss + self.kl_weight * post.kl().mean() / x[0].numel()
-    def save_pretrained(self, save_directory): self.vae.save_pretrained(save_directory)
+
+    def save_pretrained(self, save_directory):
+        self.vae.save_pretrained(save_directory)
 
 # %% ../nbs/03_autoencoder.ipynb #d9b6360b
-def crop_tiles(tiles:np.ndarray, # N x H x W x 3 uint8
-               size:int=0, # crop side (H and W multiples of it); 0: whole tiles, returned as they are
-              )->np.ndarray:
+def crop_tiles(
+    tiles: np.ndarray,  # N x H x W x 3 uint8
+    size: int = 0,  # crop side (H and W multiples of it); 0: whole tiles, returned as they are
+) -> np.ndarray:
     "Non-overlapping `size` x `size` crops of every tile, `N*(H/size)*(W/size) x size x size x 3`."
-    if not size: return tiles
+    if not size:
+        return tiles
     n, h, w = tiles.shape[:3]
-    if h % size or w % size: raise ValueError(f"tile size {h}x{w} is not a multiple of the crop size {size}.")
-    return tiles.reshape(n, h // size, size, w // size, size, -1).transpose(0, 1, 3, 2, 4, 5).reshape(-1, size, size, tiles.shape[-1])
+    if h % size or w % size:
+        raise ValueError(f"tile size {h}x{w} is not a multiple of the crop size {size}.")
+    return (
+        tiles.reshape(n, h // size, size, w // size, size, -1)
+        .transpose(0, 1, 3, 2, 4, 5)
+        .reshape(-1, size, size, tiles.shape[-1])
+    )
 
 # %% ../nbs/03_autoencoder.ipynb #5bfc4772
 class TileDataset(Dataset):
-    "uint8 tiles as a Dataset of `{key: 3 x H x W in [-1, 1]}`; with `augment`, item `v * N + i` is symmetry `v` of tile `i`."
-    def __init__(self, tiles:np.ndarray, # N x H x W x 3 uint8, kept as they are in memory
-                 augment:bool=False, # 8 x as long: all flips/rotations (`dihedral`)
-                 key:str='image', # name of the batch entry
-                ):
+    """uint8 tiles as a Dataset of `{key: 3 x H x W in [-1, 1]}`;
+    with `augment`, item `v * N + i` is symmetry `v` of tile `i`."""
+
+    def __init__(
+        self,
+        tiles: np.ndarray,  # N x H x W x 3 uint8, kept as they are in memory
+        augment: bool = False,  # 8 x as long: all flips/rotations (`dihedral`)
+        key: str = 'image',  # name of the batch entry
+    ):
         self.tiles, self.key = np.asarray(tiles), key
-        if self.tiles.ndim != 4 or self.tiles.shape[-1] != 3: raise ValueError(f"tiles must be N x H x W x 3, got {self.tiles.shape}.")
+        if self.tiles.ndim != 4 or self.tiles.shape[-1] != 3:
+            raise ValueError(f"tiles must be N x H x W x 3, got {self.tiles.shape}.")
         self.n_var = DIHEDRAL if augment else 1
-    def __len__(self): return len(self.tiles) * self.n_var
+
+    def __len__(self):
+        return len(self.tiles) * self.n_var
+
     def __getitem__(self, i):
         v, j = divmod(int(i), len(self.tiles))
         return {self.key: to_tensor(dihedral(self.tiles[j], v))[0]}
 
-def image_dataset(tiles:np.ndarray, # N x H x W x 3 uint8
-                  augment:bool=False, # add the 7 other flips/rotations of each tile (8 x as long)
-                  key:str='image', # name of the batch entry
-                 )->TileDataset:
+
+def image_dataset(
+    tiles: np.ndarray,  # N x H x W x 3 uint8
+    augment: bool = False,  # add the 7 other flips/rotations of each tile (8 x as long)
+    key: str = 'image',  # name of the batch entry
+) -> TileDataset:
     "A dataset of `{key: 3 x H x W tensor in [-1, 1]}` items."
     return TileDataset(tiles, augment, key)
 
 # %% ../nbs/03_autoencoder.ipynb #423ba376
-def encode_dataset(vae, # frozen AutoencoderKL
-                   tiles:np.ndarray, # N x H x W x 3 uint8 tiles (H, W multiples of f)
-                   batch_size:int=16, # tiles per forward pass
-                   progress:bool=True, # tqdm bar
-                   augment:bool=False, # also encode the 7 other flips/rotations of each tile, in image space (8 x N latents)
-                  )->TensorDictDataset:
-    "Encode tiles to scaled posterior-mean latents: a dataset of `{'latents': 4 x H/f x W/f}` items, `v * N + i` = tile i, symmetry v."
+def encode_dataset(
+    vae,  # frozen AutoencoderKL
+    tiles: np.ndarray,  # N x H x W x 3 uint8 tiles (H, W multiples of f)
+    batch_size: int = 16,  # tiles per forward pass
+    progress: bool = True,  # tqdm bar
+    augment: bool = False,  # also encode the 7 other flips/rotations of each tile, in image space (8 x N latents)
+) -> TensorDictDataset:
+    """Encode tiles to scaled posterior-mean latents: a dataset of `{'latents': 4 x H/f x W/f}` items,
+    `v * N + i` = tile i, symmetry v."""
     from tqdm.auto import tqdm
-    if len(tiles) == 0: raise ValueError("no tiles to encode.")
+
+    if len(tiles) == 0:
+        raise ValueError("no tiles to encode.")
     jobs = [(v, i) for v in range(DIHEDRAL if augment else 1) for i in range(0, len(tiles), batch_size)]
-    out = [encode(vae, dihedral(to_tensor(tiles[i:i+batch_size]), v), batch_size=batch_size)
-           for v, i in tqdm(jobs, disable=not progress, desc='encode')]
+    out = [
+        encode(vae, dihedral(to_tensor(tiles[i : i + batch_size]), v), batch_size=batch_size)
+        for v, i in tqdm(jobs, disable=not progress, desc='encode')
+    ]
     return TensorDictDataset(latents=torch.cat(out))

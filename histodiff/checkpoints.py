@@ -27,46 +27,79 @@ __all__ = ['SHIPPED', 'PICKLE_SUFFIXES', 'CONFIG_SUFFIXES', 'LEFTOVER_DIRS', 'LE
 # %% ../nbs/15_checkpoints.ipynb #a9a60920
 class Shipped(NamedTuple):
     "One shipped model: its folder under `models/`, layout, loader and what it is."
-    models:str # folder under models/ that the pipeline writes
-    library:str # 'diffusers' or 'transformers' (the card's library_name)
-    loader:Callable # the class whose from_pretrained loads the folder in float32, or a function of the folder
-    about:str # one sentence for the card
 
-def _stardiff(v:str, about:str)->Shipped: return Shipped(f'stardiff/{v}', 'diffusers', StarDiffPipeline, about)
+    models: str  # folder under models/ that the pipeline writes
+    library: str  # 'diffusers' or 'transformers' (the card's library_name)
+    loader: Callable  # the class whose from_pretrained loads the folder in float32, or a function of the folder
+    about: str  # one sentence for the card
 
-SHIPPED:dict[str, Shipped] = {
-    'vae': Shipped('vae', 'diffusers', load_vae,
-                   'The AutoencoderKL (4 latent channels; its config says its downsampling factor) of the latent space.'),
-    'ldm': Shipped('ldm', 'diffusers', DenoisingDiffusionModel,
-                   'The latent denoising UNet of LatentArtiFusion (unet/ + scheduler/), trained on VAE latents of clean tiles; '
-                   'use it with the vae checkpoint.'),
-    'pixel': Shipped('pixel', 'diffusers', DenoisingDiffusionModel,
-                     'The pixel-space denoising UNet of the ArtiFusion-like baseline (unet/ + scheduler/).'),
-    'detector': Shipped('detector', 'diffusers', ArtifactDetector,
-                        'The artifact detector: a segmentation UNet (unet/) and its settings (detector.json).'),
+
+def _stardiff(v: str, about: str) -> Shipped:
+    return Shipped(f'stardiff/{v}', 'diffusers', StarDiffPipeline, about)
+
+
+SHIPPED: dict[str, Shipped] = {
+    'vae': Shipped(
+        'vae',
+        'diffusers',
+        load_vae,
+        'The AutoencoderKL (4 latent channels; its config says its downsampling factor) of the latent space.',
+    ),
+    'ldm': Shipped(
+        'ldm',
+        'diffusers',
+        DenoisingDiffusionModel,
+        'The latent denoising UNet of LatentArtiFusion (unet/ + scheduler/), trained on VAE latents of clean tiles; '
+        'use it with the vae checkpoint.',
+    ),
+    'pixel': Shipped(
+        'pixel',
+        'diffusers',
+        DenoisingDiffusionModel,
+        'The pixel-space denoising UNet of the ArtiFusion-like baseline (unet/ + scheduler/).',
+    ),
+    'detector': Shipped(
+        'detector',
+        'diffusers',
+        ArtifactDetector,
+        'The artifact detector: a segmentation UNet (unet/) and its settings (detector.json).',
+    ),
     'stardiff/both': _stardiff('both', 'Star-Diff, H&E to virtual IHC: residual and noise networks.'),
     'stardiff/residual': _stardiff('residual', "Star-Diff's ablation with the residual (restoration) path only."),
     'stardiff/noise': _stardiff('noise', "Star-Diff's ablation with the noise path only."),
     'stardiff/latent': _stardiff('latent', 'Star-Diff in the latent space of a frozen VAE (model/ + vae/).'),
-    'classifier/sfs': Shipped('classifier/sfs', 'transformers', ImageClassifier,
-                              'The HER2 classifier of the Semantic Fidelity Score, trained on real IHC tiles.'),
-    'classifier/tissue': Shipped('classifier/tissue', 'transformers', ImageClassifier,
-                                 'The downstream tissue classifier of the restoration study, trained on clean H&E tiles.'),
+    'classifier/sfs': Shipped(
+        'classifier/sfs',
+        'transformers',
+        ImageClassifier,
+        'The HER2 classifier of the Semantic Fidelity Score, trained on real IHC tiles.',
+    ),
+    'classifier/tissue': Shipped(
+        'classifier/tissue',
+        'transformers',
+        ImageClassifier,
+        'The downstream tissue classifier of the restoration study, trained on clean H&E tiles.',
+    ),
 }
 
-def _check_name(name:str)->str:
-    if name not in SHIPPED: raise ValueError(f"unknown checkpoint {name!r}; choose one of {list(SHIPPED)}.")
+
+def _check_name(name: str) -> str:
+    if name not in SHIPPED:
+        raise ValueError(f"unknown checkpoint {name!r}; choose one of {list(SHIPPED)}.")
     return name
 
 # %% ../nbs/15_checkpoints.ipynb #30a1e253
-def _cell(v)->str:
-    if v is None: return 'not recorded'
+def _cell(v) -> str:
+    if v is None:
+        return 'not recorded'
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-def _load_lines(name:str, path:str)->list[str]:
+
+def _load_lines(name: str, path: str) -> list[str]:
     "Python lines that load the checkpoint `name` from `path`."
     s = SHIPPED.get(name)
-    if s is None: return ["# a diffusers / transformers folder: use the from_pretrained of its class"]
+    if s is None:
+        return ["# a diffusers / transformers folder: use the from_pretrained of its class"]
     fn = s.loader.__name__
     call = f"{fn}.from_pretrained({path!r})" if isinstance(s.loader, type) else f"{fn}({path!r})"
     return [f"from {s.loader.__module__} import {fn}", f"model = {call}   # float32, on the CPU"]
@@ -75,197 +108,302 @@ def _load_lines(name:str, path:str)->list[str]:
 @dataclass
 class ModelCard:
     "What a checkpoint's README.md says: the model, its run, its data and its metrics."
-    name:str # key of SHIPPED, e.g. 'ldm'
-    profile:str='pretrain' # the profile it was trained under
-    steps:int|None=None # optimizer steps
-    device:str|None=None # what trained it, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu (2 cores)'
-    minutes:float|None=None # training time
-    data:list=field(default_factory=list) # (file, sha256) of the training data
-    metrics:dict=field(default_factory=dict) # metric -> value (held-out data of the profile)
-    notes:str='' # anything else (markdown)
 
-    def markdown(self)->str:
+    name: str  # key of SHIPPED, e.g. 'ldm'
+    profile: str = 'pretrain'  # the profile it was trained under
+    steps: int | None = None  # optimizer steps
+    device: str | None = None  # what trained it, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu (2 cores)'
+    minutes: float | None = None  # training time
+    data: list = field(default_factory=list)  # (file, sha256) of the training data
+    metrics: dict = field(default_factory=dict)  # metric -> value (held-out data of the profile)
+    notes: str = ''  # anything else (markdown)
+
+    def markdown(self) -> str:
         "The card: YAML front matter, then what it is, how to load it, data, run and metrics."
         s = SHIPPED.get(self.name)
         lib = s.library if s else 'diffusers'
         tags = ['histopathology', 'histodiff', 'diffusion' if lib == 'diffusers' else 'image-classification']
-        out = ['---', f'library_name: {lib}', 'license: apache-2.0', 'tags:', *[f'- {t}' for t in tags], '---', '',
-               f'# histodiff `{self.name}`', '', s.about if s else '', '',
-               '## How to load it', '', '```python', *_load_lines(self.name, f'checkpoints/{self.name}'), '```', '',
-               'The weights are float16 safetensors; `from_pretrained` loads them into float32 modules. The folder is a plain '
-               f'{lib} folder: a hub id that holds it loads the same way.', '',
-               '## Training data', '', '| file | sha256 |', '|---|---|', *[f'| {f} | `{h}` |' for f, h in self.data], '',
-               '## Training', '', '| profile | steps | device | minutes |', '|---|---|---|---|',
-               f'| {self.profile} | {_cell(self.steps)} | {_cell(self.device)} | {_cell(self.minutes)} |', '',
-               '## Metrics', '', '| metric | value |', '|---|---|', *[f'| {k} | {_cell(v)} |' for k, v in self.metrics.items()]]
-        if not self.data: out.insert(out.index('## Training') - 1, 'No data hashes recorded (no data/download.json).')
-        if not self.metrics: out.append('No metrics recorded for this run.')
-        if self.notes: out += ['', '## Notes', '', self.notes]
+        out = [
+            '---',
+            f'library_name: {lib}',
+            'license: apache-2.0',
+            'tags:',
+            *[f'- {t}' for t in tags],
+            '---',
+            '',
+            f'# histodiff `{self.name}`',
+            '',
+            s.about if s else '',
+            '',
+            '## How to load it',
+            '',
+            '```python',
+            *_load_lines(self.name, f'checkpoints/{self.name}'),
+            '```',
+            '',
+            'The weights are float16 safetensors; `from_pretrained` loads them into float32 modules. '
+            f'The folder is a plain {lib} folder: a hub id that holds it loads the same way.',
+            '',
+            '## Training data',
+            '',
+            '| file | sha256 |',
+            '|---|---|',
+            *[f'| {f} | `{h}` |' for f, h in self.data],
+            '',
+            '## Training',
+            '',
+            '| profile | steps | device | minutes |',
+            '|---|---|---|---|',
+            f'| {self.profile} | {_cell(self.steps)} | {_cell(self.device)} | {_cell(self.minutes)} |',
+            '',
+            '## Metrics',
+            '',
+            '| metric | value |',
+            '|---|---|',
+            *[f'| {k} | {_cell(v)} |' for k, v in self.metrics.items()],
+        ]
+        if not self.data:
+            out.insert(out.index('## Training') - 1, 'No data hashes recorded (no data/download.json).')
+        if not self.metrics:
+            out.append('No metrics recorded for this run.')
+        if self.notes:
+            out += ['', '## Notes', '', self.notes]
         return '\n'.join(out) + '\n'
 
-def read_card(folder:str|Path, # a model or checkpoint folder
-              name:str, # its key of SHIPPED
-             )->ModelCard:
-    "The card of the model in `folder`: its `card.json` (written by the stage that trained it), else a card of no facts."
-    f = Path(folder)/'card.json'
-    if not f.is_file(): return ModelCard(_check_name(name), profile='not recorded')
-    try: d = json.loads(f.read_text())
-    except ValueError as e: raise CheckpointError(f"{f}: not valid JSON ({e}); retrain the model (make repro).") from None
+
+def read_card(
+    folder: str | Path,  # a model or checkpoint folder
+    name: str,  # its key of SHIPPED
+) -> ModelCard:
+    """The card of the model in `folder`: its `card.json` (written by the stage that trained it), else a card of no
+    facts."""
+    f = Path(folder) / 'card.json'
+    if not f.is_file():
+        return ModelCard(_check_name(name), profile='not recorded')
+    try:
+        d = json.loads(f.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e}); retrain the model (make repro).") from None
     return ModelCard(**{**d, 'name': name, 'data': [tuple(r) for r in d.get('data', [])]})
 
 # %% ../nbs/15_checkpoints.ipynb #e2fb7578
 class CheckpointError(ValueError):
     "A model folder that cannot be exported or shipped (pickles, a damaged file, over the size budget)."
 
+
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl', '.pickle')
 CONFIG_SUFFIXES = ('.json', '.txt')
 LEFTOVER_DIRS = ('checkpoints', 'dvclive', 'runs')
-LEFTOVER_FILES = re.compile(r'^(optimizer|scheduler\.(bin|pt)|random_states|scaler|ema\.safetensors|trainer_state|manifest)')
+LEFTOVER_FILES = re.compile(
+    r'^(optimizer|scheduler\.(bin|pt)|random_states|scaler|ema\.safetensors|trainer_state|manifest)'
+)
 
-def _leftover(path:Path, src:Path)->bool:
+
+def _leftover(path: Path, src: Path) -> bool:
     "A training leftover: inside fit's run folders, a hidden file, or a training-state file."
     rel = path.relative_to(src)
     for i in range(len(rel.parts) - 1):
-        d = src.joinpath(*rel.parts[:i + 1])
-        if d.name in LEFTOVER_DIRS or d.name.startswith('.') or (d/'checkpoints').is_dir() or (d/'dvclive').is_dir(): return True
+        d = src.joinpath(*rel.parts[: i + 1])
+        if (
+            d.name in LEFTOVER_DIRS
+            or d.name.startswith('.')
+            or (d / 'checkpoints').is_dir()
+            or (d / 'dvclive').is_dir()
+        ):
+            return True
     return path.name.startswith('.') or bool(LEFTOVER_FILES.match(path.name))
 
-def model_files(src:str|Path # a trained model folder
-               )->list[Path]:
+
+def model_files(
+    src: str | Path,  # a trained model folder
+) -> list[Path]:
     "The files of `src` that a checkpoint keeps (safetensors and configs); refuses pickled weights."
     src = Path(src)
-    if not src.is_dir(): raise FileNotFoundError(f"model folder not found: {src} (train it first: make repro PROFILE=pretrain)")
+    if not src.is_dir():
+        raise FileNotFoundError(f"model folder not found: {src} (train it first: make repro PROFILE=pretrain)")
     files = sorted(p for p in src.rglob('*') if p.is_file() and not _leftover(p, src))
     if pk := [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES]:
-        raise CheckpointError(f"{pk[0]}: pickled weights are not shipped (loading a pickle runs code); convert the folder "
-                              "to safetensors first with `histodiff convert-checkpoint`, or save it again with save_pretrained.")
+        raise CheckpointError(
+            f"{pk[0]}: pickled weights are not shipped (loading a pickle runs code); convert the folder "
+            "to safetensors first with `histodiff convert-checkpoint`, or save it again with save_pretrained."
+        )
     keep = [p for p in files if p.suffix == '.safetensors' or p.suffix in CONFIG_SUFFIXES]
-    if not any(p.suffix == '.safetensors' for p in keep): raise CheckpointError(f"{src} holds no .safetensors weights: is it a trained model folder?")
+    if not any(p.suffix == '.safetensors' for p in keep):
+        raise CheckpointError(f"{src} holds no .safetensors weights: is it a trained model folder?")
     return keep
 
 # %% ../nbs/15_checkpoints.ipynb #a344e558
 FP16_MAX = 65504.0
 
-def to_fp16_file(src:str|Path, # a safetensors file
-                 dst:str|Path, # where to write its fp16 copy
-                )->dict:
+
+def to_fp16_file(
+    src: str | Path,  # a safetensors file
+    dst: str | Path,  # where to write its fp16 copy
+) -> dict:
     "Copy a safetensors file with every floating tensor as float16 (metadata kept); returns {tensor: dtype written}."
     import torch
     from safetensors import safe_open, SafetensorError
     from safetensors.torch import save_file
+
     try:
         with safe_open(str(src), 'pt') as f:
             meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e: raise CheckpointError(f"{src}: not a readable safetensors file ({e}); retrain or re-download it.") from None
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{src}: not a readable safetensors file ({e}); retrain or re-download it.") from None
     for k, t in tensors.items():
-        if not t.is_floating_point() or t.dtype == torch.float16: continue
-        if t.numel() and t.abs().max() > FP16_MAX: raise CheckpointError(f"{src}: tensor {k} holds values beyond float16's range (|x| > {FP16_MAX:g}); it cannot be shipped in fp16.")
+        if not t.is_floating_point() or t.dtype == torch.float16:
+            continue
+        if t.numel() and t.abs().max() > FP16_MAX:
+            raise CheckpointError(
+                f"{src}: tensor {k} holds values beyond float16's range (|x| > {FP16_MAX:g}); "
+                "it cannot be shipped in fp16."
+            )
         tensors[k] = t.to(torch.float16)
     save_file({k: t.contiguous() for k, t in tensors.items()}, str(dst), metadata=meta or {'format': 'pt'})
     return {k: str(t.dtype).removeprefix('torch.') for k, t in tensors.items()}
 
 # %% ../nbs/15_checkpoints.ipynb #58b5fe23
-def load_checkpoint(path:str|Path, # a checkpoint folder (or a model folder of models/)
-                    name:str, # its key of SHIPPED: picks the loader
-                    **kwargs, # passed to the loader, e.g. key='latents' for a DenoisingDiffusionModel
-                   ):
-    "Load checkpoint `name` from `path` with histodiff's loader; refuses a model whose floating weights are not float32."
+def load_checkpoint(
+    path: str | Path,  # a checkpoint folder (or a model folder of models/)
+    name: str,  # its key of SHIPPED: picks the loader
+    **kwargs,  # passed to the loader, e.g. key='latents' for a DenoisingDiffusionModel
+):
+    """Load checkpoint `name` from `path` with histodiff's loader; refuses a model whose floating weights are not
+    float32."""
     return load_float32(SHIPPED[_check_name(name)].loader, path, name, **kwargs)
 
 # %% ../nbs/15_checkpoints.ipynb #17556dfc
-def _fp16_config(src:Path, dst:Path):
+def _fp16_config(src: Path, dst: Path):
     "Copy a config; a transformers config that records a dtype now says float16 (what the weights are)."
     cfg = None
     if src.name == 'config.json':
-        try: cfg = json.loads(src.read_text())
-        except ValueError as e: raise CheckpointError(f"{src}: not valid JSON ({e}); retrain or re-download the model.") from None
+        try:
+            cfg = json.loads(src.read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{src}: not valid JSON ({e}); retrain or re-download the model.") from None
     keys = [k for k in ('dtype', 'torch_dtype') if isinstance(cfg, dict) and k in cfg]
-    if not keys: shutil.copy2(src, dst); return
-    for k in keys: cfg[k] = 'float16'
+    if not keys:
+        shutil.copy2(src, dst)
+        return
+    for k in keys:
+        cfg[k] = 'float16'
     dst.write_text(json.dumps(cfg, indent=2, sort_keys=True) + '\n')
 
-def export_checkpoint(src:str|Path, # a trained model folder, e.g. models/ldm
-                      dst:str|Path, # the checkpoint folder to write, e.g. checkpoints/ldm (replaced atomically)
-                      card:ModelCard, # its model card (card.name in SHIPPED: the written folder is loaded back to check it)
-                     )->Path:
-    "Copy `src` to `dst` as an fp16 safetensors checkpoint with `card` as README.md and card.json; checked by loading it back."
+
+def export_checkpoint(
+    src: str | Path,  # a trained model folder, e.g. models/ldm
+    dst: str | Path,  # the checkpoint folder to write, e.g. checkpoints/ldm (replaced atomically)
+    card: ModelCard,  # its model card (card.name in SHIPPED: the written folder is loaded back to check it)
+) -> Path:
+    """Copy `src` to `dst` as an fp16 safetensors checkpoint with `card` as README.md and card.json; checked by loading
+    it back."""
     src, dst = Path(src), Path(dst)
     files = model_files(src)
     with atomic_dir(dst) as tmp:
         for f in files:
-            out = tmp/f.relative_to(src); out.parent.mkdir(parents=True, exist_ok=True)
-            if f.suffix == '.safetensors': to_fp16_file(f, out)
-            else: _fp16_config(f, out)
-        (tmp/'README.md').write_text(card.markdown())
-        (tmp/'card.json').write_text(json.dumps(asdict(card), indent=1) + '\n')
+            out = tmp / f.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if f.suffix == '.safetensors':
+                to_fp16_file(f, out)
+            else:
+                _fp16_config(f, out)
+        (tmp / 'README.md').write_text(card.markdown())
+        (tmp / 'card.json').write_text(json.dumps(asdict(card), indent=1) + '\n')
         if card.name in SHIPPED:
-            try: load_checkpoint(tmp, card.name)
-            except (OSError, ValueError) as e: raise CheckpointError(f"{src} exported as {card.name} does not load back: {e}") from e
+            try:
+                load_checkpoint(tmp, card.name)
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{src} exported as {card.name} does not load back: {e}") from e
     return dst
 
 # %% ../nbs/15_checkpoints.ipynb #72046e8e
-def init_model(init_from:str|Path, # a checkpoint folder of kind `name`, e.g. checkpoints/ldm
-               name:str, # its key of SHIPPED
-               **kwargs, # passed to the loader (e.g. key='latents')
-              ):
+def init_model(
+    init_from: str | Path,  # a checkpoint folder of kind `name`, e.g. checkpoints/ldm
+    name: str,  # its key of SHIPPED
+    **kwargs,  # passed to the loader (e.g. key='latents')
+):
     "The model of checkpoint `init_from`, ready to fine-tune with `fit`: float32, train mode, all weights trainable."
     return load_trainable(SHIPPED[_check_name(name)].loader, init_from, name, **kwargs)
 
 # %% ../nbs/15_checkpoints.ipynb #fe66912e
-def _mb(path:Path)->float: return sum(p.stat().st_size for p in Path(path).rglob('*') if p.is_file()) / 2**20
+def _mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob('*') if p.is_file()) / 2**20
 
-def checkpoint_sizes(root:str|Path='checkpoints')->dict[str, float]:
+
+def checkpoint_sizes(root: str | Path = 'checkpoints') -> dict[str, float]:
     "MB of each shipped checkpoint under `root` (those present)."
-    return {n: round(_mb(Path(root)/n), 3) for n in SHIPPED if (Path(root)/n).is_dir()}
+    return {n: round(_mb(Path(root) / n), 3) for n in SHIPPED if (Path(root) / n).is_dir()}
 
-def check_budget(root:str|Path='checkpoints', # the checkpoints folder
-                 limit_mb:float=80, # the budget
-                )->float:
+
+def check_budget(
+    root: str | Path = 'checkpoints',  # the checkpoints folder
+    limit_mb: float = 80,  # the budget
+) -> float:
     "Total MB of every file under `root`; a CheckpointError naming the largest checkpoints when over `limit_mb`."
     total = _mb(Path(root))
     if total > limit_mb:
         big = ', '.join(f'{n} {s:.1f} MB' for n, s in sorted(checkpoint_sizes(root).items(), key=lambda kv: -kv[1])[:3])
-        raise CheckpointError(f"{root} holds {total:.1f} MB of checkpoints, over the {limit_mb:g} MB budget (largest: {big}); "
-                              "choose smaller models in profiles/pretrain.yaml.")
+        raise CheckpointError(
+            f"{root} holds {total:.1f} MB of checkpoints, over the {limit_mb:g} MB budget (largest: {big}); "
+            "choose smaller models in profiles/pretrain.yaml."
+        )
     return total
 
 # %% ../nbs/15_checkpoints.ipynb #2e7345ca
-def export_all(models_dir:str|Path='models', # the pipeline's trained models
-               out:str|Path='checkpoints', # where the checkpoints go
-               profile:str|None=None, # the profile the models were trained under (None: what each card.json says)
-               cards:dict|None=None, # name -> {ModelCard field: value} overriding what the cards say (e.g. notes)
-               device:str|None=None, # what trained the models (None: what each card.json says)
-               limit_mb:float=80, # the size budget of all checkpoints
-              )->dict[str, Path]:
+def export_all(
+    models_dir: str | Path = 'models',  # the pipeline's trained models
+    out: str | Path = 'checkpoints',  # where the checkpoints go
+    profile: str | None = None,  # the profile the models were trained under (None: what each card.json says)
+    cards: dict | None = None,  # name -> {ModelCard field: value} overriding what the cards say (e.g. notes)
+    device: str | None = None,  # what trained the models (None: what each card.json says)
+    limit_mb: float = 80,  # the size budget of all checkpoints
+) -> dict[str, Path]:
     "Export each trained model of `models_dir` listed in SHIPPED to `out/<name>` with its card; then check the budget."
     models_dir, done = Path(models_dir), {}
     for name, s in SHIPPED.items():
-        if not (models_dir/s.models).is_dir(): continue
-        card = read_card(models_dir/s.models, name)
+        if not (models_dir / s.models).is_dir():
+            continue
+        card = read_card(models_dir / s.models, name)
         given = dict(profile=profile, device=device, **((cards or {}).get(name) or {}))
         for k, v in given.items():
-            if v is not None: setattr(card, k, v)
-        done[name] = export_checkpoint(models_dir/s.models, Path(out)/name, card)
-    if not done: raise FileNotFoundError(f"no trained model under {models_dir} (expected e.g. {models_dir/'ldm'}): run `make repro PROFILE=pretrain` first.")
+            if v is not None:
+                setattr(card, k, v)
+        done[name] = export_checkpoint(models_dir / s.models, Path(out) / name, card)
+    if not done:
+        raise FileNotFoundError(
+            f"no trained model under {models_dir} (expected e.g. {models_dir / 'ldm'}): "
+            "run `make repro PROFILE=pretrain` first."
+        )
     check_budget(out, limit_mb)
     return done
 
 # %% ../nbs/15_checkpoints.ipynb #1f354aa2
-def main(argv:list[str]|None=None)->int:
+def main(argv: list[str] | None = None) -> int:
     "`python -m histodiff.checkpoints export ...`: export the trained models as checkpoints; 0 done, 2 refused."
-    p = argparse.ArgumentParser(prog='python -m histodiff.checkpoints', description='Export the trained models of models/ as fp16 checkpoints with model cards.')
+    p = argparse.ArgumentParser(
+        prog='python -m histodiff.checkpoints',
+        description='Export the trained models of models/ as fp16 checkpoints with model cards.',
+    )
     sub = p.add_subparsers(dest='command', required=True)
     e = sub.add_parser('export', help='export every trained model listed in histodiff.checkpoints.SHIPPED')
     e.add_argument('--models', default='models', help='the trained models (default: %(default)s)')
     e.add_argument('--out', default='checkpoints', help='where the checkpoints go (default: %(default)s)')
-    e.add_argument('--profile', default=None, help="the profile they were trained under, for the cards (default: each card.json's)")
+    e.add_argument(
+        '--profile', default=None, help="the profile they were trained under, for the cards (default: each card.json's)"
+    )
     e.add_argument('--device', default=None, help="what trained them, for the cards (default: each card.json's)")
     e.add_argument('--limit-mb', type=float, default=80, help='size budget of all checkpoints (default: %(default)s)')
     a = p.parse_args(argv)
-    try: done = export_all(a.models, a.out, a.profile, device=a.device, limit_mb=a.limit_mb)
-    except (OSError, ValueError) as err: print(f"{p.prog}: error: {err}", file=sys.stderr); return 2
-    for n, s in checkpoint_sizes(a.out).items(): print(f"{Path(a.out)/n}: {s:.2f} MB{'' if n in done else ' (kept, not retrained)'}")
+    try:
+        done = export_all(a.models, a.out, a.profile, device=a.device, limit_mb=a.limit_mb)
+    except (OSError, ValueError) as err:
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        return 2
+    for n, s in checkpoint_sizes(a.out).items():
+        print(f"{Path(a.out) / n}: {s:.2f} MB{'' if n in done else ' (kept, not retrained)'}")
     print(f"total {check_budget(a.out, a.limit_mb):.2f} MB of {a.limit_mb:g} MB")
     return 0
 
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main()) # python -m, not a notebook kernel
+
+if __name__ == '__main__' and '__file__' in globals():
+    sys.exit(main())  # python -m, not a notebook kernel

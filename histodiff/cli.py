@@ -20,23 +20,33 @@ __all__ = ['COMMANDS', 'USER_ERRORS', 'SCHEDULERS', 'IMAGE_SUFFIXES', 'command',
 # %% ../nbs/12_cli.ipynb #835bd3bd
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     "Keep the line breaks of descriptions and epilogs, and of an option's help that has them (a table)."
-    def __init__(self, prog): super().__init__(prog, max_help_position=32)
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32)
+
     def _split_lines(self, text, width):
-        if '\n' not in text: return super()._split_lines(text, width)
+        if '\n' not in text:
+            return super()._split_lines(text, width)
         head, *rest = text.splitlines()
         return super()._split_lines(head, width) + rest
 
-COMMANDS:dict[str, tuple] = {} # name -> (help line, add_arguments, run)
 
-def command(name:str, # the subcommand, e.g. 'restore'
-            help:str, # one line shown by `histodiff --help`
-            arguments:Callable, # f(parser) that adds the subcommand's arguments
-           ):
+COMMANDS: dict[str, tuple] = {}  # name -> (help line, add_arguments, run)
+
+
+def command(
+    name: str,  # the subcommand, e.g. 'restore'
+    help: str,  # one line shown by `histodiff --help`
+    arguments: Callable,  # f(parser) that adds the subcommand's arguments
+):
     "Decorator: register `run(args) -> exit status | None` as the subcommand `name`; its docstring is the description."
+
     def deco(run):
         COMMANDS[name] = (help, arguments, run)
         return run
+
     return deco
+
 
 def _common_arguments(p):
     g = p.add_argument_group('common options')
@@ -44,74 +54,110 @@ def _common_arguments(p):
     g.add_argument('--device', default=None, metavar='NAME', help='cuda, mps or cpu (default: the best available)')
     g.add_argument('--traceback', action='store_true', help='on an error, show the full traceback (for bug reports)')
 
-def build_parser()->argparse.ArgumentParser:
+
+def build_parser() -> argparse.ArgumentParser:
     "The `histodiff` argument parser, one subparser per registered command."
-    p = argparse.ArgumentParser(prog='histodiff', formatter_class=_Formatter,
-                                description=histodiff.__doc__ or 'Diffusion models for computational pathology.',
-                                epilog="Run `histodiff COMMAND --help` for the options of a command.")
+    p = argparse.ArgumentParser(
+        prog='histodiff',
+        formatter_class=_Formatter,
+        description=histodiff.__doc__ or 'Diffusion models for computational pathology.',
+        epilog="Run `histodiff COMMAND --help` for the options of a command.",
+    )
     p.add_argument('--version', action='version', version=f'%(prog)s {histodiff.__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND', required=True)
     for name, (help, arguments, run) in COMMANDS.items():
         sp = sub.add_parser(name, help=help, description=run.__doc__, formatter_class=_Formatter)
-        arguments(sp); _common_arguments(sp)
+        arguments(sp)
+        _common_arguments(sp)
         sp.set_defaults(run=run)
     return p
 
 # %% ../nbs/12_cli.ipynb #8d579628
-def at_least(low:int, # the smallest value allowed
-            ):
+def at_least(
+    low: int,  # the smallest value allowed
+):
     "An argparse `type`: an integer >= `low`, refused by argparse (usage, status 2) otherwise."
+
     def integer(text):
-        try: v = int(text)
-        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if v < low: raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
         return v
+
     return integer
 
-def fraction(text:str)->float:
+
+def fraction(text: str) -> float:
     "An argparse `type`: a number in (0, 1], refused by argparse (usage, status 2) otherwise."
-    try: v = float(text)
-    except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < v <= 1: raise argparse.ArgumentTypeError(f"must be in (0, 1], got {v}")
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {v}")
     return v
 
-USER_ERRORS = (OSError, ValueError) # ImageError, MaskError, ... are ValueErrors; FileNotFoundError is an OSError
+
+USER_ERRORS = (OSError, ValueError)  # ImageError, MaskError, ... are ValueErrors; FileNotFoundError is an OSError
+
 
 def _say(args, *msg):
     "Print a success message on stdout unless `--quiet`."
-    if not args.quiet: print(*msg)
+    if not args.quiet:
+        print(*msg)
+
 
 def _silence():
-    "For `--quiet`: switch off the progress bars and info logs of huggingface_hub, transformers and diffusers (process-wide)."
+    """For `--quiet`: switch off the progress bars and info logs of huggingface_hub, transformers and diffusers
+    (process-wide)."""
     import os, importlib
+
     os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS='1', TRANSFORMERS_VERBOSITY='error', DIFFUSERS_VERBOSITY='error')
-    for name in ('transformers', 'diffusers'): # already imported: their settings were read at import time
+    for name in ('transformers', 'diffusers'):  # already imported: their settings were read at import time
         if name in sys.modules:
             log = importlib.import_module(f'{name}.utils.logging')
-            log.disable_progress_bar(); log.set_verbosity_error()
+            log.disable_progress_bar()
+            log.set_verbosity_error()
+
 
 @contextlib.contextmanager
 def _notes():
-    "histodiff's own warnings (e.g. an empty mask: the input is returned) as one `histodiff: note: ...` line each on stderr."
+    """histodiff's own warnings (e.g. an empty mask: the input is returned) as one `histodiff: note: ...` line each on
+    stderr."""
     import warnings
+
     with warnings.catch_warnings():
         show = warnings.showwarning
+
         def note(message, category, filename, lineno, file=None, line=None):
-            if category.__module__.startswith('histodiff'): print(f"histodiff: note: {message}", file=sys.stderr)
-            else: show(message, category, filename, lineno, file, line)
+            if category.__module__.startswith('histodiff'):
+                print(f"histodiff: note: {message}", file=sys.stderr)
+            else:
+                show(message, category, filename, lineno, file, line)
+
         warnings.showwarning = note
         yield
 
-def main(argv:list[str]|None=None, # arguments after the program name (default: sys.argv[1:])
-        )->int:
-    "Run the `histodiff` command line; returns the exit status (0: done, 2: an input or model refused, 130: interrupted)."
+
+def main(
+    argv: list[str] | None = None,  # arguments after the program name (default: sys.argv[1:])
+) -> int:
+    """Run the `histodiff` command line; returns the exit status (0: done, 2: an input or model refused, 130:
+    interrupted)."""
     args = build_parser().parse_args(argv)
-    if args.quiet: _silence()
+    if args.quiet:
+        _silence()
     from histodiff.wsi import sigterm_as_interrupt
+
     try:
-        with _notes(), sigterm_as_interrupt(): return int(args.run(args) or 0)
+        with _notes(), sigterm_as_interrupt():
+            return int(args.run(args) or 0)
     except USER_ERRORS as e:
-        if args.traceback: raise
+        if args.traceback:
+            raise
         print(f"histodiff: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
@@ -121,184 +167,340 @@ def main(argv:list[str]|None=None, # arguments after the program name (default: 
 # %% ../nbs/12_cli.ipynb #feccdb51
 SCHEDULERS = ('ddpm', 'ddim', 'dpm')
 
-def _default_help(name:str)->str: return f"models/{name} when it exists, else the shipped checkpoints/{name}"
 
-def _folder(path, # a folder the command needs
-            what:str, # what it should hold, for the message
-           )->Path:
+def _default_help(name: str) -> str:
+    return f"models/{name} when it exists, else the shipped checkpoints/{name}"
+
+
+def _folder(
+    path,  # a folder the command needs
+    what: str,  # what it should hold, for the message
+) -> Path:
     "`path` as a Path; a FileNotFoundError naming `what` when it is not a folder."
     p = Path(path)
-    if not p.is_dir(): raise FileNotFoundError(f"{what} not found: {p} is not a folder")
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what} not found: {p} is not a folder")
     return p
+
 
 def _method_arguments(g):
     "--method, its choices and help from the registry of `histodiff.restorers`."
     from histodiff.restorers import restorer_names, restorer_table
-    g.add_argument('--method', choices=restorer_names(), default='latent', metavar='NAME',
-                   help=f"the restorer (default: %(default)s), one of:\n{restorer_table()}")
+
+    g.add_argument(
+        '--method',
+        choices=restorer_names(),
+        default='latent',
+        metavar='NAME',
+        help=f"the restorer (default: %(default)s), one of:\n{restorer_table()}",
+    )
+
 
 def _restorer_arguments(p):
     g = p.add_argument_group('restoration method')
     _method_arguments(g)
-    g.add_argument('--model', '--ldm', dest='model', metavar='DIR', default=None,
-                   help='trained diffusion model folder with unet/ and scheduler/, as the train_ldm stage writes '
-                        f"(default: {_default_help('ldm')} for latent; {_default_help('pixel')} for pixel)")
-    g.add_argument('--vae', metavar='DIR', default=None, help=f'VAE folder (or hub id) of the latent method (default: {_default_help("vae")})')
-    g.add_argument('--vae-subfolder', default=None, metavar='NAME', help="the VAE's subfolder, e.g. vae in a Stable Diffusion repository")
-    g.add_argument('--steps', type=at_least(1), default=50, metavar='N', help='sampling steps (default: %(default)s, the paper)')
-    g.add_argument('--scheduler', choices=SCHEDULERS, default=None, help='swap the sampler: ddpm, ddim or dpm (DPM-Solver++); ddim and dpm on trailing timesteps (default: DDPM, as trained)')
-    g.add_argument('--seed', type=int, default=0, help='sampling seed: same seed, same bytes on CPU (default: %(default)s)')
-    g.add_argument('--pixel-dilation', type=at_least(0), default=8, metavar='PX',
-                   help='outside the mask dilated by this much the input is kept byte for byte (default: %(default)s)')
-    g.add_argument('--feather', type=float, default=2.0, metavar='PX', help='Gaussian feather of the paste-back (default: %(default)s)')
-    g.add_argument('--strength', type=fraction, default=1.0, metavar='S',
-                   help='diffusion methods: run the last S of the schedule from the encoded image, in (0, 1]; below 1 the '
-                        "artifact region keeps the damaged image's structure (mild artifacts: blur, a light stain) (default: %(default)s)")
+    g.add_argument(
+        '--model',
+        '--ldm',
+        dest='model',
+        metavar='DIR',
+        default=None,
+        help='trained diffusion model folder with unet/ and scheduler/, as the train_ldm stage writes '
+        f"(default: {_default_help('ldm')} for latent; {_default_help('pixel')} for pixel)",
+    )
+    g.add_argument(
+        '--vae',
+        metavar='DIR',
+        default=None,
+        help=f'VAE folder (or hub id) of the latent method (default: {_default_help("vae")})',
+    )
+    g.add_argument(
+        '--vae-subfolder',
+        default=None,
+        metavar='NAME',
+        help="the VAE's subfolder, e.g. vae in a Stable Diffusion repository",
+    )
+    g.add_argument(
+        '--steps', type=at_least(1), default=50, metavar='N', help='sampling steps (default: %(default)s, the paper)'
+    )
+    g.add_argument(
+        '--scheduler',
+        choices=SCHEDULERS,
+        default=None,
+        help='swap the sampler: ddpm, ddim or dpm (DPM-Solver++); ddim and dpm on trailing timesteps '
+        '(default: DDPM, as trained)',
+    )
+    g.add_argument(
+        '--seed', type=int, default=0, help='sampling seed: same seed, same bytes on CPU (default: %(default)s)'
+    )
+    g.add_argument(
+        '--pixel-dilation',
+        type=at_least(0),
+        default=8,
+        metavar='PX',
+        help='outside the mask dilated by this much the input is kept byte for byte (default: %(default)s)',
+    )
+    g.add_argument(
+        '--feather',
+        type=float,
+        default=2.0,
+        metavar='PX',
+        help='Gaussian feather of the paste-back (default: %(default)s)',
+    )
+    g.add_argument(
+        '--strength',
+        type=fraction,
+        default=1.0,
+        metavar='S',
+        help='diffusion methods: run the last S of the schedule from the encoded image, in (0, 1]; below 1 the '
+        "artifact region keeps the damaged image's structure (mild artifacts: blur, a light stain) "
+        "(default: %(default)s)",
+    )
 
 # %% ../nbs/12_cli.ipynb #288f72f0
-def _restorer(args, # parsed options of `_restorer_arguments` (and the common ones)
-              progress:bool=False, # a progress bar over sampling steps
-             ):
+def _restorer(
+    args,  # parsed options of `_restorer_arguments` (and the common ones)
+    progress: bool = False,  # a progress bar over sampling steps
+):
     "The registry's restorer `args.method`, built from the options; `.identity` says what a slide records of it."
     from histodiff.restorers import RestorerSettings, make_restorer
-    settings = RestorerSettings(model=args.model, vae=args.vae, vae_subfolder=args.vae_subfolder, scheduler=args.scheduler,
-                                steps=args.steps, seed=args.seed, strength=args.strength, pixel_dilation=args.pixel_dilation,
-                                feather=args.feather, device=args.device, progress=progress)
+
+    settings = RestorerSettings(
+        model=args.model,
+        vae=args.vae,
+        vae_subfolder=args.vae_subfolder,
+        scheduler=args.scheduler,
+        steps=args.steps,
+        seed=args.seed,
+        strength=args.strength,
+        pixel_dilation=args.pixel_dilation,
+        feather=args.feather,
+        device=args.device,
+        progress=progress,
+    )
     return make_restorer(args.method, settings)
 
 # %% ../nbs/12_cli.ipynb #55921040
 def _restore_arguments(p):
     p.add_argument('image', metavar='IMAGE', help='RGB image with artifacts (PNG, JPEG, TIFF, ...)')
-    p.add_argument('--mask', required=True, help='artifact mask of the same size: white (255) or 1 = artifact, black = tissue to keep')
+    p.add_argument(
+        '--mask',
+        required=True,
+        help='artifact mask of the same size: white (255) or 1 = artifact, black = tissue to keep',
+    )
     p.add_argument('--out', required=True, help='restored image, written atomically; the format follows the suffix')
     _restorer_arguments(p)
+
 
 @command('restore', 'restore the artifact region of one image', _restore_arguments)
 def restore_command(args):
     """Restore the artifact region of one image.
 
-Only the masked region (dilated by --pixel-dilation px and feathered) is
-regenerated; every other pixel is copied byte for byte (classical methods: every
-pixel outside the mask). The image must be RGB, the mask the same size and not all
-artifact; an empty mask gives the image unchanged (with a note). For large images
-use `histodiff restore-slide`. With no --ldm / --vae, models/ldm and models/vae
-are used when they exist, else the shipped checkpoints (checkpoints/, or the
-folder $HISTODIFF_CHECKPOINTS names).
+    Only the masked region (dilated by --pixel-dilation px and feathered) is
+    regenerated; every other pixel is copied byte for byte (classical methods: every
+    pixel outside the mask). The image must be RGB, the mask the same size and not all
+    artifact; an empty mask gives the image unchanged (with a note). For large images
+    use `histodiff restore-slide`. With no --ldm / --vae, models/ldm and models/vae
+    are used when they exist, else the shipped checkpoints (checkpoints/, or the
+    folder $HISTODIFF_CHECKPOINTS names).
 
-example:
-  histodiff restore tile.png --mask mask.png --out out.png    # models/ (or the shipped checkpoints)
-  histodiff restore tile.png --mask mask.png --out out.png --vae models/vae --ldm models/ldm
-  histodiff restore tile.png --mask mask.png --out out.png --scheduler ddim --steps 20
-  histodiff restore tile.png --mask mask.png --out out.png --method telea
-  histodiff restore tile.png --mask mask.png --out out.png --method none     # the floor every table starts from"""
+    example:
+      histodiff restore tile.png --mask mask.png --out out.png    # models/ (or the shipped checkpoints)
+      histodiff restore tile.png --mask mask.png --out out.png --vae models/vae --ldm models/ldm
+      histodiff restore tile.png --mask mask.png --out out.png --scheduler ddim --steps 20
+      histodiff restore tile.png --mask mask.png --out out.png --method telea
+      histodiff restore tile.png --mask mask.png --out out.png --method none     # the floor every table starts from"""
     from histodiff.core import read_image, read_mask, write_image, check_image_suffix, warn_empty_mask
-    check_image_suffix(args.out)   # before any work
+
+    check_image_suffix(args.out)  # before any work
     image = read_image(args.image)
     mask = read_mask(args.mask, image.shape, allow_empty=True, allow_full=False)
-    if mask.any(): out = _restorer(args, progress=not args.quiet)(image, mask)
-    else: warn_empty_mask(args.mask); out = image
+    if mask.any():
+        out = _restorer(args, progress=not args.quiet)(image, mask)
+    else:
+        warn_empty_mask(args.mask)
+        out = image
     write_image(out, args.out)
     _say(args, f"{args.out}: {int(mask.sum())} artifact pixels ({mask.mean():.1%}) restored with {args.method}")
 
 # %% ../nbs/12_cli.ipynb #8d20cee0
 def _stain_arguments(p):
-    p.add_argument('he', metavar='HE', help="H&E image, at least the model's tile size (larger images are tiled and stitched)")
+    p.add_argument(
+        'he', metavar='HE', help="H&E image, at least the model's tile size (larger images are tiled and stitched)"
+    )
     p.add_argument('--out', required=True, help='virtual IHC image, same size, written atomically')
-    p.add_argument('--model', metavar='DIR', default=None, help=f"Star-Diff pipeline or model folder (default: {_default_help('stardiff/both')})")
+    p.add_argument(
+        '--model',
+        metavar='DIR',
+        default=None,
+        help=f"Star-Diff pipeline or model folder (default: {_default_help('stardiff/both')})",
+    )
     p.add_argument('--steps', type=at_least(1), default=10, metavar='N', help='sampling steps (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='sampling seed (default: %(default)s)')
-    p.add_argument('--eta', type=float, default=0.0, help='stochasticity of the sampler, 0 = deterministic (default: %(default)s)')
-    p.add_argument('--overlap', type=int, default=None, metavar='PX', help="overlap of the tiles of a large image (default: a quarter tile)")
-    p.add_argument('--batch-size', type=at_least(1), default=16, metavar='N', help='tiles per model call (default: %(default)s)')
+    p.add_argument(
+        '--eta', type=float, default=0.0, help='stochasticity of the sampler, 0 = deterministic (default: %(default)s)'
+    )
+    p.add_argument(
+        '--overlap',
+        type=int,
+        default=None,
+        metavar='PX',
+        help="overlap of the tiles of a large image (default: a quarter tile)",
+    )
+    p.add_argument(
+        '--batch-size', type=at_least(1), default=16, metavar='N', help='tiles per model call (default: %(default)s)'
+    )
+
 
 @command('stain', 'H&E to virtual IHC with Star-Diff', _stain_arguments)
 def stain_command(args):
     """Translate an H&E image into virtual IHC with a trained Star-Diff model.
 
-example:
-  histodiff stain he.png --out ihc.png --model models/stardiff/both --steps 10"""
+    example:
+      histodiff stain he.png --out ihc.png --model models/stardiff/both --steps 10"""
     from histodiff.core import read_image, write_image, get_device
     from histodiff.stardiff import StarDiffPipeline
     from histodiff.modelfolder import default_model
+
     he = read_image(args.he)
     args.model = default_model(args.model, 'stardiff/both', '--model DIR')
     pipe = StarDiffPipeline.from_pretrained(_folder(args.model, 'Star-Diff model folder')).to(get_device(args.device))
-    ihc = pipe.stain(he, args.steps, generator=args.seed, eta=args.eta, progress=not args.quiet,
-                     overlap=args.overlap, batch_size=args.batch_size)
+    ihc = pipe.stain(
+        he,
+        args.steps,
+        generator=args.seed,
+        eta=args.eta,
+        progress=not args.quiet,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+    )
     write_image(ihc, args.out)
     _say(args, f"{args.out}: virtual IHC {ihc.shape[0]}x{ihc.shape[1]} from {args.model} ({args.steps} steps)")
 
 # %% ../nbs/12_cli.ipynb #3f22f65f
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp') # = histodiff.core.IMAGE_SUFFIXES, repeated so `--help` imports no torch
+IMAGE_SUFFIXES = (
+    '.png',
+    '.jpg',
+    '.jpeg',
+    '.tif',
+    '.tiff',
+    '.bmp',
+)  # = histodiff.core.IMAGE_SUFFIXES, repeated so `--help` imports no torch
+
 
 def _sfs_arguments(p):
     p.add_argument('--real', required=True, metavar='DIR', help='folder of real IHC images')
-    p.add_argument('--generated', required=True, metavar='DIR', help='folder of generated IHC images with the same file names')
-    p.add_argument('--classifier', default=None, metavar='DIR',
-                   help=f"classifier folder (histodiff.sfs.save_classifier), trained on real IHC (default: {_default_help('classifier/sfs')})")
-    p.add_argument('--labels', default='from-filename', metavar='SOURCE',
-                   help="from-filename (BCI names NNNNN_{train|test}_{0|1+|2+|3+}.png), dab-score (class of the real image's "
-                        "DAB-positive area, the demo task) or a CSV file of name,label rows (default: %(default)s)")
+    p.add_argument(
+        '--generated', required=True, metavar='DIR', help='folder of generated IHC images with the same file names'
+    )
+    p.add_argument(
+        '--classifier',
+        default=None,
+        metavar='DIR',
+        help="classifier folder (histodiff.sfs.save_classifier), trained on real IHC "
+        f"(default: {_default_help('classifier/sfs')})",
+    )
+    p.add_argument(
+        '--labels',
+        default='from-filename',
+        metavar='SOURCE',
+        help="from-filename (BCI names NNNNN_{train|test}_{0|1+|2+|3+}.png), dab-score (class of the real image's "
+        "DAB-positive area, the demo task) or a CSV file of name,label rows (default: %(default)s)",
+    )
     p.add_argument('--binary', action='store_true', help='score HER2 negative (0, 1+) against positive (2+, 3+)')
-    p.add_argument('--n-boot', type=at_least(1), default=1000, metavar='N', help='bootstrap resamples (default: %(default)s)')
+    p.add_argument(
+        '--n-boot', type=at_least(1), default=1000, metavar='N', help='bootstrap resamples (default: %(default)s)'
+    )
     p.add_argument('--level', type=float, default=0.95, help='confidence level (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='seed of the bootstrap (default: %(default)s)')
-    p.add_argument('--batch-size', type=at_least(1), default=32, metavar='N', help='images read and classified at once (default: %(default)s)')
+    p.add_argument(
+        '--batch-size',
+        type=at_least(1),
+        default=32,
+        metavar='N',
+        help='images read and classified at once (default: %(default)s)',
+    )
     p.add_argument('--json', default=None, metavar='OUT', help='also write the report as JSON (atomically)')
 
-def _image_names(folder:Path)->list[str]:
+
+def _image_names(folder: Path) -> list[str]:
     return sorted(f.name for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith('.'))
 
 # %% ../nbs/12_cli.ipynb #2e484f19
-def _label_table(source:str, # a CSV file of name,label rows
-                 class_names:list[str], # the classifier's class names, index = class
-                )->dict[str, int]:
+def _label_table(
+    source: str,  # a CSV file of name,label rows
+    class_names: list[str],  # the classifier's class names, index = class
+) -> dict[str, int]:
     "File name -> class index from a CSV file; a label is a class index or a class name."
     import csv
+
     table = {}
     with open(_file(source, 'labels file')) as f:
         for i, row in enumerate(csv.reader(f)):
-            if not row or (i == 0 and row[0].strip().lower() in ('name', 'file', 'filename', 'image')): continue
-            if len(row) < 2: raise ValueError(f"{source} line {i + 1}: expected name,label, got {row}")
+            if not row or (i == 0 and row[0].strip().lower() in ('name', 'file', 'filename', 'image')):
+                continue
+            if len(row) < 2:
+                raise ValueError(f"{source} line {i + 1}: expected name,label, got {row}")
             name, lab = row[0].strip(), row[1].strip()
-            if lab in class_names: table[name] = class_names.index(lab)
-            elif lab.isdigit(): table[name] = int(lab)
-            else: raise ValueError(f"{source} line {i + 1}: label {lab!r} is neither a class index nor one of {class_names}")
+            if lab in class_names:
+                table[name] = class_names.index(lab)
+            elif lab.isdigit():
+                table[name] = int(lab)
+            else:
+                raise ValueError(
+                    f"{source} line {i + 1}: label {lab!r} is neither a class index nor one of {class_names}"
+                )
     return table
 
-def _file(path, what:str)->Path:
+
+def _file(path, what: str) -> Path:
     p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f"{what} not found: {p}")
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} not found: {p}")
     return p
 
-def _label_of(name:str, # file name
-              source:str, # 'from-filename' or 'csv'
-              table:dict|None=None, # from `_label_table`
-             )->int:
+
+def _label_of(
+    name: str,  # file name
+    source: str,  # 'from-filename' or 'csv'
+    table: dict | None = None,  # from `_label_table`
+) -> int:
     "The true class of one image (for `dab-score`, the caller computes it from the real image)."
     if source == 'from-filename':
         from histodiff.sources import bci_label
-        try: return bci_label(name)
-        except ValueError as e: raise ValueError(f"{e}; give --labels dab-score or --labels FILE.csv") from None
-    if name not in table: raise ValueError(f"{name} has no label in the labels file")
+
+        try:
+            return bci_label(name)
+        except ValueError as e:
+            raise ValueError(f"{e}; give --labels dab-score or --labels FILE.csv") from None
+    if name not in table:
+        raise ValueError(f"{name} has no label in the labels file")
     return table[name]
 
 # %% ../nbs/12_cli.ipynb #683ef925
 def _json_safe(x):
     "Replace NaN (a class without test image) by None, so the JSON is valid."
-    if isinstance(x, dict): return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_json_safe(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
     return None if isinstance(x, float) and math.isnan(x) else x
 
-def _format_report(r:dict)->str:
+
+def _format_report(r: dict) -> str:
     "The SFS report as a small text table."
     ci = lambda d: f"{d['value']:.4f}   [{d['low']:.4f}, {d['high']:.4f}]"
     pct = f"{r['sfs']['level']:.0%}"
-    lines = [f"SFS report: {r['n']} image pairs, {len(r['classes'])} classes, classifier {r['classifier']}",
-             f"{'':22s}value    {pct} CI ({r['sfs']['n_resamples']} bootstrap resamples)",
-             f"{'accuracy, real':22s}{ci(r['acc_real'])}", f"{'accuracy, generated':22s}{ci(r['acc_gen'])}",
-             f"{'AvgDeg':22s}{ci(r['avg_deg'])}", f"{'SFS':22s}{ci(r['sfs'])}", '',
-             f"{'class':10s}{'n':>6s}{'recall real':>14s}{'recall generated':>18s}"]
+    lines = [
+        f"SFS report: {r['n']} image pairs, {len(r['classes'])} classes, classifier {r['classifier']}",
+        f"{'':22s}value    {pct} CI ({r['sfs']['n_resamples']} bootstrap resamples)",
+        f"{'accuracy, real':22s}{ci(r['acc_real'])}",
+        f"{'accuracy, generated':22s}{ci(r['acc_gen'])}",
+        f"{'AvgDeg':22s}{ci(r['avg_deg'])}",
+        f"{'SFS':22s}{ci(r['sfs'])}",
+        '',
+        f"{'class':10s}{'n':>6s}{'recall real':>14s}{'recall generated':>18s}",
+    ]
     fmt = lambda v: '-' if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
     for c, n, a, b in zip(r['classes'], r['n_per_class'], r['recall_real'], r['recall_gen']):
         lines.append(f"{c:10s}{n:6d}{fmt(a):>14s}{fmt(b):>18s}")
@@ -322,58 +524,113 @@ example:
     from histodiff.core import read_image, atomic_path
     from histodiff.sfs import ImageClassifier, predict, sfs_report, binarize_her2
     from histodiff.modelfolder import default_model
+
     real, gen = _folder(args.real, 'real image folder'), _folder(args.generated, 'generated image folder')
     names = _image_names(real)
-    if not names: raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in {real}")
-    missing = [n for n in names if not (gen/n).is_file()]
-    if missing: raise FileNotFoundError(f"{len(missing)} of {len(names)} real images have no generated image of the same name in {gen}, e.g. {missing[:3]}")
+    if not names:
+        raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in {real}")
+    missing = [n for n in names if not (gen / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(names)} real images have no generated image of the same name in {gen}, "
+            f"e.g. {missing[:3]}"
+        )
     args.classifier = default_model(args.classifier, 'classifier/sfs', '--classifier DIR')
     clf = ImageClassifier.from_pretrained(_folder(args.classifier, 'classifier folder'))
     class_names = [str(clf.model.config.id2label[i]) for i in range(clf.num_classes)]
     source = args.labels if args.labels in ('from-filename', 'dab-score') else 'csv'
     table = _label_table(args.labels, class_names) if source == 'csv' else None
-    if source == 'dab-score': from histodiff.data import dab_score
-    else: labels = [_label_of(n, source, table) for n in names] # refuse a bad name before classifying anything
+    if source == 'dab-score':
+        from histodiff.data import dab_score
+    else:
+        labels = [_label_of(n, source, table) for n in names]  # refuse a bad name before classifying anything
     pred_real, pred_gen, dab = [], [], []
     for i in tqdm(range(0, len(names), args.batch_size), desc='classify', disable=args.quiet):
-        chunk = names[i:i + args.batch_size]
-        ims_real, ims_gen = [read_image(real/n) for n in chunk], [read_image(gen/n) for n in chunk]
+        chunk = names[i : i + args.batch_size]
+        ims_real, ims_gen = [read_image(real / n) for n in chunk], [read_image(gen / n) for n in chunk]
         for n, a, b in zip(chunk, ims_real, ims_gen):
-            if a.shape != b.shape: raise ValueError(f"{n}: the real image is {a.shape[0]}x{a.shape[1]}, the generated one {b.shape[0]}x{b.shape[1]}")
-        if source == 'dab-score': dab += [dab_score(a) for a in ims_real]
+            if a.shape != b.shape:
+                raise ValueError(
+                    f"{n}: the real image is {a.shape[0]}x{a.shape[1]}, the generated one {b.shape[0]}x{b.shape[1]}"
+                )
+        if source == 'dab-score':
+            dab += [dab_score(a) for a in ims_real]
         for ims, preds in ((ims_real, pred_real), (ims_gen, pred_gen)):
-            if len({a.shape for a in ims}) > 1: raise ValueError(f"images of different sizes among {chunk}; use --batch-size 1")
+            if len({a.shape for a in ims}) > 1:
+                raise ValueError(f"images of different sizes among {chunk}; use --batch-size 1")
             preds += predict(clf, np.stack(ims), batch_size=args.batch_size, device=args.device).tolist()
     y, pr, pg = np.array(dab if source == 'dab-score' else labels), np.array(pred_real), np.array(pred_gen)
-    if args.binary: y, pr, pg, class_names = binarize_her2(y), binarize_her2(pr), binarize_her2(pg), ['negative', 'positive']
-    if y.max() >= len(class_names): raise ValueError(f"label {int(y.max())} but the classifier has {len(class_names)} classes")
+    if args.binary:
+        y, pr, pg, class_names = binarize_her2(y), binarize_her2(pr), binarize_her2(pg), ['negative', 'positive']
+    if y.max() >= len(class_names):
+        raise ValueError(f"label {int(y.max())} but the classifier has {len(class_names)} classes")
     report = sfs_report(y, pr, pg, len(class_names), n_resamples=args.n_boot, level=args.level, seed=args.seed)
-    report = dict(n=len(names), classes=class_names, classifier=str(args.classifier), real=str(real), generated=str(gen),
-                  labels=args.labels, binary=args.binary, **report)
+    report = dict(
+        n=len(names),
+        classes=class_names,
+        classifier=str(args.classifier),
+        real=str(real),
+        generated=str(gen),
+        labels=args.labels,
+        binary=args.binary,
+        **report,
+    )
     print(_format_report(report))
     if args.json:
-        with atomic_path(args.json) as tmp: Path(tmp).write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False))
+        with atomic_path(args.json) as tmp:
+            Path(tmp).write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False))
 
 # %% ../nbs/12_cli.ipynb #a1fcda20
 def _slide_arguments(p):
-    p.add_argument('slide', metavar='SLIDE', nargs='+', help='slides (svs, ndpi, mrxs, tiff, ...; plain TIFF/PNG/JPEG images) or folders of them')
-    p.add_argument('--out', required=True, help='output pyramidal TIFF (.tif or .tiff) of one slide, or a folder for several (<stem>.tif each); written atomically')
-    p.add_argument('--overwrite', action='store_true', help='restore slides whose output already exists (default: skip them)')
+    p.add_argument(
+        'slide',
+        metavar='SLIDE',
+        nargs='+',
+        help='slides (svs, ndpi, mrxs, tiff, ...; plain TIFF/PNG/JPEG images) or folders of them',
+    )
+    p.add_argument(
+        '--out',
+        required=True,
+        help='output pyramidal TIFF (.tif or .tiff) of one slide, or a folder for several (<stem>.tif each); '
+        'written atomically',
+    )
+    p.add_argument(
+        '--overwrite', action='store_true', help='restore slides whose output already exists (default: skip them)'
+    )
     src = p.add_mutually_exclusive_group()
-    src.add_argument('--mask', help='artifact mask image (white = artifact) at any resolution, rescaled to the level; '
-                                    'for several slides a folder of masks named like the slides (<stem>.png)')
-    src.add_argument('--detector', metavar='DIR', help=f'artifact detector folder (histodiff.detect.ArtifactDetector; default without --mask: {_default_help("detector")})')
-    p.add_argument('--threshold', type=float, default=None, help="detector probability threshold (default: the detector's own)")
+    src.add_argument(
+        '--mask',
+        help='artifact mask image (white = artifact) at any resolution, rescaled to the level; '
+        'for several slides a folder of masks named like the slides (<stem>.png)',
+    )
+    src.add_argument(
+        '--detector',
+        metavar='DIR',
+        help='artifact detector folder (histodiff.detect.ArtifactDetector; '
+        f'default without --mask: {_default_help("detector")})',
+    )
+    p.add_argument(
+        '--threshold', type=float, default=None, help="detector probability threshold (default: the detector's own)"
+    )
     g = p.add_argument_group('slide')
     g.add_argument('--level', type=at_least(0), default=0, help='pyramid level to restore (default: %(default)s)')
-    g.add_argument('--mpp', type=float, default=None, help='microns per pixel to work at: picks the level instead of --level')
+    g.add_argument(
+        '--mpp', type=float, default=None, help='microns per pixel to work at: picks the level instead of --level'
+    )
     g.add_argument('--tile', type=at_least(16), default=256, help='tile side in px (default: %(default)s)')
     g.add_argument('--overlap', type=at_least(0), default=32, help='overlap between tiles in px (default: %(default)s)')
-    g.add_argument('--batch-size', type=at_least(1), default=8, metavar='N', help='tiles per restorer call (default: %(default)s)')
-    g.add_argument('--no-resume', action='store_true', help='discard an unfinished run on the same --out and start over')
+    g.add_argument(
+        '--batch-size', type=at_least(1), default=8, metavar='N', help='tiles per restorer call (default: %(default)s)'
+    )
+    g.add_argument(
+        '--no-resume', action='store_true', help='discard an unfinished run on the same --out and start over'
+    )
     g.add_argument('--keep-work', action='store_true', help='keep the work folder after success (debugging)')
-    g.add_argument('--compression', default='zlib', help='TIFF compression: zlib, lzw, jpeg, zstd or none (default: %(default)s)')
+    g.add_argument(
+        '--compression', default='zlib', help='TIFF compression: zlib, lzw, jpeg, zstd or none (default: %(default)s)'
+    )
     _restorer_arguments(p)
+
 
 @command('restore-slide', 'restore the artifacts of a whole slide into a pyramidal TIFF', _slide_arguments)
 def restore_slide_command(args):
@@ -396,35 +653,67 @@ example:
   histodiff restore-slide slides/ more/s7.svs --out restored/ --detector models/detector"""
     from histodiff.core import get_device
     from histodiff.wsi import restore_slide, SlideSettings, WorkFolder, slide_jobs
-    settings = SlideSettings(level=args.level, mpp=args.mpp, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                             compression=args.compression, resume=not args.no_resume, progress=not args.quiet,
-                             keep_work=args.keep_work)   # checked before a model is loaded
-    jobs = slide_jobs(args.slide, args.out, args.mask)   # every slide and mask found before any work
+
+    settings = SlideSettings(
+        level=args.level,
+        mpp=args.mpp,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        compression=args.compression,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+        keep_work=args.keep_work,
+    )  # checked before a model is loaded
+    jobs = slide_jobs(args.slide, args.out, args.mask)  # every slide and mask found before any work
     detector = None
-    if args.mask is None:   # no mask: the detector named, else models/detector, else the shipped one
+    if args.mask is None:  # no mask: the detector named, else models/detector, else the shipped one
         from histodiff.detect import ArtifactDetector
         from histodiff.modelfolder import default_model
+
         path = default_model(args.detector, 'detector', '--detector DIR')
         detector = ArtifactDetector.from_pretrained(_folder(path, 'detector folder')).to(get_device(args.device))
-        if args.threshold is not None: detector.settings['threshold'] = args.threshold
+        if args.threshold is not None:
+            detector.settings['threshold'] = args.threshold
     restorer, failed = _restorer(args), []
     for slide, out, mask in jobs:
         if out.exists() and not WorkFolder(out).path.exists() and not args.overwrite:
-            print(f"histodiff: note: {out} exists, {slide.name} skipped (--overwrite restores it again)", file=sys.stderr); continue
-        try: summary = restore_slide(slide, out, restorer, mask=mask, detector=detector, settings=settings)
+            print(
+                f"histodiff: note: {out} exists, {slide.name} skipped (--overwrite restores it again)", file=sys.stderr
+            )
+            continue
+        try:
+            summary = restore_slide(slide, out, restorer, mask=mask, detector=detector, settings=settings)
         except USER_ERRORS as e:
-            if len(jobs) == 1: raise
-            print(f"histodiff: error: {slide}: {e}", file=sys.stderr); failed.append(slide.name); continue
+            if len(jobs) == 1:
+                raise
+            print(f"histodiff: error: {slide}: {e}", file=sys.stderr)
+            failed.append(slide.name)
+            continue
         _say(args, json.dumps(summary))
-    if failed: raise ValueError(f"{len(failed)} of {len(jobs)} slides failed ({', '.join(failed)}); the others are restored")
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(jobs)} slides failed ({', '.join(failed)}); the others are restored")
 
 # %% ../nbs/12_cli.ipynb #5f34c620
 def _convert_arguments(p):
-    p.add_argument('src', metavar='SRC', help='the downloaded UNet: a diffusers UNet folder (config.json + .bin/.ckpt/.safetensors), '
-                                              'a zip of one, or a weights file beside its config.json')
-    p.add_argument('dst', metavar='DST', help='model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically')
+    p.add_argument(
+        'src',
+        metavar='SRC',
+        help='the downloaded UNet: a diffusers UNet folder (config.json + .bin/.ckpt/.safetensors), '
+        'a zip of one, or a weights file beside its config.json',
+    )
+    p.add_argument(
+        'dst',
+        metavar='DST',
+        help='model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically',
+    )
 
-@command('convert-checkpoint', "convert a downloaded UNet's pickled weights to a safetensors model folder", _convert_arguments)
+
+@command(
+    'convert-checkpoint',
+    "convert a downloaded UNet's pickled weights to a safetensors model folder",
+    _convert_arguments,
+)
 def convert_checkpoint_command(args):
     """Convert a downloaded diffusers UNet (LatentArtiFusion's released one) to safetensors.
 
@@ -438,5 +727,6 @@ example:
   histodiff restore tile.png --mask mask.png --out out.png --ldm models/released \\
             --vae stable-diffusion-v1-5/stable-diffusion-v1-5 --vae-subfolder vae"""
     from histodiff.release import convert_checkpoint
+
     out = convert_checkpoint(args.src, args.dst)
     _say(args, f"{out}: unet/ (safetensors), scheduler/ and README.md written from {args.src}")

@@ -23,20 +23,25 @@ __all__ = ['IMAGE_SUFFIXES', 'DIHEDRAL', 'atomic_path', 'atomic_dir', 'stale_tem
            'blend_weight', 'stitch_tiles']
 
 # %% ../nbs/00_core.ipynb #e0b1bad6
-def _umask()->int:
+def _umask() -> int:
     "The process umask: from /proc/self/status where Linux has it, else set and put back at once (not thread-safe)."
     try:
         for line in Path('/proc/self/status').read_text().splitlines():
-            if line.startswith('Umask:'): return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError): pass
-    old = os.umask(0o022); os.umask(old)
+            if line.startswith('Umask:'):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
     return old
 
 # %% ../nbs/00_core.ipynb #502819dc
 @contextlib.contextmanager
-def atomic_path(path:str|Path, # final path of the output
-               ):
-    "Yield a temporary path in the same folder; rename it to `path` (mode `0o666 & ~umask`) on success, delete it on error."
+def atomic_path(
+    path: str | Path,  # final path of the output
+):
+    """Yield a temporary path in the same folder;
+    rename it to `path` (mode `0o666 & ~umask`) on success, delete it on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
@@ -44,392 +49,543 @@ def atomic_path(path:str|Path, # final path of the output
     tmp = Path(tmp)
     try:
         yield tmp
-        if tmp.is_file(): os.chmod(tmp, 0o666 & ~_umask()) # mkstemp's 0600 -> what open(path, 'w') would give
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open(path, 'w') would give
         os.replace(tmp, path)
     finally:
-        if tmp.exists(): tmp.unlink()
+        if tmp.exists():
+            tmp.unlink()
 
 # %% ../nbs/00_core.ipynb #e3f29177
-def _normal_modes(root:Path):
+def _normal_modes(root: Path):
     "Give `root` and everything in it the modes mkdir/open would give (mkdtemp's 0700; safetensors writes files 0600)."
     um = _umask()
     for p in [root, *root.rglob('*')]:
-        if p.is_symlink(): continue
+        if p.is_symlink():
+            continue
         os.chmod(p, (0o777 if p.is_dir() or p.stat().st_mode & 0o111 else 0o666) & ~um)
 
+
 @contextlib.contextmanager
-def atomic_dir(path:str|Path, # final folder of the output (replaced whole if it exists)
-              ):
-    "Yield a temporary folder beside `path`; on success it replaces `path` (mode `0o777 & ~umask`), on error it is deleted."
+def atomic_dir(
+    path: str | Path,  # final folder of the output (replaced whole if it exists)
+):
+    """Yield a temporary folder beside `path`; on success it replaces `path` (mode `0o777 & ~umask`),
+    on error it is deleted."""
     import shutil
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if tmp.is_dir(): _normal_modes(tmp)
-        if path.exists(): shutil.rmtree(path)
+        if tmp.is_dir():
+            _normal_modes(tmp)
+        if path.exists():
+            shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
-        if tmp.exists(): shutil.rmtree(tmp)
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 # %% ../nbs/00_core.ipynb #828cfb34
-def stale_temporaries(path:str|Path, # an output written with `atomic_path` or `atomic_dir`
-                      min_age:float=0.0, # seconds since last modified; > 0 spares temporaries a live writer may still be filling
-                     )->list[Path]:
-    "Leftover temporaries of `path` (files and folders) that `atomic_path` / `atomic_dir` did not get to rename or remove."
+def stale_temporaries(
+    path: str | Path,  # an output written with `atomic_path` or `atomic_dir`
+    min_age: float = 0.0,  # seconds since last modified; > 0 spares temporaries a live writer may still be filling
+) -> list[Path]:
+    """Leftover temporaries of `path` (files and folders)
+    that `atomic_path` / `atomic_dir` did not get to rename or remove."""
     import time
+
     path = Path(path)
-    rand = '[a-z0-9_]{8}' # tempfile's random part
-    pat = re.compile(rf"\.{re.escape(path.stem)}\.{rand}\.tmp{re.escape(path.suffix)}|\.{re.escape(path.name)}\.{rand}\.tmp")
-    if not path.parent.is_dir(): return []
+    rand = '[a-z0-9_]{8}'  # tempfile's random part
+    pat = re.compile(
+        rf"\.{re.escape(path.stem)}\.{rand}\.tmp{re.escape(path.suffix)}|\.{re.escape(path.name)}\.{rand}\.tmp"
+    )
+    if not path.parent.is_dir():
+        return []
     now = time.time()
-    return sorted(p for p in path.parent.iterdir()
-                  if pat.fullmatch(p.name) and now - p.lstat().st_mtime >= min_age)
+    return sorted(p for p in path.parent.iterdir() if pat.fullmatch(p.name) and now - p.lstat().st_mtime >= min_age)
 
 # %% ../nbs/00_core.ipynb #11c074a4
-def sha256sum(path:str|Path)->str:
+def sha256sum(path: str | Path) -> str:
     "The sha256 hex digest of a file, read in chunks."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #734efdb2
-def is_timing(key:str)->bool:
+def is_timing(key: str) -> bool:
     "Does a metrics key name a wall-clock figure (seconds, minutes, tiles or steps per second)?"
     k = key.lower()
     return any(w in k.split('_') for w in ('seconds', 'minutes', 'secs')) or k.endswith(('_per_s', '_per_sec'))
 
-def split_timings(metrics:dict)->tuple[dict, dict]:
+
+def split_timings(metrics: dict) -> tuple[dict, dict]:
     "The nested dict `metrics` as (science, timings): timing keys at any depth go to the second, same nesting."
     science, timings = {}, {}
     for k, v in metrics.items():
-        if is_timing(str(k)): timings[k] = v
+        if is_timing(str(k)):
+            timings[k] = v
         elif isinstance(v, dict):
             s, t = split_timings(v)
             science[k] = s
-            if t: timings[k] = t
-        else: science[k] = v
+            if t:
+                timings[k] = t
+        else:
+            science[k] = v
     return science, timings
 
 # %% ../nbs/00_core.ipynb #901150b0
-def save_metrics(metrics:dict, # a stage's results, timings included
-                 path:str|Path, # its metrics file, e.g. results/metrics/vae.json
-                 timings_dir:str|Path|None=None, # where the timings go (default: ../timings beside the metrics folder)
-                )->tuple[Path, Path]:
-    "Write the science of `metrics` to `path` and its timings (maybe `{}`) to `timings_dir/<name>`, atomically; return both paths."
+def save_metrics(
+    metrics: dict,  # a stage's results, timings included
+    path: str | Path,  # its metrics file, e.g. results/metrics/vae.json
+    timings_dir: str | Path | None = None,  # where the timings go (default: ../timings beside the metrics folder)
+) -> tuple[Path, Path]:
+    """Write the science of `metrics` to `path` and its timings (maybe `{}`) to `timings_dir/<name>`, atomically;
+    return both paths."""
     import json
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     science, timings = split_timings(metrics)
-    with atomic_path(path) as p: Path(p).write_text(json.dumps(science, indent=1, default=float))
-    tpath = Path(timings_dir or path.parent.parent/'timings')/path.name
+    with atomic_path(path) as p:
+        Path(p).write_text(json.dumps(science, indent=1, default=float))
+    tpath = Path(timings_dir or path.parent.parent / 'timings') / path.name
     tpath.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(tpath) as p: Path(p).write_text(json.dumps(timings, indent=1, default=float))
+    with atomic_path(tpath) as p:
+        Path(p).write_text(json.dumps(timings, indent=1, default=float))
     return path, tpath
 
 # %% ../nbs/00_core.ipynb #334d1189
 class ImageError(ValueError):
     "An image or mask that histodiff refuses, with the reason in the message."
 
-def as_rgb_uint8(img, # array-like or PIL image
-                 name:str='image', # what to call it in error messages
-                )->np.ndarray:
+
+def as_rgb_uint8(
+    img,  # array-like or PIL image
+    name: str = 'image',  # what to call it in error messages
+) -> np.ndarray:
     "Validate `img` as RGB uint8 `H x W x 3` (RGBA loses alpha); refuse grayscale, 16-bit and floats."
-    if isinstance(img, Image.Image): img = np.asarray(img)
+    if isinstance(img, Image.Image):
+        img = np.asarray(img)
     img = np.asarray(img)
     if img.dtype == np.uint16 or img.dtype == np.int32 or (img.dtype.kind in 'ui' and img.dtype.itemsize > 1):
-        raise ImageError(f"{name} is {img.dtype} (16-bit or wider); histodiff expects 8-bit RGB. "
-                         "Scale it explicitly, e.g. (img / 257).astype(np.uint8) for 16-bit.")
+        raise ImageError(
+            f"{name} is {img.dtype} (16-bit or wider); histodiff expects 8-bit RGB. "
+            "Scale it explicitly, e.g. (img / 257).astype(np.uint8) for 16-bit."
+        )
     if img.dtype != np.uint8:
-        raise ImageError(f"{name} has dtype {img.dtype}; expected uint8 RGB. "
-                         "Use `from_tensor` for [-1, 1] tensors or scale floats to 0..255 first.")
+        raise ImageError(
+            f"{name} has dtype {img.dtype}; expected uint8 RGB. "
+            "Use `from_tensor` for [-1, 1] tensors or scale floats to 0..255 first."
+        )
     if img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 1):
-        raise ImageError(f"{name} is grayscale {img.shape}; histodiff expects RGB H x W x 3 "
-                         "(grayscale is refused, not silently tiled to 3 channels).")
+        raise ImageError(
+            f"{name} is grayscale {img.shape}; histodiff expects RGB H x W x 3 "
+            "(grayscale is refused, not silently tiled to 3 channels)."
+        )
     if img.ndim != 3 or img.shape[-1] not in (3, 4):
         raise ImageError(f"{name} has shape {img.shape}; expected H x W x 3 (RGB) or H x W x 4 (RGBA).")
     return np.ascontiguousarray(img[..., :3])
 
 # %% ../nbs/00_core.ipynb #35dda999
-def _claimed_size(path:Path)->str:
+def _claimed_size(path: Path) -> str:
     "`W x H` from an image file's header, read with PIL's pixel limit lifted for the call (the header only, no pixels)."
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as im: return f"{im.size[0]}x{im.size[1]}"
-    except Exception: return 'too many'
-    finally: Image.MAX_IMAGE_PIXELS = old
+        with Image.open(path) as im:
+            return f"{im.size[0]}x{im.size[1]}"
+    except Exception:
+        return 'too many'
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
 
 # %% ../nbs/00_core.ipynb #0507be5e
 _STRICT, _STRICT_LOCK = {'readers': 0, 'saved': False}, threading.Lock()
 
+
 @contextlib.contextmanager
 def _strict_loading():
-    "PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` off inside the block, the caller's value back after it (thread-safe: the last reader out restores it)."
+    """PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` off inside the block,
+    the caller's value back after it (thread-safe: the last reader out restores it)."""
     with _STRICT_LOCK:
-        if _STRICT['readers'] == 0: _STRICT['saved'] = ImageFile.LOAD_TRUNCATED_IMAGES
+        if _STRICT['readers'] == 0:
+            _STRICT['saved'] = ImageFile.LOAD_TRUNCATED_IMAGES
         _STRICT['readers'] += 1
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try: yield
+    try:
+        yield
     finally:
         with _STRICT_LOCK:
             _STRICT['readers'] -= 1
-            if _STRICT['readers'] == 0: ImageFile.LOAD_TRUNCATED_IMAGES = _STRICT['saved']
+            if _STRICT['readers'] == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _STRICT['saved']
 
 # %% ../nbs/00_core.ipynb #6a244b55
-def _load_image(path:Path, # an existing image file
-                what:str='image', # 'image' or 'mask image', for messages
-                err:type=ImageError, # the error class to raise
-               )->Image.Image:
+def _load_image(
+    path: Path,  # an existing image file
+    what: str = 'image',  # 'image' or 'mask image', for messages
+    err: type = ImageError,  # the error class to raise
+) -> Image.Image:
     "Open and fully decode `path` with PIL, never accepting truncated data; errors name the file."
     try:
-        with _strict_loading(), Image.open(path) as im: # some libraries switch truncated loading on: not for this read
+        with _strict_loading(), Image.open(path) as im:  # some libraries switch truncated loading on: not for this read
             im.load()
             return im
     except Image.DecompressionBombError as e:
-        raise err(f"{path} is {_claimed_size(path)} pixels, over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} "
-                  "pixels: this is a whole slide, not a tile. Restore it with `histodiff restore-slide`, or, trusting the "
-                  "file and having the memory, raise the limit knowingly (PIL.Image.MAX_IMAGE_PIXELS = None).") from e
+        raise err(
+            f"{path} is {_claimed_size(path)} pixels, over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} "
+            "pixels: this is a whole slide, not a tile. Restore it with `histodiff restore-slide`, or, trusting the "
+            "file and having the memory, raise the limit knowingly (PIL.Image.MAX_IMAGE_PIXELS = None)."
+        ) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        if isinstance(e, OSError) and e.errno is not None: raise # a real I/O error (permission, ...), not bad data
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # a real I/O error (permission, ...), not bad data
         raise err(f"{path} is not a readable {what} (truncated or corrupt, or a format PIL cannot read): {e}") from e
 
 # %% ../nbs/00_core.ipynb #789a5a0d
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp') # files `read_image` is meant for (folders of tiles)
+IMAGE_SUFFIXES = (
+    '.png',
+    '.jpg',
+    '.jpeg',
+    '.tif',
+    '.tiff',
+    '.bmp',
+)  # files `read_image` is meant for (folders of tiles)
 
-def read_image(path:str|Path, # image file (PNG, JPEG, TIFF, ...)
-              )->np.ndarray:
-    "Read an image file as RGB uint8 `H x W x 3`, with clear errors for missing, truncated, corrupt, grayscale or 16-bit files."
+
+def read_image(
+    path: str | Path,  # image file (PNG, JPEG, TIFF, ...)
+) -> np.ndarray:
+    """Read an image file as RGB uint8 `H x W x 3`, with clear errors for missing, truncated, corrupt,
+    grayscale or 16-bit files."""
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"image not found: {path}")
+    if not path.exists():
+        raise FileNotFoundError(f"image not found: {path}")
     im = _load_image(path)
     mode = im.mode
     if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
         raise ImageError(f"{path} is a 16-bit image (mode {mode}); convert it to 8-bit RGB explicitly.")
-    if mode in ('L', 'LA', '1'): raise ImageError(f"{path} is grayscale (mode {mode}); histodiff expects RGB.")
-    if mode == 'P': im = im.convert('RGBA')
-    if mode in ('CMYK', 'YCbCr'): im = im.convert('RGB')
+    if mode in ('L', 'LA', '1'):
+        raise ImageError(f"{path} is grayscale (mode {mode}); histodiff expects RGB.")
+    if mode == 'P':
+        im = im.convert('RGBA')
+    if mode in ('CMYK', 'YCbCr'):
+        im = im.convert('RGB')
     return as_rgb_uint8(np.asarray(im), name=str(path))
 
 # %% ../nbs/00_core.ipynb #3dd19354
 @functools.cache
-def _writable_suffixes()->dict[str, str]:
+def _writable_suffixes() -> dict[str, str]:
     "Suffix -> PIL format for every format this PIL can write an RGB 8-bit image in (each tried once on a 1 x 1 image)."
     import io
-    Image.init(); ok = {}
+
+    Image.init()
+    ok = {}
     for sfx, fmt in sorted(Image.registered_extensions().items()):
-        if fmt not in Image.SAVE: continue
+        if fmt not in Image.SAVE:
+            continue
         try:
-            with warnings.catch_warnings(): # e.g. 'IM image format is deprecated'
-                warnings.simplefilter('ignore'); Image.new('RGB', (1, 1)).save(io.BytesIO(), format=fmt)
+            with warnings.catch_warnings():  # e.g. 'IM image format is deprecated'
+                warnings.simplefilter('ignore')
+                Image.new('RGB', (1, 1)).save(io.BytesIO(), format=fmt)
             ok[sfx] = fmt
-        except Exception: pass # no writer installed (WMF, HDF5, ...) or none for RGB (XBM, MSP, ...)
+        except Exception:
+            pass  # no writer installed (WMF, HDF5, ...) or none for RGB (XBM, MSP, ...)
     return ok
 
 # %% ../nbs/00_core.ipynb #c3291226
-def check_image_suffix(path:str|Path, # an output image file
-                      )->str:
-    "The PIL format `path`'s suffix asks for; an `ImageError` listing the usable suffixes if PIL cannot write RGB there."
+def check_image_suffix(
+    path: str | Path,  # an output image file
+) -> str:
+    """The PIL format `path`'s suffix asks for;
+    an `ImageError` listing the usable suffixes if PIL cannot write RGB there."""
     path = Path(path)
     fmt = _writable_suffixes().get(path.suffix.lower())
     if fmt is None:
         others = [s for s in _writable_suffixes() if s not in IMAGE_SUFFIXES]
-        raise ImageError(f"cannot write {path}: no image writer for the suffix {path.suffix or '(none)'!r}; "
-                         f"use one of {', '.join(IMAGE_SUFFIXES)} (PIL also writes {', '.join(others)}).")
+        raise ImageError(
+            f"cannot write {path}: no image writer for the suffix {path.suffix or '(none)'!r}; "
+            f"use one of {', '.join(IMAGE_SUFFIXES)} (PIL also writes {', '.join(others)})."
+        )
     return fmt
 
-def write_image(img, # RGB uint8 array (or PIL image)
-                path:str|Path, # output file; the format follows the suffix, which PIL must be able to write
-               )->Path:
-    "Write an RGB uint8 image atomically (temporary name, then rename); a suffix PIL cannot write is refused before writing."
+
+def write_image(
+    img,  # RGB uint8 array (or PIL image)
+    path: str | Path,  # output file; the format follows the suffix, which PIL must be able to write
+) -> Path:
+    """Write an RGB uint8 image atomically (temporary name, then rename);
+    a suffix PIL cannot write is refused before writing."""
     img = as_rgb_uint8(img)
     path = Path(path)
     fmt = check_image_suffix(path)
-    with atomic_path(path) as tmp: Image.fromarray(img).save(tmp, format=fmt)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format=fmt)
     return path
 
 # %% ../nbs/00_core.ipynb #5932dc40
 class MaskError(ValueError):
     "A mask that histodiff refuses, with the reason in the message."
 
-def as_mask(mask, # array-like: bool, {0,1} or {0,255}; H x W (or H x W x C, all channels equal)
-            name:str='mask', # what to call it in error messages
-           )->np.ndarray:
+
+def as_mask(
+    mask,  # array-like: bool, {0,1} or {0,255}; H x W (or H x W x C, all channels equal)
+    name: str = 'mask',  # what to call it in error messages
+) -> np.ndarray:
     "Convert to a boolean `H x W` artifact mask (True = artifact)."
     m = np.asarray(mask)
     if m.ndim == 3:
-        if not (m == m[..., :1]).all(): raise MaskError(f"{name} has {m.shape[-1]} channels that differ; expected one channel.")
+        if not (m == m[..., :1]).all():
+            raise MaskError(f"{name} has {m.shape[-1]} channels that differ; expected one channel.")
         m = m[..., 0]
-    if m.ndim != 2: raise MaskError(f"{name} has shape {m.shape}; expected H x W.")
-    if m.dtype == bool: return m
+    if m.ndim != 2:
+        raise MaskError(f"{name} has shape {m.shape}; expected H x W.")
+    if m.dtype == bool:
+        return m
     if m.dtype.kind == 'f':
-        if m.min() < 0 or m.max() > 1: raise MaskError(f"{name} is float outside [0, 1].")
+        if m.min() < 0 or m.max() > 1:
+            raise MaskError(f"{name} is float outside [0, 1].")
         return m >= 0.5
     vals = np.unique(m)
     if not set(vals.tolist()) <= {0, 1, 255}:
         raise MaskError(f"{name} has values {vals[:6].tolist()}...; expected 0/1 or 0/255 (1 or 255 = artifact).")
     return m > 0
 
-def check_mask(mask, # artifact mask, True = artifact
-               shape:Sequence[int]|None=None, # (H, W) the mask must have
-               allow_empty:bool=False, # accept a mask with no artifact pixel
-               allow_full:bool=False, # accept a mask that covers the whole image
-               name:str='mask')->np.ndarray:
+
+def check_mask(
+    mask,  # artifact mask, True = artifact
+    shape: Sequence[int] | None = None,  # (H, W) the mask must have
+    allow_empty: bool = False,  # accept a mask with no artifact pixel
+    allow_full: bool = False,  # accept a mask that covers the whole image
+    name: str = 'mask',
+) -> np.ndarray:
     "Validate an artifact mask against an image shape; refuse empty or full masks unless allowed."
     m = as_mask(mask, name)
     if shape is not None and tuple(m.shape) != tuple(shape[:2]):
-        raise MaskError(f"{name} is {m.shape[0]}x{m.shape[1]} but the image is {shape[0]}x{shape[1]}; "
-                        "they must be the same size.")
-    if not allow_empty and not m.any(): raise MaskError(f"{name} is empty: no artifact pixel to restore.")
-    if not allow_full and m.all(): raise MaskError(f"{name} is all ones: no tissue is left to condition on.")
+        raise MaskError(
+            f"{name} is {m.shape[0]}x{m.shape[1]} but the image is {shape[0]}x{shape[1]}; they must be the same size."
+        )
+    if not allow_empty and not m.any():
+        raise MaskError(f"{name} is empty: no artifact pixel to restore.")
+    if not allow_full and m.all():
+        raise MaskError(f"{name} is all ones: no tissue is left to condition on.")
     return m
 
-def read_mask(path:str|Path, # mask image: white (255) or 1 = artifact
-              shape:Sequence[int]|None=None, # expected (H, W), checked if given
-              **kwargs)->np.ndarray:
-    "Read a mask file as a boolean artifact mask (True = artifact), checked with `check_mask`; truncated files are refused."
+
+def read_mask(
+    path: str | Path,  # mask image: white (255) or 1 = artifact
+    shape: Sequence[int] | None = None,  # expected (H, W), checked if given
+    **kwargs,
+) -> np.ndarray:
+    """Read a mask file as a boolean artifact mask (True = artifact), checked with `check_mask`;
+    truncated files are refused."""
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"mask not found: {path}")
+    if not path.exists():
+        raise FileNotFoundError(f"mask not found: {path}")
     im = _load_image(path, 'mask image', MaskError)
-    arr = np.asarray(im.convert('L') if im.mode in ('RGB','RGBA','P','LA') else im)
+    arr = np.asarray(im.convert('L') if im.mode in ('RGB', 'RGBA', 'P', 'LA') else im)
     return check_mask(arr, shape, name=str(path), **{'allow_empty': True, 'allow_full': True, **kwargs})
 
-def write_mask(mask, path:str|Path)->Path:
+
+def write_mask(mask, path: str | Path) -> Path:
     "Write a boolean artifact mask as an 8-bit PNG (255 = artifact), atomically."
     m = as_mask(mask)
-    with atomic_path(path) as tmp: Image.fromarray((m * 255).astype(np.uint8)).save(tmp, format='PNG')
+    with atomic_path(path) as tmp:
+        Image.fromarray((m * 255).astype(np.uint8)).save(tmp, format='PNG')
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #b2a08c26
 class EmptyMaskWarning(UserWarning):
     "A restorer was given a mask with no artifact pixel and returned the image unchanged."
 
-def warn_empty_mask(what:str, # the restorer, e.g. 'telea' or 'PixelRegionalPipeline.restore'
-                    stacklevel:int=3, # 3: the line that called the restorer calling this
-                   ):
+
+def warn_empty_mask(
+    what: str,  # the restorer, e.g. 'telea' or 'PixelRegionalPipeline.restore'
+    stacklevel: int = 3,  # 3: the line that called the restorer calling this
+):
     "Issue the one `EmptyMaskWarning` message every restorer uses."
-    warnings.warn(f"{what}: the mask has no artifact pixel; the image is returned unchanged", EmptyMaskWarning,
-                  stacklevel=stacklevel)
+    warnings.warn(
+        f"{what}: the mask has no artifact pixel; the image is returned unchanged",
+        EmptyMaskWarning,
+        stacklevel=stacklevel,
+    )
 
 # %% ../nbs/00_core.ipynb #9b376332
-def to_tensor(images, # one RGB uint8 image, a list of them, or an N x H x W x 3 array
-             )->torch.Tensor:
+def to_tensor(
+    images,  # one RGB uint8 image, a list of them, or an N x H x W x 3 array
+) -> torch.Tensor:
     "RGB uint8 image(s) to a float32 `N x 3 x H x W` tensor in [-1, 1]."
-    if isinstance(images, np.ndarray) and images.ndim == 4: images = list(images)
-    if not isinstance(images, (list, tuple)): images = [images]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if not isinstance(images, (list, tuple)):
+        images = [images]
     arr = np.stack([as_rgb_uint8(im) for im in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
-def from_tensor(x:torch.Tensor, # N x 3 x H x W (or 3 x H x W) in [-1, 1]
-               )->np.ndarray:
+
+def from_tensor(
+    x: torch.Tensor,  # N x 3 x H x W (or 3 x H x W) in [-1, 1]
+) -> np.ndarray:
     "A [-1, 1] tensor to RGB uint8, `N x H x W x 3` (or `H x W x 3` for a 3-D input); values are clamped and rounded."
     single = x.ndim == 3
-    if single: x = x[None]
+    if single:
+        x = x[None]
     arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return arr[0] if single else arr
 
-def mask_to_tensor(masks, # one boolean mask, a list, or an N x H x W array
-                  )->torch.Tensor:
+
+def mask_to_tensor(
+    masks,  # one boolean mask, a list, or an N x H x W array
+) -> torch.Tensor:
     "Artifact mask(s) to a float32 `N x 1 x H x W` tensor, 1 = artifact."
-    if isinstance(masks, np.ndarray) and masks.ndim == 3: masks = list(masks)
-    if isinstance(masks, torch.Tensor): return masks.float().reshape(-1, 1, *masks.shape[-2:])
-    if not isinstance(masks, (list, tuple)): masks = [masks]
+    if isinstance(masks, np.ndarray) and masks.ndim == 3:
+        masks = list(masks)
+    if isinstance(masks, torch.Tensor):
+        return masks.float().reshape(-1, 1, *masks.shape[-2:])
+    if not isinstance(masks, (list, tuple)):
+        masks = [masks]
     return torch.from_numpy(np.stack([as_mask(m) for m in masks])).float()[:, None]
 
 # %% ../nbs/00_core.ipynb #94207ca2
-DIHEDRAL = 8 # symmetries of a square tile: 4 rotations x (no flip, flip)
+DIHEDRAL = 8  # symmetries of a square tile: 4 rotations x (no flip, flip)
 
-def dihedral(x, # torch images (..., C, H, W) or numpy channel-last images (..., H, W, C)
-             v:int, # symmetry 0..7 = 4 * flip + k: flip left-right if v >= 4, then rotate k = v % 4 times 90 degrees
-            ):
+
+def dihedral(
+    x,  # torch images (..., C, H, W) or numpy channel-last images (..., H, W, C)
+    v: int,  # symmetry 0..7 = 4 * flip + k: flip left-right if v >= 4, then rotate k = v % 4 times 90 degrees
+):
     "One of the 8 flips/rotations of image(s); numpy results are contiguous."
-    if not 0 <= v < DIHEDRAL: raise ValueError(f"v must be in 0..{DIHEDRAL - 1}, got {v}.")
+    if not 0 <= v < DIHEDRAL:
+        raise ValueError(f"v must be in 0..{DIHEDRAL - 1}, got {v}.")
     if torch.is_tensor(x):
-        if v >= 4: x = x.flip(-1)
+        if v >= 4:
+            x = x.flip(-1)
         return torch.rot90(x, v % 4, (-2, -1))
     x = np.asarray(x)
-    if v >= 4: x = np.flip(x, -2)
+    if v >= 4:
+        x = np.flip(x, -2)
     return np.ascontiguousarray(np.rot90(x, v % 4, axes=(-3, -2)))
 
 # %% ../nbs/00_core.ipynb #04a40786
-def downsample_factor(model)->int:
+def downsample_factor(model) -> int:
     "Spatial downsampling factor f of an `AutoencoderKL` (or a `UNet2DModel`): 2 ** (levels - 1)."
     return 2 ** (len(model.config.block_out_channels) - 1)
 
 # %% ../nbs/00_core.ipynb #f78be009
-def seed_everything(seed:int # seed for python, numpy and torch
-                   )->torch.Generator:
+def seed_everything(
+    seed: int,  # seed for python, numpy and torch
+) -> torch.Generator:
     "Seed python, numpy and torch; return a CPU `torch.Generator` seeded with `seed`."
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-def make_generator(seed:int|torch.Generator|None, # a seed, an existing generator (returned as is), or None
-                   device:str|torch.device='cpu')->torch.Generator|None:
+
+def make_generator(
+    seed: int | torch.Generator | None,  # a seed, an existing generator (returned as is), or None
+    device: str | torch.device = 'cpu',
+) -> torch.Generator | None:
     "A `torch.Generator` on `device` from a seed; generators pass through; None stays None."
-    if seed is None or isinstance(seed, torch.Generator): return seed
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
     return torch.Generator(device=device).manual_seed(int(seed))
 
-def get_device(prefer:str|None=None # 'cuda', 'mps', 'cpu' or None for the best available
-              )->torch.device:
+
+def get_device(
+    prefer: str | None = None,  # 'cuda', 'mps', 'cpu' or None for the best available
+) -> torch.device:
     "The best available device (cuda, then mps, then cpu), or `prefer` if given."
-    if prefer: return torch.device(prefer)
-    if torch.cuda.is_available(): return torch.device('cuda')
-    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device('cuda')
+    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+        return torch.device('mps')
     return torch.device('cpu')
 
-def get_dtype(device:str|torch.device, # the device the model runs on
-              half:bool=True, # allow reduced precision where it is safe
-             )->torch.dtype:
+
+def get_dtype(
+    device: str | torch.device,  # the device the model runs on
+    half: bool = True,  # allow reduced precision where it is safe
+) -> torch.dtype:
     "bfloat16 on CUDA devices that support it, float16 on other CUDA and MPS, float32 on CPU or when `half=False`."
     device = torch.device(device)
-    if not half or device.type == 'cpu': return torch.float32
-    if device.type == 'cuda': return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16  # emulated bf16 (T4, V100) is slow
+    if not half or device.type == 'cpu':
+        return torch.float32
+    if device.type == 'cuda':
+        return (
+            torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        )  # emulated bf16 (T4, V100) is slow
     return torch.float16
 
 # %% ../nbs/00_core.ipynb #dedfb60d
-def tile_coords(height:int, width:int, # image size
-                tile:int=256, # tile side
-                overlap:int=32, # pixels shared by neighbouring tiles
-               )->list[tuple[int,int]]:
-    "Top-left `(y, x)` of tiles of side `tile` covering an `height x width` image with at least `overlap` shared pixels."
-    if tile > height or tile > width: raise ValueError(f"tile {tile} is larger than the image {height}x{width}.")
-    if not 0 <= overlap < tile: raise ValueError(f"overlap must be in [0, tile), got {overlap}.")
+def tile_coords(
+    height: int,
+    width: int,  # image size
+    tile: int = 256,  # tile side
+    overlap: int = 32,  # pixels shared by neighbouring tiles
+) -> list[tuple[int, int]]:
+    """Top-left `(y, x)` of tiles of side `tile` covering an `height x width` image
+    with at least `overlap` shared pixels."""
+    if tile > height or tile > width:
+        raise ValueError(f"tile {tile} is larger than the image {height}x{width}.")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile), got {overlap}.")
+
     def starts(n):
         step = tile - overlap
         s = list(range(0, n - tile + 1, step))
-        if s[-1] != n - tile: s.append(n - tile)
+        if s[-1] != n - tile:
+            s.append(n - tile)
         return s
+
     return [(y, x) for y in starts(height) for x in starts(width)]
 
-def extract_tiles(img:np.ndarray, # H x W (x C) array
-                  tile:int=256, overlap:int=32)->tuple[np.ndarray, list[tuple[int,int]]]:
+
+def extract_tiles(
+    img: np.ndarray,  # H x W (x C) array
+    tile: int = 256,
+    overlap: int = 32,
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
     "Cut `img` into tiles; return the stacked tiles and their `(y, x)` coordinates."
     coords = tile_coords(img.shape[0], img.shape[1], tile, overlap)
-    return np.stack([img[y:y+tile, x:x+tile] for y, x in coords]), coords
+    return np.stack([img[y : y + tile, x : x + tile] for y, x in coords]), coords
 
-def blend_weight(tile:int, overlap:int)->np.ndarray:
+
+def blend_weight(tile: int, overlap: int) -> np.ndarray:
     "A `tile x tile` weight: 1 in the middle, a linear ramp over `overlap` pixels to the border."
-    if overlap == 0: return np.ones((tile, tile), np.float32)
+    if overlap == 0:
+        return np.ones((tile, tile), np.float32)
     ramp = np.ones(tile, np.float32)
     r = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-    ramp[:overlap] = r; ramp[-overlap:] = r[::-1]
+    ramp[:overlap] = r
+    ramp[-overlap:] = r[::-1]
     return np.outer(ramp, ramp)
 
-def stitch_tiles(tiles:Sequence[np.ndarray], # tiles, each tile x tile (x C)
-                 coords:Sequence[tuple[int,int]], # their top-left corners
-                 shape:Sequence[int], # (H, W) or (H, W, C) of the output
-                 overlap:int=32, # the overlap the tiles were cut with
-                )->np.ndarray:
+
+def stitch_tiles(
+    tiles: Sequence[np.ndarray],  # tiles, each tile x tile (x C)
+    coords: Sequence[tuple[int, int]],  # their top-left corners
+    shape: Sequence[int],  # (H, W) or (H, W, C) of the output
+    overlap: int = 32,  # the overlap the tiles were cut with
+) -> np.ndarray:
     "Blend tiles back into one image with ramp weights in the overlaps (no seams); returns the tiles' dtype."
-    tiles = np.asarray(tiles); tile = tiles.shape[1]
+    tiles = np.asarray(tiles)
+    tile = tiles.shape[1]
     w = blend_weight(tile, overlap)
     acc = np.zeros(tuple(shape[:2]) + tiles.shape[3:], np.float64)
     wsum = np.zeros(tuple(shape[:2]), np.float64)
     wt = w.reshape(w.shape + (1,) * (tiles.ndim - 3))
     for t, (y, x) in zip(tiles, coords):
-        acc[y:y+tile, x:x+tile] += t * wt
-        wsum[y:y+tile, x:x+tile] += w
+        acc[y : y + tile, x : x + tile] += t * wt
+        wsum[y : y + tile, x : x + tile] += w
     out = acc / wsum.reshape(wsum.shape + (1,) * (acc.ndim - 2))
-    if np.issubdtype(tiles.dtype, np.integer): out = np.clip(np.round(out), np.iinfo(tiles.dtype).min, np.iinfo(tiles.dtype).max)
+    if np.issubdtype(tiles.dtype, np.integer):
+        out = np.clip(np.round(out), np.iinfo(tiles.dtype).min, np.iinfo(tiles.dtype).max)
     return out.astype(tiles.dtype)

@@ -23,229 +23,307 @@ __all__ = ['DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'STAINING_FIELDS', 'open_slide'
            'show_examples', 'save_folder_tiles', 'folder_tiles', 'clean_test_sets']
 
 # %% ../nbs/01_data.ipynb #88d212c9
-def open_slide(path:str|Path):
+def open_slide(path: str | Path):
     "Open a whole-slide image with OpenSlide; clear errors for a missing, corrupt or unsupported file."
     import openslide
+
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"slide not found: {path}")
-    try: return openslide.OpenSlide(str(path))
+    if not path.exists():
+        raise FileNotFoundError(f"slide not found: {path}")
+    try:
+        return openslide.OpenSlide(str(path))
     except (openslide.OpenSlideUnsupportedFormatError, openslide.OpenSlideError) as e:
         raise ImageError(f"{path} is not a slide OpenSlide can read (corrupt or unsupported format): {e}") from e
 
-def slide_mpp(slide)->float|None:
+
+def slide_mpp(slide) -> float | None:
     "Microns per pixel at level 0 from the slide's properties, or None if it does not say."
     import openslide
+
     v = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
     return float(v) if v else None
 
-def read_slide(path:str|Path, # slide file
-               level:int=0, # pyramid level to read
-              )->tuple[np.ndarray, float|None]:
+
+def read_slide(
+    path: str | Path,  # slide file
+    level: int = 0,  # pyramid level to read
+) -> tuple[np.ndarray, float | None]:
     "Read one whole level of a slide as RGB uint8, with its microns per pixel (None if unknown)."
     slide = open_slide(path)
     try:
-        if not 0 <= level < slide.level_count: raise ValueError(f"{path} has levels 0..{slide.level_count-1}, not {level}.")
+        if not 0 <= level < slide.level_count:
+            raise ValueError(f"{path} has levels 0..{slide.level_count - 1}, not {level}.")
         w, h = slide.level_dimensions[level]
         img = np.asarray(slide.read_region((0, 0), level, (w, h)).convert('RGB'))
         mpp = slide_mpp(slide)
         return img, (mpp * slide.level_downsamples[level] if mpp else None)
-    finally: slide.close()
+    finally:
+        slide.close()
 
 # %% ../nbs/01_data.ipynb #4cc7788e
-def split_columns(width:int, # image width
-                  test_fraction:float=0.3, # share of columns in the test region
-                 )->int:
+def split_columns(
+    width: int,  # image width
+    test_fraction: float = 0.3,  # share of columns in the test region
+) -> int:
     "The column where the test region starts."
-    if not 0 < test_fraction < 1: raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
     return int(round(width * (1 - test_fraction)))
 
-def tissue_fraction(tile:np.ndarray, # RGB uint8 tile
-                    min_saturation:float=0.07, # HSV saturation above which a pixel is tissue
-                   )->float:
+
+def tissue_fraction(
+    tile: np.ndarray,  # RGB uint8 tile
+    min_saturation: float = 0.07,  # HSV saturation above which a pixel is tissue
+) -> float:
     "Fraction of pixels that are tissue (saturation above `min_saturation`, not white glass)."
     t = tile.astype(np.float32) / 255
     mx, mn = t.max(-1), t.min(-1)
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0)
     return float((sat > min_saturation).mean())
 
-def grid_tiles(img:np.ndarray, # RGB uint8 image
-               tile:int=256, # tile side
-               stride:int|None=None, # step between tiles (default: tile)
-               min_tissue:float=0.5, # drop tiles with less tissue than this (`tissue_fraction`)
-               x0:int=0, x1:int|None=None, # the columns to tile (default: all)
-              )->tuple[np.ndarray, list[tuple[int,int]]]:
-    "Tiles on a regular grid inside columns `x0:x1` of `img`, blank and background ones dropped, with their (y, x) corners."
-    img = as_rgb_uint8(img); stride = stride or tile
-    h, w = img.shape[:2]; x1 = w if x1 is None else x1
+
+def grid_tiles(
+    img: np.ndarray,  # RGB uint8 image
+    tile: int = 256,  # tile side
+    stride: int | None = None,  # step between tiles (default: tile)
+    min_tissue: float = 0.5,  # drop tiles with less tissue than this (`tissue_fraction`)
+    x0: int = 0,
+    x1: int | None = None,  # the columns to tile (default: all)
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Tiles on a regular grid inside columns `x0:x1` of `img`, blank and background ones dropped,
+    with their (y, x) corners."""
+    img = as_rgb_uint8(img)
+    stride = stride or tile
+    h, w = img.shape[:2]
+    x1 = w if x1 is None else x1
     tiles, coords = [], []
     for y in range(0, h - tile + 1, stride):
         for x in range(x0, x1 - tile + 1, stride):
-            t = img[y:y+tile, x:x+tile]
-            if tissue_fraction(t) >= min_tissue: tiles.append(t); coords.append((y, x))
-    if not tiles: return np.zeros((0, tile, tile, 3), np.uint8), []
+            t = img[y : y + tile, x : x + tile]
+            if tissue_fraction(t) >= min_tissue:
+                tiles.append(t)
+                coords.append((y, x))
+    if not tiles:
+        return np.zeros((0, tile, tile, 3), np.uint8), []
     return np.stack(tiles), coords
 
-def region_tiles(img:np.ndarray, # RGB uint8 image
-                 split:str='train', # 'train' (left region) or 'test' (right region)
-                 tile:int=256, # tile side
-                 stride:int|None=None, # step between tiles (default: tile)
-                 test_fraction:float=0.3, # share of columns in the test region
-                 min_tissue:float=0.5, # drop tiles with less tissue than this
-                )->tuple[np.ndarray, list[tuple[int,int]]]:
+
+def region_tiles(
+    img: np.ndarray,  # RGB uint8 image
+    split: str = 'train',  # 'train' (left region) or 'test' (right region)
+    tile: int = 256,  # tile side
+    stride: int | None = None,  # step between tiles (default: tile)
+    test_fraction: float = 0.3,  # share of columns in the test region
+    min_tissue: float = 0.5,  # drop tiles with less tissue than this
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
     "Tiles of one region of `img` and their (y, x) corners; no tile crosses the train/test boundary."
-    if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    if split not in ('train', 'test'):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     img = as_rgb_uint8(img)
-    h, w = img.shape[:2]; b = split_columns(w, test_fraction)
+    h, w = img.shape[:2]
+    b = split_columns(w, test_fraction)
     x0, x1 = (0, b) if split == 'train' else (b, w)
     if x1 - x0 < tile or h < tile:
-        raise ValueError(f"the {split} region is {x1-x0}x{h} px, smaller than one {tile}px tile; use smaller tiles.")
+        raise ValueError(f"the {split} region is {x1 - x0}x{h} px, smaller than one {tile}px tile; use smaller tiles.")
     return grid_tiles(img, tile, stride, min_tissue, x0, x1)
 
 # %% ../nbs/01_data.ipynb #d47aa22f
-def split_images(names:Sequence[str], # the images of one source
-                 test_fraction:float=0.3, # share of the images held out for testing
-                 groups:Sequence[str]=(), # file-name prefixes: the images sharing one go to the same side
-                 seed:int=0, # seed of the draw
-                )->dict[str, str]:
+def split_images(
+    names: Sequence[str],  # the images of one source
+    test_fraction: float = 0.3,  # share of the images held out for testing
+    groups: Sequence[str] = (),  # file-name prefixes: the images sharing one go to the same side
+    seed: int = 0,  # seed of the draw
+) -> dict[str, str]:
     "'train' or 'test' for each image: whole images (whole groups) are held out, about `test_fraction` of them."
-    if not 0 < test_fraction < 1: raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
     group_of = lambda n: next((g for g in groups if Path(n).name.startswith(g)), n)
     members = {}
-    for n in sorted(names): members.setdefault(group_of(n), []).append(n)
-    if len(members) < 2: raise ValueError(f"{len(members)} image group(s) cannot be split into train and test: split by region instead.")
+    for n in sorted(names):
+        members.setdefault(group_of(n), []).append(n)
+    if len(members) < 2:
+        raise ValueError(f"{len(members)} image group(s) cannot be split into train and test: split by region instead.")
     keys, want, held = list(members), max(1, round(len(names) * test_fraction)), set()
     for k in (keys[j] for j in np.random.default_rng(seed).permutation(len(keys))):
-        if sum(len(members[g]) for g in held) >= want or len(held) == len(keys) - 1: break
+        if sum(len(members[g]) for g in held) >= want or len(held) == len(keys) - 1:
+            break
         held.add(k)
     return {n: 'test' if g in held else 'train' for g, ns in members.items() for n in ns}
 
-def image_tiles(images:dict[str, np.ndarray], # image name -> RGB uint8 image, the images of one source
-                split:str='train', # 'train' or 'test' images
-                tile:int=256, # tile side
-                stride:int|None=None, # step between tiles (default: tile)
-                test_fraction:float=0.3, # share of the images held out for testing
-                min_tissue:float=0.5, # drop tiles with less tissue than this
-                groups:Sequence[str]=(), # file-name prefixes of images that go to one side together
-               )->tuple[np.ndarray, list[str]]:
-    "Tiles of the train or test images of a source split by image, with the image each comes from; images smaller than a tile give none."
-    if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+
+def image_tiles(
+    images: dict[str, np.ndarray],  # image name -> RGB uint8 image, the images of one source
+    split: str = 'train',  # 'train' or 'test' images
+    tile: int = 256,  # tile side
+    stride: int | None = None,  # step between tiles (default: tile)
+    test_fraction: float = 0.3,  # share of the images held out for testing
+    min_tissue: float = 0.5,  # drop tiles with less tissue than this
+    groups: Sequence[str] = (),  # file-name prefixes of images that go to one side together
+) -> tuple[np.ndarray, list[str]]:
+    """Tiles of the train or test images of a source split by image, with the image each comes from;
+    images smaller than a tile give none."""
+    if split not in ('train', 'test'):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     side = split_images(list(images), test_fraction, groups)
     parts, origin = [np.zeros((0, tile, tile, 3), np.uint8)], []
     for name in sorted(images):
-        if side[name] != split: continue
+        if side[name] != split:
+            continue
         t = grid_tiles(images[name], tile, stride, min_tissue)[0]
-        parts.append(t); origin += [name] * len(t)
+        parts.append(t)
+        origin += [name] * len(t)
     return np.concatenate(parts), origin
 
 # %% ../nbs/01_data.ipynb #cf1c844f
-def demo_images(source:str, # a demo source: 'he', 'slide', 'ihc' or a key of `SDIST_SOURCES`
-                cache_dir:str|Path|None=None, # demo cache folder
-               )->dict[str, np.ndarray]:
-    "The RGB uint8 images of a demo source by file name (slides and pyramids read at the registry's level; excluded files left out)."
+def demo_images(
+    source: str,  # a demo source: 'he', 'slide', 'ihc' or a key of `SDIST_SOURCES`
+    cache_dir: str | Path | None = None,  # demo cache folder
+) -> dict[str, np.ndarray]:
+    """The RGB uint8 images of a demo source by file name
+    (slides and pyramids read at the registry's level; excluded files left out)."""
     spec, path = demo_source(source), fetch_demo_data(cache_dir, names=[source])[source]
-    files = [path] if path.is_file() else [path/Path(m).name for m in spec['files'] if m not in spec.get('exclude', ())]
-    read = lambda p: read_slide(p, spec.get('level', 0))[0] if p.suffix.lower() in ('.svs', '.tif', '.tiff') else read_image(p)
+    files = (
+        [path] if path.is_file() else [path / Path(m).name for m in spec['files'] if m not in spec.get('exclude', ())]
+    )
+    read = lambda p: (
+        read_slide(p, spec.get('level', 0))[0] if p.suffix.lower() in ('.svs', '.tif', '.tiff') else read_image(p)
+    )
     return {p.name: read(p) for p in files}
 
-def demo_tiles(source:str='he', # 'he', 'slide', 'ihc', or a key of `SDIST_SOURCES` ('prostate', 'histoqc', 'tcga', 'sana')
-               split:str='train', # 'train' or 'test' region (several images: 'train' or 'test' images)
-               tile:int=256, # tile side in pixels
-               stride:int|None=None, # step between tiles (default: tile)
-               cache_dir:str|Path|None=None, # demo cache folder
-               test_fraction:float=0.3, # share of columns (several images: of images) kept for testing
-               min_tissue:float=0.5, # drop tiles that are mostly glass
-              )->np.ndarray:
+
+def demo_tiles(
+    source: str = 'he',  # 'he', 'slide', 'ihc', or a key of `SDIST_SOURCES` ('prostate', 'histoqc', 'tcga', 'sana')
+    split: str = 'train',  # 'train' or 'test' region (several images: 'train' or 'test' images)
+    tile: int = 256,  # tile side in pixels
+    stride: int | None = None,  # step between tiles (default: tile)
+    cache_dir: str | Path | None = None,  # demo cache folder
+    test_fraction: float = 0.3,  # share of columns (several images: of images) kept for testing
+    min_tissue: float = 0.5,  # drop tiles that are mostly glass
+) -> np.ndarray:
     "Real tissue tiles of a demo source, `N x tile x tile x 3` uint8: one image split by region, several by image."
     images = demo_images(source, cache_dir)
-    if len(images) == 1: return region_tiles(next(iter(images.values())), split, tile, stride, test_fraction, min_tissue)[0]
+    if len(images) == 1:
+        return region_tiles(next(iter(images.values())), split, tile, stride, test_fraction, min_tissue)[0]
     return image_tiles(images, split, tile, stride, test_fraction, min_tissue, demo_source(source).get('groups', ()))[0]
 
 # %% ../nbs/01_data.ipynb #aef3e0d3
 DAB_POSITIVE_OD = 0.06
-DAB_SCORE_EDGES = (0.15, 0.45, 0.75)   # DAB-positive fraction edges between 0 | 1+ | 2+ | 3+
-STAINING_FIELDS = {'ihc': dict(stride=0.5, min_tissue=0.0), # IHC fields: default stride (in tiles), tissue test
-                   'sana': dict(stride=1.0, min_tissue=0.5)}
+DAB_SCORE_EDGES = (0.15, 0.45, 0.75)  # DAB-positive fraction edges between 0 | 1+ | 2+ | 3+
+STAINING_FIELDS = {
+    'ihc': dict(stride=0.5, min_tissue=0.0),  # IHC fields: default stride (in tiles), tissue test
+    'sana': dict(stride=1.0, min_tissue=0.5),
+}
 
-def hematoxylin_only(ihc:np.ndarray # RGB uint8 IHC image
-                    )->np.ndarray:
+
+def hematoxylin_only(
+    ihc: np.ndarray,  # RGB uint8 IHC image
+) -> np.ndarray:
     "Render the hematoxylin channel alone (DAB and the residual channel removed) as RGB uint8."
     from skimage.color import rgb2hed, hed2rgb
+
     hed = rgb2hed(as_rgb_uint8(ihc))
-    h_only = np.zeros_like(hed); h_only[..., 0] = hed[..., 0]
+    h_only = np.zeros_like(hed)
+    h_only[..., 0] = hed[..., 0]
     return (np.clip(hed2rgb(h_only), 0, 1) * 255).round().astype(np.uint8)
 
-def dab_fraction(ihc:np.ndarray)->float:
+
+def dab_fraction(ihc: np.ndarray) -> float:
     "Fraction of pixels whose DAB optical density exceeds `DAB_POSITIVE_OD`."
     from skimage.color import rgb2hed
+
     return float((rgb2hed(as_rgb_uint8(ihc))[..., 2] > DAB_POSITIVE_OD).mean())
 
-def dab_score(ihc:np.ndarray)->int:
+
+def dab_score(ihc: np.ndarray) -> int:
     "The demo class of an IHC tile: 0, 1, 2, 3 for 0 / 1+ / 2+ / 3+ by DAB-positive area."
     return int(np.searchsorted(DAB_SCORE_EDGES, dab_fraction(ihc), side='right'))
 
-def demo_staining_pairs(split:str='train', # 'train' or 'test' region of the IHC fields
-                        tile:int=64, # tile side
-                        stride:int|None=None, # step between tiles (default: each field's `STAINING_FIELDS` stride)
-                        cache_dir:str|Path|None=None, # demo cache folder
-                        sources:Sequence[str]=('ihc',), # IHC fields: 'ihc' (scikit-image), 'sana' (pdnl-sana, level 1)
-                       )->dict[str, np.ndarray]:
+
+def demo_staining_pairs(
+    split: str = 'train',  # 'train' or 'test' region of the IHC fields
+    tile: int = 64,  # tile side
+    stride: int | None = None,  # step between tiles (default: each field's `STAINING_FIELDS` stride)
+    cache_dir: str | Path | None = None,  # demo cache folder
+    sources: Sequence[str] = ('ihc',),  # IHC fields: 'ihc' (scikit-image), 'sana' (pdnl-sana, level 1)
+) -> dict[str, np.ndarray]:
     "Paired tiles of the demo staining task: `he` (hematoxylin-only input), `ihc` (target), `label` (0..3), `source`."
     parts, names = [], []
     for s in sources:
-        if s not in STAINING_FIELDS: raise ValueError(f"staining source must be one of {list(STAINING_FIELDS)}, got {s!r}.")
+        if s not in STAINING_FIELDS:
+            raise ValueError(f"staining source must be one of {list(STAINING_FIELDS)}, got {s!r}.")
         f = STAINING_FIELDS[s]
-        parts.append(demo_tiles(s, split, tile, stride or max(1, int(tile * f['stride'])), cache_dir, min_tissue=f['min_tissue']))
+        parts.append(
+            demo_tiles(s, split, tile, stride or max(1, int(tile * f['stride'])), cache_dir, min_tissue=f['min_tissue'])
+        )
         names += [s] * len(parts[-1])
     ihc = np.concatenate(parts)
-    if not len(ihc): raise ValueError(f"no {split} staining tiles of {tile}px in {list(sources)}: use smaller tiles.")
+    if not len(ihc):
+        raise ValueError(f"no {split} staining tiles of {tile}px in {list(sources)}: use smaller tiles.")
     he = np.stack([hematoxylin_only(t) for t in ihc])
     return dict(he=he, ihc=ihc, label=np.array([dab_score(t) for t in ihc], np.int64), source=np.array(names))
 
 # %% ../nbs/01_data.ipynb #cdeb521f
-def save_tile_dataset(out_dir:str|Path, # destination folder (replaced atomically)
-                      **columns, # equal-length columns: image arrays N x H x W x 3, masks N x H x W (bool), or lists
-                     )->Path:
+def save_tile_dataset(
+    out_dir: str | Path,  # destination folder (replaced atomically)
+    **columns,  # equal-length columns: image arrays N x H x W x 3, masks N x H x W (bool), or lists
+) -> Path:
     "Save tiles and their columns as a `datasets` dataset on disk, atomically."
     import datasets
+
     lens = {k: len(v) for k, v in columns.items()}
-    if len(set(lens.values())) > 1: raise ValueError(f"columns have different lengths: {lens}")
+    if len(set(lens.values())) > 1:
+        raise ValueError(f"columns have different lengths: {lens}")
     data, features = {}, {}
     for k, v in columns.items():
         a = np.asarray(v) if not isinstance(v, list) else None
         if a is not None and a.dtype == np.uint8 and a.ndim == 4:
-            data[k] = [Image.fromarray(x) for x in a]; features[k] = datasets.Image()
+            data[k] = [Image.fromarray(x) for x in a]
+            features[k] = datasets.Image()
         elif a is not None and a.dtype == bool and a.ndim == 3:
-            data[k] = [Image.fromarray((x * 255).astype(np.uint8)) for x in a]; features[k] = datasets.Image()
-        else: data[k] = list(v) if a is None else a.tolist()
+            data[k] = [Image.fromarray((x * 255).astype(np.uint8)) for x in a]
+            features[k] = datasets.Image()
+        else:
+            data[k] = list(v) if a is None else a.tolist()
     ds = datasets.Dataset.from_dict(data)
-    for k, f in features.items(): ds = ds.cast_column(k, f)
-    with atomic_dir(out_dir) as tmp: ds.save_to_disk(str(tmp))
+    for k, f in features.items():
+        ds = ds.cast_column(k, f)
+    with atomic_dir(out_dir) as tmp:
+        ds.save_to_disk(str(tmp))
     return Path(out_dir)
 
-def load_tile_dataset(path:str|Path, # folder written by `save_tile_dataset`
-                     ):
+
+def load_tile_dataset(
+    path: str | Path,  # folder written by `save_tile_dataset`
+):
     "Load a tile dataset saved with `save_tile_dataset` (a `datasets.Dataset`)."
     import datasets
+
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"tile dataset not found: {path}")
+    if not path.exists():
+        raise FileNotFoundError(f"tile dataset not found: {path}")
     return datasets.load_from_disk(str(path))
 
-def dataset_images(ds, column:str='image')->np.ndarray:
+
+def dataset_images(ds, column: str = 'image') -> np.ndarray:
     "A dataset's image column as an `N x H x W x 3` uint8 array (or `N x H x W` bool for mask columns)."
     arrs = [np.asarray(im) for im in ds[column]]
     a = np.stack(arrs)
     return a > 127 if a.ndim == 3 else a
 
 # %% ../nbs/01_data.ipynb #4eaf081d
-def _cap(a, max_tiles:int): return a[:max_tiles] if max_tiles else a
+def _cap(a, max_tiles: int):
+    return a[:max_tiles] if max_tiles else a
 
-def save_demo_tiles(out_dir:str|Path, # writes out_dir/{train,test}, e.g. data/tiles
-                    cache_dir:str|Path, # the demo cache (data/demo)
-                    sources:Sequence[str], # demo H&E sources cut into tiles
-                    tile:int, stride:int, # tile side and step between tiles (px)
-                    test_fraction:float, # share of each image's columns kept as the test region
-                    max_tiles:int=0, # keep at most this many tiles per split (0: all)
-                   )->tuple[dict, dict, dict]:
+
+def save_demo_tiles(
+    out_dir: str | Path,  # writes out_dir/{train,test}, e.g. data/tiles
+    cache_dir: str | Path,  # the demo cache (data/demo)
+    sources: Sequence[str],  # demo H&E sources cut into tiles
+    tile: int,
+    stride: int,  # tile side and step between tiles (px)
+    test_fraction: float,  # share of each image's columns kept as the test region
+    max_tiles: int = 0,  # keep at most this many tiles per split (0: all)
+) -> tuple[dict, dict, dict]:
     "Restoration tiles of the demo sources: (split -> tiles, split -> count per source, source -> one tile)."
     splits, counts, examples = {}, {}, {}
     for split in ('train', 'test'):
@@ -253,104 +331,136 @@ def save_demo_tiles(out_dir:str|Path, # writes out_dir/{train,test}, e.g. data/t
         names = [s for s, p in zip(sources, parts) for _ in range(len(p))]
         tiles = _cap(np.concatenate(parts), max_tiles)
         names = _cap(names, max_tiles)
-        save_tile_dataset(Path(out_dir)/split, image=tiles, source=names)
+        save_tile_dataset(Path(out_dir) / split, image=tiles, source=names)
         splits[split] = tiles
         counts[split] = {s: names.count(s) for s in sources}
-        if split == 'train': examples = {s: p[len(p) // 2] for s, p in zip(sources, parts) if len(p)}
+        if split == 'train':
+            examples = {s: p[len(p) // 2] for s, p in zip(sources, parts) if len(p)}
     return splits, counts, examples
 
-def save_demo_staining(out_dir:str|Path, # writes out_dir/{train,test}, e.g. data/staining
-                       cache_dir:str|Path, # the demo cache (data/demo)
-                       sources:Sequence[str], # IHC fields of the demo staining task
-                       tile:int, # staining tile side (px)
-                       max_tiles:int=0, # keep at most this many pairs per split (0: all)
-                      )->dict:
+
+def save_demo_staining(
+    out_dir: str | Path,  # writes out_dir/{train,test}, e.g. data/staining
+    cache_dir: str | Path,  # the demo cache (data/demo)
+    sources: Sequence[str],  # IHC fields of the demo staining task
+    tile: int,  # staining tile side (px)
+    max_tiles: int = 0,  # keep at most this many pairs per split (0: all)
+) -> dict:
     "Staining pairs of the demo task per split; split -> field -> HER2 class -> count."
     from histodiff.sources import HER2_CLASSES
+
     staining = {}
     for split in ('train', 'test'):
         pairs = demo_staining_pairs(split, tile, cache_dir=cache_dir, sources=sources)
         pairs = {k: _cap(v, max_tiles) for k, v in pairs.items()}
-        save_tile_dataset(Path(out_dir)/split, he=pairs['he'], ihc=pairs['ihc'], label=pairs['label'],
-                          source=pairs['source'].tolist())
+        save_tile_dataset(
+            Path(out_dir) / split,
+            he=pairs['he'],
+            ihc=pairs['ihc'],
+            label=pairs['label'],
+            source=pairs['source'].tolist(),
+        )
         per_field = {f: np.bincount(pairs['label'][pairs['source'] == f], minlength=4).tolist() for f in sources}
         staining[split] = {f: dict(zip(HER2_CLASSES, n)) for f, n in per_field.items()}
         print(split, len(pairs['label']), 'pairs; per field, classes:', staining[split])
     return staining
 
 # %% ../nbs/01_data.ipynb #3e298507
-def show_split_tiles(splits:dict, # split -> tiles N x H x W x 3
-                     n:int=6, # tiles shown per split, evenly spaced
-                    ):
+def show_split_tiles(
+    splits: dict,  # split -> tiles N x H x W x 3
+    n: int = 6,  # tiles shown per split, evenly spaced
+):
     "A figure: `n` evenly spaced tiles of each split, one row per split."
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(len(splits), n, figsize=(2 * n, 2.15 * len(splits)), squeeze=False)
     for r, (split, t) in enumerate(splits.items()):
         for j, i in enumerate(np.linspace(0, len(t) - 1, n).astype(int)):
-            ax[r, j].imshow(t[i]); ax[r, j].axis('off'); ax[r, j].set_title(f'{split} #{i}', fontsize=9)
+            ax[r, j].imshow(t[i])
+            ax[r, j].axis('off')
+            ax[r, j].set_title(f'{split} #{i}', fontsize=9)
     plt.tight_layout()
     return fig
 
-def show_examples(examples:dict, # name -> one tile
-                 ):
+
+def show_examples(
+    examples: dict,  # name -> one tile
+):
     "A figure: one tile per name, titled by it."
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(1, len(examples), figsize=(2.4 * len(examples), 2.7), squeeze=False)
-    for a, (s, t) in zip(ax[0], examples.items()): a.imshow(t); a.set_title(s); a.axis('off')
+    for a, (s, t) in zip(ax[0], examples.items()):
+        a.imshow(t)
+        a.set_title(s)
+        a.axis('off')
     plt.tight_layout()
     return fig
 
 # %% ../nbs/01_data.ipynb #747a70e6
-def save_folder_tiles(folder:str|Path, # tiles, in one folder per slide (or flat)
-                      out_dir:str|Path, # writes out_dir/{train,test}, e.g. data/tiles
-                      test_fraction:float, # share of the folders (flat: of the sorted names) held out
-                      max_tiles:int=0, # keep at most this many tiles per split (0: all)
-                     )->dict:
+def save_folder_tiles(
+    folder: str | Path,  # tiles, in one folder per slide (or flat)
+    out_dir: str | Path,  # writes out_dir/{train,test}, e.g. data/tiles
+    test_fraction: float,  # share of the folders (flat: of the sorted names) held out
+    max_tiles: int = 0,  # keep at most this many tiles per split (0: all)
+) -> dict:
     "Restoration tiles from a folder of tiles, split by subfolder (seeded) or, flat, by name order; split -> tiles."
     from histodiff.core import IMAGE_SUFFIXES
+
     files = sorted(p for p in Path(folder).rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
     folders = sorted({p.parent for p in files})
     held_out = set()
     if len(folders) > 1:
         n_test = max(1, round(len(folders) * test_fraction))
         held_out = set(np.random.default_rng(0).permutation(len(folders))[:n_test].tolist())
+
     def is_test(i, p):
         return folders.index(p.parent) in held_out if len(folders) > 1 else i >= round(len(files) * (1 - test_fraction))
+
     splits = {}
     for split in ('train', 'test'):
         chosen = _cap([p for i, p in enumerate(files) if is_test(i, p) == (split == 'test')], max_tiles)
         splits[split] = np.stack([read_image(p) for p in chosen])
-        save_tile_dataset(Path(out_dir)/split, image=splits[split], source=[p.parent.name for p in chosen])
+        save_tile_dataset(Path(out_dir) / split, image=splits[split], source=[p.parent.name for p in chosen])
     print({k: v.shape for k, v in splits.items()}, 'from', len(folders), 'folder(s) of LatentArtiFusion training tiles')
     return splits
 
 # %% ../nbs/01_data.ipynb #55274ebc
-def folder_tiles(folder:str|Path, # clean tiles or larger images (PNG, TIFF, JPEG), searched recursively
-                 tile:int, # tile side (px)
-                )->np.ndarray:
+def folder_tiles(
+    folder: str | Path,  # clean tiles or larger images (PNG, TIFF, JPEG), searched recursively
+    tile: int,  # tile side (px)
+) -> np.ndarray:
     "Every image of `folder` (sorted), cut into non-overlapping `tile` px tiles when larger: N x tile x tile x 3."
     from histodiff.core import extract_tiles, IMAGE_SUFFIXES
+
     folder = Path(folder)
     files = sorted(p for p in folder.glob('**/*') if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files: raise FileNotFoundError(f"no clean image tiles (PNG/TIFF/JPEG) in {folder}; run the download stage "
-                                          "or point source_dirs at folders of clean tiles.")
+    if not files:
+        raise FileNotFoundError(
+            f"no clean image tiles (PNG/TIFF/JPEG) in {folder}; run the download stage "
+            "or point source_dirs at folders of clean tiles."
+        )
     ts = []
     for p in files:
         im = read_image(p)
-        if min(im.shape[:2]) < tile: raise ValueError(f"{p} is {im.shape[0]}x{im.shape[1]}, smaller than tile={tile}.")
+        if min(im.shape[:2]) < tile:
+            raise ValueError(f"{p} is {im.shape[0]}x{im.shape[1]}, smaller than tile={tile}.")
         ts.extend(extract_tiles(im, tile, 0)[0] if im.shape[:2] != (tile, tile) else [im])
     return np.stack(ts)
 
-def clean_test_sets(source_dirs:dict, # test-set name -> folder of clean tiles ({}: the demo sources' test region)
-                    sources:Sequence[str], # demo sources cut into tiles when `source_dirs` is empty
-                    tile:int, stride:int, # tile side and (demo) step between tiles (px)
-                    cache_dir:str|Path, # the demo cache (data/demo)
-                    test_fraction:float, # share of each demo image's columns in the test region
-                    max_tiles:int=0, # keep at most this many tiles per set (0: all)
-                   )->dict:
+
+def clean_test_sets(
+    source_dirs: dict,  # test-set name -> folder of clean tiles ({}: the demo sources' test region)
+    sources: Sequence[str],  # demo sources cut into tiles when `source_dirs` is empty
+    tile: int,
+    stride: int,  # tile side and (demo) step between tiles (px)
+    cache_dir: str | Path,  # the demo cache (data/demo)
+    test_fraction: float,  # share of each demo image's columns in the test region
+    max_tiles: int = 0,  # keep at most this many tiles per set (0: all)
+) -> dict:
     "Clean test tiles per set: name -> (tiles N x H x W x 3, source name of each tile)."
     sets = {}
-    if source_dirs:   # paper, released: test-set name -> folder of clean tiles
+    if source_dirs:  # paper, released: test-set name -> folder of clean tiles
         for name, folder in source_dirs.items():
             if not Path(folder).is_dir():
                 raise FileNotFoundError(f"source_dirs folder {folder} does not exist; run the download stage.")

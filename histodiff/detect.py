@@ -12,8 +12,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import (as_rgb_uint8, to_tensor, mask_to_tensor, stitch_tiles, tile_coords, atomic_path,
-                            downsample_factor)
+from histodiff.core import (
+    as_rgb_uint8,
+    to_tensor,
+    mask_to_tensor,
+    stitch_tiles,
+    tile_coords,
+    atomic_path,
+    downsample_factor,
+)
 from .artifacts import make_paired_set, ARTIFACT_KINDS
 from .train import record_sample_size, check_sample_size
 from .modelfolder import ModelFolderError, load_folder, read_json_settings
@@ -24,21 +31,25 @@ __all__ = ['DETECTOR_SETTINGS', 'saturation', 'tissue_mask', 'marking_dye', 'cle
            'train_detector', 'evaluate_detector', 'place_artifacts', 'train_or_load_detector']
 
 # %% ../nbs/10_detect.ipynb #1c3dc511
-def saturation(image:np.ndarray # RGB uint8 image
-              )->np.ndarray:
+def saturation(
+    image: np.ndarray,  # RGB uint8 image
+) -> np.ndarray:
     "HSV saturation in [0, 1] (0 for black pixels)."
     t = as_rgb_uint8(image).astype(np.float32) / 255
     mx, mn = t.max(-1), t.min(-1)
     return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0).astype(np.float32)
 
-def tissue_mask(thumb:np.ndarray, # RGB uint8 low-resolution image of the slide
-                min_saturation:float=0.05, # never call tissue what is less saturated than this
-                sigma:float=1.0, # Gaussian smoothing (px) before thresholding
-                min_size:int=16, # drop tissue specks and fill holes smaller than this many pixels
-               )->np.ndarray:
+
+def tissue_mask(
+    thumb: np.ndarray,  # RGB uint8 low-resolution image of the slide
+    min_saturation: float = 0.05,  # never call tissue what is less saturated than this
+    sigma: float = 1.0,  # Gaussian smoothing (px) before thresholding
+    min_size: int = 16,  # drop tissue specks and fill holes smaller than this many pixels
+) -> np.ndarray:
     "Boolean tissue mask (True = tissue) from Otsu's threshold on the saturation of `thumb`."
     from skimage.filters import threshold_otsu, gaussian
     from skimage.morphology import remove_small_objects, remove_small_holes
+
     s = gaussian(saturation(thumb), sigma=sigma) if sigma else saturation(thumb)
     t = threshold_otsu(s) if s.max() > s.min() else s.max()
     m = s > max(float(t), min_saturation)
@@ -48,201 +59,279 @@ def tissue_mask(thumb:np.ndarray, # RGB uint8 low-resolution image of the slide
     return m
 
 # %% ../nbs/10_detect.ipynb #d7e0a1f2
-def marking_dye(image:np.ndarray, # RGB uint8 image (a slide level or a tile)
-                min_excess:int=25, # green must exceed red by this much (0-255) for a pixel to be dye
-                min_size:int=64, # drop dye specks smaller than this many pixels
-               )->np.ndarray:
+def marking_dye(
+    image: np.ndarray,  # RGB uint8 image (a slide level or a tile)
+    min_excess: int = 25,  # green must exceed red by this much (0-255) for a pixel to be dye
+    min_size: int = 64,  # drop dye specks smaller than this many pixels
+) -> np.ndarray:
     "Boolean mask of green / teal marking dye (green well above red, which H&E never gives)."
     from skimage.morphology import remove_small_objects
+
     im = as_rgb_uint8(image).astype(np.int16)
     m = im[..., 1] - im[..., 0] >= min_excess
     return remove_small_objects(m, max_size=min_size - 1) if min_size else m
 
 # %% ../nbs/10_detect.ipynb #d4fd3282
-def clean_mask(prob:np.ndarray, # artifact probability H x W in [0, 1] (or a boolean mask)
-               threshold:float=0.5, # probability above which a pixel is an artifact
-               min_size:int=16, # remove connected artifact regions smaller than this (px)
-               hole_size:int=64, # fill holes smaller than this (px)
-               dilation:int=2, # dilate the result by a disk of this radius (px); 0 = none
-              )->np.ndarray:
+def clean_mask(
+    prob: np.ndarray,  # artifact probability H x W in [0, 1] (or a boolean mask)
+    threshold: float = 0.5,  # probability above which a pixel is an artifact
+    min_size: int = 16,  # remove connected artifact regions smaller than this (px)
+    hole_size: int = 64,  # fill holes smaller than this (px)
+    dilation: int = 2,  # dilate the result by a disk of this radius (px); 0 = none
+) -> np.ndarray:
     "Threshold and clean an artifact probability map into a boolean mask."
     from skimage.morphology import remove_small_objects, remove_small_holes, dilation as dilate, disk
+
     prob = np.asarray(prob)
-    if prob.ndim != 2: raise ValueError(f"clean_mask expects one H x W map, got shape {prob.shape}.")
+    if prob.ndim != 2:
+        raise ValueError(f"clean_mask expects one H x W map, got shape {prob.shape}.")
     m = prob > threshold if prob.dtype != bool else prob.copy()
-    if min_size: m = remove_small_objects(m, max_size=min_size - 1)
-    if hole_size: m = remove_small_holes(m, max_size=hole_size - 1)
-    if dilation: m = dilate(m, disk(dilation))
+    if min_size:
+        m = remove_small_objects(m, max_size=min_size - 1)
+    if hole_size:
+        m = remove_small_holes(m, max_size=hole_size - 1)
+    if dilation:
+        m = dilate(m, disk(dilation))
     return m
 
 # %% ../nbs/10_detect.ipynb #a18006a4
-def dice_iou(pred, # predicted boolean mask (H x W or N x H x W)
-             true, # true boolean mask, same shape
-            )->tuple[float, float]:
+def dice_iou(
+    pred,  # predicted boolean mask (H x W or N x H x W)
+    true,  # true boolean mask, same shape
+) -> tuple[float, float]:
     "(Dice, IoU) of two boolean masks, pooled over all pixels; (1, 1) when both are empty."
     pred, true = np.asarray(pred, bool), np.asarray(true, bool)
-    if pred.shape != true.shape: raise ValueError(f"mask shapes differ: {pred.shape} vs {true.shape}.")
+    if pred.shape != true.shape:
+        raise ValueError(f"mask shapes differ: {pred.shape} vs {true.shape}.")
     inter, a, b = np.logical_and(pred, true).sum(), pred.sum(), true.sum()
     union = a + b - inter
-    if union == 0: return 1.0, 1.0
+    if union == 0:
+        return 1.0, 1.0
     return float(2 * inter / (a + b)), float(inter / union)
 
 # %% ../nbs/10_detect.ipynb #fe2eb1b7
-DETECTOR_SETTINGS = dict(threshold=(int, float), min_size=int, hole_size=int, dilation=int, dice_weight=(int, float)) # detector.json: key -> type
+DETECTOR_SETTINGS = dict(
+    threshold=(int, float), min_size=int, hole_size=int, dilation=int, dice_weight=(int, float)
+)  # detector.json: key -> type
 
-def check_detector_settings(threshold:float=0.5, min_size:int=16, hole_size:int=64, dilation:int=2, dice_weight:float=1.0)->dict:
+
+def check_detector_settings(
+    threshold: float = 0.5, min_size: int = 16, hole_size: int = 64, dilation: int = 2, dice_weight: float = 1.0
+) -> dict:
     "The post-processing settings of `ArtifactDetector` as a dict; a ValueError for a value out of range."
-    if not 0 <= threshold <= 1: raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
     for k, v in dict(min_size=min_size, hole_size=hole_size, dilation=dilation, dice_weight=dice_weight).items():
-        if v < 0: raise ValueError(f"{k} must be >= 0, got {v}.")
+        if v < 0:
+            raise ValueError(f"{k} must be >= 0, got {v}.")
     return dict(threshold=threshold, min_size=min_size, hole_size=hole_size, dilation=dilation, dice_weight=dice_weight)
 
 # %% ../nbs/10_detect.ipynb #e55366a2
 class ArtifactDetector(nn.Module):
     "A segmentation UNet (diffusers `UNet2DModel`, 1 output channel, timestep 0) giving artifact logits."
-    def __init__(self,
-                 unet=None, # a `UNet2DModel` with 3 input and 1 output channels; None builds one from `unet_kwargs`
-                 threshold:float=0.5, # probability threshold used by `predict_mask`
-                 min_size:int=16, # clean-up: smallest artifact region kept (px)
-                 hole_size:int=64, # clean-up: largest hole filled (px)
-                 dilation:int=2, # clean-up: dilation radius (px)
-                 dice_weight:float=1.0, # weight of the soft Dice term in `training_loss`
-                 **unet_kwargs, # UNet2DModel arguments (sample_size: the tile it will run on, default 256; block_out_channels, ...)
-                ):
+
+    def __init__(
+        self,
+        unet=None,  # a `UNet2DModel` with 3 input and 1 output channels; None builds one from `unet_kwargs`
+        threshold: float = 0.5,  # probability threshold used by `predict_mask`
+        min_size: int = 16,  # clean-up: smallest artifact region kept (px)
+        hole_size: int = 64,  # clean-up: largest hole filled (px)
+        dilation: int = 2,  # clean-up: dilation radius (px)
+        dice_weight: float = 1.0,  # weight of the soft Dice term in `training_loss`
+        # UNet2DModel arguments (sample_size: the tile it will run on, default 256; block_out_channels, ...)
+        **unet_kwargs,
+    ):
         super().__init__()
         from diffusers import UNet2DModel
+
         if unet is None:
-            kw = dict(sample_size=256, block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=8,
-                      add_attention=False, down_block_types=None, up_block_types=None)
+            kw = dict(
+                sample_size=256,
+                block_out_channels=(32, 64, 128),
+                layers_per_block=1,
+                norm_num_groups=8,
+                add_attention=False,
+                down_block_types=None,
+                up_block_types=None,
+            )
             kw.update(unet_kwargs)
             n = len(kw['block_out_channels'])
             kw['down_block_types'] = kw['down_block_types'] or ('DownBlock2D',) * n
             kw['up_block_types'] = kw['up_block_types'] or ('UpBlock2D',) * n
             unet = UNet2DModel(in_channels=3, out_channels=1, **kw)
         if unet.config.in_channels != 3 or unet.config.out_channels != 1:
-            raise ValueError(f"the detector UNet needs 3 input and 1 output channels, got {unet.config.in_channels} and {unet.config.out_channels}.")
+            raise ValueError(
+                f"the detector UNet needs 3 input and 1 output channels, "
+                f"got {unet.config.in_channels} and {unet.config.out_channels}."
+            )
         self.unet = unet
         self.settings = check_detector_settings(threshold, min_size, hole_size, dilation, dice_weight)
 
     @property
-    def multiple(self)->int:
+    def multiple(self) -> int:
         "Inputs must have sides divisible by this."
         return downsample_factor(self.unet)
 
-    def forward(self, x:torch.Tensor # N x 3 x H x W in [-1, 1]
-               )->torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,  # N x 3 x H x W in [-1, 1]
+    ) -> torch.Tensor:
         "Artifact logits N x 1 x H x W."
         if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
             raise ValueError(f"input sides must be divisible by {self.multiple}, got {tuple(x.shape[-2:])}.")
         t = torch.zeros(x.shape[0], device=x.device, dtype=torch.long)
         return self.unet(x, t).sample
 
-    def training_loss(self, batch:dict # {'image': N x 3 x H x W in [-1, 1], 'mask': N x 1 x H x W in {0, 1}}
-                     )->torch.Tensor:
+    def training_loss(
+        self,
+        batch: dict,  # {'image': N x 3 x H x W in [-1, 1], 'mask': N x 1 x H x W in {0, 1}}
+    ) -> torch.Tensor:
         "Binary cross-entropy plus `dice_weight` x soft Dice loss; records the training tile size in the UNet's config."
         record_sample_size(self.unet, batch['image'])
         logits, target = self(batch['image']), batch['mask'].to(batch['image'].dtype)
         bce = F.binary_cross_entropy_with_logits(logits, target)
         p = torch.sigmoid(logits)
-        inter = (p * target).sum((1, 2, 3)); denom = p.sum((1, 2, 3)) + target.sum((1, 2, 3))
+        inter = (p * target).sum((1, 2, 3))
+        denom = p.sum((1, 2, 3)) + target.sum((1, 2, 3))
         dice = 1 - (2 * inter + 1) / (denom + 1)
         return bce + self.settings['dice_weight'] * dice.mean()
 
-    def save_pretrained(self, path:str|Path # output folder
-                       )->Path:
+    def save_pretrained(
+        self,
+        path: str | Path,  # output folder
+    ) -> Path:
         "Write the UNet (safetensors) to `path/unet` and the settings to `path/detector.json`."
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(path / 'unet')
-        with atomic_path(path / 'detector.json') as tmp: tmp.write_text(json.dumps(self.settings, indent=1))
+        with atomic_path(path / 'detector.json') as tmp:
+            tmp.write_text(json.dumps(self.settings, indent=1))
         return path
 
     @classmethod
-    def from_pretrained(cls, path:str|Path # folder written by `save_pretrained`
-                       )->'ArtifactDetector':
-        "Load a detector saved by `save_pretrained` (safetensors, no pickles); a damaged folder raises `ModelFolderError` naming the file."
+    def from_pretrained(
+        cls,
+        path: str | Path,  # folder written by `save_pretrained`
+    ) -> 'ArtifactDetector':
+        """Load a detector saved by `save_pretrained` (safetensors, no pickles); a damaged folder raises
+        `ModelFolderError` naming the file."""
         from diffusers import UNet2DModel
-        path = Path(path); f = path / 'detector.json'
-        if not f.exists(): raise FileNotFoundError(f"{path} has no detector.json; is it a saved ArtifactDetector?")
+
+        path = Path(path)
+        f = path / 'detector.json'
+        if not f.exists():
+            raise FileNotFoundError(f"{path} has no detector.json; is it a saved ArtifactDetector?")
         settings = read_json_settings(f, DETECTOR_SETTINGS)
-        try: check_detector_settings(**settings)
-        except ValueError as e: raise ModelFolderError(f"{f}: {e}") from e
+        try:
+            check_detector_settings(**settings)
+        except ValueError as e:
+            raise ModelFolderError(f"{f}: {e}") from e
         unet = load_folder(UNet2DModel.from_pretrained, path / 'unet', 'artifact detector UNet', use_safetensors=True)
-        try: return cls(unet, **settings)
-        except ValueError as e: raise ModelFolderError(f"{path / 'unet'}: {e}") from e
+        try:
+            return cls(unet, **settings)
+        except ValueError as e:
+            raise ModelFolderError(f"{path / 'unet'}: {e}") from e
 
 # %% ../nbs/10_detect.ipynb #3964e2f8
 @torch.no_grad()
-def predict_proba(detector:ArtifactDetector, # the model
-                  images, # RGB uint8 tiles N x H x W x 3 (or one H x W x 3)
-                  batch_size:int=8, # tiles per forward pass
-                 )->np.ndarray:
+def predict_proba(
+    detector: ArtifactDetector,  # the model
+    images,  # RGB uint8 tiles N x H x W x 3 (or one H x W x 3)
+    batch_size: int = 8,  # tiles per forward pass
+) -> np.ndarray:
     "Artifact probabilities, float32 N x H x W (H x W for one image); warns if the tiles are not the training size."
-    images = np.asarray(images); single = images.ndim == 3
-    if single: images = images[None]
+    images = np.asarray(images)
+    single = images.ndim == 3
+    if single:
+        images = images[None]
     check_sample_size(detector.unet.config, images.shape[1:3], 'the artifact detector')
     dev = next(detector.parameters()).device
-    was = detector.training; detector.eval()
+    was = detector.training
+    detector.eval()
     out = []
     try:
         for i in range(0, len(images), batch_size):
-            x = to_tensor(images[i:i + batch_size]).to(dev, next(detector.parameters()).dtype)
+            x = to_tensor(images[i : i + batch_size]).to(dev, next(detector.parameters()).dtype)
             out.append(torch.sigmoid(detector(x)).float().cpu().numpy()[:, 0])
-    finally: detector.train(was)
+    finally:
+        detector.train(was)
     p = np.concatenate(out) if out else np.zeros(images.shape[:3], np.float32)
     return p[0] if single else p
 
-def predict_mask(detector:ArtifactDetector, images, batch_size:int=8, **clean_kw)->np.ndarray:
+
+def predict_mask(detector: ArtifactDetector, images, batch_size: int = 8, **clean_kw) -> np.ndarray:
     "Cleaned boolean artifact masks N x H x W (settings from the detector unless given in `clean_kw`)."
     p = predict_proba(detector, images, batch_size)
-    kw = {k: v for k, v in detector.settings.items() if k != 'dice_weight'}; kw.update(clean_kw)
+    kw = {k: v for k, v in detector.settings.items() if k != 'dice_weight'}
+    kw.update(clean_kw)
     return np.stack([clean_mask(q, **kw) for q in p]) if p.ndim == 3 else clean_mask(p, **kw)
 
-def detect_image(detector:ArtifactDetector, # the model
-                 image:np.ndarray, # RGB uint8 image of any size (at least one tile)
-                 tile:int=256, # tile side (divisible by `detector.multiple`)
-                 overlap:int=32, # overlap between tiles
-                 tissue:np.ndarray|None=None, # optional boolean tissue mask at any resolution: tiles without tissue are skipped
-                 batch_size:int=8, # tiles per forward pass
-                 clean:bool=True, # return the cleaned mask (True) or the probability map (False)
-                )->np.ndarray:
+
+def detect_image(
+    detector: ArtifactDetector,  # the model
+    image: np.ndarray,  # RGB uint8 image of any size (at least one tile)
+    tile: int = 256,  # tile side (divisible by `detector.multiple`)
+    overlap: int = 32,  # overlap between tiles
+    tissue: np.ndarray
+    | None = None,  # optional boolean tissue mask at any resolution: tiles without tissue are skipped
+    batch_size: int = 8,  # tiles per forward pass
+    clean: bool = True,  # return the cleaned mask (True) or the probability map (False)
+) -> np.ndarray:
     "Artifact mask (or probability map) of a whole image, tile by tile with seam-free blending."
-    image = as_rgb_uint8(image); h, w = image.shape[:2]
+    image = as_rgb_uint8(image)
+    h, w = image.shape[:2]
     tile = min(tile, h, w) // detector.multiple * detector.multiple
     coords = tile_coords(h, w, tile, min(overlap, tile // 2))
     keep = list(range(len(coords)))
     if tissue is not None:
         ty, tx = np.asarray(tissue).shape[0] / h, np.asarray(tissue).shape[1] / w
-        keep = [i for i, (y, x) in enumerate(coords)
-                if tissue[int(y * ty):max(int(np.ceil((y + tile) * ty)), int(y * ty) + 1),
-                          int(x * tx):max(int(np.ceil((x + tile) * tx)), int(x * tx) + 1)].any()]
+        keep = [
+            i
+            for i, (y, x) in enumerate(coords)
+            if tissue[
+                int(y * ty) : max(int(np.ceil((y + tile) * ty)), int(y * ty) + 1),
+                int(x * tx) : max(int(np.ceil((x + tile) * tx)), int(x * tx) + 1),
+            ].any()
+        ]
     probs = np.zeros((len(coords), tile, tile), np.float32)
     if keep:
-        probs[keep] = predict_proba(detector, np.stack([image[y:y+tile, x:x+tile] for y, x in (coords[i] for i in keep)]), batch_size)
+        probs[keep] = predict_proba(
+            detector, np.stack([image[y : y + tile, x : x + tile] for y, x in (coords[i] for i in keep)]), batch_size
+        )
     p = stitch_tiles(probs, coords, (h, w), min(overlap, tile // 2))
-    if not clean: return p
+    if not clean:
+        return p
     kw = {k: v for k, v in detector.settings.items() if k != 'dice_weight'}
     return clean_mask(p, **kw)
 
 # %% ../nbs/10_detect.ipynb #55d4c2a8
 class SegmentationSet(torch.utils.data.Dataset):
     "Images and masks as a torch Dataset of dicts {'image': 3 x H x W in [-1, 1], 'mask': 1 x H x W}."
-    def __init__(self, images, # RGB uint8 N x H x W x 3
-                 masks, # boolean N x H x W
-                ):
+
+    def __init__(
+        self,
+        images,  # RGB uint8 N x H x W x 3
+        masks,  # boolean N x H x W
+    ):
         images, masks = np.asarray(images), np.asarray(masks)
         if len(images) != len(masks) or images.shape[1:3] != masks.shape[1:3]:
             raise ValueError(f"images {images.shape} and masks {masks.shape} do not match.")
         self.images, self.masks = images, masks.astype(bool)
-    def __len__(self): return len(self.images)
+
+    def __len__(self):
+        return len(self.images)
+
     def __getitem__(self, i):
         return {'image': to_tensor(self.images[i])[0], 'mask': mask_to_tensor(self.masks[i])[0]}
 
-def make_detection_set(tiles, # clean RGB uint8 tiles N x H x W x 3
-                       kinds=None, # artifact kinds (default: all)
-                       seed:int=0, # seed of the synthesis
-                       clean_fraction:float=0.2, # share of extra items that are clean tiles with an empty mask
-                       progress:bool=False, # tqdm bar during synthesis
-                      )->SegmentationSet:
+
+def make_detection_set(
+    tiles,  # clean RGB uint8 tiles N x H x W x 3
+    kinds=None,  # artifact kinds (default: all)
+    seed: int = 0,  # seed of the synthesis
+    clean_fraction: float = 0.2,  # share of extra items that are clean tiles with an empty mask
+    progress: bool = False,  # tqdm bar during synthesis
+) -> SegmentationSet:
     "A `SegmentationSet` of synthesized artifacts (exact masks) plus some clean tiles."
     pairs = make_paired_set(tiles, kinds=kinds, seed=seed, progress=progress)
     n_clean = int(round(len(tiles) * clean_fraction))
@@ -252,16 +341,18 @@ def make_detection_set(tiles, # clean RGB uint8 tiles N x H x W x 3
     return SegmentationSet(images, masks)
 
 # %% ../nbs/10_detect.ipynb #859f27b3
-def train_detector(tiles, # clean RGB uint8 training tiles N x H x W x 3
-                   config, # a `histodiff.train.TrainConfig`
-                   kinds=None, # artifact kinds (default: all)
-                   seed:int=0, # synthesis seed
-                   clean_fraction:float=0.2, # share of clean tiles added with empty masks
-                   detector:ArtifactDetector|None=None, # start from this model (default: a new one from `unet_kwargs`)
-                   **unet_kwargs, # UNet2DModel arguments for a new detector
-                  )->ArtifactDetector:
+def train_detector(
+    tiles,  # clean RGB uint8 training tiles N x H x W x 3
+    config,  # a `histodiff.train.TrainConfig`
+    kinds=None,  # artifact kinds (default: all)
+    seed: int = 0,  # synthesis seed
+    clean_fraction: float = 0.2,  # share of clean tiles added with empty masks
+    detector: ArtifactDetector | None = None,  # start from this model (default: a new one from `unet_kwargs`)
+    **unet_kwargs,  # UNet2DModel arguments for a new detector
+) -> ArtifactDetector:
     "Train an artifact detector on synthesized artifacts with `histodiff.train.fit`."
     from histodiff.train import fit
+
     ds = make_detection_set(tiles, kinds, seed, clean_fraction, progress=getattr(config, 'progress', False))
     if detector is None:
         torch.manual_seed(seed)
@@ -269,35 +360,40 @@ def train_detector(tiles, # clean RGB uint8 training tiles N x H x W x 3
     return fit(detector, ds, config)
 
 # %% ../nbs/10_detect.ipynb #401144ed
-def evaluate_detector(detector:ArtifactDetector, # the model
-                      tiles, # clean held-out RGB uint8 tiles N x H x W x 3
-                      kinds=None, # kinds to score (default: all)
-                      seed:int=1, # synthesis seed
-                      batch_size:int=8, # tiles per forward pass
-                     )->dict:
+def evaluate_detector(
+    detector: ArtifactDetector,  # the model
+    tiles,  # clean held-out RGB uint8 tiles N x H x W x 3
+    kinds=None,  # kinds to score (default: all)
+    seed: int = 1,  # synthesis seed
+    batch_size: int = 8,  # tiles per forward pass
+) -> dict:
     "{kind: {'dice', 'iou', 'n'}} per artifact kind, plus 'all' (pooled) and 'false_alarm' on the clean tiles."
-    kinds = list(kinds or ARTIFACT_KINDS); tiles = np.asarray(tiles)
+    kinds = list(kinds or ARTIFACT_KINDS)
+    tiles = np.asarray(tiles)
     res, preds, trues = {}, [], []
     for j, k in enumerate(kinds):
         pairs = make_paired_set(tiles, kinds=[k], seed=seed + j, progress=False)
         pred = predict_mask(detector, pairs['artifact'], batch_size)
         d, i = dice_iou(pred, pairs['mask'])
         res[k] = {'dice': d, 'iou': i, 'n': int(len(tiles))}
-        preds.append(pred); trues.append(pairs['mask'])
+        preds.append(pred)
+        trues.append(pairs['mask'])
     d, i = dice_iou(np.concatenate(preds), np.concatenate(trues))
     res['all'] = {'dice': d, 'iou': i, 'n': int(len(tiles) * len(kinds))}
     res['false_alarm'] = float(predict_mask(detector, tiles, batch_size).any((1, 2)).mean())
     return res
 
 # %% ../nbs/10_detect.ipynb #77bc6f2e
-def place_artifacts(clean:np.ndarray, # a slide level, H x W x 3 RGB uint8
-                    n_artifacts:int, # artifacts to synthesize (kinds round-robin over ARTIFACT_KINDS)
-                    size:int, # side of the window each artifact is drawn in (px)
-                    seed:int=0, # seed of the positions and the artifacts
-                   )->tuple[np.ndarray, np.ndarray, list]:
+def place_artifacts(
+    clean: np.ndarray,  # a slide level, H x W x 3 RGB uint8
+    n_artifacts: int,  # artifacts to synthesize (kinds round-robin over ARTIFACT_KINDS)
+    size: int,  # side of the window each artifact is drawn in (px)
+    seed: int = 0,  # seed of the positions and the artifacts
+) -> tuple[np.ndarray, np.ndarray, list]:
     "Seeded artifacts at tissue positions of the test region: (damaged copy, their mask, [(kind, y, x)])."
     from histodiff.artifacts import synthesize
     from histodiff.data import split_columns
+
     h, w = clean.shape[:2]
     tissue = tissue_mask(clean[::8, ::8])
     rng = np.random.default_rng(seed)
@@ -311,41 +407,63 @@ def place_artifacts(clean:np.ndarray, # a slide level, H x W x 3 RGB uint8
     for i in range(n_artifacts):
         k = rng.integers(len(ty))
         y, x = int(ty[k]), int(tx[k])
-        win, m = synthesize(damaged[y:y + size, x:x + size], kinds[i % len(kinds)], rng)
-        damaged[y:y + size, x:x + size] = win
-        mask[y:y + size, x:x + size] |= m
+        win, m = synthesize(damaged[y : y + size, x : x + size], kinds[i % len(kinds)], rng)
+        damaged[y : y + size, x : x + size] = win
+        mask[y : y + size, x : x + size] |= m
         placed.append((kinds[i % len(kinds)], y, x))
     return damaged, mask, placed
 
 # %% ../nbs/10_detect.ipynb #e0bc47d8
-def train_or_load_detector(det:dict, # the stage's detector settings: tile, channels, stride, steps, batch, lr,
-                           # threshold, init_from (nbs/pipeline/09_restore_slide.ipynb)
-                           detector_dir:str|Path, # where the detector is saved (trained) or loaded from
-                           train:bool=True, # train (or fine-tune) here; False: load `detector_dir`
-                           seed:int=0, # seed of the synthesis and the training
-                           progress:bool=True, # tqdm bars
-                          )->tuple[ArtifactDetector, dict]:
+def train_or_load_detector(
+    det: dict,  # the stage's detector settings: tile, channels, stride, steps, batch, lr,
+    # threshold, init_from (nbs/pipeline/09_restore_slide.ipynb)
+    detector_dir: str | Path,  # where the detector is saved (trained) or loaded from
+    train: bool = True,  # train (or fine-tune) here; False: load `detector_dir`
+    seed: int = 0,  # seed of the synthesis and the training
+    progress: bool = True,  # tqdm bars
+) -> tuple[ArtifactDetector, dict]:
     "The stage's detector, trained on the demo slide's training region, fine-tuned, or loaded; and what was done."
     import time
     from histodiff.modelfolder import load_trainable
+
     t0 = time.time()
-    start = load_trainable(ArtifactDetector, det['init_from'], 'detector') if train and det['init_from'] else None   # a checkpoint
+    start = (
+        load_trainable(ArtifactDetector, det['init_from'], 'detector') if train and det['init_from'] else None
+    )  # a checkpoint
     n_tiles = 0
     if train and det['steps']:
         from histodiff.data import demo_tiles
         from histodiff.train import TrainConfig
+
         tiles = demo_tiles('slide', 'train', tile=det['tile'], stride=det['stride'])
-        cfg = TrainConfig(output_dir=str(Path(detector_dir) / 'train'), max_steps=det['steps'], batch_size=det['batch'],
-                          learning_rate=det['lr'], use_ema=False, checkpoint_every=max(det['steps'] // 2, 1), seed=seed,
-                          progress=progress)
-        detector = train_detector(tiles, cfg, seed=seed, detector=start, block_out_channels=tuple(det['channels']),
-                                  layers_per_block=1, norm_num_groups=8)
+        cfg = TrainConfig(
+            output_dir=str(Path(detector_dir) / 'train'),
+            max_steps=det['steps'],
+            batch_size=det['batch'],
+            learning_rate=det['lr'],
+            use_ema=False,
+            checkpoint_every=max(det['steps'] // 2, 1),
+            seed=seed,
+            progress=progress,
+        )
+        detector = train_detector(
+            tiles,
+            cfg,
+            seed=seed,
+            detector=start,
+            block_out_channels=tuple(det['channels']),
+            layers_per_block=1,
+            norm_num_groups=8,
+        )
         n_tiles = len(tiles)
-    elif start is not None: detector = start.eval()   # 0 steps: the checkpoint as it is
-    else: detector = ArtifactDetector.from_pretrained(detector_dir)
+    elif start is not None:
+        detector = start.eval()  # 0 steps: the checkpoint as it is
+    else:
+        detector = ArtifactDetector.from_pretrained(detector_dir)
     if train and (det['steps'] or start is not None):
-        detector.save_pretrained(detector_dir)   # the one place the stage saves its detector
-    if det['threshold'] is not None: detector.settings['threshold'] = det['threshold']   # None: the detector's own
+        detector.save_pretrained(detector_dir)  # the one place the stage saves its detector
+    if det['threshold'] is not None:
+        detector.settings['threshold'] = det['threshold']  # None: the detector's own
     seconds = time.time() - t0
     how = f"{'fine-tuned' if start is not None else 'trained'} on {n_tiles} tiles" if n_tiles else 'loaded'
     print(f"detector ready in {seconds:.0f} s ({how})")

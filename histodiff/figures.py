@@ -27,36 +27,45 @@ __all__ = ['STAINING_TITLES', 'RESULT_TABLES', 'BENCHMARK_TABLES', 'FigureBook',
 @dataclass
 class FigureBook:
     "Where the figures go, what was drawn (name -> caption) and which inputs were missing."
-    profile:str='demo' # the params profile, in the titles
-    results_dir:Path=Path('results') # where the evaluation stages wrote their tables
-    figures_dir:Path=Path('results/figures') # where the figures go
-    dpi:int=120 # resolution of the PNGs
-    show:bool=False # display each saved figure (in a notebook)
-    made:dict=field(default_factory=dict) # figure name -> caption, in the order drawn
-    missing:list=field(default_factory=list) # the inputs not found
 
-    def save(self, fig, name:str, caption:str, **savefig_kw):
+    profile: str = 'demo'  # the params profile, in the titles
+    results_dir: Path = Path('results')  # where the evaluation stages wrote their tables
+    figures_dir: Path = Path('results/figures')  # where the figures go
+    dpi: int = 120  # resolution of the PNGs
+    show: bool = False  # display each saved figure (in a notebook)
+    made: dict = field(default_factory=dict)  # figure name -> caption, in the order drawn
+    missing: list = field(default_factory=list)  # the inputs not found
+
+    def save(self, fig, name: str, caption: str, **savefig_kw):
         "Save `fig` as `figures_dir/name.png` (atomically) and record its caption."
         kw = dict(dpi=self.dpi, bbox_inches='tight') | savefig_kw
-        with atomic_path(self.figures_dir/f'{name}.png') as p:
+        with atomic_path(self.figures_dir / f'{name}.png') as p:
             fig.savefig(p, format='png', **kw)
         self.made[name] = caption
         if self.show:
             from IPython.display import Image, display
-            display(Image(filename=str(self.figures_dir/f'{name}.png')))
 
-    def need(self, *paths)->bool:
+            display(Image(filename=str(self.figures_dir / f'{name}.png')))
+
+    def need(self, *paths) -> bool:
         "Whether every path exists; the missing ones are recorded."
         absent = [str(p) for p in paths if not Path(p).exists()]
         self.missing.extend(absent)
         return not absent
 
-def figure_book(profile:str='demo', # the params profile
-                results_dir:str|Path='results', # where the evaluation stages wrote their tables
-                figures_dir:str|Path='results/figures', # where the figures go (made)
-                dpi:int=120, # resolution of the PNGs
-                show:bool=False, # display each saved figure
-               )->FigureBook:
+    def table(self, name: str) -> pd.DataFrame | None:  # a CSV file under `results_dir`, e.g. 'staining/table.csv'
+        "The table, or None when it is missing (recorded)."
+        path = self.results_dir / name
+        return pd.read_csv(path) if self.need(path) else None
+
+
+def figure_book(
+    profile: str = 'demo',  # the params profile
+    results_dir: str | Path = 'results',  # where the evaluation stages wrote their tables
+    figures_dir: str | Path = 'results/figures',  # where the figures go (made)
+    dpi: int = 120,  # resolution of the PNGs
+    show: bool = False,  # display each saved figure
+) -> FigureBook:
     "A `FigureBook`, its folder made and seaborn's theme set for every figure."
     book = FigureBook(profile, Path(results_dir), Path(figures_dir), dpi, show)
     book.figures_dir.mkdir(parents=True, exist_ok=True)
@@ -64,13 +73,15 @@ def figure_book(profile:str='demo', # the params profile
     return book
 
 # %% ../nbs/17_figures.ipynb #a512a7ea
-def plot_restoration_grid(book:FigureBook, examples:int=4, # rows of the grid
-                         ):
+def plot_restoration_grid(
+    book: FigureBook,
+    examples: int = 4,  # rows of the grid
+):
     "Restoration: each method on the same synthesized artifacts (`restoration_grid.png`)."
     res, profile = book.results_dir, book.profile
-    if not book.need(res/'restoration'/'examples.npz'):
+    if not book.need(res / 'restoration' / 'examples.npz'):
         return
-    ex = np.load(res/'restoration'/'examples.npz')
+    ex = np.load(res / 'restoration' / 'examples.npz')
     names = list(ex['methods'])
     k = min(examples, len(ex['artifact']))
     cols = ['with artifact', 'mask'] + names + ['clean']
@@ -84,27 +95,35 @@ def plot_restoration_grid(book:FigureBook, examples:int=4, # rows of the grid
             if i == 0:
                 ax.set_title(cols[j], fontsize=8)
     fig.suptitle(f'Artifact restoration ({profile} profile)', y=1.0)
-    book.save(fig, 'restoration_grid',
-              'Restoration: each method on the same synthesized artifacts; pixels outside the mask are kept.')
+    book.save(
+        fig,
+        'restoration_grid',
+        'Restoration: each method on the same synthesized artifacts; pixels outside the mask are kept.',
+    )
 
-def plot_restoration_by_kind(book:FigureBook):
+
+def plot_restoration_by_kind(book: FigureBook):
     "One large artifact of each kind, every panel at full resolution (`restoration_by_kind.png`)."
     res = book.results_dir
-    if not book.need(res/'restoration'/'examples_by_kind.npz'):
+    if not book.need(res / 'restoration' / 'examples_by_kind.npz'):
         return
-    ex = np.load(res/'restoration'/'examples_by_kind.npz')
+    ex = np.load(res / 'restoration' / 'examples_by_kind.npz')
     names = list(ex['methods'])
     cols = ['damaged'] + names + ['clean']
     h, w = ex['clean'].shape[1:3]
-    if not len(ex['kinds']):   # the stage's output exists either way
+    if not len(ex['kinds']):  # the stage's output exists either way
         fig, ax = plt.subplots(figsize=(4, 1))
         ax.axis('off')
         ax.text(0.5, 0.5, 'no large artifact in the test set', ha='center')
         book.save(fig, 'restoration_by_kind', 'No fold, bubble, stain patch or blur in the evaluated test tiles.')
         return
-    fig, axs = plt.subplots(len(ex['kinds']), len(cols),
-                            figsize=(len(cols) * w / 100, len(ex['kinds']) * (h + 24) / 100 + 0.3),
-                            squeeze=False, dpi=100)
+    fig, axs = plt.subplots(
+        len(ex['kinds']),
+        len(cols),
+        figsize=(len(cols) * w / 100, len(ex['kinds']) * (h + 24) / 100 + 0.3),
+        squeeze=False,
+        dpi=100,
+    )
     for i, kind in enumerate(ex['kinds']):
         row = [ex['artifact'][i]] + [ex[f'out{j}'][i] for j in range(len(names))] + [ex['clean'][i]]
         for j, (ax, im) in enumerate(zip(axs[i], row)):
@@ -114,32 +133,44 @@ def plot_restoration_by_kind(book:FigureBook):
             ax.set_title(f'{kind}: {cols[j]}' if j == 0 else cols[j], fontsize=8)
             if j == 0:
                 ax.contour(ex['mask'][i], levels=[0.5], colors='yellow', linewidths=0.6)
-    fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.3 / fig.get_figheight(), wspace=0.02,
-                        hspace=24 / (h + 24) * 1.2)
-    book.save(fig, 'restoration_by_kind',
-              'Large artifacts (fold, bubble, stain patch, blur), each at full resolution: damaged '
-              '(artifact outlined), ' + ', '.join(names) + ', clean.',
-              dpi=100, bbox_inches=None)   # 1 image pixel = 1 figure pixel
+    fig.subplots_adjust(
+        left=0, right=1, bottom=0, top=1 - 0.3 / fig.get_figheight(), wspace=0.02, hspace=24 / (h + 24) * 1.2
+    )
+    book.save(
+        fig,
+        'restoration_by_kind',
+        'Large artifacts (fold, bubble, stain patch, blur), each at full resolution: damaged '
+        '(artifact outlined), ' + ', '.join(names) + ', clean.',
+        dpi=100,
+        bbox_inches=None,
+    )  # 1 image pixel = 1 figure pixel
 
-def plot_restoration_metrics(book:FigureBook):
+
+def plot_restoration_metrics(book: FigureBook):
     "Metric bars with 95 % intervals (`restoration_metrics.png`), seconds per tile, log scale (`seconds_per_tile.png`)."
-    res, profile = book.results_dir, book.profile
-    if not book.need(res/'restoration'/'table.csv'):
+    profile = book.profile
+    t = book.table('restoration/table.csv')
+    if t is None:
         return
-    t = pd.read_csv(res/'restoration'/'table.csv')
     mets = [m for m in ('psnr', 'psnr_artifact', 'ssim', 'fsim') if m in t]
     fig, axs = plt.subplots(1, len(mets), figsize=(4.2 * len(mets), 3.6), sharey=True)
     pal = dict(zip(t.method, sns.color_palette('tab10', len(t))))
     for ax, m in zip(np.atleast_1d(axs), mets):
-        ax.barh(t.method, t[m], xerr=[t[m] - t[f'{m}_lo'], t[f'{m}_hi'] - t[m]], color=[pal[x] for x in t.method],
-                capsize=3)
+        ax.barh(
+            t.method, t[m], xerr=[t[m] - t[f'{m}_lo'], t[f'{m}_hi'] - t[m]], color=[pal[x] for x in t.method], capsize=3
+        )
         ax.set_title(m)
         ax.invert_yaxis()
     fig.suptitle(f'Restoration metrics, mean and bootstrap 95 % CI ({profile})', y=1.02)
     book.save(fig, 'restoration_metrics', 'Restoration metrics per method (mean, bootstrap 95 % CI over test tiles).')
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(t) + 1))
-    ax.barh(t.method, t.seconds, xerr=[t.seconds - t.seconds_lo, t.seconds_hi - t.seconds],
-            color=[pal[x] for x in t.method], capsize=3)
+    ax.barh(
+        t.method,
+        t.seconds,
+        xerr=[t.seconds - t.seconds_lo, t.seconds_hi - t.seconds],
+        color=[pal[x] for x in t.method],
+        capsize=3,
+    )
     ax.set_xscale('log')
     ax.set_xlabel('seconds per tile (log scale)')
     ax.invert_yaxis()
@@ -147,13 +178,15 @@ def plot_restoration_metrics(book:FigureBook):
     book.save(fig, 'seconds_per_tile', 'Seconds per tile on the machine that ran the pipeline (log scale).')
 
 # %% ../nbs/17_figures.ipynb #73bde68d
-def plot_staining_grid(book:FigureBook, examples:int=4, # rows of the grid
-                      ):
+def plot_staining_grid(
+    book: FigureBook,
+    examples: int = 4,  # rows of the grid
+):
     "Virtual staining: H&E input, each method, the real IHC (`staining_grid.png`)."
     res, profile = book.results_dir, book.profile
-    if not book.need(res/'staining'/'examples.npz'):
+    if not book.need(res / 'staining' / 'examples.npz'):
         return
-    ex = np.load(res/'staining'/'examples.npz', allow_pickle=False)
+    ex = np.load(res / 'staining' / 'examples.npz', allow_pickle=False)
     names = list(ex['methods'])
     k = min(examples, len(ex['he']))
     cols = ['H&E input'] + names + ['real IHC']
@@ -169,15 +202,21 @@ def plot_staining_grid(book:FigureBook, examples:int=4, # rows of the grid
     fig.suptitle(f'Virtual staining ({profile} profile)', y=1.0)
     book.save(fig, 'staining_grid', 'Virtual staining: H&E input, each method, the real IHC.')
 
-STAINING_TITLES = {'accuracy': 'accuracy (binary HER2)', 'sfs': 'SFS (binary HER2)',
-                   'accuracy_4class': 'accuracy (four-class)', 'sfs_4class': 'SFS (four-class)'}
 
-def plot_staining_metrics(book:FigureBook):
+STAINING_TITLES = {
+    'accuracy': 'accuracy (binary HER2)',
+    'sfs': 'SFS (binary HER2)',
+    'accuracy_4class': 'accuracy (four-class)',
+    'sfs_4class': 'SFS (four-class)',
+}
+
+
+def plot_staining_metrics(book: FigureBook):
     "Staining metrics per method, mean and SD over the seeds (`staining_metrics.png`)."
-    res, profile = book.results_dir, book.profile
-    if not book.need(res/'staining'/'table.csv'):
+    profile = book.profile
+    t = book.table('staining/table.csv')
+    if t is None:
         return
-    t = pd.read_csv(res/'staining'/'table.csv')
     mets = [m for m in ('psnr', 'ssim', 'accuracy', 'sfs', 'accuracy_4class', 'sfs_4class') if m in t]  # binary first
     fig, axs = plt.subplots(1, len(mets), figsize=(4 * len(mets), 0.45 * len(t) + 1.5), sharey=True)
     for ax, m in zip(axs, mets):
@@ -185,57 +224,75 @@ def plot_staining_metrics(book:FigureBook):
         ax.set_title(STAINING_TITLES.get(m, m))
         ax.invert_yaxis()
     fig.suptitle(f'Virtual staining: mean and SD over sampling seeds ({profile})', y=1.03)
-    book.save(fig, 'staining_metrics', 'Staining metrics per method (mean and SD over three sampling seeds); '
-              'accuracy and SFS on binary HER2, then four-class.')
+    book.save(
+        fig,
+        'staining_metrics',
+        'Staining metrics per method (mean and SD over three sampling seeds); '
+        'accuracy and SFS on binary HER2, then four-class.',
+    )
 
-def plot_sfs_ci(book:FigureBook):
+
+def plot_sfs_ci(book: FigureBook):
     "Binary HER2 accuracy and SFS beside four-class, bootstrap 95 % CI (`sfs_ci.png`)."
     from histodiff.sfs import plot_her2_table
-    res, profile = book.results_dir, book.profile
-    if not book.need(res/'staining'/'sfs_ci_long.csv'):
+
+    profile = book.profile
+    ci = book.table('staining/sfs_ci_long.csv')
+    if ci is None:
         return
-    ci = pd.read_csv(res/'staining'/'sfs_ci_long.csv')
     fig, axs = plt.subplots(1, 2, figsize=(2 * (0.6 * ci.method.nunique() + 2), 4.2), sharey=True)
     for ax, (m, name) in zip(axs, [('acc_gen', 'accuracy on virtual IHC'), ('sfs', 'SFS')]):
         plot_her2_table(ci, [m], by='method', ax=ax, title=f'{name}, 95 % CI ({profile})')
-        ax.set_xticklabels([l.get_text().rsplit(' / ', 1)[0] for l in ax.get_xticklabels()], rotation=35, ha='right',
-                           fontsize=8)
+        ax.set_xticklabels(
+            [l.get_text().rsplit(' / ', 1)[0] for l in ax.get_xticklabels()], rotation=35, ha='right', fontsize=8
+        )
     book.save(fig, 'sfs_ci', 'Binary HER2 accuracy and SFS (headline) beside four-class, bootstrap 95 % CI.')
 
-def plot_robustness(book:FigureBook):
+
+def plot_robustness(book: FigureBook):
     "Drop of SSIM, accuracy and SFS under translation, rotation and deformation (`robustness.png`)."
-    res, profile = book.results_dir, book.profile
-    if not book.need(res/'staining'/'robustness.csv'):
+    profile = book.profile
+    r = book.table('staining/robustness.csv')
+    if r is None:
         return
-    r = pd.read_csv(res/'staining'/'robustness.csv')
     r = r[r.perturbation != 'none']
     drops = ('ssim_drop_pct', 'accuracy_drop_pct', 'sfs_drop_pct', 'accuracy_4class_drop_pct', 'sfs_4class_drop_pct')
-    long = r.melt(id_vars=['perturbation', 'level'], value_vars=[c for c in drops if c in r],
-                  var_name='metric', value_name='drop (%)')
+    long = r.melt(
+        id_vars=['perturbation', 'level'],
+        value_vars=[c for c in drops if c in r],
+        var_name='metric',
+        value_name='drop (%)',
+    )
     long['metric'] = long.metric.str.replace('_drop_pct', '')
-    g = sns.catplot(long, x='level', y='drop (%)', hue='metric', col='perturbation', kind='point', sharex=False,
-                    height=3.3)
+    g = sns.catplot(
+        long, x='level', y='drop (%)', hue='metric', col='perturbation', kind='point', sharex=False, height=3.3
+    )
     g.figure.suptitle(f'Metric drop under spatial misalignment ({profile})', y=1.04)
-    book.save(g.figure, 'robustness',
-              'Drop of SSIM, accuracy and SFS when the real IHC is translated, rotated or deformed.')
+    book.save(
+        g.figure, 'robustness', 'Drop of SSIM, accuracy and SFS when the real IHC is translated, rotated or deformed.'
+    )
 
-def plot_classifier_bias(book:FigureBook):
+
+def plot_classifier_bias(book: FigureBook):
     "Accuracy on real IHC, accuracy and SFS on virtual IHC of each classifier (`classifier_bias.png`)."
-    res, profile = book.results_dir, book.profile
-    if not book.need(res/'staining'/'classifier_bias.csv'):
+    profile = book.profile
+    b = book.table('staining/classifier_bias.csv')
+    if b is None:
         return
-    b = pd.read_csv(res/'staining'/'classifier_bias.csv')
     cols = ('accuracy_real', 'accuracy', 'sfs', 'accuracy_real_4class', 'accuracy_4class', 'sfs_4class')
     long = b.melt(id_vars='classifier', value_vars=[c for c in cols if c in b], var_name='metric')
     fig, ax = plt.subplots(figsize=(6, 3.5))
     sns.barplot(long, x='classifier', y='value', hue='metric', ax=ax)
     ax.set_ylim(0, 1.05)
     ax.set_title(f'Classifier bias: accuracy vs SFS ({profile})')
-    book.save(fig, 'classifier_bias',
-              'Under-, properly and over-fit classifiers: accuracy on real IHC, accuracy and SFS on virtual IHC.')
+    book.save(
+        fig,
+        'classifier_bias',
+        'Under-, properly and over-fit classifiers: accuracy on real IHC, accuracy and SFS on virtual IHC.',
+    )
 
 # %% ../nbs/17_figures.ipynb #080c2adc
-def plot_training_curves(book:FigureBook):
+def plot_training_curves(book: FigureBook):
     "Training loss of every model of the pipeline, from the dvclive logs, smoothed (`training_curves.png`)."
     res, profile = book.results_dir, book.profile
     curves = sorted(res.glob('**/dvclive/**/loss.tsv'))  # every run folder of every training stage
@@ -246,7 +303,7 @@ def plot_training_curves(book:FigureBook):
     for c in curves:
         d = pd.read_csv(c, sep='\t')
         parts = c.relative_to(res).parts
-        name = '/'.join(x for x in parts[:parts.index('dvclive')] if x not in ('runs',)) or c.parent.name
+        name = '/'.join(x for x in parts[: parts.index('dvclive')] if x not in ('runs',)) or c.parent.name
         ax.plot(d['step'], d['loss'].rolling(max(1, len(d) // 50), min_periods=1).mean(), label=name)
     ax.set_yscale('log')
     ax.set_xlabel('step')
@@ -255,47 +312,70 @@ def plot_training_curves(book:FigureBook):
     ax.set_title(f'Training curves ({profile})')
     book.save(fig, 'training_curves', 'Training loss of every model of the pipeline (dvclive logs, smoothed).')
 
-def slide_summary(book:FigureBook)->list[str]:
+
+def slide_summary(book: FigureBook) -> list[str]:
     "The demo slide's numbers from `metrics/detect.json` as Markdown lines, its figure joins the page ([] if missing)."
     res = book.results_dir
-    if not book.need(res/'metrics'/'detect.json', book.figures_dir/'slide_restoration.png'):
+    if not book.need(res / 'metrics' / 'detect.json', book.figures_dir / 'slide_restoration.png'):
         return []
-    d = json.loads((res/'metrics'/'detect.json').read_text())
+    d = json.loads((res / 'metrics' / 'detect.json').read_text())
     s = d['slide']
-    book.made['slide_restoration'] = ("The demo slide: clean, with synthesized artifacts, detected mask (true in red), "
-                                      f"restored by "
-                                      f"{d['restorer']}; bottom, a full-resolution zoom.")
-    rows = [('detector Dice on held-out slide tiles (synthesized artifacts)', f"{d['all']['dice']:.3f}"),
-            ('clean held-out tiles with any pixel flagged', f"{d['false_alarm']:.0%}"),
-            ('slide Dice, detected vs true mask (synthesized artifacts + marking dye)', f"{s['dice']:.3f}"),
-            ('true / detected coverage of the slide', f"{s['true_coverage']:.2%} / {s['detected_coverage']:.2%} "
-                                                       f"({s['detected_coverage'] / s['true_coverage']:.2f} x)"),
-            ('PSNR over tissue: damaged', f"{s['psnr_damaged']:.2f} dB"),
-            ('PSNR over tissue: restored from the detected mask', f"{s['psnr_restored']:.2f} dB"),
-            ('PSNR over tissue: restored from the true mask (a perfect detector)',
-             f"{s['psnr_restored_true_mask']:.2f} dB"),
-            ('tiles restored', f"{s['restored_tiles']} of {s['tiles']}")]
+    book.made['slide_restoration'] = (
+        "The demo slide: clean, with synthesized artifacts, detected mask (true in red), "
+        f"restored by "
+        f"{d['restorer']}; bottom, a full-resolution zoom."
+    )
+    rows = [
+        ('detector Dice on held-out slide tiles (synthesized artifacts)', f"{d['all']['dice']:.3f}"),
+        ('clean held-out tiles with any pixel flagged', f"{d['false_alarm']:.0%}"),
+        ('slide Dice, detected vs true mask (synthesized artifacts + marking dye)', f"{s['dice']:.3f}"),
+        (
+            'true / detected coverage of the slide',
+            f"{s['true_coverage']:.2%} / {s['detected_coverage']:.2%} "
+            f"({s['detected_coverage'] / s['true_coverage']:.2f} x)",
+        ),
+        ('PSNR over tissue: damaged', f"{s['psnr_damaged']:.2f} dB"),
+        ('PSNR over tissue: restored from the detected mask', f"{s['psnr_restored']:.2f} dB"),
+        (
+            'PSNR over tissue: restored from the true mask (a perfect detector)',
+            f"{s['psnr_restored_true_mask']:.2f} dB",
+        ),
+        ('tiles restored', f"{s['restored_tiles']} of {s['tiles']}"),
+    ]
     return ['## The demo slide', '', '| | value |', '|---|---|'] + [f'| {a} | {b} |' for a, b in rows]
 
-RESULT_TABLES = [('Restoration', 'restoration/table.md'), ('Restoration per test set', 'restoration/by_set.md'),
-                 ('Restoration by artifact kind', 'restoration/by_kind.md'),
-                 ('Downstream classification', 'restoration/downstream.md'), ('Virtual staining', 'staining/table.md'),
-                 ('Accuracy and SFS with bootstrap CI', 'staining/sfs_ci.md'),
-                 ('The sum_scale study', 'staining/sum_scale.md'),
-                 ('The released LatentArtiFusion UNet', 'released/table.md'),
-                 ('SFS robustness', 'staining/robustness.md'),
-                 ('Classifier bias', 'staining/classifier_bias.md')] # under the results folder, in the page's order
-BENCHMARK_TABLES = [('Speed of the regional pipelines', 'benchmarks/regional_speed.md'),
-                    ('Slide restoration cost', 'benchmarks/slide_cost.md')] # under the working folder
 
-def write_results_page(book:FigureBook,
-                       slide_table:list[str]=(), # from `slide_summary`
-                      )->Path:
+RESULT_TABLES = [
+    ('Restoration', 'restoration/table.md'),
+    ('Restoration per test set', 'restoration/by_set.md'),
+    ('Restoration by artifact kind', 'restoration/by_kind.md'),
+    ('Downstream classification', 'restoration/downstream.md'),
+    ('Virtual staining', 'staining/table.md'),
+    ('Accuracy and SFS with bootstrap CI', 'staining/sfs_ci.md'),
+    ('The sum_scale study', 'staining/sum_scale.md'),
+    ('The released LatentArtiFusion UNet', 'released/table.md'),
+    ('SFS robustness', 'staining/robustness.md'),
+    ('Classifier bias', 'staining/classifier_bias.md'),
+]  # under the results folder, in the page's order
+BENCHMARK_TABLES = [
+    ('Speed of the regional pipelines', 'benchmarks/regional_speed.md'),
+    ('Slide restoration cost', 'benchmarks/slide_cost.md'),
+]  # under the working folder
+
+
+def write_results_page(
+    book: FigureBook,
+    slide_table: list[str] = (),  # from `slide_summary`
+) -> Path:
     "Write `results/README.md`: every figure with its caption, every table found, the slide's numbers, what is missing."
     res = book.results_dir
-    tables = [(t, res/p) for t, p in RESULT_TABLES] + [(t, Path(p)) for t, p in BENCHMARK_TABLES]
-    page = [f'# Results of the last run (profile `{book.profile}`)', '',
-            'Generated by the `figures` stage (`nbs/pipeline/10_figures.ipynb`); regenerate with `dvc repro`.', '']
+    tables = [(t, res / p) for t, p in RESULT_TABLES] + [(t, Path(p)) for t, p in BENCHMARK_TABLES]
+    page = [
+        f'# Results of the last run (profile `{book.profile}`)',
+        '',
+        'Generated by the `figures` stage (`nbs/pipeline/10_figures.ipynb`); regenerate with `dvc repro`.',
+        '',
+    ]
     for name, caption in book.made.items():
         page += [f'![{caption}](figures/{name}.png)', '', f'*{caption}*', '']
     for title, p in tables:
@@ -305,7 +385,7 @@ def write_results_page(book:FigureBook,
         page += list(slide_table) + ['']
     if book.missing:
         page += ['Not drawn (inputs missing): ' + ', '.join(sorted(set(book.missing))), '']
-    with atomic_path(res/'README.md') as p:
+    with atomic_path(res / 'README.md') as p:
         p.write_text('\n'.join(page))
     print(f"{len(book.made)} figures; missing inputs: {sorted(set(book.missing))}")
-    return res/'README.md'
+    return res / 'README.md'

@@ -19,52 +19,73 @@ __all__ = ['PSNR_4095_OFFSET', 'SSIM_KWARGS', 'FSIM_T1', 'FSIM_T2', 'FSIM_T3', '
            'LogGaborBank', 'phase_congruency', 'fsim', 'restoration_metrics']
 
 # %% ../nbs/07_metrics.ipynb #03ba247c
-def as_image_batch(images, # one RGB uint8 image H x W x 3 or a batch N x H x W x 3
-                   name:str='image', # what to call it in error messages
-                  )->tuple[np.ndarray, bool]:
+def as_image_batch(
+    images,  # one RGB uint8 image H x W x 3 or a batch N x H x W x 3
+    name: str = 'image',  # what to call it in error messages
+) -> tuple[np.ndarray, bool]:
     "Validate `images` as RGB uint8; return an `N x H x W x 3` array and whether the input was a single image."
-    if isinstance(images, (list, tuple)): images = np.stack([as_rgb_uint8(im, name) for im in images])
+    if isinstance(images, (list, tuple)):
+        images = np.stack([as_rgb_uint8(im, name) for im in images])
     a = np.asarray(images)
-    if a.ndim in (2, 3): return as_rgb_uint8(a, name)[None], True  # as_rgb_uint8 refuses grayscale by name
-    if a.ndim != 4: raise ImageError(f"{name} must be H x W x 3 or N x H x W x 3, got shape {a.shape}.")
+    if a.ndim in (2, 3):
+        return as_rgb_uint8(a, name)[None], True  # as_rgb_uint8 refuses grayscale by name
+    if a.ndim != 4:
+        raise ImageError(f"{name} must be H x W x 3 or N x H x W x 3, got shape {a.shape}.")
     return np.stack([as_rgb_uint8(im, name) for im in a]) if a.dtype != np.uint8 or a.shape[-1] != 3 else a, False
 
+
 def _pair(x, y):
-    x, single = as_image_batch(x, 'restored'); y, single_y = as_image_batch(y, 'clean')
-    if x.shape != y.shape: raise ImageError(f"restored and clean images differ in shape: {x.shape} vs {y.shape}.")
+    x, single = as_image_batch(x, 'restored')
+    y, single_y = as_image_batch(y, 'clean')
+    if x.shape != y.shape:
+        raise ImageError(f"restored and clean images differ in shape: {x.shape} vs {y.shape}.")
     return x, y, single
 
-def _out(v, single): return float(v[0]) if single else np.asarray(v, dtype=np.float64)
 
-def as_mask_batch(mask, # bool mask H x W (shared) or N x H x W; True = artifact
-                  n:int, # batch size
-                  shape:tuple[int,int], # image height and width
-                 )->np.ndarray:
+def _out(v, single):
+    return float(v[0]) if single else np.asarray(v, dtype=np.float64)
+
+
+def as_mask_batch(
+    mask,  # bool mask H x W (shared) or N x H x W; True = artifact
+    n: int,  # batch size
+    shape: tuple[int, int],  # image height and width
+) -> np.ndarray:
     "Validate an artifact mask for a batch of `n` images of size `shape`; refuse empty masks with a clear error."
     m = np.asarray(mask)
     m = as_mask(m)[None] if m.ndim == 2 else np.stack([as_mask(x) for x in m]) if m.ndim == 3 else None
-    if m is None: raise MaskError(f"mask must be H x W or N x H x W, got shape {np.asarray(mask).shape}.")
-    if m.shape[1:] != tuple(shape): raise MaskError(f"mask size {m.shape[1:]} does not match the image size {tuple(shape)}.")
-    if len(m) == 1: m = np.broadcast_to(m, (n, *shape))
-    if len(m) != n: raise MaskError(f"{len(m)} masks for {n} images.")
+    if m is None:
+        raise MaskError(f"mask must be H x W or N x H x W, got shape {np.asarray(mask).shape}.")
+    if m.shape[1:] != tuple(shape):
+        raise MaskError(f"mask size {m.shape[1:]} does not match the image size {tuple(shape)}.")
+    if len(m) == 1:
+        m = np.broadcast_to(m, (n, *shape))
+    if len(m) != n:
+        raise MaskError(f"{len(m)} masks for {n} images.")
     empty = np.flatnonzero(~m.reshape(n, -1).any(1))
-    if len(empty): raise MaskError(f"artifact mask is empty for image(s) {empty.tolist()}: artifact-region metrics are undefined.")
+    if len(empty):
+        raise MaskError(f"artifact mask is empty for image(s) {empty.tolist()}: artifact-region metrics are undefined.")
     return m
 
 # %% ../nbs/07_metrics.ipynb #833b40bf
-def _f(x): return x.astype(np.float64) / 255.0
+def _f(x):
+    return x.astype(np.float64) / 255.0
 
-def l2(restored, # RGB uint8 image or batch
-       clean, # reference, same shape
-      ):
+
+def l2(
+    restored,  # RGB uint8 image or batch
+    clean,  # reference, same shape
+):
     "Euclidean norm of `restored - clean` over all pixels and channels, values in [0, 1]."
     x, y, single = _pair(restored, clean)
     return _out(np.sqrt(((_f(x) - _f(y)) ** 2).reshape(len(x), -1).sum(1)), single)
 
-def mse_artifact(restored, # RGB uint8 image or batch
-                 clean, # reference, same shape
-                 mask, # bool artifact mask, H x W or N x H x W, True = artifact
-                ):
+
+def mse_artifact(
+    restored,  # RGB uint8 image or batch
+    clean,  # reference, same shape
+    mask,  # bool artifact mask, H x W or N x H x W, True = artifact
+):
     "Mean squared error over the artifact pixels only, values in [0, 1]."
     x, y, single = _pair(restored, clean)
     m = as_mask_batch(mask, len(x), x.shape[1:3])
@@ -72,53 +93,75 @@ def mse_artifact(restored, # RGB uint8 image or batch
     return _out((se * m).reshape(len(x), -1).sum(1) / (3 * m.reshape(len(x), -1).sum(1)), single)
 
 # %% ../nbs/07_metrics.ipynb #0cee28da
-def _psnr_from_mse(mse): 
-    with np.errstate(divide='ignore'): return 10 * np.log10(255.0 ** 2 / np.asarray(mse, np.float64))
+def _psnr_from_mse(mse):
+    with np.errstate(divide='ignore'):
+        return 10 * np.log10(255.0**2 / np.asarray(mse, np.float64))
 
-def psnr(restored, # RGB uint8 image or batch
-         clean, # reference, same shape
-        ):
+
+def psnr(
+    restored,  # RGB uint8 image or batch
+    clean,  # reference, same shape
+):
     "Peak signal-to-noise ratio in dB, data range 255, over the whole image (`inf` for identical images)."
     x, y, single = _pair(restored, clean)
     mse = ((x.astype(np.float64) - y) ** 2).reshape(len(x), -1).mean(1)
     return _out(_psnr_from_mse(mse), single)
 
-def psnr_artifact(restored, # RGB uint8 image or batch
-                  clean, # reference, same shape
-                  mask, # bool artifact mask, True = artifact
-                 ):
+
+def psnr_artifact(
+    restored,  # RGB uint8 image or batch
+    clean,  # reference, same shape
+    mask,  # bool artifact mask, True = artifact
+):
     "PSNR in dB (data range 255) over the artifact region only."
-    return _out(_psnr_from_mse(np.atleast_1d(mse_artifact(restored, clean, mask)) * 255.0 ** 2),
-                np.asarray(restored).ndim == 3)
+    return _out(
+        _psnr_from_mse(np.atleast_1d(mse_artifact(restored, clean, mask)) * 255.0**2), np.asarray(restored).ndim == 3
+    )
 
 # %% ../nbs/07_metrics.ipynb #7eb429e8
 PSNR_4095_OFFSET = 20 * math.log10(4095 / 255)  # 24.115 dB
 
-def psnr_from_4095_peak(p, # PSNR in dB as the papers report it (peak 4095 on 8-bit images)
-                       ):
+
+def psnr_from_4095_peak(
+    p,  # PSNR in dB as the papers report it (peak 4095 on 8-bit images)
+):
     "Convert a paper's 4095-peak PSNR into the true 8-bit PSNR (subtract 20 log10(4095/255) = 24.1 dB)."
     return np.asarray(p, dtype=np.float64) - PSNR_4095_OFFSET if np.ndim(p) else float(p) - PSNR_4095_OFFSET
 
 # %% ../nbs/07_metrics.ipynb #9a7259cb
 SSIM_KWARGS = dict(data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, channel_axis=-1)
 
-def ssim(restored, # RGB uint8 image or batch
-         clean, # reference, same shape
-        ):
+
+def ssim(
+    restored,  # RGB uint8 image or batch
+    clean,  # reference, same shape
+):
     "Mean SSIM (Wang et al.: 11x11 Gaussian window, sigma 1.5, data range 255), per channel and averaged."
     from skimage.metrics import structural_similarity
+
     x, y, single = _pair(restored, clean)
-    if min(x.shape[1:3]) < 11: raise ImageError(f"SSIM needs images of at least 11x11 px, got {x.shape[1:3]}.")
+    if min(x.shape[1:3]) < 11:
+        raise ImageError(f"SSIM needs images of at least 11x11 px, got {x.shape[1:3]}.")
     return _out([structural_similarity(a, b, **SSIM_KWARGS) for a, b in zip(x, y)], single)
 
 # %% ../nbs/07_metrics.ipynb #24530ef2
-def _matlab_round(v): return int(math.floor(v + 0.5))
+def _matlab_round(v):
+    return int(math.floor(v + 0.5))
+
 
 def _centered_grid(rows, cols, dtype=torch.float64):
     "Frequency grid of Kovesi's code: ranges normalised to +/-0.5, odd and even sizes as in MATLAB."
-    def rng(n): return (torch.arange(n, dtype=dtype) - (n - 1) / 2) / (n - 1) if n % 2 else (torch.arange(n, dtype=dtype) - n // 2) / n
+
+    def rng(n):
+        return (
+            (torch.arange(n, dtype=dtype) - (n - 1) / 2) / (n - 1)
+            if n % 2
+            else (torch.arange(n, dtype=dtype) - n // 2) / n
+        )
+
     y, x = torch.meshgrid(rng(rows), rng(cols), indexing='ij')
     return x, y
+
 
 def _lowpass(rows, cols, cutoff=0.45, n=15):
     x, y = _centered_grid(rows, cols)
@@ -128,18 +171,21 @@ def _lowpass(rows, cols, cutoff=0.45, n=15):
 @dataclass(frozen=True)
 class LogGaborBank:
     "The log-Gabor filters of phase congruency (Kovesi's `phasecong2` defaults, as FSIM uses them)."
-    nscale:int=4 # number of log-Gabor scales
-    norient:int=4 # number of orientations
-    min_wavelength:float=6 # wavelength of the smallest scale filter
-    mult:float=2 # scaling between successive filters
-    sigma_onf:float=0.55 # bandwidth of the log-Gabor transfer function
-    dtheta_on_sigma:float=1.2 # angular spacing over angular sigma
-    k:float=2.0 # noise threshold in standard deviations of the noise energy
-    eps:float=1e-4 # avoids division by zero
 
-def phase_congruency(im:torch.Tensor, # N x H x W float64 luminance, 0-255
-                     bank:LogGaborBank=LogGaborBank(), # the filters and the noise threshold
-                    )->torch.Tensor:
+    nscale: int = 4  # number of log-Gabor scales
+    norient: int = 4  # number of orientations
+    min_wavelength: float = 6  # wavelength of the smallest scale filter
+    mult: float = 2  # scaling between successive filters
+    sigma_onf: float = 0.55  # bandwidth of the log-Gabor transfer function
+    dtheta_on_sigma: float = 1.2  # angular spacing over angular sigma
+    k: float = 2.0  # noise threshold in standard deviations of the noise energy
+    eps: float = 1e-4  # avoids division by zero
+
+
+def phase_congruency(
+    im: torch.Tensor,  # N x H x W float64 luminance, 0-255
+    bank: LogGaborBank = LogGaborBank(),  # the filters and the noise threshold
+) -> torch.Tensor:
     "Phase congruency maps (Kovesi's `phasecong2`, the version shipped with FSIM), batched: N x H x W in [0, 1]."
     nscale, norient, min_wavelength, mult = bank.nscale, bank.norient, bank.min_wavelength, bank.mult
     sigma_onf, dtheta_on_sigma, k, eps = bank.sigma_onf, bank.dtheta_on_sigma, bank.k, bank.eps
@@ -147,83 +193,106 @@ def phase_congruency(im:torch.Tensor, # N x H x W float64 luminance, 0-255
     theta_sigma = math.pi / norient / dtheta_on_sigma
     imfft = torch.fft.fft2(im)
     x, y = _centered_grid(rows, cols)
-    radius = torch.fft.ifftshift(torch.sqrt(x**2 + y**2)); theta = torch.fft.ifftshift(torch.atan2(-y, x))
+    radius = torch.fft.ifftshift(torch.sqrt(x**2 + y**2))
+    theta = torch.fft.ifftshift(torch.atan2(-y, x))
     radius[0, 0] = 1
     sin_t, cos_t = torch.sin(theta), torch.cos(theta)
     lp = _lowpass(rows, cols)
     log_gabor = []
     for s in range(nscale):
-        fo = 1.0 / (min_wavelength * mult ** s)
-        lg = torch.exp(-(torch.log(radius / fo)) ** 2 / (2 * math.log(sigma_onf) ** 2)) * lp
-        lg[0, 0] = 0; log_gabor.append(lg)
-    energy_all = torch.zeros_like(im); an_all = torch.zeros_like(im)
+        fo = 1.0 / (min_wavelength * mult**s)
+        lg = torch.exp(-((torch.log(radius / fo)) ** 2) / (2 * math.log(sigma_onf) ** 2)) * lp
+        lg[0, 0] = 0
+        log_gabor.append(lg)
+    energy_all = torch.zeros_like(im)
+    an_all = torch.zeros_like(im)
     for o in range(norient):
         angl = o * math.pi / norient
-        ds = sin_t * math.cos(angl) - cos_t * math.sin(angl); dc = cos_t * math.cos(angl) + sin_t * math.sin(angl)
-        spread = torch.exp(-torch.abs(torch.atan2(ds, dc)) ** 2 / (2 * theta_sigma ** 2))
-        sum_e = torch.zeros_like(im); sum_o = torch.zeros_like(im); sum_an = torch.zeros_like(im)
+        ds = sin_t * math.cos(angl) - cos_t * math.sin(angl)
+        dc = cos_t * math.cos(angl) + sin_t * math.sin(angl)
+        spread = torch.exp(-(torch.abs(torch.atan2(ds, dc)) ** 2) / (2 * theta_sigma**2))
+        sum_e = torch.zeros_like(im)
+        sum_o = torch.zeros_like(im)
+        sum_an = torch.zeros_like(im)
         eo, ifft_filters = [], []
         for s in range(nscale):
             filt = log_gabor[s] * spread
             ifft_filters.append(torch.fft.ifft2(filt).real * math.sqrt(rows * cols))
-            r = torch.fft.ifft2(imfft * filt); eo.append(r)
-            sum_an += r.abs(); sum_e += r.real; sum_o += r.imag
-            if s == 0: em_n = (filt ** 2).sum()
-        x_energy = torch.sqrt(sum_e ** 2 + sum_o ** 2) + eps
+            r = torch.fft.ifft2(imfft * filt)
+            eo.append(r)
+            sum_an += r.abs()
+            sum_e += r.real
+            sum_o += r.imag
+            if s == 0:
+                em_n = (filt**2).sum()
+        x_energy = torch.sqrt(sum_e**2 + sum_o**2) + eps
         mean_e, mean_o = sum_e / x_energy, sum_o / x_energy
         energy = torch.zeros_like(im)
         for r in eo:
             e, od = r.real, r.imag
             energy += e * mean_e + od * mean_o - torch.abs(e * mean_o - od * mean_e)
-        median_e2n = torch.quantile((eo[0].abs() ** 2).reshape(n, -1), 0.5, dim=1)  # MATLAB median (averages the middle pair)
+        median_e2n = torch.quantile(
+            (eo[0].abs() ** 2).reshape(n, -1), 0.5, dim=1
+        )  # MATLAB median (averages the middle pair)
         noise_power = -median_e2n / math.log(0.5) / em_n
-        est_sum_an2 = sum(f ** 2 for f in ifft_filters).sum()
-        est_sum_aiaj = sum(ifft_filters[i] * ifft_filters[j] for i in range(nscale - 1) for j in range(i + 1, nscale)).sum()
+        est_sum_an2 = sum(f**2 for f in ifft_filters).sum()
+        est_sum_aiaj = sum(
+            ifft_filters[i] * ifft_filters[j] for i in range(nscale - 1) for j in range(i + 1, nscale)
+        ).sum()
         est_noise_energy2 = 2 * noise_power * est_sum_an2 + 4 * noise_power * est_sum_aiaj
         tau = torch.sqrt(est_noise_energy2 / 2)
-        t = (tau * math.sqrt(math.pi / 2) + k * torch.sqrt((2 - math.pi / 2) * tau ** 2)) / 1.7
+        t = (tau * math.sqrt(math.pi / 2) + k * torch.sqrt((2 - math.pi / 2) * tau**2)) / 1.7
         energy_all += torch.clamp(energy - t[:, None, None], min=0)
         an_all += sum_an
     return energy_all / (an_all + 1e-300)  # MATLAB divides by AnAll alone (NaN on a constant image)
 
 # %% ../nbs/07_metrics.ipynb #8b41903d
-def _box_downsample(x:torch.Tensor, f:int)->torch.Tensor:
+def _box_downsample(x: torch.Tensor, f: int) -> torch.Tensor:
     "MATLAB `conv2(x, ones(f)/f^2, 'same')` followed by `x(1:f:end, 1:f:end)`, batched (N x C x H x W)."
-    if f == 1: return x
+    if f == 1:
+        return x
     x = F.pad(x, ((f - 1) // 2, f // 2, (f - 1) // 2, f // 2))
     return F.avg_pool2d(x, f, stride=f)  # padded length H + f - 1 gives ceil(H / f) windows, as 1:f:H
 
-_SCHARR = torch.tensor([[3., 0, -3], [10, 0, -10], [3, 0, -3]], dtype=torch.float64) / 16
 
-def _gradient_magnitude(y:torch.Tensor)->torch.Tensor:
+_SCHARR = torch.tensor([[3.0, 0, -3], [10, 0, -10], [3, 0, -3]], dtype=torch.float64) / 16
+
+
+def _gradient_magnitude(y: torch.Tensor) -> torch.Tensor:
     "Scharr gradient magnitude with MATLAB `conv2(..., 'same')` (true convolution, zero padding); N x H x W."
     k = torch.stack([_SCHARR, _SCHARR.T]).flip(-1, -2)[:, None]  # conv2 flips the kernel; conv2d correlates
     g = F.conv2d(y[:, None], k, padding=1)
-    return torch.sqrt((g ** 2).sum(1))
+    return torch.sqrt((g**2).sum(1))
 
 # %% ../nbs/07_metrics.ipynb #49a9cbcf
 FSIM_T1, FSIM_T2, FSIM_T3, FSIM_T4, FSIM_LAMBDA = 0.85, 160.0, 200.0, 200.0, 0.03
 
-def _yiq(x:torch.Tensor)->torch.Tensor:
+
+def _yiq(x: torch.Tensor) -> torch.Tensor:
     "N x H x W x 3 (0-255) to N x 3 x H x W YIQ, coefficients of FeatureSIM.m."
     m = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
     return torch.einsum('nhwc,kc->nkhw', x, m)
 
-def fsim(restored, # RGB uint8 image or batch
-         clean, # reference, same shape
-         chromatic:bool=True, # FSIMc (True, the default) or luminance-only FSIM
-        ):
+
+def fsim(
+    restored,  # RGB uint8 image or batch
+    clean,  # reference, same shape
+    chromatic: bool = True,  # FSIMc (True, the default) or luminance-only FSIM
+):
     "FSIMc of Zhang et al. 2011 (phase congruency, Scharr gradient, YIQ chroma; downsampling of FeatureSIM.m)."
     x, y, single = _pair(restored, clean)
     rows, cols = x.shape[1:3]
     f = max(1, _matlab_round(min(rows, cols) / 256))
-    a = _box_downsample(_yiq(torch.from_numpy(x).double()), f); b = _box_downsample(_yiq(torch.from_numpy(y).double()), f)
-    if min(a.shape[-2:]) < 8: raise ImageError(f"FSIM needs images of at least 8x8 px after downsampling, got {tuple(a.shape[-2:])}.")
+    a = _box_downsample(_yiq(torch.from_numpy(x).double()), f)
+    b = _box_downsample(_yiq(torch.from_numpy(y).double()), f)
+    if min(a.shape[-2:]) < 8:
+        raise ImageError(f"FSIM needs images of at least 8x8 px after downsampling, got {tuple(a.shape[-2:])}.")
     pc1, pc2 = phase_congruency(a[:, 0]), phase_congruency(b[:, 0])
     g1, g2 = _gradient_magnitude(a[:, 0]), _gradient_magnitude(b[:, 0])
-    s_pc = (2 * pc1 * pc2 + FSIM_T1) / (pc1 ** 2 + pc2 ** 2 + FSIM_T1)
-    s_g = (2 * g1 * g2 + FSIM_T2) / (g1 ** 2 + g2 ** 2 + FSIM_T2)
-    pcm = torch.maximum(pc1, pc2); rest = s_g * s_pc
+    s_pc = (2 * pc1 * pc2 + FSIM_T1) / (pc1**2 + pc2**2 + FSIM_T1)
+    s_g = (2 * g1 * g2 + FSIM_T2) / (g1**2 + g2**2 + FSIM_T2)
+    pcm = torch.maximum(pc1, pc2)
+    rest = s_g * s_pc
     if chromatic:
         s_i = (2 * a[:, 1] * b[:, 1] + FSIM_T3) / (a[:, 1] ** 2 + b[:, 1] ** 2 + FSIM_T3)
         s_q = (2 * a[:, 2] * b[:, 2] + FSIM_T4) / (a[:, 2] ** 2 + b[:, 2] ** 2 + FSIM_T4)
@@ -234,12 +303,16 @@ def fsim(restored, # RGB uint8 image or batch
     return _out(score.numpy(), single)
 
 # %% ../nbs/07_metrics.ipynb #44890cbc
-def restoration_metrics(restored, # RGB uint8 image or batch
-                        clean, # reference, same shape
-                        mask=None, # bool artifact mask (True = artifact), or None to skip the region metrics
-                       )->dict:
+def restoration_metrics(
+    restored,  # RGB uint8 image or batch
+    clean,  # reference, same shape
+    mask=None,  # bool artifact mask (True = artifact), or None to skip the region metrics
+) -> dict:
     "All restoration metrics of SPEC section 5: l2, mse_artifact, psnr, psnr_artifact, ssim, fsim."
-    out = dict(l2=l2(restored, clean), psnr=psnr(restored, clean), ssim=ssim(restored, clean), fsim=fsim(restored, clean))
+    out = dict(
+        l2=l2(restored, clean), psnr=psnr(restored, clean), ssim=ssim(restored, clean), fsim=fsim(restored, clean)
+    )
     if mask is not None:
-        out['mse_artifact'] = mse_artifact(restored, clean, mask); out['psnr_artifact'] = psnr_artifact(restored, clean, mask)
+        out['mse_artifact'] = mse_artifact(restored, clean, mask)
+        out['psnr_artifact'] = psnr_artifact(restored, clean, mask)
     return out

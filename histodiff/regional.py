@@ -14,13 +14,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from diffusers import (DiffusionPipeline, UNet2DModel, AutoencoderKL, DDPMScheduler, DDIMScheduler,
-                       DPMSolverMultistepScheduler)
+from diffusers import (
+    DiffusionPipeline,
+    UNet2DModel,
+    AutoencoderKL,
+    DDPMScheduler,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+)
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .core import (ImageError, MaskError, as_rgb_uint8, check_mask, to_tensor, from_tensor, make_generator,
-                            warn_empty_mask, downsample_factor)
+from histodiff.core import (
+    ImageError,
+    MaskError,
+    as_rgb_uint8,
+    check_mask,
+    to_tensor,
+    from_tensor,
+    make_generator,
+    warn_empty_mask,
+    downsample_factor,
+)
 from .train import check_sample_size
 
 # %% auto #0
@@ -30,60 +45,73 @@ __all__ = ['SAMPLERS', 'latent_mask', 'dilate_disk', 'gaussian_blur', 'paste_alp
            'load_regional_pipeline']
 
 # %% ../nbs/05_regional.ipynb #e8895f11
-def latent_mask(mask:torch.Tensor, # N x 1 x H x W float {0, 1} pixel mask, 1 = artifact
-                factor:int, # downsample factor f of the encoder (1 in pixel space)
-                dilation:int=1, # extra latent pixels around the pooled mask
-               )->torch.Tensor:
+def latent_mask(
+    mask: torch.Tensor,  # N x 1 x H x W float {0, 1} pixel mask, 1 = artifact
+    factor: int,  # downsample factor f of the encoder (1 in pixel space)
+    dilation: int = 1,  # extra latent pixels around the pooled mask
+) -> torch.Tensor:
     "Max-pool the pixel mask with kernel = stride = `factor`, then dilate by `dilation` latent pixels."
     if mask.shape[-1] % factor or mask.shape[-2] % factor:
         raise MaskError(f"mask size {tuple(mask.shape[-2:])} is not divisible by the downsample factor {factor}.")
     m = F.max_pool2d(mask.float(), factor, factor) if factor > 1 else mask.float()
-    if dilation > 0: m = F.max_pool2d(m, 2 * dilation + 1, 1, dilation)
+    if dilation > 0:
+        m = F.max_pool2d(m, 2 * dilation + 1, 1, dilation)
     return m
 
 # %% ../nbs/05_regional.ipynb #7d8b8d47
-def _disk(r:int)->np.ndarray:
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+def _disk(r: int) -> np.ndarray:
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
     return x * x + y * y <= r * r
 
-def _disk_rects(r:int)->list[tuple[int, int]]:
+
+def _disk_rects(r: int) -> list[tuple[int, int]]:
     "(half-height, half-width) of the maximal rectangles whose union is `_disk(r)`; widths up, heights down."
     ws = [math.isqrt(r * r - dy * dy) for dy in range(r + 1)]
     return [(max(dy for dy in range(r + 1) if ws[dy] >= w), w) for w in sorted(set(ws))]
 
-def _max1d(x:torch.Tensor, w:int, dim:int)->torch.Tensor:
-    "Max over the window [-w, w] along `dim` (dim -1 or -2; nothing outside the tensor), by doubling: about 2 log2(w) maxima."
-    if w <= 0: return x
-    p, k = F.pad(x, (w, w) if dim == -1 else (0, 0, w, w)), 0 # zero-padded by w: border pixels keep their whole window
-    while k < w: # p[i]: the max of x over [-k, k] around pixel i - (w - k); each step trims s per side
-        s = min(2 * k + 1, w - k) # the window [-k, k] shifted by -s, 0 and +s covers [-k-s, k+s] without a gap
+
+def _max1d(x: torch.Tensor, w: int, dim: int) -> torch.Tensor:
+    """Max over the window [-w, w] along `dim` (dim -1 or -2; nothing outside the tensor), by doubling:
+    about 2 log2(w) maxima."""
+    if w <= 0:
+        return x
+    p, k = F.pad(x, (w, w) if dim == -1 else (0, 0, w, w)), 0  # zero-padded by w: border pixels keep their whole window
+    while k < w:  # p[i]: the max of x over [-k, k] around pixel i - (w - k); each step trims s per side
+        s = min(2 * k + 1, w - k)  # the window [-k, k] shifted by -s, 0 and +s covers [-k-s, k+s] without a gap
         n = p.shape[dim]
         q = torch.maximum(p.narrow(dim, 0, n - s), p.narrow(dim, s, n - s))
         p, k = torch.maximum(q.narrow(dim, 0, n - 2 * s), q.narrow(dim, s, n - 2 * s)), k + s
     return p
 
-def dilate_disk(m:torch.Tensor, # ... x H x W mask, bool (or {0, 1} of any dtype)
-                r:int, # radius of the disk structuring element (0: no-op)
-               )->torch.Tensor:
-    "Binary dilation with `_disk(r)`, exactly scipy's `binary_dilation`: a union of rectangles (separable maxima), Horner-style."
-    if r <= 0: return m
+
+def dilate_disk(
+    m: torch.Tensor,  # ... x H x W mask, bool (or {0, 1} of any dtype)
+    r: int,  # radius of the disk structuring element (0: no-op)
+) -> torch.Tensor:
+    """Binary dilation with `_disk(r)`, exactly scipy's `binary_dilation`: a union of rectangles (separable maxima),
+    Horner-style."""
+    if r <= 0:
+        return m
     out, hp, a, wp = None, 0, m, 0
-    for h, w in _disk_rects(r): # the horizontal windows grow incrementally, the vertical ones shrink
-        a = _max1d(a, w - wp, -1); wp = w
+    for h, w in _disk_rects(r):  # the horizontal windows grow incrementally, the vertical ones shrink
+        a = _max1d(a, w - wp, -1)
+        wp = w
         out = a if out is None else torch.maximum(a, _max1d(out, hp - h, -2))
         hp = h
     return _max1d(out, hp, -2)
 
 # %% ../nbs/05_regional.ipynb #6044413f
-def _reflect_index(n:int, r:int, device=None)->torch.Tensor:
+def _reflect_index(n: int, r: int, device=None) -> torch.Tensor:
     "Indices -r..n+r-1 folded into 0..n-1 as scipy's mode='reflect' (d c b a | a b c d | d c b a)."
     i = torch.arange(-r, n + r, device=device) % (2 * n)
     return torch.where(i >= n, 2 * n - 1 - i, i)
 
-def gaussian_blur(x:torch.Tensor, # ... x H x W float
-                  sigma:float, # px
-                  truncate:float=2.0, # kernel radius = int(truncate * sigma + 0.5), as scipy
-                 )->torch.Tensor:
+
+def gaussian_blur(
+    x: torch.Tensor,  # ... x H x W float
+    sigma: float,  # px
+    truncate: float = 2.0,  # kernel radius = int(truncate * sigma + 0.5), as scipy
+) -> torch.Tensor:
     "`scipy.ndimage.gaussian_filter` over the last two axes (rows, then columns; 'reflect' border) in x's dtype."
     r = int(truncate * sigma + 0.5)
     w = [math.exp(-0.5 / (sigma * sigma) * (k * k)) for k in range(-r, r + 1)]
@@ -92,21 +120,26 @@ def gaussian_blur(x:torch.Tensor, # ... x H x W float
         n = x.shape[dim]
         xp = x.index_select(dim, _reflect_index(n, r, x.device))
         x = xp.narrow(dim, 0, n) * w[0]
-        for k in range(1, 2 * r + 1): x.add_(xp.narrow(dim, k, n), alpha=w[k])
+        for k in range(1, 2 * r + 1):
+            x.add_(xp.narrow(dim, k, n), alpha=w[k])
     return x
 
 # %% ../nbs/05_regional.ipynb #ec6e1c1c
-def paste_alpha(mask:np.ndarray|torch.Tensor, # H x W (or N x H x W) artifact mask, True = artifact
-                pixel_dilation:int=8, # px: outside the mask dilated by this much, the input is kept byte for byte
-                feather:float=2.0, # px: sigma of the Gaussian ramp at the border (0 = hard edge)
-               )->np.ndarray|torch.Tensor:
-    "Float32 alpha for pasting a generated image: 1 on the mask, feathered, 0 outside the dilated mask; on the mask's device."
-    if pixel_dilation < 0 or feather < 0: raise ValueError("pixel_dilation and feather must be >= 0.")
+def paste_alpha(
+    mask: np.ndarray | torch.Tensor,  # H x W (or N x H x W) artifact mask, True = artifact
+    pixel_dilation: int = 8,  # px: outside the mask dilated by this much, the input is kept byte for byte
+    feather: float = 2.0,  # px: sigma of the Gaussian ramp at the border (0 = hard edge)
+) -> np.ndarray | torch.Tensor:
+    """Float32 alpha for pasting a generated image: 1 on the mask, feathered, 0 outside the dilated mask;
+    on the mask's device."""
+    if pixel_dilation < 0 or feather < 0:
+        raise ValueError("pixel_dilation and feather must be >= 0.")
     if not isinstance(mask, torch.Tensor):
         return paste_alpha(torch.from_numpy(np.asarray(mask, bool)), pixel_dilation, feather).cpu().numpy()
     m = mask.bool()
     outer = dilate_disk(m, pixel_dilation)
-    if feather <= 0: return outer.float()
+    if feather <= 0:
+        return outer.float()
     r_in = max(pixel_dilation - math.ceil(2 * feather), 0)
     a = gaussian_blur(dilate_disk(m, r_in).float(), feather)
     return a.clamp_(0, 1).mul_(outer).masked_fill_(m, 1.0)
@@ -115,14 +148,17 @@ def paste_alpha(mask:np.ndarray|torch.Tensor, # H x W (or N x H x W) artifact ma
 def _reference_paste_alpha(mask, pixel_dilation=8, feather=2.0):
     "REFERENCE ONLY, for tests: the former per-image NumPy/SciPy `paste_alpha` (not used by the pipelines)."
     from scipy import ndimage as ndi
+
     mask = np.asarray(mask, bool)
     outer = ndi.binary_dilation(mask, _disk(pixel_dilation)) if pixel_dilation > 0 else mask.copy()
-    if feather <= 0: return outer.astype(np.float32)
+    if feather <= 0:
+        return outer.astype(np.float32)
     r_in = max(pixel_dilation - int(np.ceil(2 * feather)), 0)
     inner = ndi.binary_dilation(mask, _disk(r_in)) if r_in > 0 else mask
     a = np.clip(ndi.gaussian_filter(inner.astype(np.float32), feather, truncate=2.0), 0, 1) * outer
     a[mask] = 1.0
     return a.astype(np.float32)
+
 
 def _reference_paste_back(gen8, u8, alpha):
     "REFERENCE ONLY, for tests: the former float64 NumPy blend of uint8 H x W x 3 images with an H x W alpha."
@@ -131,10 +167,12 @@ def _reference_paste_back(gen8, u8, alpha):
     return np.where(an > 0, blend, u8)
 
 # %% ../nbs/05_regional.ipynb #862a5cad
-def _windows(ms:np.ndarray, # N x H x W bool masks (host)
-             margin:int, # px around each mask's bounding box
-            )->tuple[np.ndarray, np.ndarray]:
-    "Rows (N x h) and columns (N x w) of one window per image, all of the same size, holding its mask's box grown by `margin`."
+def _windows(
+    ms: np.ndarray,  # N x H x W bool masks (host)
+    margin: int,  # px around each mask's bounding box
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (N x h) and columns (N x w) of one window per image, all of the same size,
+    holding its mask's box grown by `margin`."""
     out = []
     for ax, n in ((2, ms.shape[1]), (1, ms.shape[2])):
         hit = ms.any(ax)
@@ -145,138 +183,180 @@ def _windows(ms:np.ndarray, # N x H x W bool masks (host)
     return tuple(out)
 
 # %% ../nbs/05_regional.ipynb #58a4cdb3
-def paste_back(gen:torch.Tensor, # N x 3 x H x W generated images, [-1, 1] (any float dtype)
-               x:torch.Tensor, # the inputs on gen's device: N x H x W x 3 uint8, or N x 3 x H x W float in [-1, 1]
-               masks:np.ndarray, # N x H x W bool artifact masks (host)
-               pixel_dilation:int=8, # px: outside the dilated mask the output is `x` exactly
-               feather:float=2.0, # px, Gaussian sigma of the ramp
-              )->tuple[torch.Tensor, torch.Tensor]:
+def paste_back(
+    gen: torch.Tensor,  # N x 3 x H x W generated images, [-1, 1] (any float dtype)
+    x: torch.Tensor,  # the inputs on gen's device: N x H x W x 3 uint8, or N x 3 x H x W float in [-1, 1]
+    masks: np.ndarray,  # N x H x W bool artifact masks (host)
+    pixel_dilation: int = 8,  # px: outside the dilated mask the output is `x` exactly
+    feather: float = 2.0,  # px, Gaussian sigma of the ramp
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Batched paste-back on gen's device: (output shaped and typed as `x`, N x H x W float32 alpha)."
     ms, dev = np.asarray(masks, bool), gen.device
     N, H, W = ms.shape
     u8 = x.dtype == torch.uint8
-    xh = x if u8 else x.permute(0, 2, 3, 1) # N x H x W x 3 views
+    xh = x if u8 else x.permute(0, 2, 3, 1)  # N x H x W x 3 views
     out, alpha = xh.clone(), torch.zeros(N, H, W, device=dev)
-    if not ms.any(): return (out if u8 else out.permute(0, 3, 1, 2)), alpha
-    rad = int(2.0 * feather + 0.5) if feather > 0 else 0 # the Gaussian's reach; the window holds it whole
+    if not ms.any():
+        return (out if u8 else out.permute(0, 3, 1, 2)), alpha
+    rad = int(2.0 * feather + 0.5) if feather > 0 else 0  # the Gaussian's reach; the window holds it whole
     rows, cols = _windows(ms, pixel_dilation + rad)
-    ih = (np.arange(N)[:, None, None], rows[:, :, None], cols[:, None, :]) # the windows, on the host and on the device
+    ih = (np.arange(N)[:, None, None], rows[:, :, None], cols[:, None, :])  # the windows, on the host and on the device
     ii = tuple(torch.from_numpy(i).to(dev) for i in ih)
     a = paste_alpha(torch.from_numpy(ms[ih]).to(dev), pixel_dilation, feather)
     g, xw, aw = gen.permute(0, 2, 3, 1)[ii].float().clamp_(-1, 1), xh[ii], a[..., None]
-    if u8: # round the generated image first (as `from_tensor`), then blend 8-bit values: u + a (g - u)
+    if u8:  # round the generated image first (as `from_tensor`), then blend 8-bit values: u + a (g - u)
         u = xw.float()
         blend = g.add_(1).mul_(127.5).round_().sub_(u).mul_(aw).add_(u).round_().to(torch.uint8)
-    else: blend = aw * g + (1 - aw) * xw
+    else:
+        blend = aw * g + (1 - aw) * xw
     out[ii] = torch.where(aw > 0, blend, xw)
     alpha[ii] = a
     return (out if u8 else out.permute(0, 3, 1, 2)), alpha
 
 # %% ../nbs/05_regional.ipynb #56d0b595
-def _to_host(*ts:torch.Tensor, # tensors on one device
-             pack:bool|None=None, # pack the bytes into one transfer (None: unless all are on the CPU already)
-            )->list[np.ndarray]:
+def _to_host(
+    *ts: torch.Tensor,  # tensors on one device
+    pack: bool | None = None,  # pack the bytes into one transfer (None: unless all are on the CPU already)
+) -> list[np.ndarray]:
     "NumPy copies of device tensors with ONE device-to-host transfer (their bytes packed back to back)."
-    if not (any(t.device.type != 'cpu' for t in ts) if pack is None else pack): return [t.contiguous().numpy() for t in ts]
-    order = sorted(range(len(ts)), key=lambda i: -ts[i].element_size()) # widest first: every slice stays aligned
+    if not (any(t.device.type != 'cpu' for t in ts) if pack is None else pack):
+        return [t.contiguous().numpy() for t in ts]
+    order = sorted(range(len(ts)), key=lambda i: -ts[i].element_size())  # widest first: every slice stays aligned
     flat = {i: ts[i].contiguous().reshape(-1).view(torch.uint8) for i in order}
     host, out, o = torch.cat([flat[i] for i in order]).cpu(), [None] * len(ts), 0
     for i in order:
         n = flat[i].numel()
-        out[i] = host[o:o + n].view(ts[i].dtype).reshape(ts[i].shape).numpy(); o += n
+        out[i] = host[o : o + n].view(ts[i].dtype).reshape(ts[i].shape).numpy()
+        o += n
     return out
 
 # %% ../nbs/05_regional.ipynb #34f09e5e
-def _pad_to(x:torch.Tensor, # N x H x W x 3 uint8 images, or N x 3 x H x W float ones
-            ms:np.ndarray, # N x H x W bool masks (host)
-            multiple:int, # the sides are padded up to multiples of this
-           )->tuple[torch.Tensor, np.ndarray]:
-    "Images mirrored and masks padded with False (known context), at the bottom and right, to sides divisible by `multiple`."
+def _pad_to(
+    x: torch.Tensor,  # N x H x W x 3 uint8 images, or N x 3 x H x W float ones
+    ms: np.ndarray,  # N x H x W bool masks (host)
+    multiple: int,  # the sides are padded up to multiples of this
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Images mirrored and masks padded with False (known context), at the bottom and right,
+    to sides divisible by `multiple`."""
     H, W = ms.shape[1:]
     ph, pw = -H % multiple, -W % multiple
-    if not (ph or pw): return x, ms
+    if not (ph or pw):
+        return x, ms
     hd, wd = (1, 2) if x.dtype == torch.uint8 else (2, 3)
     x = x.index_select(hd, _reflect_index(H, ph, x.device)[ph:]).index_select(wd, _reflect_index(W, pw, x.device)[pw:])
     return x, np.pad(ms, ((0, 0), (0, ph), (0, pw)))
 
 # %% ../nbs/05_regional.ipynb #26f0edad
-def repaint_levels(n:int, # number of inference steps N
-                   jump_length:int|None=0, # steps to go back up per jump (0/None: no jumps)
-                   jump_n_sample:int=1, # times each stretch is run (1: no jumps)
-                  )->list[int]:
+def repaint_levels(
+    n: int,  # number of inference steps N
+    jump_length: int | None = 0,  # steps to go back up per jump (0/None: no jumps)
+    jump_n_sample: int = 1,  # times each stretch is run (1: no jumps)
+) -> list[int]:
     "The sequence of levels N, ..., 0 visited by RePaint's jump schedule; without jumps N, N-1, ..., 0."
-    if not jump_length or jump_n_sample <= 1: return list(range(n, -1, -1))
+    if not jump_length or jump_n_sample <= 1:
+        return list(range(n, -1, -1))
     jumps = {j: jump_n_sample - 1 for j in range(0, n - jump_length, jump_length)}
     t, levels = n, [n]
     while t >= 1:
-        t -= 1; levels.append(t)
+        t -= 1
+        levels.append(t)
         if jumps.get(t, 0) > 0:
             jumps[t] -= 1
-            for _ in range(jump_length): t += 1; levels.append(t)
+            for _ in range(jump_length):
+                t += 1
+                levels.append(t)
     return levels
 
-def unet_calls(levels:Sequence[int])->int:
+
+def unet_calls(levels: Sequence[int]) -> int:
     "Number of UNet calls (steps down) in a level sequence."
     return sum(b < a for a, b in zip(levels[:-1], levels[1:]))
 
 # %% ../nbs/05_regional.ipynb #fde08e4c
-def _alpha_bar(scheduler, t)->float:
+def _alpha_bar(scheduler, t) -> float:
     return float(scheduler.alphas_cumprod[int(t)])
 
-def sampling_timesteps(scheduler, # any diffusers scheduler
-                       num_inference_steps:int, # steps of the full schedule
-                       strength:float=1.0, # fraction of the schedule to run, the part that ends at t = 0: 1 = all of it
-                       device=None,
-                      )->torch.Tensor:
-    "The scheduler's timesteps for `num_inference_steps`, keeping the last `strength` of them (diffusers img2img's rule)."
-    if not 0 < strength <= 1: raise ValueError(f"strength must be in (0, 1], got {strength}.")
-    if num_inference_steps < 1: raise ValueError("num_inference_steps must be >= 1.")
+
+def sampling_timesteps(
+    scheduler,  # any diffusers scheduler
+    num_inference_steps: int,  # steps of the full schedule
+    strength: float = 1.0,  # fraction of the schedule to run, the part that ends at t = 0: 1 = all of it
+    device=None,
+) -> torch.Tensor:
+    """The scheduler's timesteps for `num_inference_steps`,
+    keeping the last `strength` of them (diffusers img2img's rule)."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}.")
+    if num_inference_steps < 1:
+        raise ValueError("num_inference_steps must be >= 1.")
     scheduler.set_timesteps(num_inference_steps, device=device)
     k = int(num_inference_steps * strength)
-    if k < 1: raise ValueError(f"strength {strength} of {num_inference_steps} steps leaves no step; raise either.")
+    if k < 1:
+        raise ValueError(f"strength {strength} of {num_inference_steps} steps leaves no step; raise either.")
     begin = (num_inference_steps - k) * getattr(scheduler, 'order', 1)
-    if begin and hasattr(scheduler, 'set_begin_index'): scheduler.set_begin_index(begin)
+    if begin and hasattr(scheduler, 'set_begin_index'):
+        scheduler.set_begin_index(begin)
     return scheduler.timesteps[begin:]
+
 
 @dataclass
 class RegionalSettings:
     "How regional sampling treats the known region, where it starts, RePaint jumps, strength, and the paste-back."
-    keep:str='diffused' # known region: 'diffused' (add_noise of z0, fresh eps each step) or 'clean' (z0, the released code)
-    start:str='noise' # z_T: 'noise' (N(0, I)) or 'encoded' (z0 noised to the first timestep, the released code)
-    jump_length:int|None=0 # RePaint jump length (0/None: off)
-    jump_n_sample:int=1 # RePaint resampling count (1: off)
-    strength:float=1.0 # run the last `strength` of the schedule from z0 noised to its first step (< 1: start='encoded')
-    latent_dilation:int|None=None # pipelines: latent pixels added around the pooled mask (None: the class default)
-    pixel_dilation:int=8 # pipelines: px; outside the mask dilated by this, the output is the input byte for byte
-    feather:float=2.0 # pipelines: px, Gaussian sigma of the paste-back ramp
-    progress:bool=True # pipelines: show a tqdm bar
-    callback_on_step_end:Callable|None=None # f(step, timestep, dict(z_in, eps, z0, mask, noise_pred, z)) after each UNet call
-    progress_bar:Callable|None=None # f(total=...) -> context manager with .update(), e.g. tqdm (the pipelines set it)
 
-def regional_sample(unet:torch.nn.Module, # noise model, called as unet(z, t).sample
-                    scheduler, # any diffusers scheduler
-                    z0:torch.Tensor, # N x C x h x w clean latents (or pixels in [-1, 1])
-                    mask:torch.Tensor, # N x 1 x h x w {0, 1}, 1 = regenerate
-                    num_inference_steps:int=50, # scheduler steps
-                    generator:torch.Generator|None=None, # the only source of randomness
-                    settings:RegionalSettings|None=None, # keep, start, jumps, strength, callback, progress bar
-                    **changes, # fields of `settings` to change, e.g. keep='clean', strength=0.5
-                   )->torch.Tensor:
+    keep: str = (
+        'diffused'  # known region: 'diffused' (add_noise of z0, fresh eps each step) or 'clean' (z0, the released code)
+    )
+    start: str = 'noise'  # z_T: 'noise' (N(0, I)) or 'encoded' (z0 noised to the first timestep, the released code)
+    jump_length: int | None = 0  # RePaint jump length (0/None: off)
+    jump_n_sample: int = 1  # RePaint resampling count (1: off)
+    strength: float = (
+        1.0  # run the last `strength` of the schedule from z0 noised to its first step (< 1: start='encoded')
+    )
+    latent_dilation: int | None = (
+        None  # pipelines: latent pixels added around the pooled mask (None: the class default)
+    )
+    pixel_dilation: int = 8  # pipelines: px; outside the mask dilated by this, the output is the input byte for byte
+    feather: float = 2.0  # pipelines: px, Gaussian sigma of the paste-back ramp
+    progress: bool = True  # pipelines: show a tqdm bar
+    callback_on_step_end: Callable | None = (
+        None  # f(step, timestep, dict(z_in, eps, z0, mask, noise_pred, z)) after each UNet call
+    )
+    progress_bar: Callable | None = (
+        None  # f(total=...) -> context manager with .update(), e.g. tqdm (the pipelines set it)
+    )
+
+
+def regional_sample(
+    unet: torch.nn.Module,  # noise model, called as unet(z, t).sample
+    scheduler,  # any diffusers scheduler
+    z0: torch.Tensor,  # N x C x h x w clean latents (or pixels in [-1, 1])
+    mask: torch.Tensor,  # N x 1 x h x w {0, 1}, 1 = regenerate
+    num_inference_steps: int = 50,  # scheduler steps
+    generator: torch.Generator | None = None,  # the only source of randomness
+    settings: RegionalSettings | None = None,  # keep, start, jumps, strength, callback, progress bar
+    **changes,  # fields of `settings` to change, e.g. keep='clean', strength=0.5
+) -> torch.Tensor:
     "Regenerate the masked region of `z0` with a diffusion model, conditioning on the rest (SPEC 2, steps 3-5)."
     st = replace(settings or RegionalSettings(), **changes)
     keep, start, jump_length, jump_n_sample, strength = st.keep, st.start, st.jump_length, st.jump_n_sample, st.strength
     callback_on_step_end, progress_bar = st.callback_on_step_end, st.progress_bar
-    if keep not in ('diffused', 'clean'): raise ValueError(f"keep must be 'diffused' or 'clean', got {keep!r}.")
-    if start not in ('noise', 'encoded'): raise ValueError(f"start must be 'noise' or 'encoded', got {start!r}.")
-    if num_inference_steps < 1: raise ValueError("num_inference_steps must be >= 1.")
+    if keep not in ('diffused', 'clean'):
+        raise ValueError(f"keep must be 'diffused' or 'clean', got {keep!r}.")
+    if start not in ('noise', 'encoded'):
+        raise ValueError(f"start must be 'noise' or 'encoded', got {start!r}.")
+    if num_inference_steps < 1:
+        raise ValueError("num_inference_steps must be >= 1.")
     levels = repaint_levels(num_inference_steps, jump_length, jump_n_sample)
     if len(levels) != num_inference_steps + 1 and hasattr(scheduler, '_step_index'):
-        raise ValueError(f"RePaint jumps need a single-step scheduler without internal state (DDPM, DDIM); "
-                         f"{type(scheduler).__name__} keeps a step index / history. Use jump_length=0.")
+        raise ValueError(
+            f"RePaint jumps need a single-step scheduler without internal state (DDPM, DDIM); "
+            f"{type(scheduler).__name__} keeps a step index / history. Use jump_length=0."
+        )
     device, dtype = z0.device, z0.dtype
     ts = sampling_timesteps(scheduler, num_inference_steps, strength, device)
     n = len(ts)
-    if n != num_inference_steps: levels = repaint_levels(n, jump_length, jump_n_sample)
+    if n != num_inference_steps:
+        levels = repaint_levels(n, jump_length, jump_n_sample)
     step_kw = {'generator': generator} if 'generator' in inspect.signature(scheduler.step).parameters else {}
     noise = randn_tensor(z0.shape, generator=generator, device=device, dtype=dtype)
     encoded = start == 'encoded' or strength < 1
@@ -288,48 +368,64 @@ def regional_sample(unet:torch.nn.Module, # noise model, called as unet(z, t).sa
     try:
         k = 0
         for a, b in zip(levels[:-1], levels[1:]):
-            if b < a: # one denoising step with timestep ts[n - a]
+            if b < a:  # one denoising step with timestep ts[n - a]
                 t = ts[n - a]
                 eps = None
                 if keep == 'diffused':
                     eps = randn_tensor(z0.shape, generator=generator, device=device, dtype=dtype)
                     z_known = scheduler.add_noise(z0, eps, t.reshape(1).repeat(len(z0)))
-                else: z_known = z0
+                else:
+                    z_known = z0
                 z_in = mask * z + (1 - mask) * z_known
                 model_in = scheduler.scale_model_input(z_in, t)
-                with torch.no_grad(): noise_pred = unet(model_in, t).sample
+                with torch.no_grad():
+                    noise_pred = unet(model_in, t).sample
                 z = scheduler.step(noise_pred, t, z_in, **step_kw).prev_sample
                 if callback_on_step_end is not None:
                     callback_on_step_end(k, t, dict(z_in=z_in, eps=eps, z0=z0, mask=mask, noise_pred=noise_pred, z=z))
                 k += 1
-                if bar is not None: bar.update()
-            else: # RePaint: re-noise from level a to level b = a + 1
+                if bar is not None:
+                    bar.update()
+            else:  # RePaint: re-noise from level a to level b = a + 1
                 ab_from = _alpha_bar(scheduler, ts[n - a]) if a >= 1 else 1.0
                 ab_to = _alpha_bar(scheduler, ts[n - b])
                 r = ab_to / ab_from
                 e = randn_tensor(z0.shape, generator=generator, device=device, dtype=dtype)
-                z = r ** 0.5 * z + (1 - r) ** 0.5 * e
+                z = r**0.5 * z + (1 - r) ** 0.5 * e
     finally:
-        if ctx is not None: ctx.__exit__(None, None, None)
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
     return mask * z + (1 - mask) * z0
 
 # %% ../nbs/05_regional.ipynb #0b8c1a4c
-SAMPLERS = {'ddpm': DDPMScheduler, 'ddim': DDIMScheduler, 'dpm': DPMSolverMultistepScheduler} # DPM-Solver++ (multistep)
+SAMPLERS = {
+    'ddpm': DDPMScheduler,
+    'ddim': DDIMScheduler,
+    'dpm': DPMSolverMultistepScheduler,
+}  # DPM-Solver++ (multistep)
 
-def sampling_scheduler(config, # the training scheduler or its config (`scheduler.config`, a dict)
-                       sampler:str|None=None, # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++); None: 'ddpm'
-                       clip:bool=False, # clip the predicted x0 to [-1, 1]: True in pixel space, False for latents
-                      ):
-    "A diffusers sampler on the training schedule: DDIM / DPM-Solver++ with trailing timesteps; x0 clipped only if `clip`."
+
+def sampling_scheduler(
+    config,  # the training scheduler or its config (`scheduler.config`, a dict)
+    sampler: str | None = None,  # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++); None: 'ddpm'
+    clip: bool = False,  # clip the predicted x0 to [-1, 1]: True in pixel space, False for latents
+):
+    """A diffusers sampler on the training schedule: DDIM / DPM-Solver++ with trailing timesteps;
+    x0 clipped only if `clip`."""
     config = getattr(config, 'config', config)
     name = sampler or 'ddpm'
-    if name not in SAMPLERS: raise ValueError(f"unknown scheduler {name!r}; choose one of {list(SAMPLERS)}.")
-    if name == 'dpm': kw = dict(algorithm_type='dpmsolver++', thresholding=clip, sample_max_value=1.0)
-    else: kw = dict(clip_sample=clip, clip_sample_range=1.0, thresholding=False)
-    if name != 'ddpm': kw['timestep_spacing'] = 'trailing'
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {list(SAMPLERS)}.")
+    if name == 'dpm':
+        kw = dict(algorithm_type='dpmsolver++', thresholding=clip, sample_max_value=1.0)
+    else:
+        kw = dict(clip_sample=clip, clip_sample_range=1.0, thresholding=False)
+    if name != 'ddpm':
+        kw['timestep_spacing'] = 'trailing'
     return SAMPLERS[name].from_config(config, **kw)
 
-def clips_x0(scheduler)->bool:
+
+def clips_x0(scheduler) -> bool:
     "Whether a diffusers scheduler clips (or thresholds) its predicted x0 while sampling."
     c, keys = scheduler.config, inspect.signature(type(scheduler).__init__).parameters
     return bool(c.get('thresholding', False) or ('clip_sample' in keys and c.get('clip_sample', False)))
@@ -338,200 +434,287 @@ def clips_x0(scheduler)->bool:
 @dataclass
 class RegionalOutput(BaseOutput):
     "Output of the regional pipelines."
-    images: list|np.ndarray|torch.Tensor # restored images ('pil': list of PIL, 'np': N x H x W x 3 uint8, 'pt': N x 3 x H x W [-1, 1])
-    masks: np.ndarray # N x H x W float32 paste alpha actually used (0 outside the dilated mask)
 
-def _as_batch(images)->torch.Tensor:
+    images: (
+        list | np.ndarray | torch.Tensor
+    )  # restored images ('pil': list of PIL, 'np': N x H x W x 3 uint8, 'pt': N x 3 x H x W [-1, 1])
+    masks: np.ndarray  # N x H x W float32 paste alpha actually used (0 outside the dilated mask)
+
+
+def _as_batch(images) -> torch.Tensor:
     "Images as a float tensor N x 3 x H x W in [-1, 1] (tensor input) or a uint8 tensor N x H x W x 3 (arrays, PIL)."
     if isinstance(images, torch.Tensor):
         x = images[None] if images.ndim == 3 else images
-        if x.ndim != 4 or x.shape[1] != 3: raise ImageError(f"image tensor has shape {tuple(images.shape)}; expected N x 3 x H x W.")
-        if not x.is_floating_point(): raise ImageError("image tensor must be float in [-1, 1]; pass uint8 images as numpy arrays.")
-        if x.min() < -1.0001 or x.max() > 1.0001: raise ImageError("image tensor values must lie in [-1, 1].")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ImageError(f"image tensor has shape {tuple(images.shape)}; expected N x 3 x H x W.")
+        if not x.is_floating_point():
+            raise ImageError("image tensor must be float in [-1, 1]; pass uint8 images as numpy arrays.")
+        if x.min() < -1.0001 or x.max() > 1.0001:
+            raise ImageError("image tensor values must lie in [-1, 1].")
         return x.float()
-    if isinstance(images, np.ndarray) and images.ndim == 4: images = list(images)
-    if not isinstance(images, (list, tuple)): images = [images]
-    if not len(images): raise ImageError("no image given.")
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if not len(images):
+        raise ImageError("no image given.")
     u8 = [as_rgb_uint8(im, name=f'image {i}') for i, im in enumerate(images)]
-    if len({im.shape for im in u8}) > 1: raise ImageError(f"images in a batch must share one size, got {sorted({im.shape for im in u8})}.")
+    if len({im.shape for im in u8}) > 1:
+        raise ImageError(f"images in a batch must share one size, got {sorted({im.shape for im in u8})}.")
     return torch.from_numpy(np.stack(u8))
 
-def _as_masks(masks, n:int, shape:tuple)->np.ndarray:
+
+def _as_masks(masks, n: int, shape: tuple) -> np.ndarray:
     "One checked mask per image as an n x H x W bool array (empty allowed, full refused)."
-    if isinstance(masks, torch.Tensor): masks = masks.detach().cpu().numpy()
-    if isinstance(masks, np.ndarray) and masks.ndim == 3: masks = list(masks)
-    if not isinstance(masks, (list, tuple)): masks = [masks]
-    if len(masks) != n: raise MaskError(f"got {len(masks)} masks for {n} images; give one mask per image.")
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    if isinstance(masks, np.ndarray) and masks.ndim == 3:
+        masks = list(masks)
+    if not isinstance(masks, (list, tuple)):
+        masks = [masks]
+    if len(masks) != n:
+        raise MaskError(f"got {len(masks)} masks for {n} images; give one mask per image.")
     return np.stack([check_mask(m, shape, allow_empty=True, name=f'mask {i}') for i, m in enumerate(masks)])
 
 # %% ../nbs/05_regional.ipynb #34f27e73
 class RegionalPipelineBase(DiffusionPipeline):
-    "The image side of regional denoising, shared by the latent and the pixel pipelines; subclasses define `encode`/`decode`."
+    """The image side of regional denoising, shared by the latent and the pixel pipelines;
+    subclasses define `encode`/`decode`."""
+
     default_latent_dilation = 1
-    clip_x0 = True # the sampler must clip the predicted x0 to [-1, 1] (pixels), or must not (latents)
-    space = 'pixel' # what the UNet denoises, for messages
+    clip_x0 = True  # the sampler must clip the predicted x0 to [-1, 1] (pixels), or must not (latents)
+    space = 'pixel'  # what the UNet denoises, for messages
 
     @property
-    def downsample_factor(self)->int: return 1
+    def downsample_factor(self) -> int:
+        return 1
+
     @property
-    def size_multiple(self)->int:
+    def size_multiple(self) -> int:
         "Image sides are padded up to multiples of this: the encoder's factor x the UNet's (2 ** (levels - 1))."
         return self.downsample_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
 
-    def check_size(self, height:int, width:int, # the image size
-                  ):
+    def check_size(
+        self,
+        height: int,
+        width: int,  # the image size
+    ):
         "Refuse an image smaller than `size_multiple` (mostly mirrored padding), saying the minimum and what to do."
         k, f = self.size_multiple, self.downsample_factor
-        if height >= k and width >= k: return
+        if height >= k and width >= k:
+            return
         why = f"VAE factor {f} x UNet downsampling {k // f}" if f > 1 else f"UNet downsampling {k}"
-        raise ImageError(f"image {height}x{width} is smaller than {k}x{k}, the smallest the {self.space} model takes ({why}); "
-                         f"crop a larger region around the artifact, at least {k}x{k}.")
+        raise ImageError(
+            f"image {height}x{width} is smaller than {k}x{k}, the smallest the {self.space} model takes ({why}); "
+            f"crop a larger region around the artifact, at least {k}x{k}."
+        )
 
-    def encode(self, x:torch.Tensor)->torch.Tensor: return x
-    def decode(self, z:torch.Tensor)->torch.Tensor: return z
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
-    def check_sampling(self, z0:torch.Tensor # the clean latents (or pixels) about to be sampled
-                      )->bool:
-        "Warn when the scheduler's x0 clipping is wrong for the space, or the UNet runs at a size it was not trained at."
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def check_sampling(
+        self,
+        z0: torch.Tensor,  # the clean latents (or pixels) about to be sampled
+    ) -> bool:
+        """Warn when the scheduler's x0 clipping is wrong for the space,
+        or the UNet runs at a size it was not trained at."""
         ok = clips_x0(self.scheduler) == self.clip_x0
         if not ok:
-            warnings.warn(f"{type(self.scheduler).__name__} {'does not clip' if self.clip_x0 else 'clips'} the predicted x0 to "
-                          f"[-1, 1], which is wrong in {self.space} space; build it with "
-                          f"histodiff.regional.sampling_scheduler(config, sampler, clip={self.clip_x0}).", stacklevel=4)
+            warnings.warn(
+                f"{type(self.scheduler).__name__} {'does not clip' if self.clip_x0 else 'clips'} the predicted x0 to "
+                f"[-1, 1], which is wrong in {self.space} space; build it with "
+                f"histodiff.regional.sampling_scheduler(config, sampler, clip={self.clip_x0}).",
+                stacklevel=4,
+            )
         return check_sample_size(self.unet.config, tuple(z0.shape[-2:]), f'the {self.space} UNet') and ok
 
-    def _restore_batch(self, x:torch.Tensor, # the images with a non-empty mask, as `_as_batch` gives them
-                       ms:np.ndarray, # their N x H x W bool masks
-                       num_inference_steps:int, generator, # as in `__call__`
-                       st:RegionalSettings, # the call's settings
-                      )->list[np.ndarray]:
+    def _restore_batch(
+        self,
+        x: torch.Tensor,  # the images with a non-empty mask, as `_as_batch` gives them
+        ms: np.ndarray,  # their N x H x W bool masks
+        num_inference_steps: int,
+        generator,  # as in `__call__`
+        st: RegionalSettings,  # the call's settings
+    ) -> list[np.ndarray]:
         "Encode, sample, decode and paste back on the model's device; [output, alpha] on the host in one transfer."
         device, dtype = self.unet.device, self.unet.dtype
         H, W = ms.shape[1:]
-        x, ms = _pad_to(x.to(device), ms, self.size_multiple) # cropped back below
-        xf = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x # `to_tensor`'s arithmetic
+        x, ms = _pad_to(x.to(device), ms, self.size_multiple)  # cropped back below
+        xf = (
+            x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x
+        )  # `to_tensor`'s arithmetic
         z0 = self.encode(xf.to(dtype))
         self.check_sampling(z0)
         ld = self.default_latent_dilation if st.latent_dilation is None else st.latent_dilation
         m_lat = latent_mask(torch.from_numpy(ms).to(device)[:, None].float(), self.downsample_factor, ld).to(z0.dtype)
         self.set_progress_bar_config(disable=not st.progress)
-        z = regional_sample(self.unet, self.scheduler, z0, m_lat, num_inference_steps, make_generator(generator), st,
-                            progress_bar=self.progress_bar)
+        z = regional_sample(
+            self.unet,
+            self.scheduler,
+            z0,
+            m_lat,
+            num_inference_steps,
+            make_generator(generator),
+            st,
+            progress_bar=self.progress_bar,
+        )
         out, alpha = paste_back(self.decode(z), x, ms, st.pixel_dilation, st.feather)
         return _to_host(out[:, :H, :W] if out.dtype == torch.uint8 else out[..., :H, :W], alpha[:, :H, :W])
 
     @torch.no_grad()
-    def __call__(self,
-                 images, # RGB uint8 image(s) / PIL / N x H x W x 3 array, or an N x 3 x H x W tensor in [-1, 1]
-                 masks, # one artifact mask per image (True/1/255 = artifact), H x W
-                 num_inference_steps:int=50, # scheduler steps (DDPM 50 = the paper)
-                 generator:torch.Generator|int|None=None, # generator or seed: same seed, same bytes
-                 output_type:str='pil', # 'pil', 'np' (uint8) or 'pt' ([-1, 1] tensor)
-                 return_dict:bool=True, # False: return a tuple (images, masks)
-                 settings:RegionalSettings|None=None, # keep, start, dilations, feather, jumps, strength, progress, callback
-                 **changes, # fields of `settings` to change, e.g. keep='clean', pixel_dilation=2, progress=False
-                ):
+    def __call__(
+        self,
+        images,  # RGB uint8 image(s) / PIL / N x H x W x 3 array, or an N x 3 x H x W tensor in [-1, 1]
+        masks,  # one artifact mask per image (True/1/255 = artifact), H x W
+        num_inference_steps: int = 50,  # scheduler steps (DDPM 50 = the paper)
+        generator: torch.Generator | int | None = None,  # generator or seed: same seed, same bytes
+        output_type: str = 'pil',  # 'pil', 'np' (uint8) or 'pt' ([-1, 1] tensor)
+        return_dict: bool = True,  # False: return a tuple (images, masks)
+        settings: RegionalSettings
+        | None = None,  # keep, start, dilations, feather, jumps, strength, progress, callback
+        **changes,  # fields of `settings` to change, e.g. keep='clean', pixel_dilation=2, progress=False
+    ):
         st = replace(settings or RegionalSettings(), **changes)
         # 1. check the arguments, the images and the masks
-        if output_type not in ('pil', 'np', 'pt'): raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        if st.pixel_dilation < 0 or st.feather < 0: raise ValueError("pixel_dilation and feather must be >= 0.")
+        if output_type not in ('pil', 'np', 'pt'):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        if st.pixel_dilation < 0 or st.feather < 0:
+            raise ValueError("pixel_dilation and feather must be >= 0.")
         x = _as_batch(images)
         u8 = x.dtype == torch.uint8
-        N, H, W = (x.shape[:3] if u8 else (x.shape[0], *x.shape[2:]))
+        N, H, W = x.shape[:3] if u8 else (x.shape[0], *x.shape[2:])
         ms = _as_masks(masks, N, (H, W))
         self.check_size(H, W)
         # 2. restore the images with a non-empty mask (encode, sample, decode, paste back); copy the others
         alpha, out = np.zeros((N, H, W), np.float32), (x.numpy().copy() if u8 else x.detach().cpu().clone())
         active = np.flatnonzero(ms.reshape(N, -1).any(1))
         if len(active):
-            o, alpha[active] = self._restore_batch(x[torch.from_numpy(active)], ms[active], num_inference_steps,
-                                                   generator, st)
+            o, alpha[active] = self._restore_batch(
+                x[torch.from_numpy(active)], ms[active], num_inference_steps, generator, st
+            )
             out[active] = o if u8 else torch.from_numpy(o)
         # 3. convert to the output type
-        if u8: images_out = to_tensor(out) if output_type == 'pt' else out
-        else: images_out = out if output_type == 'pt' else from_tensor(out)
-        if output_type == 'pil': images_out = [Image.fromarray(im) for im in images_out]
-        if not return_dict: return images_out, alpha
+        if u8:
+            images_out = to_tensor(out) if output_type == 'pt' else out
+        else:
+            images_out = out if output_type == 'pt' else from_tensor(out)
+        if output_type == 'pil':
+            images_out = [Image.fromarray(im) for im in images_out]
+        if not return_dict:
+            return images_out, alpha
         return RegionalOutput(images=images_out, masks=alpha)
 
-    def restore(self,
-                image, # RGB uint8 H x W x 3 (or PIL)
-                mask, # H x W artifact mask, True = artifact
-                **kwargs, # any `__call__` option (num_inference_steps, generator, keep, ...)
-               )->np.ndarray:
-        "The project's `restore(image, mask) -> image` interface: uint8 in, uint8 out; an empty mask gives a copy, warned."
+    def restore(
+        self,
+        image,  # RGB uint8 H x W x 3 (or PIL)
+        mask,  # H x W artifact mask, True = artifact
+        **kwargs,  # any `__call__` option (num_inference_steps, generator, keep, ...)
+    ) -> np.ndarray:
+        """The project's `restore(image, mask) -> image` interface: uint8 in, uint8 out;
+        an empty mask gives a copy, warned."""
         kwargs = {'progress': False, **kwargs, 'output_type': 'np', 'return_dict': True}
         res = self([as_rgb_uint8(image)], [mask], **kwargs)
-        if not res.masks[0].any(): warn_empty_mask(f"{type(self).__name__}.restore")
+        if not res.masks[0].any():
+            warn_empty_mask(f"{type(self).__name__}.restore")
         return res.images[0]
 
 # %% ../nbs/05_regional.ipynb #e9b7e139
 class PixelRegionalPipeline(RegionalPipelineBase):
     "Regional denoising in pixel space (ArtiFusion-like): the shared loop with encoder = decoder = identity."
+
     default_latent_dilation = 0
-    def __init__(self, unet:UNet2DModel, # pixel-space noise model, 3 channels in and out
-                 scheduler, # any diffusers scheduler
-                ):
+
+    def __init__(
+        self,
+        unet: UNet2DModel,  # pixel-space noise model, 3 channels in and out
+        scheduler,  # any diffusers scheduler
+    ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
 # %% ../nbs/05_regional.ipynb #52e23259
 class RegionalLatentPipeline(RegionalPipelineBase):
     "LatentArtiFusion: regional denoising in the latent space of a frozen VAE (SPEC 2)."
+
     default_latent_dilation = 1
-    clip_x0, space = False, 'latent' # latents are not bounded by 1: never clip x0
-    def __init__(self, unet:UNet2DModel, # latent noise model (in/out channels = VAE latent channels)
-                 vae:AutoencoderKL, # frozen VAE; z0 = scaling_factor * posterior mean
-                 scheduler, # any diffusers scheduler
-                ):
+    clip_x0, space = False, 'latent'  # latents are not bounded by 1: never clip x0
+
+    def __init__(
+        self,
+        unet: UNet2DModel,  # latent noise model (in/out channels = VAE latent channels)
+        vae: AutoencoderKL,  # frozen VAE; z0 = scaling_factor * posterior mean
+        scheduler,  # any diffusers scheduler
+    ):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler)
 
     @property
-    def downsample_factor(self)->int: return downsample_factor(self.vae)
+    def downsample_factor(self) -> int:
+        return downsample_factor(self.vae)
+
     def _scale_shift(self):
         return self.vae.config.scaling_factor, (self.vae.config.get('shift_factor', None) or 0.0)
 
-    def encode(self, x:torch.Tensor)->torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         "z0 = s * (E(x).mean - shift): the posterior mean, deterministic."
         s, sh = self._scale_shift()
         return (self.vae.encode(x.to(self.vae.device, self.vae.dtype)).latent_dist.mean - sh) * s
-    def decode(self, z:torch.Tensor)->torch.Tensor:
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
         "x = D(z / s + shift)."
         s, sh = self._scale_shift()
         return self.vae.decode(z.to(self.vae.dtype) / s + sh).sample
 
 # %% ../nbs/05_regional.ipynb #c2e72d08
-def load_regional_pipeline(model_dir, # folder with unet/ and scheduler/ (a training stage's output); None: the shipped checkpoints/ldm
-                           vae=None, # VAE folder or hub id (latent pipeline); None: the pixel pipeline (the shipped checkpoints/vae when model_dir is None)
-                           vae_subfolder:str|None=None, # e.g. 'vae' inside a Stable Diffusion repository
-                           scheduler:str|None=None, # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++) to swap samplers; None: DDPM as trained
-                          )->RegionalPipelineBase:
+def load_regional_pipeline(
+    model_dir,  # folder with unet/ and scheduler/ (a training stage's output); None: the shipped checkpoints/ldm
+    # VAE folder or hub id (latent pipeline); None: the pixel pipeline
+    # (the shipped checkpoints/vae when model_dir is None)
+    vae=None,
+    vae_subfolder: str | None = None,  # e.g. 'vae' inside a Stable Diffusion repository
+    scheduler: str | None = None,  # 'ddpm', 'ddim' or 'dpm' (DPM-Solver++) to swap samplers; None: DDPM as trained
+) -> RegionalPipelineBase:
     "A `RegionalLatentPipeline` (with `vae`) or a `PixelRegionalPipeline` from trained model folders."
     from pathlib import Path
-    if model_dir is None:   # the shipped checkpoints (histodiff.checkpoints.shipped)
+
+    if model_dir is None:  # the shipped checkpoints (histodiff.checkpoints.shipped)
         from histodiff.modelfolder import shipped
+
         model_dir, vae = shipped('ldm'), vae if vae is not None else shipped('vae')
         if model_dir is None or vae is None:
-            raise FileNotFoundError("no model folder given and no shipped checkpoints/ldm and checkpoints/vae (nor $HISTODIFF_CHECKPOINTS): "
-                                    "pass model_dir and vae, or train them (make repro).")
+            raise FileNotFoundError(
+                "no model folder given and no shipped checkpoints/ldm and checkpoints/vae "
+                "(nor $HISTODIFF_CHECKPOINTS): "
+                "pass model_dir and vae, or train them (make repro)."
+            )
     d = Path(model_dir)
-    if not (d/'unet'/'config.json').exists():
-        raise FileNotFoundError(f"no trained UNet in {d} (expected {d/'unet'/'config.json'}); run the training stage first.")
-    if not (d/'scheduler'/'scheduler_config.json').exists():
-        raise FileNotFoundError(f"no noise scheduler in {d} (expected {d/'scheduler'/'scheduler_config.json'}): the sampler needs "
-                                f"the schedule the UNet was trained with. Save the training scheduler there (the training stage does, "
-                                f"with DenoisingDiffusionModel.save_pretrained; by hand, if trained with the default schedule: "
-                                f"histodiff.train.make_scheduler().save_pretrained('{d/'scheduler'}')) or re-run the training stage.")
-    unet = UNet2DModel.from_pretrained(d/'unet')
+    if not (d / 'unet' / 'config.json').exists():
+        raise FileNotFoundError(
+            f"no trained UNet in {d} (expected {d / 'unet' / 'config.json'}); run the training stage first."
+        )
+    if not (d / 'scheduler' / 'scheduler_config.json').exists():
+        raise FileNotFoundError(
+            f"no noise scheduler in {d} (expected {d / 'scheduler' / 'scheduler_config.json'}): the sampler needs "
+            f"the schedule the UNet was trained with. Save the training scheduler there (the training stage does, "
+            f"with DenoisingDiffusionModel.save_pretrained; by hand, if trained with the default schedule: "
+            f"histodiff.train.make_scheduler().save_pretrained('{d / 'scheduler'}')) or re-run the training stage."
+        )
+    unet = UNet2DModel.from_pretrained(d / 'unet')
     if scheduler is not None and scheduler not in SAMPLERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {list(SAMPLERS)}.")
-    sched = sampling_scheduler(DDPMScheduler.load_config(d/'scheduler'), scheduler, clip=vae is None)
+    sched = sampling_scheduler(DDPMScheduler.load_config(d / 'scheduler'), scheduler, clip=vae is None)
     if vae is None:
-        if unet.config.in_channels != 3: raise ValueError(f"{d} holds a latent UNet ({unet.config.in_channels} channels): pass its VAE.")
+        if unet.config.in_channels != 3:
+            raise ValueError(f"{d} holds a latent UNet ({unet.config.in_channels} channels): pass its VAE.")
         return PixelRegionalPipeline(unet=unet, scheduler=sched)
     from histodiff.autoencoder import load_vae
+
     v = load_vae(vae, subfolder=vae_subfolder)
     if v.config.latent_channels != unet.config.in_channels:
-        raise ValueError(f"the UNet in {d} takes {unet.config.in_channels} channels but the VAE gives {v.config.latent_channels}.")
+        raise ValueError(
+            f"the UNet in {d} takes {unet.config.in_channels} channels but the VAE gives {v.config.latent_channels}."
+        )
     return RegionalLatentPipeline(unet=unet, vae=v, scheduler=sched)

@@ -22,260 +22,393 @@ __all__ = ['RELEASED_CHANNELS', 'WEIGHT_SUFFIXES', 'write_released_unet', 'make_
            'unet_weights', 'convert_checkpoint', 'fetch_released_unet', 'released_unet_folder']
 
 # %% ../nbs/14_release.ipynb #805eb364
-RELEASED_CHANNELS = (128, 128, 256, 256, 512, 512) # SPEC 2: LatentArtiFusion's released UNet
+RELEASED_CHANNELS = (128, 128, 256, 256, 512, 512)  # SPEC 2: LatentArtiFusion's released UNet
 
-def write_released_unet(folder:str|Path, # the UNet folder to write (config.json + diffusion_pytorch_model.bin)
-                        block_out_channels:tuple=RELEASED_CHANNELS, # smaller for tests; the config's keys stay the released ones
-                        norm_num_groups:int=32, # GroupNorm groups (must divide every channel count)
-                        seed:int=0, # random weights from this seed
-                       )->Path:
-    "A randomly initialised UNet with the released layout, saved as the release is: config.json and pickled `.bin` weights."
+
+def write_released_unet(
+    folder: str | Path,  # the UNet folder to write (config.json + diffusion_pytorch_model.bin)
+    block_out_channels: tuple = RELEASED_CHANNELS,  # smaller for tests; the config's keys stay the released ones
+    norm_num_groups: int = 32,  # GroupNorm groups (must divide every channel count)
+    seed: int = 0,  # random weights from this seed
+) -> Path:
+    """A randomly initialised UNet with the released layout, saved as the release is: config.json and pickled `.bin`
+    weights."""
     from diffusers import UNet2DModel
     from histodiff.train import unet_config
-    cfg = unet_config('released', 4, 32); cfg.update(block_out_channels=tuple(block_out_channels), norm_num_groups=norm_num_groups)
-    with torch.random.fork_rng(): torch.manual_seed(seed); unet = UNet2DModel(**cfg)
-    unet.save_pretrained(folder, safe_serialization=False) # torch.save: a pickle, like the release
+
+    cfg = unet_config('released', 4, 32)
+    cfg.update(block_out_channels=tuple(block_out_channels), norm_num_groups=norm_num_groups)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DModel(**cfg)
+    unet.save_pretrained(folder, safe_serialization=False)  # torch.save: a pickle, like the release
     return Path(folder)
 
 # %% ../nbs/14_release.ipynb #de5e6c9c
-def _tissue_tiles(n:int, tile:int, seed:int)->np.ndarray:
+def _tissue_tiles(n: int, tile: int, seed: int) -> np.ndarray:
     "`n` RGB tiles of real tissue (scikit-image's IHC field, SPEC 6) at random places."
     import skimage.data
     from PIL import Image
+
     field = skimage.data.immunohistochemistry()
-    if tile > min(field.shape[:2]): field = np.asarray(Image.fromarray(field).resize((2 * tile, 2 * tile)))
+    if tile > min(field.shape[:2]):
+        field = np.asarray(Image.fromarray(field).resize((2 * tile, 2 * tile)))
     rng = np.random.default_rng(seed)
     ys, xs = rng.integers(0, field.shape[0] - tile + 1, n), rng.integers(0, field.shape[1] - tile + 1, n)
-    return np.stack([field[y:y + tile, x:x + tile] for y, x in zip(ys, xs)])
+    return np.stack([field[y : y + tile, x : x + tile] for y, x in zip(ys, xs)])
 
-def _write_tiles(folder:Path, tiles:np.ndarray, prefix:str='')->Path:
+
+def _write_tiles(folder: Path, tiles: np.ndarray, prefix: str = '') -> Path:
     from histodiff.core import write_image
+
     folder.mkdir(parents=True, exist_ok=True)
-    for i, t in enumerate(tiles): write_image(t, folder/f'{prefix}{i:04d}.png')
+    for i, t in enumerate(tiles):
+        write_image(t, folder / f'{prefix}{i:04d}.png')
     return folder
 
-def _zip_folder(folder:Path, archive:Path)->Path:
+
+def _zip_folder(folder: Path, archive: Path) -> Path:
     "Zip `folder` under its own name (`name/...`), as a browser download of a Drive folder does."
     with zipfile.ZipFile(archive, 'w', zipfile.ZIP_DEFLATED) as z:
         for p in sorted(folder.rglob('*')):
-            if p.is_file(): z.write(p, p.relative_to(folder.parent).as_posix())
+            if p.is_file():
+                z.write(p, p.relative_to(folder.parent).as_posix())
     return archive
 
 # %% ../nbs/14_release.ipynb #e3e3972b
-def make_release_mirrors(out_dir:str|Path, # folder for the mirrors (replaced atomically)
-                         n_images:int=4, # tiles per image folder
-                         tile:int=256, # tile side: the releases' 256 px
-                         block_out_channels:tuple=(8, 8, 16, 16, 32, 32), # the mirror UNet's channels (RELEASED_CHANNELS for the real size)
-                         norm_num_groups:int=8, # its GroupNorm groups
-                         seed:int=0, # tiles and weights
-                        )->dict[str, Path]:
+def make_release_mirrors(
+    out_dir: str | Path,  # folder for the mirrors (replaced atomically)
+    n_images: int = 4,  # tiles per image folder
+    tile: int = 256,  # tile side: the releases' 256 px
+    block_out_channels: tuple = (
+        8,
+        8,
+        16,
+        16,
+        32,
+        32,
+    ),  # the mirror UNet's channels (RELEASED_CHANNELS for the real size)
+    norm_num_groups: int = 8,  # its GroupNorm groups
+    seed: int = 0,  # tiles and weights
+) -> dict[str, Path]:
     "Small local copies shaped like each release of GDRIVE_RELEASES (same keys): what to pass as their `source`."
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as d:
-        unet_src = write_released_unet(d/'unet_folder'/'unet', block_out_channels, norm_num_groups, seed)
-        _zip_folder(unet_src, d/'latentartifusion_unet.zip'); shutil.rmtree(d/'unet_folder')
-        lat = d/'LatentArtiFusion_data'/'Training_data'
-        _write_tiles(lat/'trainB', _tissue_tiles(n_images, tile, seed))
-        _write_tiles(lat/'trainA', _tissue_tiles(n_images, tile, seed + 1))
-        art = d/'ArtiFusion_dataset'; art.mkdir()
-        _zip_folder(_write_tiles(d/'histology', _tissue_tiles(n_images, tile, seed + 2)), art/'histology.zip')
-        shutil.rmtree(d/'histology')
-    return {'latentartifusion_unet': out_dir/'latentartifusion_unet.zip', 'latentartifusion_data': out_dir/'LatentArtiFusion_data',
-            'artifusion_data': out_dir/'ArtiFusion_dataset'}
+        unet_src = write_released_unet(d / 'unet_folder' / 'unet', block_out_channels, norm_num_groups, seed)
+        _zip_folder(unet_src, d / 'latentartifusion_unet.zip')
+        shutil.rmtree(d / 'unet_folder')
+        lat = d / 'LatentArtiFusion_data' / 'Training_data'
+        _write_tiles(lat / 'trainB', _tissue_tiles(n_images, tile, seed))
+        _write_tiles(lat / 'trainA', _tissue_tiles(n_images, tile, seed + 1))
+        art = d / 'ArtiFusion_dataset'
+        art.mkdir()
+        _zip_folder(_write_tiles(d / 'histology', _tissue_tiles(n_images, tile, seed + 2)), art / 'histology.zip')
+        shutil.rmtree(d / 'histology')
+    return {
+        'latentartifusion_unet': out_dir / 'latentartifusion_unet.zip',
+        'latentartifusion_data': out_dir / 'LatentArtiFusion_data',
+        'artifusion_data': out_dir / 'ArtiFusion_dataset',
+    }
 
 # %% ../nbs/14_release.ipynb #a8589212
-WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.ckpt') # the weights histodiff reads; pickles only with weights_only=True
+WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.ckpt')  # the weights histodiff reads; pickles only with weights_only=True
 
-def _state_dict(obj, path:Path)->dict:
+
+def _state_dict(obj, path: Path) -> dict:
     "Unwrap a Lightning checkpoint (its `state_dict`) and check that every entry is a tensor."
-    if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict): obj = obj['state_dict']
-    if not isinstance(obj, dict) or not obj: raise ValueError(f"{path} holds {type(obj).__name__}, not a state dict of tensors.")
+    if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict):
+        obj = obj['state_dict']
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(f"{path} holds {type(obj).__name__}, not a state dict of tensors.")
     bad = [k for k, v in obj.items() if not torch.is_tensor(v)]
-    if bad: raise ValueError(f"{path}: {len(bad)} entries are not tensors (e.g. {bad[:3]}): not a model's weights.")
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} entries are not tensors (e.g. {bad[:3]}): not a model's weights.")
     return dict(obj)
 
-def load_weights(path:str|Path, # a .safetensors, .bin or .ckpt file
-                )->dict:
-    "A state dict of tensors: safetensors read directly, pickles only with `torch.load(weights_only=True)`, which runs no code."
+
+def load_weights(
+    path: str | Path,  # a .safetensors, .bin or .ckpt file
+) -> dict:
+    """A state dict of tensors: safetensors read directly, pickles only with `torch.load(weights_only=True)`, which runs
+    no code."""
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"weights file not found: {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"{path.name}: histodiff reads weights from {', '.join(WEIGHT_SUFFIXES)} files only, "
-                         f"not {path.suffix or 'a file without suffix'}.")
+        raise ValueError(
+            f"{path.name}: histodiff reads weights from {', '.join(WEIGHT_SUFFIXES)} files only, "
+            f"not {path.suffix or 'a file without suffix'}."
+        )
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
-        try: return load_file(str(path))
-        except Exception as e: raise ValueError(f"{path} is not a readable safetensors file (truncated download?): {e}") from e
-    try: obj = torch.load(path, map_location='cpu', weights_only=True)
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable safetensors file (truncated download?): {e}") from e
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
     except UnpicklingError as e:
-        raise ValueError(f"{path} is refused: it holds pickled Python objects besides tensors, and histodiff unpickles only "
-                         "with torch.load(weights_only=True). Convert it to safetensors only where you trust its source.") from e
+        raise ValueError(
+            f"{path} is refused: it holds pickled Python objects besides tensors, and histodiff unpickles only "
+            "with torch.load(weights_only=True). Convert it to safetensors only where you trust its source."
+        ) from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path} is not a PyTorch weights file (corrupt or truncated download?): {str(e).splitlines()[0]}") from e
+        raise ValueError(
+            f"{path} is not a PyTorch weights file (corrupt or truncated download?): {str(e).splitlines()[0]}"
+        ) from e
     return _state_dict(obj, path)
 
 # %% ../nbs/14_release.ipynb #62573072
-def _config_class(path:Path)->str|None:
+def _config_class(path: Path) -> str | None:
     "The `_class_name` of a diffusers config.json (None if it is not one)."
-    try: cfg = json.loads(path.read_text())
-    except (OSError, ValueError): return None
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
     return cfg.get('_class_name') if isinstance(cfg, dict) else None
 
-def find_unet(root:str|Path, # a downloaded, extracted tree (or the UNet folder itself)
-             )->Path:
+
+def find_unet(
+    root: str | Path,  # a downloaded, extracted tree (or the UNet folder itself)
+) -> Path:
     "The one folder under `root` whose config.json is a diffusers `UNet2DModel`'s; a clear error otherwise."
     root = Path(root)
-    found = [(c.parent, _config_class(c)) for c in sorted(root.rglob('config.json'))
-             if not _hidden(c.parent, root)]
+    found = [(c.parent, _config_class(c)) for c in sorted(root.rglob('config.json')) if not _hidden(c.parent, root)]
     unets = [(d, k) for d, k in found if k and 'UNet' in k]
     if not unets:
-        raise FileNotFoundError(f"no diffusers UNet (a config.json with _class_name UNet2DModel) under {root}; "
-                                f"configs found: {[str(d.relative_to(root)) + ': ' + str(k) for d, k in found][:5]}")
-    if len(unets) > 1: raise ValueError(f"several UNets under {root}: {[str(d.relative_to(root)) for d, _ in unets]}; pass one of them.")
+        raise FileNotFoundError(
+            f"no diffusers UNet (a config.json with _class_name UNet2DModel) under {root}; "
+            f"configs found: {[str(d.relative_to(root)) + ': ' + str(k) for d, k in found][:5]}"
+        )
+    if len(unets) > 1:
+        raise ValueError(
+            f"several UNets under {root}: {[str(d.relative_to(root)) for d, _ in unets]}; pass one of them."
+        )
     d, k = unets[0]
-    if k != 'UNet2DModel': raise ValueError(f"{d} holds a {k}, not the unconditional UNet2DModel of LatentArtiFusion.")
+    if k != 'UNet2DModel':
+        raise ValueError(f"{d} holds a {k}, not the unconditional UNet2DModel of LatentArtiFusion.")
     return d
 
-def unet_weights(unet_dir:str|Path, # a diffusers UNet folder (config.json + weights)
-                )->Path:
-    "The weights file of a UNet folder: full precision before fp16, safetensors before pickles, the standard name first."
+
+def unet_weights(
+    unet_dir: str | Path,  # a diffusers UNet folder (config.json + weights)
+) -> Path:
+    """The weights file of a UNet folder: full precision before fp16, safetensors before pickles, the standard name
+    first."""
     unet_dir = Path(unet_dir)
     files = [p for p in sorted(unet_dir.iterdir()) if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
-    if not files: raise FileNotFoundError(f"{unet_dir} has a UNet config.json but no weights ({', '.join(WEIGHT_SUFFIXES)}): an incomplete download?")
+    if not files:
+        raise FileNotFoundError(
+            f"{unet_dir} has a UNet config.json but no weights ({', '.join(WEIGHT_SUFFIXES)}): an incomplete download?"
+        )
     if any(re.search(r'-\d{5}-of-\d{5}', p.name) for p in files):
-        raise ValueError(f"{unet_dir} holds sharded weights: load and re-save them with diffusers where you trust the source, then convert.")
+        raise ValueError(
+            f"{unet_dir} holds sharded weights: load and re-save them with diffusers where you trust the source, "
+            "then convert."
+        )
     rank = lambda p: ('fp16' in p.name.split('.'), WEIGHT_SUFFIXES.index(p.suffix), p.stem != 'diffusion_pytorch_model')
     files.sort(key=rank)
     if len(files) > 1 and rank(files[0]) == rank(files[1]):
-        raise ValueError(f"{unet_dir} holds several weight files {[p.name for p in files]}: pass the one to convert as SRC.")
+        raise ValueError(
+            f"{unet_dir} holds several weight files {[p.name for p in files]}: pass the one to convert as SRC."
+        )
     return files[0]
 
 # %% ../nbs/14_release.ipynb #a3ed891f
 _PREFIXES = ('', 'module.', 'model.', 'unet.', '_orig_mod.', 'model.diffusion_model.')
 
-def _unwrap_prefix(sd:dict, config:dict)->dict:
+
+def _unwrap_prefix(sd: dict, config: dict) -> dict:
     "The entries of `sd` under the wrapper prefix whose names best match the UNet of `config`."
     from accelerate import init_empty_weights
     from diffusers import UNet2DModel
-    with init_empty_weights(): expected = set(UNet2DModel.from_config(config).state_dict())
-    best = max(_PREFIXES, key=lambda p: len({k[len(p):] for k in sd if k.startswith(p)} & expected))
-    return {k[len(best):]: v for k, v in sd.items() if k.startswith(best)}
 
-def _save_unet(config:dict, # the UNet's config.json
-               sd:dict, # its state dict
-               out:Path, # the unet/ folder to write
-              ):
-    "Load `sd` into the UNet of `config` through diffusers (strict: no missing or unexpected key), save it as safetensors."
+    with init_empty_weights():
+        expected = set(UNet2DModel.from_config(config).state_dict())
+    best = max(_PREFIXES, key=lambda p: len({k[len(p) :] for k in sd if k.startswith(p)} & expected))
+    return {k[len(best) :]: v for k, v in sd.items() if k.startswith(best)}
+
+
+def _save_unet(
+    config: dict,  # the UNet's config.json
+    sd: dict,  # its state dict
+    out: Path,  # the unet/ folder to write
+):
+    """Load `sd` into the UNet of `config` through diffusers (strict: no missing or unexpected key), save it as
+    safetensors."""
     from diffusers import UNet2DModel
     from diffusers.utils import logging
     from safetensors.torch import save_file
+
     with tempfile.TemporaryDirectory(dir=out.parent) as t:
-        (Path(t)/'config.json').write_text(json.dumps(config))
-        save_file({k: v.detach().clone().contiguous() for k, v in _unwrap_prefix(sd, config).items()},
-                  str(Path(t)/'diffusion_pytorch_model.safetensors'), metadata={'format': 'pt'})
-        level = logging.get_verbosity(); logging.set_verbosity_error()
-        try: unet, info = UNet2DModel.from_pretrained(t, output_loading_info=True)
-        except ValueError as e: raise ValueError(f"the weights do not fit the UNet's config.json: {str(e).splitlines()[0]}") from e
-        finally: logging.set_verbosity(level)
+        (Path(t) / 'config.json').write_text(json.dumps(config))
+        save_file(
+            {k: v.detach().clone().contiguous() for k, v in _unwrap_prefix(sd, config).items()},
+            str(Path(t) / 'diffusion_pytorch_model.safetensors'),
+            metadata={'format': 'pt'},
+        )
+        level = logging.get_verbosity()
+        logging.set_verbosity_error()
+        try:
+            unet, info = UNet2DModel.from_pretrained(t, output_loading_info=True)
+        except ValueError as e:
+            raise ValueError(f"the weights do not fit the UNet's config.json: {str(e).splitlines()[0]}") from e
+        finally:
+            logging.set_verbosity(level)
     bad = {k: v for k, v in info.items() if k in ('missing_keys', 'unexpected_keys', 'mismatched_keys') and v}
-    if bad: raise ValueError("the weights do not fit the UNet's config.json: " +
-                             '; '.join(f"{len(v)} {k.replace('_', ' ')} (e.g. {list(v)[:3]})" for k, v in bad.items()))
+    if bad:
+        raise ValueError(
+            "the weights do not fit the UNet's config.json: "
+            + '; '.join(f"{len(v)} {k.replace('_', ' ')} (e.g. {list(v)[:3]})" for k, v in bad.items())
+        )
     unet.save_pretrained(out, safe_serialization=True)
-    cfg = json.loads((out/'config.json').read_text()); cfg.pop('_name_or_path', None) # a scratch path: no trace of this machine
-    (out/'config.json').write_text(json.dumps(cfg, indent=2, sort_keys=True) + '\n')
+    cfg = json.loads((out / 'config.json').read_text())
+    cfg.pop('_name_or_path', None)  # a scratch path: no trace of this machine
+    (out / 'config.json').write_text(json.dumps(cfg, indent=2, sort_keys=True) + '\n')
     return unet
 
 # %% ../nbs/14_release.ipynb #69c8e00c
-def _save_scheduler(unet_dir:Path, # the source UNet folder
-                    out:Path, # the scheduler/ folder to write
-                   )->str:
+def _save_scheduler(
+    unet_dir: Path,  # the source UNet folder
+    out: Path,  # the scheduler/ folder to write
+) -> str:
     "Write the scheduler the UNet trained with (the source's if it has one, else SPEC 2's); returns where it came from."
-    src = unet_dir.parent/'scheduler'/'scheduler_config.json'
+    src = unet_dir.parent / 'scheduler' / 'scheduler_config.json'
     if src.is_file():
         cfg = json.loads(src.read_text())
-        if 'num_train_timesteps' not in cfg: raise ValueError(f"{src} is not a diffusers noise scheduler config (no num_train_timesteps).")
-        out.mkdir(parents=True); (out/'scheduler_config.json').write_text(json.dumps(cfg, indent=2, sort_keys=True) + '\n')
+        if 'num_train_timesteps' not in cfg:
+            raise ValueError(f"{src} is not a diffusers noise scheduler config (no num_train_timesteps).")
+        out.mkdir(parents=True)
+        (out / 'scheduler_config.json').write_text(json.dumps(cfg, indent=2, sort_keys=True) + '\n')
         return f"the source's `{src.parent.name}/{src.name}`"
     from histodiff.train import make_scheduler
-    make_scheduler().save_pretrained(out)
-    return "SPEC 2's training schedule (`histodiff.train.make_scheduler()`: DDPM, 1000 steps, scaled_linear 0.00085..0.012, epsilon)"
 
-def _model_card(src:Path, weights:Path, rel:str, unet, scheduler:str)->str:
+    make_scheduler().save_pretrained(out)
+    return (
+        "SPEC 2's training schedule (`histodiff.train.make_scheduler()`: DDPM, 1000 steps, "
+        "scaled_linear 0.00085..0.012, epsilon)"
+    )
+
+
+def _model_card(src: Path, weights: Path, rel: str, unet, scheduler: str) -> str:
     "README.md of a converted model: its source, the sha256 of what was read, the UNet and the scheduler."
-    c = unet.config; n = sum(p.numel() for p in unet.parameters())
-    rows = [('source', f'`{src.name}`'), ('source sha256', f'`{sha256sum(src)}`' if src.is_file() else '(a folder)'),
-            ('weights read', f"`{rel}` (" + ('safetensors' if weights.suffix == '.safetensors'
-                                              else 'a pickle, read with torch.load(weights_only=True)') + ')'),
-            ('weights sha256', f'`{sha256sum(weights)}`'),
-            ('UNet', f"UNet2DModel, {c.in_channels} latent channels, block_out_channels {tuple(c.block_out_channels)}, "
-                     f"sample_size {c.sample_size}, {n:,} parameters"), ('scheduler', scheduler)]
-    return ('# LatentArtiFusion UNet, converted to safetensors\n\nWritten by `histodiff.release.convert_checkpoint`.\n\n'
-            '| | |\n|---|---|\n' + ''.join(f'| {a} | {b} |\n' for a, b in rows) +
-            "\nLoad it with the SD-1.5 VAE: `histodiff.regional.load_regional_pipeline(FOLDER, "
-            "vae='stable-diffusion-v1-5/stable-diffusion-v1-5', vae_subfolder='vae')`.\n")
+    c = unet.config
+    n = sum(p.numel() for p in unet.parameters())
+    rows = [
+        ('source', f'`{src.name}`'),
+        ('source sha256', f'`{sha256sum(src)}`' if src.is_file() else '(a folder)'),
+        (
+            'weights read',
+            f"`{rel}` ("
+            + (
+                'safetensors'
+                if weights.suffix == '.safetensors'
+                else 'a pickle, read with torch.load(weights_only=True)'
+            )
+            + ')',
+        ),
+        ('weights sha256', f'`{sha256sum(weights)}`'),
+        (
+            'UNet',
+            f"UNet2DModel, {c.in_channels} latent channels, block_out_channels {tuple(c.block_out_channels)}, "
+            f"sample_size {c.sample_size}, {n:,} parameters",
+        ),
+        ('scheduler', scheduler),
+    ]
+    return (
+        '# LatentArtiFusion UNet, converted to safetensors\n\nWritten by `histodiff.release.convert_checkpoint`.\n\n'
+        '| | |\n|---|---|\n'
+        + ''.join(f'| {a} | {b} |\n' for a, b in rows)
+        + "\nLoad it with the SD-1.5 VAE: `histodiff.regional.load_regional_pipeline(FOLDER, "
+        "vae='stable-diffusion-v1-5/stable-diffusion-v1-5', vae_subfolder='vae')`.\n"
+    )
 
 # %% ../nbs/14_release.ipynb #98e9740a
-def _unpack(src:Path, # what convert_checkpoint was given
-            tmp:Path, # a scratch folder for an archive's content
-           )->tuple[Path, Path|None]:
+def _unpack(
+    src: Path,  # what convert_checkpoint was given
+    tmp: Path,  # a scratch folder for an archive's content
+) -> tuple[Path, Path | None]:
     "The UNet folder of `src` and the weights file it names (None: pick it in the folder)."
-    if src.is_dir(): return find_unet(src), None
+    if src.is_dir():
+        return find_unet(src), None
     if src.suffix in WEIGHT_SUFFIXES:
-        if not (src.parent/'config.json').is_file():
-            raise FileNotFoundError(f"{src.name} has no config.json beside it: pass the UNet folder (config.json + weights) or its zip.")
+        if not (src.parent / 'config.json').is_file():
+            raise FileNotFoundError(
+                f"{src.name} has no config.json beside it: pass the UNet folder (config.json + weights) or its zip."
+            )
         return find_unet(src.parent), src
     if _archive_stem(src):
-        try: _extract(src, tmp)
-        except DataIntegrityError as e: raise ValueError(str(e)) from e
+        try:
+            _extract(src, tmp)
+        except DataIntegrityError as e:
+            raise ValueError(str(e)) from e
         return find_unet(tmp), None
-    raise ValueError(f"{src.name} is neither a diffusers UNet folder, an archive of one ({', '.join(ARCHIVE_SUFFIXES)}), "
-                     f"nor a weights file ({', '.join(WEIGHT_SUFFIXES)}).")
+    raise ValueError(
+        f"{src.name} is neither a diffusers UNet folder, an archive of one ({', '.join(ARCHIVE_SUFFIXES)}), "
+        f"nor a weights file ({', '.join(WEIGHT_SUFFIXES)})."
+    )
 
-def convert_checkpoint(src:str|Path, # a diffusers UNet folder (config.json + weights), a zip of one, or a weights file beside its config.json
-                       dst:str|Path, # the model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically
-                      )->Path:
-    "Convert a downloaded UNet to a safetensors model folder `load_regional_pipeline` loads; pickles read with `weights_only=True`."
+
+def convert_checkpoint(
+    src: str
+    | Path,  # a diffusers UNet folder (config.json + weights), a zip of one, or a weights file beside its config.json
+    dst: str | Path,  # the model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically
+) -> Path:
+    """Convert a downloaded UNet to a safetensors model folder `load_regional_pipeline` loads; pickles read with
+    `weights_only=True`."""
     src, dst = Path(src), Path(dst)
-    if not src.exists(): raise FileNotFoundError(f"checkpoint not found: {src}")
+    if not src.exists():
+        raise FileNotFoundError(f"checkpoint not found: {src}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent) as t:
         unet_dir, weights = _unpack(src, Path(t))
         weights = weights or unet_weights(unet_dir)
-        config = json.loads((unet_dir/'config.json').read_text())
+        config = json.loads((unet_dir / 'config.json').read_text())
         sd = load_weights(weights)
-        rel = weights.relative_to(Path(t) if weights.is_relative_to(t) else src if src.is_dir() else src.parent).as_posix()
+        rel = weights.relative_to(
+            Path(t) if weights.is_relative_to(t) else src if src.is_dir() else src.parent
+        ).as_posix()
         with atomic_dir(dst) as out:
-            unet = _save_unet(config, sd, out/'unet')
-            scheduler = _save_scheduler(unet_dir, out/'scheduler')
-            (out/'README.md').write_text(_model_card(src, weights, rel, unet, scheduler))
+            unet = _save_unet(config, sd, out / 'unet')
+            scheduler = _save_scheduler(unet_dir, out / 'scheduler')
+            (out / 'README.md').write_text(_model_card(src, weights, rel, unet, scheduler))
     return dst
 
 # %% ../nbs/14_release.ipynb #78606468
-def fetch_released_unet(out_dir:str|Path='models/released', # the converted model folder (unet/, scheduler/, README.md)
-                        source:str=GDRIVE_RELEASES['latentartifusion_unet']['id'], # the Drive file id, or a local zip or folder
-                        download_dir:str|Path|None=None, # keep the extracted download here; None: beside out_dir, deleted afterwards
-                        sha256:str|None=None, # expected sha256 of the downloaded zip, checked if given
-                        quiet:bool=False, # no download progress bars
-                       )->Path:
+def fetch_released_unet(
+    out_dir: str | Path = 'models/released',  # the converted model folder (unet/, scheduler/, README.md)
+    source: str = GDRIVE_RELEASES['latentartifusion_unet']['id'],  # the Drive file id, or a local zip or folder
+    download_dir: str
+    | Path
+    | None = None,  # keep the extracted download here; None: beside out_dir, deleted afterwards
+    sha256: str | None = None,  # expected sha256 of the downloaded zip, checked if given
+    quiet: bool = False,  # no download progress bars
+) -> Path:
     "Download LatentArtiFusion's released UNet (or take a local copy) and convert it to a safetensors model folder."
     out_dir = Path(out_dir)
-    src = Path(download_dir) if download_dir else out_dir.parent/f'.{out_dir.name}.source'
+    src = Path(download_dir) if download_dir else out_dir.parent / f'.{out_dir.name}.source'
     download_gdrive(source, src, sha256=sha256, quiet=quiet)
-    try: return convert_checkpoint(src, out_dir)
+    try:
+        return convert_checkpoint(src, out_dir)
     finally:
-        if download_dir is None: shutil.rmtree(src, ignore_errors=True)
+        if download_dir is None:
+            shutil.rmtree(src, ignore_errors=True)
 
 # %% ../nbs/14_release.ipynb #04ff6309
-def released_unet_folder(model_dir:str|Path='models/released', # the converted model folder
-                         source:str='', # as `fetch_released_unet`'s; '' : no UNet, a folder holding only a note
-                         sha256:str|None=None, # expected sha256 of the downloaded zip, checked if given
-                         quiet:bool=False, # no download progress bars
-                        )->Path:
+def released_unet_folder(
+    model_dir: str | Path = 'models/released',  # the converted model folder
+    source: str = '',  # as `fetch_released_unet`'s; '' : no UNet, a folder holding only a note
+    sha256: str | None = None,  # expected sha256 of the downloaded zip, checked if given
+    quiet: bool = False,  # no download progress bars
+) -> Path:
     "The `released` stage's model folder: the fetched, converted UNet, or without a source a note (for DVC's output)."
     if source:
         fetch_released_unet(model_dir, source, sha256=sha256, quiet=quiet)
     else:
         with atomic_dir(model_dir) as d:
-            (d/'README.md').write_text("Not fetched: the stage `released` ran with an empty `released.unet_source` "
-                                       "(only `make repro PROFILE=released` sets it).\n")
+            (d / 'README.md').write_text(
+                "Not fetched: the stage `released` ran with an empty `released.unet_source` "
+                "(only `make repro PROFILE=released` sets it).\n"
+            )
     return Path(model_dir)

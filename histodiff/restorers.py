@@ -24,89 +24,107 @@ __all__ = ['RESTORERS', 'ENTRY_POINT_GROUP', 'RestorerSettings', 'Restorer', 're
 @dataclass
 class RestorerSettings:
     "How a restorer is built and run; each restorer reads the fields it needs."
-    model:str|None=None # diffusion model folder (unet/ + scheduler/); None: <models_dir>/<its default>, else shipped
-    vae:str|None=None # VAE folder or hub id of the latent methods; None: <models_dir>/vae, else the shipped one
-    vae_subfolder:str|None=None # the VAE's subfolder, e.g. 'vae' in a Stable Diffusion repository
-    models_dir:str='models' # where trained models are looked for before the shipped checkpoints
-    scheduler:str|None=None # 'ddpm', 'ddim' or 'dpm'; None: DDPM, as trained
-    steps:int=50 # sampling steps (the paper: DDPM 50)
-    seed:int=0 # the generator seed when `restore` is given none
-    strength:float=1.0 # diffusion: run the last `strength` of the schedule from the encoded image
-    pixel_dilation:int=8 # px; outside the mask dilated by this the input is kept byte for byte
-    feather:float=2.0 # px, Gaussian feather of the paste-back
-    device:str|None=None # 'cpu', 'cuda', ...; None: the best available
-    progress:bool=False # a progress bar over sampling steps
+
+    model: str | None = (
+        None  # diffusion model folder (unet/ + scheduler/); None: <models_dir>/<its default>, else shipped
+    )
+    vae: str | None = None  # VAE folder or hub id of the latent methods; None: <models_dir>/vae, else the shipped one
+    vae_subfolder: str | None = None  # the VAE's subfolder, e.g. 'vae' in a Stable Diffusion repository
+    models_dir: str = 'models'  # where trained models are looked for before the shipped checkpoints
+    scheduler: str | None = None  # 'ddpm', 'ddim' or 'dpm'; None: DDPM, as trained
+    steps: int = 50  # sampling steps (the paper: DDPM 50)
+    seed: int = 0  # the generator seed when `restore` is given none
+    strength: float = 1.0  # diffusion: run the last `strength` of the schedule from the encoded image
+    pixel_dilation: int = 8  # px; outside the mask dilated by this the input is kept byte for byte
+    feather: float = 2.0  # px, Gaussian feather of the paste-back
+    device: str | None = None  # 'cpu', 'cuda', ...; None: the best available
+    progress: bool = False  # a progress bar over sampling steps
 
 # %% ../nbs/16_restorers.ipynb #950ea242
-def _as_images(images)->np.ndarray:
+def _as_images(images) -> np.ndarray:
     "A batch N x H x W x 3 uint8 from an array, a list of images or one image."
-    if isinstance(images, np.ndarray) and images.ndim == 4: images = list(images)
-    if not isinstance(images, (list, tuple)): images = [images]
-    if not len(images): raise ValueError("no image given.")
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if not len(images):
+        raise ValueError("no image given.")
     u8 = [as_rgb_uint8(im, name=f'image {i}') for i, im in enumerate(images)]
-    if len({im.shape for im in u8}) > 1: raise ValueError(f"images in a batch must share one size, got {sorted({im.shape for im in u8})}.")
+    if len({im.shape for im in u8}) > 1:
+        raise ValueError(f"images in a batch must share one size, got {sorted({im.shape for im in u8})}.")
     return np.stack(u8)
 
-def _as_masks(masks, n:int, shape:tuple)->np.ndarray:
+
+def _as_masks(masks, n: int, shape: tuple) -> np.ndarray:
     "One checked bool mask per image, n x H x W (empty allowed)."
-    if isinstance(masks, np.ndarray) and masks.ndim == 3: masks = list(masks)
-    if not isinstance(masks, (list, tuple)): masks = [masks]
-    if len(masks) != n: raise ValueError(f"got {len(masks)} masks for {n} images; give one mask per image.")
+    if isinstance(masks, np.ndarray) and masks.ndim == 3:
+        masks = list(masks)
+    if not isinstance(masks, (list, tuple)):
+        masks = [masks]
+    if len(masks) != n:
+        raise ValueError(f"got {len(masks)} masks for {n} images; give one mask per image.")
     return np.stack([check_mask(m, shape, allow_empty=True, name=f'mask {i}') for i, m in enumerate(masks)])
 
 # %% ../nbs/16_restorers.ipynb #51be15f0
 class Restorer:
     "One restoration method: `restore(images, masks, generator) -> images`, batched, uint8 in and out."
-    name:ClassVar[str] = '' # its key in the registry
-    title:ClassVar[str] = '' # its row in tables (default: `name`)
-    about:ClassVar[str] = '' # one line for `--help`
-    batched = True # `histodiff.wsi.restore_slide` sends batches of tiles
 
-    def __init__(self, settings:RestorerSettings|None=None): self.settings = settings or RestorerSettings()
+    name: ClassVar[str] = ''  # its key in the registry
+    title: ClassVar[str] = ''  # its row in tables (default: `name`)
+    about: ClassVar[str] = ''  # one line for `--help`
+    batched = True  # `histodiff.wsi.restore_slide` sends batches of tiles
+
+    def __init__(self, settings: RestorerSettings | None = None):
+        self.settings = settings or RestorerSettings()
 
     @property
-    def label(self)->str: return self.title or self.name
+    def label(self) -> str:
+        return self.title or self.name
 
-    def describe(self)->str:
+    def describe(self) -> str:
         "What it is, for a figure's title and a metrics file."
         return self.label
 
     @property
-    def identity(self)->dict:
+    def identity(self) -> dict:
         "What a slide's work folder records: a resumed run must use the same (`histodiff.wsi.restorer_identity`)."
         return dict(method=self.name)
 
-    def _restore(self, images:np.ndarray, masks:np.ndarray, generator)->np.ndarray:
+    def _restore(self, images: np.ndarray, masks: np.ndarray, generator) -> np.ndarray:
         "Restore N x H x W x 3 uint8 tiles, each with a non-empty mask; subclasses write this."
         raise NotImplementedError
 
-    def restore(self,
-                images, # N x H x W x 3 uint8 (or a list of RGB images, or one image)
-                masks, # one H x W artifact mask per image, True/1/255 = artifact
-                generator=None, # seed or torch.Generator of the sampling noise; None: `settings.seed`
-               )->np.ndarray:
+    def restore(
+        self,
+        images,  # N x H x W x 3 uint8 (or a list of RGB images, or one image)
+        masks,  # one H x W artifact mask per image, True/1/255 = artifact
+        generator=None,  # seed or torch.Generator of the sampling noise; None: `settings.seed`
+    ) -> np.ndarray:
         "The restored images, N x H x W x 3 uint8; images with an empty mask are returned unchanged (warned)."
         x = _as_images(images)
         ms = _as_masks(masks, len(x), x.shape[1:3])
         out, active = x.copy(), ms.reshape(len(x), -1).any(1)
-        if not active.all(): warn_empty_mask(f"{self.name} ({int((~active).sum())} of {len(x)} images)")
+        if not active.all():
+            warn_empty_mask(f"{self.name} ({int((~active).sum())} of {len(x)} images)")
         if active.any():
             gen = self.settings.seed if generator is None else generator
             out[active] = self._restore(x[active], ms[active], gen)
         return out
 
-    def __call__(self, image, mask)->np.ndarray:
+    def __call__(self, image, mask) -> np.ndarray:
         "Restore one image: `restore(image, mask)`, the per-image form of the studies."
         return self.restore(image, mask)[0]
 
-    def __repr__(self): return f"{type(self).__name__}({self.name!r})"
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r})"
 
 # %% ../nbs/16_restorers.ipynb #7883069d
-RESTORERS:dict[str, type[Restorer]] = {} # name -> restorer class, in registration order
-ENTRY_POINT_GROUP = 'histodiff.restorers' # where other packages register restorers
+RESTORERS: dict[str, type[Restorer]] = {}  # name -> restorer class, in registration order
+ENTRY_POINT_GROUP = 'histodiff.restorers'  # where other packages register restorers
 _plugins_loaded = False
 
-def register(cls:type[Restorer])->type[Restorer]:
+
+def register(cls: type[Restorer]) -> type[Restorer]:
     "Class decorator: add `cls` to `RESTORERS` under `cls.name`."
     if not cls.name or not cls.name.replace('_', '').isalnum():
         raise ValueError(f"a restorer needs a name of letters, digits and _, got {cls.name!r}")
@@ -115,33 +133,42 @@ def register(cls:type[Restorer])->type[Restorer]:
     RESTORERS[cls.name] = cls
     return cls
 
+
 def load_plugins():
     "Import, once, every entry point of the group `histodiff.restorers` (their modules register restorers)."
     global _plugins_loaded
-    if _plugins_loaded: return
+    if _plugins_loaded:
+        return
     _plugins_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP): ep.load()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
 
-def restorer_names()->list[str]:
+
+def restorer_names() -> list[str]:
     "Every registered restorer, histodiff's first, then the plugins'."
     load_plugins()
     return list(RESTORERS)
 
 # %% ../nbs/16_restorers.ipynb #baed245b
-def make_restorer(name:str, # a registered name, e.g. 'telea' or 'latent'
-                  settings:RestorerSettings|None=None, # how to build and run it
-                  **changes, # fields of `settings` to change, e.g. strength=0.5
-                 )->Restorer:
+def make_restorer(
+    name: str,  # a registered name, e.g. 'telea' or 'latent'
+    settings: RestorerSettings | None = None,  # how to build and run it
+    **changes,  # fields of `settings` to change, e.g. strength=0.5
+) -> Restorer:
     "Build the restorer registered as `name`."
     names = restorer_names()
-    if name not in RESTORERS: raise ValueError(f"unknown restorer {name!r}; choose one of {names}")
+    if name not in RESTORERS:
+        raise ValueError(f"unknown restorer {name!r}; choose one of {names}")
     return RESTORERS[name](replace(settings or RestorerSettings(), **changes))
 
-def restorer_from_spec(spec:str|dict, # a name, or {'name': ..., <settings field>: value, ...}
-                       settings:RestorerSettings|None=None, # the settings the spec changes
-                      )->Restorer:
+
+def restorer_from_spec(
+    spec: str | dict,  # a name, or {'name': ..., <settings field>: value, ...}
+    settings: RestorerSettings | None = None,  # the settings the spec changes
+) -> Restorer:
     "A restorer from its `params.yaml` entry."
-    if isinstance(spec, str): return make_restorer(spec, settings)
+    if isinstance(spec, str):
+        return make_restorer(spec, settings)
     if not isinstance(spec, dict) or 'name' not in spec:
         raise ValueError(f"a restorer entry is a name or a mapping with 'name', got {spec!r}")
     fields = set(asdict(RestorerSettings()))
@@ -153,34 +180,49 @@ def restorer_from_spec(spec:str|dict, # a name, or {'name': ..., <settings field
 @register
 class NoRestoration(Restorer):
     "The damaged tile itself: the floor a restorer must beat."
+
     name, title, about = 'none', 'no restoration', 'leave the artifact in place (the floor of every table)'
-    def _restore(self, images, masks, generator): return images.copy()
+
+    def _restore(self, images, masks, generator):
+        return images.copy()
+
 
 class _Classical(Restorer):
     "A classical inpainting baseline of `histodiff.artifacts.BASELINES`, one image at a time."
-    def describe(self)->str: return f"{self.name} (classical baseline)"
+
+    def describe(self) -> str:
+        return f"{self.name} (classical baseline)"
+
     def _restore(self, images, masks, generator):
         from histodiff.artifacts import BASELINES
+
         return np.stack([BASELINES[self.name](im, m) for im, m in zip(images, masks)])
 
-@register
-class Telea(_Classical): name, about = 'telea', 'fast-marching inpainting (OpenCV, Telea 2004)'
 
 @register
-class NavierStokes(_Classical): name, about = 'navier_stokes', 'Navier-Stokes inpainting (OpenCV, Bertalmio 2001)'
+class Telea(_Classical):
+    name, about = 'telea', 'fast-marching inpainting (OpenCV, Telea 2004)'
+
 
 @register
-class Biharmonic(_Classical): name, about = 'biharmonic', 'biharmonic inpainting (scikit-image)'
+class NavierStokes(_Classical):
+    name, about = 'navier_stokes', 'Navier-Stokes inpainting (OpenCV, Bertalmio 2001)'
+
+
+@register
+class Biharmonic(_Classical):
+    name, about = 'biharmonic', 'biharmonic inpainting (scikit-image)'
 
 # %% ../nbs/16_restorers.ipynb #e6c914e0
 class _Regional(Restorer):
     "A regional diffusion pipeline of `histodiff.regional` as a restorer."
-    model_name:ClassVar[str] = 'ldm' # the default model: <models_dir>/<model_name>, else the shipped checkpoint
-    model_option:ClassVar[str] = '--ldm DIR (RestorerSettings.model)' # how to name another, for the message
-    latent:ClassVar[bool] = True # needs a VAE
-    call_options:ClassVar[dict] = {} # options of the pipeline's __call__ fixed by the variant
 
-    def __init__(self, settings:RestorerSettings|None=None, pipeline=None):
+    model_name: ClassVar[str] = 'ldm'  # the default model: <models_dir>/<model_name>, else the shipped checkpoint
+    model_option: ClassVar[str] = '--ldm DIR (RestorerSettings.model)'  # how to name another, for the message
+    latent: ClassVar[bool] = True  # needs a VAE
+    call_options: ClassVar[dict] = {}  # options of the pipeline's __call__ fixed by the variant
+
+    def __init__(self, settings: RestorerSettings | None = None, pipeline=None):
         super().__init__(settings)
         self.pipeline = pipeline if pipeline is not None else self._load()
 
@@ -188,57 +230,88 @@ class _Regional(Restorer):
         from histodiff.core import get_device
         from histodiff.regional import load_regional_pipeline
         from histodiff.modelfolder import default_model
+
         s = self.settings
         self.model = default_model(s.model, self.model_name, self.model_option, s.models_dir)
-        self.vae = default_model(s.vae, 'vae', '--vae DIR (RestorerSettings.vae)', s.models_dir) if self.latent else None
+        self.vae = (
+            default_model(s.vae, 'vae', '--vae DIR (RestorerSettings.vae)', s.models_dir) if self.latent else None
+        )
         pipe = load_regional_pipeline(self.model, vae=self.vae, vae_subfolder=s.vae_subfolder, scheduler=s.scheduler)
         return pipe.to(get_device(s.device))
 
     @property
-    def label(self)->str:
+    def label(self) -> str:
         s = self.settings.strength
         return self.title if s == 1 else f"{self.title.split(' (')[0]}, strength {s:g}"
 
-    def describe(self)->str: return f"{self.label.split(' (')[0]} ({self.settings.steps} steps)"
+    def describe(self) -> str:
+        return f"{self.label.split(' (')[0]} ({self.settings.steps} steps)"
 
     def _restore(self, images, masks, generator):
         s = self.settings
-        return self.pipeline(images, masks, num_inference_steps=s.steps, generator=generator, output_type='np',
-                             pixel_dilation=s.pixel_dilation, feather=s.feather, strength=s.strength,
-                             progress=s.progress, **self.call_options).images
+        return self.pipeline(
+            images,
+            masks,
+            num_inference_steps=s.steps,
+            generator=generator,
+            output_type='np',
+            pixel_dilation=s.pixel_dilation,
+            feather=s.feather,
+            strength=s.strength,
+            progress=s.progress,
+            **self.call_options,
+        ).images
 
 # %% ../nbs/16_restorers.ipynb #a4b864fc
-def _digest(source)->str|None:
+def _digest(source) -> str | None:
     from histodiff.modelfolder import model_digest
+
     return None if source is None else model_digest(source)
+
 
 @register
 class LatentRegional(_Regional):
     "LatentArtiFusion (SPEC 2): regional denoising in the latent space of a frozen VAE."
+
     name, title, about = 'latent', 'latent regional (ours)', 'LatentArtiFusion: regional latent denoising (the paper)'
 
     @property
-    def identity(self)->dict:
+    def identity(self) -> dict:
         s, model, vae = self.settings, getattr(self, 'model', None), getattr(self, 'vae', None)
-        return dict(method=self.name, model=model, model_digest=_digest(model), vae=vae,
-                    vae_subfolder=s.vae_subfolder, vae_digest=_digest(vae), scheduler=s.scheduler, steps=s.steps,
-                    seed=s.seed, pixel_dilation=s.pixel_dilation, feather=s.feather, strength=s.strength,
-                    **self.call_options)
+        return dict(
+            method=self.name,
+            model=model,
+            model_digest=_digest(model),
+            vae=vae,
+            vae_subfolder=s.vae_subfolder,
+            vae_digest=_digest(vae),
+            scheduler=s.scheduler,
+            steps=s.steps,
+            seed=s.seed,
+            pixel_dilation=s.pixel_dilation,
+            feather=s.feather,
+            strength=s.strength,
+            **self.call_options,
+        )
+
 
 @register
 class LatentReleased(LatentRegional):
     "The authors' released code: the known region kept clean, sampling from the encoded image noised to t_0."
+
     name, title, about = 'latent_released', 'latent, released variant', "LatentArtiFusion as the authors' code runs it"
     call_options = dict(keep='clean', start='encoded')
+
 
 @register
 class PixelRegional(LatentRegional):
     "Regional denoising in pixel space (ArtiFusion-like): the same loop with no VAE."
+
     name, title, about = 'pixel', 'pixel regional', 'regional denoising in pixel space (ArtiFusion-like)'
     model_name, latent, model_option = 'pixel', False, '--model DIR (RestorerSettings.model)'
 
 # %% ../nbs/16_restorers.ipynb #54054527
-def restorer_table()->str:
+def restorer_table() -> str:
     "One line per registered restorer: its name and what it is."
     names = restorer_names()
     width = max(map(len, names))

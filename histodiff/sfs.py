@@ -30,45 +30,61 @@ __all__ = ['ARCHITECTURES', 'HER2_VIEWS', 'SFS_METRICS', 'FOUR_CLASS_SUFFIX', 'I
            'plot_bias_confusions', 'log_bias_curve', 'json_ready']
 
 # %% ../nbs/08_sfs.ipynb #022392d2
-def _arch_config(arch:str, num_classes:int):
+def _arch_config(arch: str, num_classes: int):
     from transformers import ResNetConfig, ConvNextConfig, EfficientNetConfig
+
     cfgs = {
         'tiny': lambda: ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type='basic'),
-        'resnet18': lambda: ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type='basic'),
-        'resnet50': lambda: ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type='bottleneck'),
+        'resnet18': lambda: ResNetConfig(
+            embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type='basic'
+        ),
+        'resnet50': lambda: ResNetConfig(
+            embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type='bottleneck'
+        ),
         'convnext-tiny': lambda: ConvNextConfig(hidden_sizes=[96, 192, 384, 768], depths=[3, 3, 9, 3]),
-        'efficientnet-b0': lambda: EfficientNetConfig(width_coefficient=1.0, depth_coefficient=1.0, image_size=224,
-                                                      hidden_dim=1280, dropout_rate=0.2),
+        'efficientnet-b0': lambda: EfficientNetConfig(
+            width_coefficient=1.0, depth_coefficient=1.0, image_size=224, hidden_dim=1280, dropout_rate=0.2
+        ),
     }
-    if arch not in cfgs: raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(cfgs)}.")
+    if arch not in cfgs:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(cfgs)}.")
     return cfgs[arch]()
+
 
 ARCHITECTURES = ('tiny', 'resnet18', 'resnet50', 'convnext-tiny', 'efficientnet-b0')
 
 # %% ../nbs/08_sfs.ipynb #ad5e0c7e
 class ImageClassifier(nn.Module):
-    "A transformers image classifier on [-1, 1] tensors, with a cross-entropy `training_loss` for `histodiff.train.fit`."
-    def __init__(self, model, # a transformers `*ForImageClassification` model
-                 augment:bool=True, # random flips and 90-degree rotations in `training_loss`
-                 label_smoothing:float=0.0, # label smoothing of the cross-entropy
-                ):
+    """A transformers image classifier on [-1, 1] tensors, with a cross-entropy `training_loss` for
+    `histodiff.train.fit`."""
+
+    def __init__(
+        self,
+        model,  # a transformers `*ForImageClassification` model
+        augment: bool = True,  # random flips and 90-degree rotations in `training_loss`
+        label_smoothing: float = 0.0,  # label smoothing of the cross-entropy
+    ):
         super().__init__()
         self.model, self.augment, self.label_smoothing = model, augment, label_smoothing
         cfg = model.config
-        mean = getattr(cfg, 'image_mean', None) or [0.5] * 3; std = getattr(cfg, 'image_std', None) or [0.5] * 3
+        mean = getattr(cfg, 'image_mean', None) or [0.5] * 3
+        std = getattr(cfg, 'image_std', None) or [0.5] * 3
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     @property
-    def num_classes(self)->int: return self.model.config.num_labels
+    def num_classes(self) -> int:
+        return self.model.config.num_labels
 
-    def forward(self, images:torch.Tensor # N x 3 x H x W in [-1, 1]
-               )->torch.Tensor:
+    def forward(
+        self,
+        images: torch.Tensor,  # N x 3 x H x W in [-1, 1]
+    ) -> torch.Tensor:
         "Class logits, N x C."
         x = ((images + 1) / 2 - self.mean) / self.std
         return self.model(pixel_values=x).logits
 
-    def training_loss(self, batch:dict)->torch.Tensor:
+    def training_loss(self, batch: dict) -> torch.Tensor:
         "Cross-entropy on `batch['image']` (N x 3 x H x W in [-1, 1]) and `batch['label']` (N, int64)."
         x, y = batch['image'], batch['label'].long()
         if self.augment and self.training:
@@ -76,516 +92,787 @@ class ImageClassifier(nn.Module):
             x = torch.stack([dihedral(t, k if k < 4 else 4 + (-k) % 4) for t, k in zip(x, ks)])  # k >= 4: rotate, flip
         return F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
 
-    def save_pretrained(self, save_directory:str|Path, **kwargs):
+    def save_pretrained(self, save_directory: str | Path, **kwargs):
         "Save the transformers model (safetensors + config with the normalisation)."
-        self.model.config.image_mean = self.mean.flatten().tolist(); self.model.config.image_std = self.std.flatten().tolist()
+        self.model.config.image_mean = self.mean.flatten().tolist()
+        self.model.config.image_std = self.std.flatten().tolist()
         self.model.save_pretrained(str(save_directory), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path:str|Path, # hub id or local folder of a transformers image classifier
-                        **kwargs, # passed to `AutoModelForImageClassification.from_pretrained`
-                       )->'ImageClassifier':
-        "Load a classifier saved by `save_pretrained` or any transformers image classifier of the hub, in float32 (fp16 weights too, unless `dtype` is given); a damaged local folder raises `ModelFolderError`."
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,  # hub id or local folder of a transformers image classifier
+        **kwargs,  # passed to `AutoModelForImageClassification.from_pretrained`
+    ) -> 'ImageClassifier':
+        """Load a classifier saved by `save_pretrained` or any transformers image classifier of the hub, in float32
+        (fp16 weights too, unless `dtype` is given); a damaged local folder raises `ModelFolderError`."""
         from transformers import AutoModelForImageClassification
-        if 'dtype' not in kwargs and 'torch_dtype' not in kwargs: kwargs['dtype'] = torch.float32  # transformers keeps fp16 weights fp16
-        if Path(name_or_path).is_dir(): model = load_folder(AutoModelForImageClassification.from_pretrained, name_or_path, 'classifier', **kwargs)
-        else: model = AutoModelForImageClassification.from_pretrained(str(name_or_path), **kwargs)
+
+        if 'dtype' not in kwargs and 'torch_dtype' not in kwargs:
+            kwargs['dtype'] = torch.float32  # transformers keeps fp16 weights fp16
+        if Path(name_or_path).is_dir():
+            model = load_folder(AutoModelForImageClassification.from_pretrained, name_or_path, 'classifier', **kwargs)
+        else:
+            model = AutoModelForImageClassification.from_pretrained(str(name_or_path), **kwargs)
         if getattr(model.config, 'image_mean', None) is None:  # a hub model: take the normalisation of its processor
             try:
                 from transformers import AutoImageProcessor
+
                 proc = AutoImageProcessor.from_pretrained(str(name_or_path))
                 model.config.image_mean, model.config.image_std = list(proc.image_mean), list(proc.image_std)
-            except Exception: pass  # no processor: keep the [-1, 1] convention of our own models
+            except Exception:
+                pass  # no processor: keep the [-1, 1] convention of our own models
         return cls(model).eval()
 
 # %% ../nbs/08_sfs.ipynb #7c27db81
-def build_classifier(arch:str='resnet18', # one of ARCHITECTURES
-                     num_classes:int=4, # number of classes
-                     class_names:Sequence[str]|None=None, # names of the classes, saved in the config
-                     seed:int|None=0, # seed of the random initialisation
-                     **kwargs, # passed to `ImageClassifier`
-                    )->ImageClassifier:
+def build_classifier(
+    arch: str = 'resnet18',  # one of ARCHITECTURES
+    num_classes: int = 4,  # number of classes
+    class_names: Sequence[str] | None = None,  # names of the classes, saved in the config
+    seed: int | None = 0,  # seed of the random initialisation
+    **kwargs,  # passed to `ImageClassifier`
+) -> ImageClassifier:
     "A randomly initialised classifier of architecture `arch`, built from its config (no download)."
     from transformers import AutoModelForImageClassification
-    if num_classes < 2: raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}.")
+
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}.")
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-    if len(names) != num_classes: raise ValueError(f"{len(names)} class names for {num_classes} classes.")
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes.")
     cfg = _arch_config(arch, num_classes)
     cfg.num_labels = num_classes
-    cfg.id2label = dict(enumerate(names)); cfg.label2id = {n: i for i, n in enumerate(names)}
-    if seed is not None: torch.manual_seed(seed)
+    cfg.id2label = dict(enumerate(names))
+    cfg.label2id = {n: i for i, n in enumerate(names)}
+    if seed is not None:
+        torch.manual_seed(seed)
     return ImageClassifier(AutoModelForImageClassification.from_config(cfg), **kwargs)
 
 # %% ../nbs/08_sfs.ipynb #d847c8e2
 class ClassificationDataset(torch.utils.data.Dataset):
     "Tiles and labels as a torch Dataset of dicts `{'image': 3xHxW in [-1,1], 'label': int64}`."
-    def __init__(self, images, # N x H x W x 3 uint8 tiles
-                 labels, # N integer labels in 0..C-1
-                ):
-        images = np.asarray(images); labels = np.asarray(labels)
-        if images.ndim != 4: raise ImageError(f"images must be N x H x W x 3, got shape {images.shape}.")
-        if len(images) != len(labels): raise ValueError(f"{len(images)} images but {len(labels)} labels.")
-        if len(labels) == 0: raise ValueError("no images to train on.")
-        self.images = to_tensor(images); self.labels = torch.as_tensor(labels, dtype=torch.long)
-    def __len__(self): return len(self.labels)
-    def __getitem__(self, i): return dict(image=self.images[i], label=self.labels[i])
+
+    def __init__(
+        self,
+        images,  # N x H x W x 3 uint8 tiles
+        labels,  # N integer labels in 0..C-1
+    ):
+        images = np.asarray(images)
+        labels = np.asarray(labels)
+        if images.ndim != 4:
+            raise ImageError(f"images must be N x H x W x 3, got shape {images.shape}.")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+        if len(labels) == 0:
+            raise ValueError("no images to train on.")
+        self.images = to_tensor(images)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return dict(image=self.images[i], label=self.labels[i])
 
 # %% ../nbs/08_sfs.ipynb #9a41df16
 class HubClassificationDataset(torch.utils.data.Dataset):
     "A `datasets.Dataset` with an image and an integer label column, decoded lazily into `fit`'s dict items."
-    def __init__(self, ds, # a datasets.Dataset (or any sequence of dict rows)
-                 image_column:str='image', # column of PIL images or arrays
-                 label_column:str='label', # column of integer labels
-                ):
+
+    def __init__(
+        self,
+        ds,  # a datasets.Dataset (or any sequence of dict rows)
+        image_column: str = 'image',  # column of PIL images or arrays
+        label_column: str = 'label',  # column of integer labels
+    ):
         cols = getattr(ds, 'column_names', None)
         for c in (image_column, label_column):
-            if cols is not None and c not in cols: raise KeyError(f"column {c!r} not in the dataset (columns: {cols}).")
+            if cols is not None and c not in cols:
+                raise KeyError(f"column {c!r} not in the dataset (columns: {cols}).")
         self.ds, self.image_column, self.label_column = ds, image_column, label_column
-    def __len__(self): return len(self.ds)
+
+    def __len__(self):
+        return len(self.ds)
+
     def __getitem__(self, i):
         row = self.ds[int(i)]
-        img = as_rgb_uint8(np.asarray(row[self.image_column].convert('RGB') if hasattr(row[self.image_column], 'convert') else row[self.image_column]))
+        img = as_rgb_uint8(
+            np.asarray(
+                row[self.image_column].convert('RGB')
+                if hasattr(row[self.image_column], 'convert')
+                else row[self.image_column]
+            )
+        )
         return dict(image=to_tensor(img)[0], label=torch.tensor(int(row[self.label_column])))
 
 # %% ../nbs/08_sfs.ipynb #8081b142
-def train_classifier(data, # N x H x W x 3 uint8 training tiles (real IHC for SFS), or a torch Dataset of fit's dict items
-                     labels, # N integer labels (None when `data` is a Dataset)
-                     config, # a `histodiff.train.TrainConfig` (output_dir, max_steps, batch_size, ...)
-                     arch:str='resnet18', # one of ARCHITECTURES
-                     num_classes:int|None=None, # number of classes (default: max label + 1; required with a Dataset)
-                     class_names:Sequence[str]|None=None, # class names saved in the config
-                     augment:bool=True, # random flips / rotations
-                    )->ImageClassifier:
+def train_classifier(
+    data,  # N x H x W x 3 uint8 training tiles (real IHC for SFS), or a torch Dataset of fit's dict items
+    labels,  # N integer labels (None when `data` is a Dataset)
+    config,  # a `histodiff.train.TrainConfig` (output_dir, max_steps, batch_size, ...)
+    arch: str = 'resnet18',  # one of ARCHITECTURES
+    num_classes: int | None = None,  # number of classes (default: max label + 1; required with a Dataset)
+    class_names: Sequence[str] | None = None,  # class names saved in the config
+    augment: bool = True,  # random flips / rotations
+) -> ImageClassifier:
     "Build a classifier and train it from scratch with `histodiff.train.fit` (cross-entropy)."
     from histodiff.train import fit
+
     if isinstance(data, torch.utils.data.Dataset):
-        if num_classes is None: raise ValueError("give num_classes when training on a Dataset.")
+        if num_classes is None:
+            raise ValueError("give num_classes when training on a Dataset.")
         dataset = data
     else:
         labels = np.asarray(labels)
         num_classes = num_classes or int(labels.max()) + 1
-        if labels.min() < 0 or labels.max() >= num_classes: raise ValueError(f"labels must lie in 0..{num_classes-1}.")
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"labels must lie in 0..{num_classes - 1}.")
         dataset = ClassificationDataset(data, labels)
     model = build_classifier(arch, num_classes, class_names, seed=getattr(config, 'seed', 0), augment=augment)
     return fit(model, dataset, config).eval()
 
-def save_classifier(classifier:ImageClassifier, # the classifier to save
-                    out_dir:str|Path, # destination folder (replaced atomically)
-                   )->Path:
+
+def save_classifier(
+    classifier: ImageClassifier,  # the classifier to save
+    out_dir: str | Path,  # destination folder (replaced atomically)
+) -> Path:
     "`save_pretrained` into a temporary folder beside `out_dir`, then rename it into place."
-    with atomic_dir(out_dir) as tmp: classifier.save_pretrained(tmp)
+    with atomic_dir(out_dir) as tmp:
+        classifier.save_pretrained(tmp)
     return Path(out_dir)
 
 # %% ../nbs/08_sfs.ipynb #4f564052
-def as_classifier(classifier)->ImageClassifier:
+def as_classifier(classifier) -> ImageClassifier:
     "An `ImageClassifier` from itself, a transformers model, a local folder or a hub id."
-    if isinstance(classifier, ImageClassifier): return classifier
-    if isinstance(classifier, (str, Path)): return ImageClassifier.from_pretrained(classifier)
-    if isinstance(classifier, nn.Module) and hasattr(classifier, 'config'): return ImageClassifier(classifier)
-    raise TypeError(f"expected an ImageClassifier, a transformers model, a folder or a hub id, got {type(classifier).__name__}.")
+    if isinstance(classifier, ImageClassifier):
+        return classifier
+    if isinstance(classifier, (str, Path)):
+        return ImageClassifier.from_pretrained(classifier)
+    if isinstance(classifier, nn.Module) and hasattr(classifier, 'config'):
+        return ImageClassifier(classifier)
+    raise TypeError(
+        f"expected an ImageClassifier, a transformers model, a folder or a hub id, got {type(classifier).__name__}."
+    )
+
 
 @torch.no_grad()
-def predict_proba(classifier, # ImageClassifier, transformers model, folder or hub id
-                  images, # N x H x W x 3 uint8 (or one H x W x 3 tile)
-                  batch_size:int=64, # tiles per forward pass
-                  device:str|None=None, # device (default: the best available)
-                  progress:bool=False, # show a tqdm bar
-                 )->np.ndarray:
+def predict_proba(
+    classifier,  # ImageClassifier, transformers model, folder or hub id
+    images,  # N x H x W x 3 uint8 (or one H x W x 3 tile)
+    batch_size: int = 64,  # tiles per forward pass
+    device: str | None = None,  # device (default: the best available)
+    progress: bool = False,  # show a tqdm bar
+) -> np.ndarray:
     "Softmax class probabilities, N x C."
     clf = as_classifier(classifier)
     images = np.asarray(images)
-    if images.ndim == 3: images = images[None]
-    if images.ndim != 4 or len(images) == 0: raise ImageError(f"images must be a non-empty N x H x W x 3 batch, got shape {images.shape}.")
-    if batch_size < 1: raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    dev = get_device(device); was_training = clf.training; clf.eval().to(dev)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or len(images) == 0:
+        raise ImageError(f"images must be a non-empty N x H x W x 3 batch, got shape {images.shape}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    dev = get_device(device)
+    was_training = clf.training
+    clf.eval().to(dev)
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc='predict', disable=not progress):
-        x = to_tensor(images[i:i + batch_size]).to(dev)
+        x = to_tensor(images[i : i + batch_size]).to(dev)
         out.append(torch.softmax(clf(x).float(), -1).cpu())
     clf.train(was_training)
     return torch.cat(out).numpy()
 
-def predict(classifier, images, batch_size:int=64, device:str|None=None, progress:bool=False)->np.ndarray:
+
+def predict(classifier, images, batch_size: int = 64, device: str | None = None, progress: bool = False) -> np.ndarray:
     "Predicted labels (int64, N): the argmax of `predict_proba`."
     return predict_proba(classifier, images, batch_size, device, progress).argmax(-1).astype(np.int64)
 
 # %% ../nbs/08_sfs.ipynb #0a6a1d75
 def _labels(y, name):
     y = np.asarray(y)
-    if y.ndim != 1: raise ValueError(f"{name} must be a 1-D array of labels, got shape {y.shape}.")
-    if y.size and (y.min() < 0 or not np.issubdtype(y.dtype, np.integer)): raise ValueError(f"{name} must hold non-negative integer labels.")
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of labels, got shape {y.shape}.")
+    if y.size and (y.min() < 0 or not np.issubdtype(y.dtype, np.integer)):
+        raise ValueError(f"{name} must hold non-negative integer labels.")
     return y.astype(np.int64)
+
 
 def _check(y_true, *preds, num_classes=None):
     y_true = _labels(y_true, 'y_true')
     preds = [_labels(p, 'predictions') for p in preds]
     for p in preds:
-        if len(p) != len(y_true): raise ValueError(f"{len(p)} predictions for {len(y_true)} labels.")
-    if len(y_true) == 0: raise ValueError("no test images.")
+        if len(p) != len(y_true):
+            raise ValueError(f"{len(p)} predictions for {len(y_true)} labels.")
+    if len(y_true) == 0:
+        raise ValueError("no test images.")
     c = num_classes or int(max(y_true.max(), *(p.max() for p in preds))) + 1
-    if max(y_true.max(), *(p.max() for p in preds)) >= c: raise ValueError(f"a label is >= num_classes={c}.")
+    if max(y_true.max(), *(p.max() for p in preds)) >= c:
+        raise ValueError(f"a label is >= num_classes={c}.")
     return y_true, preds, c
 
-def confusion_matrix(y_true, # true labels, N
-                     y_pred, # predicted labels, N
-                     num_classes:int|None=None, # C (default: from the labels)
-                    )->np.ndarray:
+
+def confusion_matrix(
+    y_true,  # true labels, N
+    y_pred,  # predicted labels, N
+    num_classes: int | None = None,  # C (default: from the labels)
+) -> np.ndarray:
     "C x C counts: rows are true classes, columns predictions."
     y_true, (y_pred,), c = _check(y_true, y_pred, num_classes=num_classes)
     return np.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c)
 
-def accuracy(y_true, y_pred)->float:
+
+def accuracy(y_true, y_pred) -> float:
     "Share of correct predictions."
     y_true, (y_pred,), _ = _check(y_true, y_pred)
     return float((y_true == y_pred).mean())
 
-def per_class_recall(y_true, y_pred, num_classes:int|None=None)->np.ndarray:
+
+def per_class_recall(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
     "TP_c / N_c for each class; `nan` where N_c = 0."
     cm = confusion_matrix(y_true, y_pred, num_classes)
     n = cm.sum(1)
-    with np.errstate(invalid='ignore', divide='ignore'): return np.where(n > 0, np.diag(cm) / n, np.nan)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(n > 0, np.diag(cm) / n, np.nan)
 
 # %% ../nbs/08_sfs.ipynb #fd749a6b
 class AbsentClassWarning(UserWarning):
     "A class has no test image (N_c = 0): it is left out of AvgDeg. Silenced inside bootstrap resamples."
 
 # %% ../nbs/08_sfs.ipynb #db0f90c7
-def semantic_fidelity_score(y_true, # true labels of the test set, N
-                            pred_real, # predictions on the real images, N
-                            pred_gen, # predictions on the generated images of the same cases, N
-                            num_classes:int|None=None, # C (default: from the labels)
-                            warn:bool=True, # warn about classes absent from the test set
-                           )->dict:
+def semantic_fidelity_score(
+    y_true,  # true labels of the test set, N
+    pred_real,  # predictions on the real images, N
+    pred_gen,  # predictions on the generated images of the same cases, N
+    num_classes: int | None = None,  # C (default: from the labels)
+    warn: bool = True,  # warn about classes absent from the test set
+) -> dict:
     "SFS = (Acc_gen + 1 - AvgDeg) / 2 with per-class recalls (SPEC 4); classes with N_c = 0 are left out of AvgDeg."
     y_true, (pred_real, pred_gen), c = _check(y_true, pred_real, pred_gen, num_classes=num_classes)
     r_real, r_gen = per_class_recall(y_true, pred_real, c), per_class_recall(y_true, pred_gen, c)
     present = np.bincount(y_true, minlength=c) > 0
     if warn and not present.all():
-        warnings.warn(f"classes {np.flatnonzero(~present).tolist()} have no test image (N_c = 0) and are left out of AvgDeg.",
-                      AbsentClassWarning, stacklevel=2)
+        warnings.warn(
+            f"classes {np.flatnonzero(~present).tolist()} have no test image (N_c = 0) and are left out of AvgDeg.",
+            AbsentClassWarning,
+            stacklevel=2,
+        )
     avg_deg = float(np.mean(r_real[present] - r_gen[present]))
     acc_gen, acc_real = float((pred_gen == y_true).mean()), float((pred_real == y_true).mean())
-    return dict(sfs=(acc_gen + 1 - avg_deg) / 2, acc_gen=acc_gen, acc_real=acc_real, avg_deg=avg_deg,
-                recall_real=r_real, recall_gen=r_gen, n_per_class=np.bincount(y_true, minlength=c),
-                classes_used=np.flatnonzero(present))
+    return dict(
+        sfs=(acc_gen + 1 - avg_deg) / 2,
+        acc_gen=acc_gen,
+        acc_real=acc_real,
+        avg_deg=avg_deg,
+        recall_real=r_real,
+        recall_gen=r_gen,
+        n_per_class=np.bincount(y_true, minlength=c),
+        classes_used=np.flatnonzero(present),
+    )
 
 # %% ../nbs/08_sfs.ipynb #e35e8d59
-def her2_scores(labels, # HER2 scores: ints 0..3 (BCI, the demo's DAB-score classes) or strings '0', '1+', '2+', '3+'
-               )->np.ndarray:
+def her2_scores(
+    labels,  # HER2 scores: ints 0..3 (BCI, the demo's DAB-score classes) or strings '0', '1+', '2+', '3+'
+) -> np.ndarray:
     "HER2 scores as int64 class indices 0..3 (0, 1+, 2+, 3+)."
     a = np.asarray(labels)
     if a.dtype.kind in 'US':
         bad = sorted(set(a.ravel().tolist()) - set(HER2_CLASSES))
-        if bad: raise ValueError(f"unknown HER2 scores {bad}; expected {HER2_CLASSES}.")
+        if bad:
+            raise ValueError(f"unknown HER2 scores {bad}; expected {HER2_CLASSES}.")
         a = np.array([HER2_CLASSES.index(s) for s in a.ravel().tolist()], np.int64).reshape(a.shape)
     if a.size and not (np.issubdtype(a.dtype, np.integer) and 0 <= a.min() and a.max() <= 3):
         raise ValueError(f"HER2 scores must be integers in 0..3, got {a.dtype} in {a.min()}..{a.max()}.")
     return a.astype(np.int64)
 
 # %% ../nbs/08_sfs.ipynb #8782209e
-def binarize_her2(labels, # HER2 scores: ints 0..3 or strings '0', '1+', '2+', '3+'
-                 )->np.ndarray:
+def binarize_her2(
+    labels,  # HER2 scores: ints 0..3 or strings '0', '1+', '2+', '3+'
+) -> np.ndarray:
     "HER2 scores to 0 (negative: 0, 1+) / 1 (positive: 2+, 3+)."
     return (her2_scores(labels) >= 2).astype(np.int64)
 
 # %% ../nbs/08_sfs.ipynb #43a29073
-HER2_VIEWS = {'binary': 2, 'four-class': 4}  # the class sets of every HER2 figure, headline first, with their number of classes
+HER2_VIEWS = {
+    'binary': 2,
+    'four-class': 4,
+}  # the class sets of every HER2 figure, headline first, with their number of classes
 
-def her2_views(*labels, # HER2 labels and predictions of the four-class classifier (0..3 or '0'..'3+')
-              )->dict:
+
+def her2_views(
+    *labels,  # HER2 labels and predictions of the four-class classifier (0..3 or '0'..'3+')
+) -> dict:
     "Each array in both views, headline first: `{'binary': [0/1 arrays], 'four-class': [0..3 arrays]}`."
     four = [her2_scores(a) for a in labels]
     return {'binary': [(a >= 2).astype(np.int64) for a in four], 'four-class': four}
 
 # %% ../nbs/08_sfs.ipynb #4ea8d65c
-def _bootstrap(statistic:Callable, # f(*arrays) -> float or 1-D array of floats
-               arrays:tuple, # equal-length arrays, resampled together (paired)
-               n_resamples:int, level:float, seed:int, method:str='percentile'):
+def _bootstrap(
+    statistic: Callable,  # f(*arrays) -> float or 1-D array of floats
+    arrays: tuple,  # equal-length arrays, resampled together (paired)
+    n_resamples: int,
+    level: float,
+    seed: int,
+    method: str = 'percentile',
+):
     "Point estimate(s) and interval bounds as float arrays; every entry of `statistic` uses the same resamples."
     from scipy.stats import bootstrap
+
     arrays = tuple(np.asarray(a) for a in arrays)
-    if not arrays or len({len(a) for a in arrays}) != 1: raise ValueError("give one or more arrays of equal length.")
-    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level}.")
+    if not arrays or len({len(a) for a in arrays}) != 1:
+        raise ValueError("give one or more arrays of equal length.")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}.")
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', AbsentClassWarning)  # resamples miss classes; the caller warned on the full set
         value = np.asarray(statistic(*arrays), np.float64)
-        if len(arrays[0]) < 2: return value, value.copy(), value.copy()  # one test image: nothing to resample
-        res = bootstrap(arrays, statistic, paired=True, vectorized=False, n_resamples=n_resamples,
-                        confidence_level=level, method=method, rng=np.random.default_rng(seed))
-    return value, np.asarray(res.confidence_interval.low, np.float64), np.asarray(res.confidence_interval.high, np.float64)
+        if len(arrays[0]) < 2:
+            return value, value.copy(), value.copy()  # one test image: nothing to resample
+        res = bootstrap(
+            arrays,
+            statistic,
+            paired=True,
+            vectorized=False,
+            n_resamples=n_resamples,
+            confidence_level=level,
+            method=method,
+            rng=np.random.default_rng(seed),
+        )
+    return (
+        value,
+        np.asarray(res.confidence_interval.low, np.float64),
+        np.asarray(res.confidence_interval.high, np.float64),
+    )
 
 # %% ../nbs/08_sfs.ipynb #9015b862
-def bootstrap_ci(statistic:Callable, # f(*arrays) -> float, on resampled arrays
-                 *arrays, # equal-length arrays, resampled together (paired)
-                 n_resamples:int=1000, # bootstrap resamples
-                 level:float=0.95, # confidence level
-                 seed:int=0, # seed of the resampling
-                 method:str='percentile', # 'percentile', 'basic' or 'BCa' (scipy.stats.bootstrap)
-                )->dict:
+def bootstrap_ci(
+    statistic: Callable,  # f(*arrays) -> float, on resampled arrays
+    *arrays,  # equal-length arrays, resampled together (paired)
+    n_resamples: int = 1000,  # bootstrap resamples
+    level: float = 0.95,  # confidence level
+    seed: int = 0,  # seed of the resampling
+    method: str = 'percentile',  # 'percentile', 'basic' or 'BCa' (scipy.stats.bootstrap)
+) -> dict:
     "Point estimate and bootstrap confidence interval of `statistic`, resampling the rows (test images) of `arrays`."
     value, low, high = _bootstrap(statistic, arrays, n_resamples, level, seed, method)
     return dict(value=float(value), low=float(low), high=float(high), level=level, n_resamples=n_resamples)
 
 # %% ../nbs/08_sfs.ipynb #17ab5611
-def sfs_report(y_true, pred_real, pred_gen, # labels and predictions on real and generated images
-               num_classes:int|None=None, # C
-               n_resamples:int=1000, level:float=0.95, seed:int=0, # bootstrap settings
-              )->dict:
+def sfs_report(
+    y_true,
+    pred_real,
+    pred_gen,  # labels and predictions on real and generated images
+    num_classes: int | None = None,  # C
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,  # bootstrap settings
+) -> dict:
     "SFS, AvgDeg, Acc_gen and Acc_real, each with a seeded bootstrap confidence interval, plus per-class recalls."
     full = semantic_fidelity_score(y_true, pred_real, pred_gen, num_classes)
     c, keys = len(full['n_per_class']), ('sfs', 'avg_deg', 'acc_gen', 'acc_real')
+
     def stat(y, r, g):
         s = semantic_fidelity_score(y, r, g, c, warn=False)
         return [s[k] for k in keys]
+
     v, lo, hi = _bootstrap(stat, (y_true, pred_real, pred_gen), n_resamples, level, seed)
-    out = {k: dict(value=float(a), low=float(b), high=float(h), level=level, n_resamples=n_resamples)
-           for k, a, b, h in zip(keys, v, lo, hi)}
+    out = {
+        k: dict(value=float(a), low=float(b), high=float(h), level=level, n_resamples=n_resamples)
+        for k, a, b, h in zip(keys, v, lo, hi)
+    }
     out.update({k: full[k].tolist() for k in ('recall_real', 'recall_gen', 'n_per_class', 'classes_used')})
     return out
 
 # %% ../nbs/08_sfs.ipynb #b4f5d74a
-def her2_table(metrics:Callable, # f(y_true, *preds, num_classes) -> {metric: float}, on one HER2 view
-               y_true, # HER2 labels 0..3 (or '0'..'3+'): BCI's scores or the demo's DAB-score classes, N
-               *preds, # predictions of the four-class classifier (0..3), each N
-               n_resamples:int=1000, level:float=0.95, seed:int=0, # bootstrap settings
-              )->pd.DataFrame:
-    "`metrics` on the binary (headline) and four-class HER2 views: columns classes, metric, value, ci_low, ci_high, n, level."
+def her2_table(
+    metrics: Callable,  # f(y_true, *preds, num_classes) -> {metric: float}, on one HER2 view
+    y_true,  # HER2 labels 0..3 (or '0'..'3+'): BCI's scores or the demo's DAB-score classes, N
+    *preds,  # predictions of the four-class classifier (0..3), each N
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,  # bootstrap settings
+) -> pd.DataFrame:
+    """`metrics` on the binary (headline) and four-class HER2 views: columns classes, metric, value, ci_low, ci_high, n,
+    level."""
     point = {cls: metrics(*a, HER2_VIEWS[cls]) for cls, a in her2_views(y_true, *preds).items()}  # warns once per view
+
     def stat(*arrays):
         return [v for cls, a in her2_views(*arrays).items() for v in metrics(*a, HER2_VIEWS[cls]).values()]
+
     v, lo, hi = _bootstrap(stat, (her2_scores(y_true), *map(her2_scores, preds)), n_resamples, level, seed)
     keys = [(cls, k) for cls, m in point.items() for k in m]
-    return pd.DataFrame(dict(classes=[c for c, _ in keys], metric=[k for _, k in keys], value=v, ci_low=lo,
-                             ci_high=hi, n=len(her2_scores(y_true)), level=level))
+    return pd.DataFrame(
+        dict(
+            classes=[c for c, _ in keys],
+            metric=[k for _, k in keys],
+            value=v,
+            ci_low=lo,
+            ci_high=hi,
+            n=len(her2_scores(y_true)),
+            level=level,
+        )
+    )
 
 # %% ../nbs/08_sfs.ipynb #27d6d5ab
 SFS_METRICS = ('acc_real', 'acc_gen', 'avg_deg', 'sfs')  # the rows of `sfs_table`, per HER2 view
 
-def _sfs_metrics(y_true, pred_real, pred_gen, num_classes)->dict:
+
+def _sfs_metrics(y_true, pred_real, pred_gen, num_classes) -> dict:
     s = semantic_fidelity_score(y_true, pred_real, pred_gen, num_classes)
     return {k: float(s[k]) for k in SFS_METRICS}
 
-def sfs_table(y_true, # HER2 labels 0..3 of the test set (or '0'..'3+'), N
-              pred_real, # four-class predictions on the real IHC, N
-              pred_gen, # four-class predictions on the generated IHC of the same cases, N
-              n_resamples:int=1000, level:float=0.95, seed:int=0, # bootstrap settings
-             )->pd.DataFrame:
+
+def sfs_table(
+    y_true,  # HER2 labels 0..3 of the test set (or '0'..'3+'), N
+    pred_real,  # four-class predictions on the real IHC, N
+    pred_gen,  # four-class predictions on the generated IHC of the same cases, N
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,  # bootstrap settings
+) -> pd.DataFrame:
     "Acc_real, Acc_gen, AvgDeg and SFS on the binary HER2 classes (the headline rows) and the four classes, with CIs."
     return her2_table(_sfs_metrics, y_true, pred_real, pred_gen, n_resamples=n_resamples, level=level, seed=seed)
 
 # %% ../nbs/08_sfs.ipynb #86628778
-def accuracy_table(y_true, # HER2 labels 0..3 (or '0'..'3+'), N
-                   y_pred, # four-class predictions, N
-                   n_resamples:int=1000, level:float=0.95, seed:int=0, # bootstrap settings
-                  )->pd.DataFrame:
+def accuracy_table(
+    y_true,  # HER2 labels 0..3 (or '0'..'3+'), N
+    y_pred,  # four-class predictions, N
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,  # bootstrap settings
+) -> pd.DataFrame:
     "Accuracy of a four-class HER2 classifier on the binary classes (the headline row) and on the four, with CIs."
-    return her2_table(lambda y, p, c: {'accuracy': float((y == p).mean())}, y_true, y_pred,
-                      n_resamples=n_resamples, level=level, seed=seed)
+    return her2_table(
+        lambda y, p, c: {'accuracy': float((y == p).mean())},
+        y_true,
+        y_pred,
+        n_resamples=n_resamples,
+        level=level,
+        seed=seed,
+    )
 
 # %% ../nbs/08_sfs.ipynb #eb359c51
 FOUR_CLASS_SUFFIX = '_4class'  # column suffix of four-class figures; binary (headline) figures keep the plain name
 
-def her2_wide(table:pd.DataFrame, # a `her2_table` / `sfs_table`, or several stacked with id columns
-              by:str|Sequence[str]|None=None, # id column(s), e.g. 'method': one row per value (default: one row)
-             )->pd.DataFrame:
+
+def her2_wide(
+    table: pd.DataFrame,  # a `her2_table` / `sfs_table`, or several stacked with id columns
+    by: str | Sequence[str] | None = None,  # id column(s), e.g. 'method': one row per value (default: one row)
+) -> pd.DataFrame:
     "One row per `by` value: `m`, `m_lo`, `m_hi` per metric, binary under the plain name first, four-class `m_4class`."
     by = [by] if isinstance(by, str) else list(by or [])
     rows = []
-    for key, g in (table.groupby(by, sort=False) if by else [((), table)]):
+    for key, g in table.groupby(by, sort=False) if by else [((), table)]:
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         for r in g.itertuples():
             m = r.metric + ('' if r.classes == 'binary' else FOUR_CLASS_SUFFIX)
             row.update({m: r.value, f'{m}_lo': r.ci_low, f'{m}_hi': r.ci_high})
-        if 'n' in g: row['n'] = int(g['n'].iloc[0])
+        if 'n' in g:
+            row['n'] = int(g['n'].iloc[0])
         rows.append(row)
     return pd.DataFrame(rows)
 
 # %% ../nbs/08_sfs.ipynb #185bfa7d
-def plot_her2_table(table:pd.DataFrame, # a `her2_table` / `sfs_table`, or several stacked with a `by` column
-                    metrics:Sequence[str]|None=None, # metrics to draw (default: all, in table order)
-                    by:str|None=None, # id column, e.g. 'method': one group of bars per (value, metric)
-                    ax=None, # matplotlib Axes (default: a new figure)
-                    title:str|None=None, # axes title
-                   ):
+def plot_her2_table(
+    table: pd.DataFrame,  # a `her2_table` / `sfs_table`, or several stacked with a `by` column
+    metrics: Sequence[str] | None = None,  # metrics to draw (default: all, in table order)
+    by: str | None = None,  # id column, e.g. 'method': one group of bars per (value, metric)
+    ax=None,  # matplotlib Axes (default: a new figure)
+    title: str | None = None,  # axes title
+):
     "Bars with bootstrap CIs; in each group the binary (headline) bar comes first, the four-class one beside it."
     import matplotlib.pyplot as plt
+
     t = table if metrics is None else table[table.metric.isin(metrics)]
     cols = ([by] if by else []) + ['metric']
     keys = list(dict.fromkeys(map(tuple, t[cols].to_numpy().tolist())))
-    if ax is None: _, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(keys) + 1.5), 3.4))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(keys) + 1.5), 3.4))
     x, w = np.arange(len(keys)), 0.4
     for j, (cls, color) in enumerate(zip(HER2_VIEWS, ('tab:blue', 'tab:gray'))):
         rows = {tuple(r[c] for c in cols): r for r in t[t.classes == cls].to_dict('records')}
-        v, lo, hi = (np.array([rows[k][c] if k in rows else np.nan for k in keys], float) for c in ('value', 'ci_low', 'ci_high'))
+        v, lo, hi = (
+            np.array([rows[k][c] if k in rows else np.nan for k in keys], float) for c in ('value', 'ci_low', 'ci_high')
+        )
         err = np.nan_to_num(np.clip([v - lo, hi - v], 0, None))
         ax.bar(x + (j - 0.5) * w, v, w, yerr=err, capsize=3, color=color, label=cls + (' (headline)' if j == 0 else ''))
     ax.set_xticks(x, [' / '.join(map(str, k)) for k in keys], rotation=30 if by else 0, ha='right' if by else 'center')
-    ax.axhline(1.0, lw=0.6, ls=':', color='k'); ax.legend(fontsize=8)
-    if title: ax.set_title(title)
+    ax.axhline(1.0, lw=0.6, ls=':', color='k')
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
     return ax
 
 # %% ../nbs/08_sfs.ipynb #a5206966
-def plot_confusion_matrix(y_true, y_pred, # labels and predictions
-                          class_names:Sequence[str]|None=None, # tick labels
-                          normalize:bool=True, # show row-normalised recall (True) or counts
-                          ax=None, # matplotlib Axes (default: a new figure)
-                          title:str|None=None, # axes title
-                         ):
+def plot_confusion_matrix(
+    y_true,
+    y_pred,  # labels and predictions
+    class_names: Sequence[str] | None = None,  # tick labels
+    normalize: bool = True,  # show row-normalised recall (True) or counts
+    ax=None,  # matplotlib Axes (default: a new figure)
+    title: str | None = None,  # axes title
+):
     "Seaborn heatmap of the confusion matrix (rows true, columns predicted); returns the Axes."
     import seaborn as sns, matplotlib.pyplot as plt
+
     cm = confusion_matrix(y_true, y_pred, len(class_names) if class_names is not None else None)
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(cm))]
-    if ax is None: _, ax = plt.subplots(figsize=(1.2 * len(cm) + 1.5, 1.1 * len(cm) + 1))
-    with np.errstate(invalid='ignore'): data = cm / cm.sum(1, keepdims=True) if normalize else cm
-    sns.heatmap(data, annot=True, fmt='.2f' if normalize else 'd', cmap='Blues', vmin=0, vmax=1 if normalize else None,
-                xticklabels=names, yticklabels=names, cbar=False, ax=ax, square=True)
-    ax.set_xlabel('predicted'); ax.set_ylabel('true')
-    if title: ax.set_title(title)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 * len(cm) + 1.5, 1.1 * len(cm) + 1))
+    with np.errstate(invalid='ignore'):
+        data = cm / cm.sum(1, keepdims=True) if normalize else cm
+    sns.heatmap(
+        data,
+        annot=True,
+        fmt='.2f' if normalize else 'd',
+        cmap='Blues',
+        vmin=0,
+        vmax=1 if normalize else None,
+        xticklabels=names,
+        yticklabels=names,
+        cbar=False,
+        ax=ax,
+        square=True,
+    )
+    ax.set_xlabel('predicted')
+    ax.set_ylabel('true')
+    if title:
+        ax.set_title(title)
     return ax
 
 # %% ../nbs/08_sfs.ipynb #54cab339
-def resize_tiles(tiles:np.ndarray, size:int)->np.ndarray:
+def resize_tiles(tiles: np.ndarray, size: int) -> np.ndarray:
     "Resize uint8 tiles to size x size (area interpolation), or keep them when size is 0: an explicit, documented step."
-    if not size or tiles.shape[1] == size: return tiles
+    if not size or tiles.shape[1] == size:
+        return tiles
     import cv2
+
     return np.stack([cv2.resize(t, (size, size), interpolation=cv2.INTER_AREA) for t in tiles])
 
-def staining_split(split:str, # 'train' or 'test'
-                   s:dict, # staining_data ('demo' | 'bci'), bci_root, data_dir, image_size
-                   stains:tuple=('he', 'ihc'), # the tiles to read
-                  )->dict:
+
+def staining_split(
+    split: str,  # 'train' or 'test'
+    s: dict,  # staining_data ('demo' | 'bci'), bci_root, data_dir, image_size
+    stains: tuple = ('he', 'ihc'),  # the tiles to read
+) -> dict:
     "The tiles (`stains`) and HER2 `label`s of `split` of the staining task, resized to `s['image_size']`."
     from histodiff.core import read_image
+
     if s['staining_data'] == 'bci':
         from histodiff.sources import load_bci
+
         pairs = load_bci(s['bci_root'], split)
         out = {k: np.stack([resize_tiles(read_image(p[k])[None], s['image_size'])[0] for p in pairs]) for k in stains}
         return {**out, 'label': np.array([p['label'] for p in pairs])}
     if s['staining_data'] != 'demo':
         raise ValueError(f"staining_data {s['staining_data']!r}: expected 'demo' or 'bci'")
     from histodiff.data import load_tile_dataset, dataset_images
-    ds = load_tile_dataset(Path(s['data_dir'])/'staining'/split)
+
+    ds = load_tile_dataset(Path(s['data_dir']) / 'staining' / split)
     out = {k: resize_tiles(dataset_images(ds, k), s['image_size']) for k in stains}
     return {**out, 'label': np.asarray(ds['label'], np.int64)}
 
 # %% ../nbs/08_sfs.ipynb #22ca3fd9
-def leg_config(s:dict, run:str, steps:int, batch:int|None=None):
+def leg_config(s: dict, run: str, steps: int, batch: int | None = None):
     "fit's settings of the classifier run `run` (models_dir/runs/run) up to `steps`."
     from histodiff.train import TrainConfig
-    return TrainConfig(output_dir=str(Path(s['models_dir'])/'runs'/run), max_steps=int(steps), batch_size=batch or s['batch_size'],
-                       learning_rate=s['learning_rate'], weight_decay=s['weight_decay'], seed=s['seed'], progress=s['progress'],
-                       use_ema=False, checkpoint_every=10**9, keep_checkpoints=10)
+
+    return TrainConfig(
+        output_dir=str(Path(s['models_dir']) / 'runs' / run),
+        max_steps=int(steps),
+        batch_size=batch or s['batch_size'],
+        learning_rate=s['learning_rate'],
+        weight_decay=s['weight_decay'],
+        seed=s['seed'],
+        progress=s['progress'],
+        use_ema=False,
+        checkpoint_every=10**9,
+        keep_checkpoints=10,
+    )
+
 
 def _from_checkpoint(run, init, data, labels, cfg, class_names, **kw):
     "The classifier checkpoint `init` (same classes as the data), fine-tuned with fit (cfg None: as it is)."
     from histodiff.modelfolder import load_trainable
     from histodiff.train import fit
+
     clf = load_trainable(ImageClassifier, init, f'classifier/{run}')
     have = [str(clf.model.config.id2label[i]) for i in range(clf.num_classes)]
-    if have != list(class_names): raise ValueError(f"init_from {init}: classes {have}, but the data has {list(class_names)}; use a matching checkpoint or init_from ''.")
-    if cfg is None: return clf.eval()
+    if have != list(class_names):
+        raise ValueError(
+            f"init_from {init}: classes {have}, but the data has {list(class_names)}; "
+            "use a matching checkpoint or init_from ''."
+        )
+    if cfg is None:
+        return clf.eval()
     ds = data if labels is None else ClassificationDataset(data, labels)
     return fit(clf, ds, cfg).eval()
 
-def train_leg(run:str, # the run folder's name under models_dir/runs
-              steps:int, # train up to this step (0: the checkpoint `init` as it is)
-              data, labels, # tiles and labels (labels None: `data` is a Dataset)
-              s:dict, # the stage's parameters
-              batch:int|None=None, # tiles per step (default s['batch_size'])
-              init:str='', # a classifier checkpoint to start from ('': a fresh model)
-              **kw, # arch, num_classes, class_names
-             ):
+
+def train_leg(
+    run: str,  # the run folder's name under models_dir/runs
+    steps: int,  # train up to this step (0: the checkpoint `init` as it is)
+    data,
+    labels,  # tiles and labels (labels None: `data` is a Dataset)
+    s: dict,  # the stage's parameters
+    batch: int | None = None,  # tiles per step (default s['batch_size'])
+    init: str = '',  # a classifier checkpoint to start from ('': a fresh model)
+    **kw,  # arch, num_classes, class_names
+):
     "Train run `run` up to `steps`, resuming from its previous leg; refuse a folder already past `steps`."
     from histodiff.train import list_checkpoints
-    if not steps: return _from_checkpoint(run, init, data, labels, None, kw['class_names'])   # 0 steps: the checkpoint as it is
-    cfg = leg_config(s, run, steps, batch); ckpt = Path(cfg.output_dir)/'checkpoints'/f'step_{int(steps):08d}'
-    if ckpt.exists(): cfg.resume = str(ckpt)
+
+    if not steps:
+        return _from_checkpoint(run, init, data, labels, None, kw['class_names'])  # 0 steps: the checkpoint as it is
+    cfg = leg_config(s, run, steps, batch)
+    ckpt = Path(cfg.output_dir) / 'checkpoints' / f'step_{int(steps):08d}'
+    if ckpt.exists():
+        cfg.resume = str(ckpt)
     else:
         done = [int(p.name.split('_')[1]) for p in list_checkpoints(cfg.output_dir)]
-        if done and max(done) > steps: raise RuntimeError(f"{cfg.output_dir} holds a run past step {steps} without a checkpoint at it; delete the folder.")
+        if done and max(done) > steps:
+            raise RuntimeError(
+                f"{cfg.output_dir} holds a run past step {steps} without a checkpoint at it; delete the folder."
+            )
     return _from_checkpoint(run, init, data, labels, cfg, **kw) if init else train_classifier(data, labels, cfg, **kw)
 
 # %% ../nbs/08_sfs.ipynb #8b6056e5
-def sfs_bias_legs(train:dict, test:dict, # {'ihc': tiles, 'label': HER2 labels} of the training and test tiles
-                  s:dict, # the stage's parameters (underfit_steps, max_steps, overfit_steps, init_from, arch, resume, ...)
-                  device=None)->tuple[dict, float]:
+def sfs_bias_legs(
+    train: dict,
+    test: dict,  # {'ihc': tiles, 'label': HER2 labels} of the training and test tiles
+    s: dict,  # the stage's parameters (underfit_steps, max_steps, overfit_steps, init_from, arch, resume, ...)
+    device=None,
+) -> tuple[dict, float]:
     "The SFS classifier's legs of one run, saved to models_dir/<leg> and scored: ({leg: results}, seconds in all)."
     import shutil, time
+
     models = Path(s['models_dir'])
-    if not s['resume']: shutil.rmtree(models/'runs', ignore_errors=True)
+    if not s['resume']:
+        shutil.rmtree(models / 'runs', ignore_errors=True)
     legs = {'sfs_underfit': s['underfit_steps'], 'sfs': s['max_steps'], 'sfs_overfit': s['overfit_steps']}
     legs = {k: v for k, v in legs.items() if v or (k == 'sfs' and s['init_from'])}
     (x, y), (xt, yt), bs = (train['ihc'], train['label']), (test['ihc'], test['label']), s['batch_size']
     results, t0 = {}, time.time()
     for name, steps in sorted(legs.items(), key=lambda kv: kv[1]):
-        clf = train_leg('sfs', steps, x, y, s, init=s['init_from'], arch=s['arch'], num_classes=4, class_names=HER2_CLASSES)
-        save_classifier(clf, models/name)
+        clf = train_leg(
+            'sfs', steps, x, y, s, init=s['init_from'], arch=s['arch'], num_classes=4, class_names=HER2_CLASSES
+        )
+        save_classifier(clf, models / name)
         p_train, p_test = predict(clf, x, bs, device), predict(clf, xt, bs, device)
-        results[name] = dict(steps=int(steps), acc_train=accuracy(y, p_train), acc_test=accuracy(yt, p_test),
-                             acc_train_binary=accuracy(binarize_her2(y), binarize_her2(p_train)),
-                             acc_test_binary=accuracy(binarize_her2(yt), binarize_her2(p_test)),
-                             recall_test=per_class_recall(yt, p_test, 4).tolist(), pred_test=p_test)
-        print(name, steps, 'steps: train acc', round(results[name]['acc_train'], 3), 'test acc', round(results[name]['acc_test'], 3))
-    return results, round(time.time() - t0, 1)   # the whole trajectory, predictions included
+        results[name] = dict(
+            steps=int(steps),
+            acc_train=accuracy(y, p_train),
+            acc_test=accuracy(yt, p_test),
+            acc_train_binary=accuracy(binarize_her2(y), binarize_her2(p_train)),
+            acc_test_binary=accuracy(binarize_her2(yt), binarize_her2(p_test)),
+            recall_test=per_class_recall(yt, p_test, 4).tolist(),
+            pred_test=p_test,
+        )
+        print(
+            name,
+            steps,
+            'steps: train acc',
+            round(results[name]['acc_train'], 3),
+            'test acc',
+            round(results[name]['acc_test'], 3),
+        )
+    return results, round(time.time() - t0, 1)  # the whole trajectory, predictions included
 
 # %% ../nbs/08_sfs.ipynb #07a36242
-def _tissue_data(tc:dict, data_dir:str|Path):
+def _tissue_data(tc: dict, data_dir: str | Path):
     "(training data, its labels or None, test tiles, test labels, class names) of the tissue classifier."
     from histodiff.data import load_tile_dataset, dataset_images
-    if tc['dataset'] == 'demo':   # the demo: each tile's source as its tissue class
+
+    if tc['dataset'] == 'demo':  # the demo: each tile's source as its tissue class
         names = list(tc['classes'])
+
         def pick(ds):
             keep = [i for i, src in enumerate(ds['source']) if src in names]
             return dataset_images(ds)[keep], np.array([names.index(ds['source'][i]) for i in keep], np.int64)
-        (t_train, l_train), (t_test, l_test) = (pick(load_tile_dataset(Path(data_dir)/'tiles'/k)) for k in ('train', 'test'))
+
+        (t_train, l_train), (t_test, l_test) = (
+            pick(load_tile_dataset(Path(data_dir) / 'tiles' / k)) for k in ('train', 'test')
+        )
         return t_train, l_train, t_test, l_test, names
-    from histodiff.sources import load_hub_dataset   # a saved hub dataset (paper: NCT-CRC-HE-100K / CRC-VAL-HE-7K)
+    from histodiff.sources import load_hub_dataset  # a saved hub dataset (paper: NCT-CRC-HE-100K / CRC-VAL-HE-7K)
+
     hub = load_hub_dataset(tc['dataset'])
     tr, te = hub[tc['train_split']], hub[tc['test_split']]
     names = list(tr.features[tc['label_column']].names)
-    if tc['max_test']: te = te.select(range(min(tc['max_test'], len(te))))
+    if tc['max_test']:
+        te = te.select(range(min(tc['max_test'], len(te))))
     t_test = np.stack([np.asarray(im.convert('RGB')) for im in te[tc['image_column']]])
     l_test = np.asarray(te[tc['label_column']], np.int64)
     return HubClassificationDataset(tr, tc['image_column'], tc['label_column']), None, t_test, l_test, names
 
-def tissue_study(s:dict, # the stage's parameters: tissue (the group's settings), data_dir, models_dir, n_resamples, seed
-                 device=None)->tuple[dict|None, float]:
-    "Train (or take) the tissue classifier, save it to models_dir/tissue and score it: (results or None when skipped, seconds)."
+
+def tissue_study(
+    s: dict,  # the stage's parameters: tissue (the group's settings), data_dir, models_dir, n_resamples, seed
+    device=None,
+) -> tuple[dict | None, float]:
+    """Train (or take) the tissue classifier, save it to models_dir/tissue and score it: (results or None when skipped,
+    seconds)."""
     import time
+
     tc, t0 = s['tissue'], time.time()
-    if not (tc['steps'] or tc['init_from']): return None, 0.0
+    if not (tc['steps'] or tc['init_from']):
+        return None, 0.0
     data, labels, t_test, l_test, names = _tissue_data(tc, s['data_dir'])
-    clf = train_leg('tissue', tc['steps'], data, labels, s, batch=tc['batch_size'], init=tc['init_from'], arch=tc['arch'],
-                    num_classes=len(names), class_names=names)
-    save_classifier(clf, Path(s['models_dir'])/'tissue')
-    pt = predict(ImageClassifier.from_pretrained(Path(s['models_dir'])/'tissue'), t_test, tc['batch_size'], device)
+    clf = train_leg(
+        'tissue',
+        tc['steps'],
+        data,
+        labels,
+        s,
+        batch=tc['batch_size'],
+        init=tc['init_from'],
+        arch=tc['arch'],
+        num_classes=len(names),
+        class_names=names,
+    )
+    save_classifier(clf, Path(s['models_dir']) / 'tissue')
+    pt = predict(ImageClassifier.from_pretrained(Path(s['models_dir']) / 'tissue'), t_test, tc['batch_size'], device)
     acc = bootstrap_ci(lambda y, p: float((y == p).mean()), l_test, pt, n_resamples=s['n_resamples'], seed=s['seed'])
-    result = dict(steps=int(tc['steps']), init_from=tc['init_from'], classes=names, n_test=int(len(l_test)), acc_test=acc,
-                  recall_test=per_class_recall(l_test, pt, len(names)).tolist())
+    result = dict(
+        steps=int(tc['steps']),
+        init_from=tc['init_from'],
+        classes=names,
+        n_test=int(len(l_test)),
+        acc_test=acc,
+        recall_test=per_class_recall(l_test, pt, len(names)).tolist(),
+    )
     return result, time.time() - t0
 
 # %% ../nbs/08_sfs.ipynb #53d2656f
-def plot_bias_confusions(y_test, results:dict, class_names=HER2_CLASSES):
+def plot_bias_confusions(y_test, results: dict, class_names=HER2_CLASSES):
     "One confusion matrix per leg of the bias study (its test predictions `pred_test`), side by side."
     import matplotlib.pyplot as plt
+
     fig, axs = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.4))
     for ax, (name, r) in zip(np.atleast_1d(axs), results.items()):
-        plot_confusion_matrix(y_test, r['pred_test'], class_names, ax=ax, title=f"{name} ({r['steps']} steps): acc {r['acc_test']:.2f}")
+        plot_confusion_matrix(
+            y_test, r['pred_test'], class_names, ax=ax, title=f"{name} ({r['steps']} steps): acc {r['acc_test']:.2f}"
+        )
     plt.tight_layout()
     return fig
 
-def log_bias_curve(results:dict, live_dir:str|Path)->dict:
+
+def log_bias_curve(results: dict, live_dir: str | Path) -> dict:
     "Log train and test accuracy of each leg against its steps with dvclive; {leg: (steps, train acc, test acc)}."
     from dvclive import Live
+
     with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None) as live:
         for name, r in sorted(results.items(), key=lambda kv: kv[1]['steps']):
             live.step = r['steps']
-            live.log_metric('sfs_classifier/acc_train', r['acc_train']); live.log_metric('sfs_classifier/acc_test', r['acc_test'])
+            live.log_metric('sfs_classifier/acc_train', r['acc_train'])
+            live.log_metric('sfs_classifier/acc_test', r['acc_test'])
     return {k: (r['steps'], round(r['acc_train'], 3), round(r['acc_test'], 3)) for k, r in results.items()}
+
 
 def json_ready(v):
     "`v` with numpy numbers as Python ones and NaN as None (JSON without NaN: an undefined recall becomes null)."
-    if isinstance(v, dict): return {k: json_ready(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)): return [json_ready(x) for x in v]
-    if isinstance(v, (float, np.floating)): return None if np.isnan(v) else float(v)
+    if isinstance(v, dict):
+        return {k: json_ready(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_ready(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        return None if np.isnan(v) else float(v)
     return int(v) if isinstance(v, np.integer) else v

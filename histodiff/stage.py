@@ -19,70 +19,95 @@ __all__ = ['RUNNER_SET', 'StageError', 'stage_spec', 'stage_notebooks', 'stage_p
 class StageError(ValueError):
     "A stage cannot run: unknown stage, missing parameter, parameter of the wrong type."
 
-def stage_spec(name:str, # the stage, e.g. 'train_ldm'
-               dvc_file:str|Path='dvc.yaml', # the pipeline file
-              )->dict:
+
+def stage_spec(
+    name: str,  # the stage, e.g. 'train_ldm'
+    dvc_file: str | Path = 'dvc.yaml',  # the pipeline file
+) -> dict:
     "The entry of stage `name` in `dvc_file`."
     stages = yaml.safe_load(Path(dvc_file).read_text()).get('stages', {})
-    if name not in stages: raise StageError(f"no stage {name!r} in {dvc_file}; stages: {', '.join(stages)}")
+    if name not in stages:
+        raise StageError(f"no stage {name!r} in {dvc_file}; stages: {', '.join(stages)}")
     return stages[name]
 
 # %% ../nbs/13_stage.ipynb #f6ee7d2d
-def _out_path(entry)->str: return entry if isinstance(entry, str) else next(iter(entry))
+def _out_path(entry) -> str:
+    return entry if isinstance(entry, str) else next(iter(entry))
 
-def stage_notebooks(spec:dict, # a stage's entry of dvc.yaml
-                   )->tuple[str, str]:
-    "The stage's notebook (first `.ipynb` of deps) and its executed copy (the `.ipynb` of outs under results/executed/)."
+
+def stage_notebooks(
+    spec: dict,  # a stage's entry of dvc.yaml
+) -> tuple[str, str]:
+    """The stage's notebook (first `.ipynb` of deps) and its executed copy (the `.ipynb` of outs under
+    results/executed/)."""
     nbs = [d for d in spec.get('deps', []) if str(d).endswith('.ipynb')]
-    outs = [o for o in map(_out_path, spec.get('outs', [])) if o.endswith('.ipynb') and o.startswith('results/executed/')]
-    if not nbs or len(outs) != 1: raise StageError("a stage needs a notebook in deps and one results/executed/*.ipynb in outs")
+    outs = [
+        o for o in map(_out_path, spec.get('outs', [])) if o.endswith('.ipynb') and o.startswith('results/executed/')
+    ]
+    if not nbs or len(outs) != 1:
+        raise StageError("a stage needs a notebook in deps and one results/executed/*.ipynb in outs")
     return nbs[0], outs[0]
 
 # %% ../nbs/13_stage.ipynb #aba07d41
-def _lookup(params:dict, key:str):
+def _lookup(params: dict, key: str):
     "The value of the dotted `key` in `params`."
     value = params
     for part in key.split('.'):
-        if not isinstance(value, dict) or part not in value: raise StageError(f"params.yaml has no {key!r}")
+        if not isinstance(value, dict) or part not in value:
+            raise StageError(f"params.yaml has no {key!r}")
         value = value[part]
     return value
 
-def stage_parameters(spec:dict, # a stage's entry of dvc.yaml
-                     params:dict, # the content of params.yaml
-                     overrides:dict|None=None, # constants of the stage (the command line's key=value)
-                    )->dict:
+
+def stage_parameters(
+    spec: dict,  # a stage's entry of dvc.yaml
+    params: dict,  # the content of params.yaml
+    overrides: dict | None = None,  # constants of the stage (the command line's key=value)
+) -> dict:
     "The notebook parameters of a stage: its params entries from `params`, then `overrides`."
     out, origin = {}, {}
+
     def put(name, value, src):
-        if name in out: raise StageError(f"parameter {name!r} comes from both {origin[name]} and {src}")
+        if name in out:
+            raise StageError(f"parameter {name!r} comes from both {origin[name]} and {src}")
         out[name], origin[name] = value, src
+
     for entry in spec.get('params', []):
-        if isinstance(entry, dict): raise StageError(f"params entries from other files are not supported: {entry}")
+        if isinstance(entry, dict):
+            raise StageError(f"params entries from other files are not supported: {entry}")
         value = _lookup(params, entry)
-        if isinstance(value, dict) and '.' not in entry: [put(k, v, f'{entry}.{k}') for k, v in value.items()]
-        else: put(entry.split('.')[-1], value, entry)
-    for k, v in (overrides or {}).items(): put(k, v, 'the command line')
+        if isinstance(value, dict) and '.' not in entry:
+            [put(k, v, f'{entry}.{k}') for k, v in value.items()]
+        else:
+            put(entry.split('.')[-1], value, entry)
+    for k, v in (overrides or {}).items():
+        put(k, v, 'the command line')
     return out
 
 # %% ../nbs/13_stage.ipynb #2bab00a8
-def parse_overrides(items:list[str], # 'key=value' strings
-                   )->dict:
+def parse_overrides(
+    items: list[str],  # 'key=value' strings
+) -> dict:
     "The `key=value` items, each value read as YAML."
     out = {}
     for item in items:
         key, sep, value = item.partition('=')
-        if not sep or not key.isidentifier(): raise StageError(f"expected key=value with a Python name as key, got {item!r}")
+        if not sep or not key.isidentifier():
+            raise StageError(f"expected key=value with a Python name as key, got {item!r}")
         out[key] = yaml.safe_load(value) if value else ''
     return out
 
 # %% ../nbs/13_stage.ipynb #7f0d8e3f
-def notebook_defaults(path:str|Path, # a notebook with a cell tagged `parameters`
-                     )->dict:
+def notebook_defaults(
+    path: str | Path,  # a notebook with a cell tagged `parameters`
+) -> dict:
     "The literal values assigned in the notebook's `parameters` cell."
     import nbformat
+
     nb = nbformat.read(path, as_version=4)
     cell = next((c for c in nb.cells if 'parameters' in c.get('metadata', {}).get('tags', [])), None)
-    if cell is None: raise StageError(f"{path} has no cell tagged 'parameters'")
+    if cell is None:
+        raise StageError(f"{path} has no cell tagged 'parameters'")
     out = {}
     for node in ast.parse(cell.source).body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
@@ -91,65 +116,91 @@ def notebook_defaults(path:str|Path, # a notebook with a cell tagged `parameters
     return out
 
 # %% ../nbs/13_stage.ipynb #e865ce30
-def _same_kind(value, default)->bool:
-    if value is None or default is None: return True
-    if isinstance(default, bool) or isinstance(value, bool): return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float): return isinstance(value, (int, float))
+def _same_kind(value, default) -> bool:
+    if value is None or default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
     return isinstance(value, type(default))
 
-def check_types(parameters:dict, # what the runner will pass
-                defaults:dict, # the notebook's parameters cell
-                notebook:str='the notebook', # its name, for the message
-               ):
+
+def check_types(
+    parameters: dict,  # what the runner will pass
+    defaults: dict,  # the notebook's parameters cell
+    notebook: str = 'the notebook',  # its name, for the message
+):
     "Raise `StageError` naming every parameter unknown to the notebook or of another type than its default."
     bad = [f"{k} (not a parameter of {notebook})" for k in parameters if k not in defaults]
-    bad += [f"{k}={v!r} ({type(v).__name__}, the notebook's default is {type(defaults[k]).__name__})"
-            for k, v in parameters.items() if k in defaults and not _same_kind(v, defaults[k])]
-    if bad: raise StageError("bad stage parameters: " + '; '.join(bad))
+    bad += [
+        f"{k}={v!r} ({type(v).__name__}, the notebook's default is {type(defaults[k]).__name__})"
+        for k, v in parameters.items()
+        if k in defaults and not _same_kind(v, defaults[k])
+    ]
+    if bad:
+        raise StageError("bad stage parameters: " + '; '.join(bad))
 
 # %% ../nbs/13_stage.ipynb #ce5ea590
-RUNNER_SET = {'progress': False} # set by the runner when the notebook has the parameter, whatever its default
+RUNNER_SET = {'progress': False}  # set by the runner when the notebook has the parameter, whatever its default
 
-def stage_call(name:str, # the stage
-               overrides:dict|None=None, # the stage's constants
-               root:str|Path='.', # the repository (holds dvc.yaml and params.yaml)
-              )->tuple[Path, Path, dict]:
+
+def stage_call(
+    name: str,  # the stage
+    overrides: dict | None = None,  # the stage's constants
+    root: str | Path = '.',  # the repository (holds dvc.yaml and params.yaml)
+) -> tuple[Path, Path, dict]:
     "The notebook, its executed copy and the checked, typed parameters of stage `name`."
     root = Path(root)
-    spec = stage_spec(name, root/'dvc.yaml')
+    spec = stage_spec(name, root / 'dvc.yaml')
     src, dst = stage_notebooks(spec)
-    params = yaml.safe_load((root/'params.yaml').read_text())
+    params = yaml.safe_load((root / 'params.yaml').read_text())
     parameters = stage_parameters(spec, params, overrides)
-    defaults = notebook_defaults(root/src)
+    defaults = notebook_defaults(root / src)
     parameters.update({k: v for k, v in RUNNER_SET.items() if k in defaults and k not in parameters})
     check_types(parameters, defaults, src)
-    return root/src, root/dst, parameters
+    return root / src, root / dst, parameters
 
 # %% ../nbs/13_stage.ipynb #0dad0952
-def run_stage(name:str, # the stage
-              overrides:dict|None=None, # the stage's constants
-              root:str|Path='.', # the repository; the notebook runs with it as working folder
-              kernel_name:str='python3', # Jupyter kernel (make install registers python3 in the venv)
-             )->Path:
+def run_stage(
+    name: str,  # the stage
+    overrides: dict | None = None,  # the stage's constants
+    root: str | Path = '.',  # the repository; the notebook runs with it as working folder
+    kernel_name: str = 'python3',  # Jupyter kernel (make install registers python3 in the venv)
+) -> Path:
     "Execute stage `name`'s notebook with Papermill and typed parameters; return the executed notebook."
     import papermill as pm
+
     src, dst, parameters = stage_call(name, overrides, root)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(src), str(dst), parameters=parameters, cwd=str(Path(root)), progress_bar=False,
-                        kernel_name=kernel_name, language='python', log_output=False)
+    pm.execute_notebook(
+        str(src),
+        str(dst),
+        parameters=parameters,
+        cwd=str(Path(root)),
+        progress_bar=False,
+        kernel_name=kernel_name,
+        language='python',
+        log_output=False,
+    )
     return dst
 
 # %% ../nbs/13_stage.ipynb #3d304cf2
-def main(argv:list[str]|None=None)->int:
+def main(argv: list[str] | None = None) -> int:
     "Run one stage: `python -m histodiff.stage NAME [key=value ...]`."
     import argparse
+
     ap = argparse.ArgumentParser(prog='python -m histodiff.stage', description=main.__doc__)
     ap.add_argument('stage', help="a stage of dvc.yaml, e.g. train_ldm")
     ap.add_argument('overrides', nargs='*', help="constants of the stage, key=value (value read as YAML)")
     args = ap.parse_args(argv)
-    try: run_stage(args.stage, parse_overrides(args.overrides))
-    except (StageError, OSError) as e: # a bad stage or parameter, a missing dvc.yaml / params.yaml / notebook
-        print(f"histodiff.stage: {e}", file=sys.stderr); return 2
+    try:
+        run_stage(args.stage, parse_overrides(args.overrides))
+    except (StageError, OSError) as e:  # a bad stage or parameter, a missing dvc.yaml / params.yaml / notebook
+        print(f"histodiff.stage: {e}", file=sys.stderr)
+        return 2
     return 0
 
-if __name__ == '__main__' and 'ipykernel' not in sys.modules: sys.exit(main())
+
+if __name__ == '__main__' and 'ipykernel' not in sys.modules:
+    sys.exit(main())

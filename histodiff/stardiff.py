@@ -17,8 +17,18 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from .core import (atomic_path, atomic_dir, as_rgb_uint8, to_tensor, from_tensor, make_generator,
-                            extract_tiles, stitch_tiles, dihedral, downsample_factor)
+from histodiff.core import (
+    atomic_path,
+    atomic_dir,
+    as_rgb_uint8,
+    to_tensor,
+    from_tensor,
+    make_generator,
+    extract_tiles,
+    stitch_tiles,
+    dihedral,
+    downsample_factor,
+)
 from .modelfolder import ModelFolderError, load_folder, read_json_settings, load_float32, load_trainable
 
 # %% auto #0
@@ -32,47 +42,66 @@ __all__ = ['PATHS', 'VARIANTS', 'StarDiffSchedulerOutput', 'StarDiffScheduler', 
 @dataclass
 class StarDiffSchedulerOutput(BaseOutput):
     "Output of `StarDiffScheduler.step`."
-    prev_sample: torch.Tensor # x_t' (the sample at the next, less noisy timestep)
-    pred_original_sample: torch.Tensor # x0_hat = x_t - abar_t * r_hat - bbar_t * e_hat
-    pred_residual: torch.Tensor # r_hat (in [-2, 2], never clamped; derived from e_hat for a noise-path-only model)
-    pred_noise: torch.Tensor # e_hat (derived from r_hat for a residual-path-only model)
+
+    prev_sample: torch.Tensor  # x_t' (the sample at the next, less noisy timestep)
+    pred_original_sample: torch.Tensor  # x0_hat = x_t - abar_t * r_hat - bbar_t * e_hat
+    pred_residual: torch.Tensor  # r_hat (in [-2, 2], never clamped; derived from e_hat for a noise-path-only model)
+    pred_noise: torch.Tensor  # e_hat (derived from r_hat for a residual-path-only model)
 
 # %% ../nbs/06_stardiff.ipynb #6bedf6ff
 class StarDiffScheduler(SchedulerMixin, ConfigMixin):
-    "RDDM residual + noise scheduler (SPEC 3): `x_t = x0 + abar_t * I_res + bbar_t * eps`, index 0 = x0, index T = H&E + noise."
+    """RDDM residual + noise scheduler (SPEC 3): `x_t = x0 + abar_t * I_res + bbar_t * eps`, index 0 = x0,
+    index T = H&E + noise."""
+
     config_name = 'scheduler_config.json'
     order = 1
 
     @register_to_config
-    def __init__(self,
-                 num_train_timesteps:int=1000, # T: training timesteps (indices 1..T; 0 is x0)
-                 sum_scale:float=0.01, # total noise variance bbar_T^2 (RDDM restoration value)
-                 alpha_schedule:str='decreasing', # 'decreasing' (RDDM: alpha_t linear, decreasing) or 'uniform'
-                 beta_schedule:str='increasing', # 'increasing' (RDDM: beta_t^2 linear, increasing) or 'uniform'
-                 eta:float=0.0, # default stochasticity of `step` (0: deterministic)
-                ):
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,  # T: training timesteps (indices 1..T; 0 is x0)
+        sum_scale: float = 0.01,  # total noise variance bbar_T^2 (RDDM restoration value)
+        alpha_schedule: str = 'decreasing',  # 'decreasing' (RDDM: alpha_t linear, decreasing) or 'uniform'
+        beta_schedule: str = 'increasing',  # 'increasing' (RDDM: beta_t^2 linear, increasing) or 'uniform'
+        eta: float = 0.0,  # default stochasticity of `step` (0: deterministic)
+    ):
         T = int(num_train_timesteps)
-        if T < 1: raise ValueError(f"num_train_timesteps must be >= 1, got {T}.")
-        if not sum_scale > 0: raise ValueError(f"sum_scale must be > 0, got {sum_scale}.")
-        t = torch.arange(1, T + 1, dtype=torch.float64); tri = T * (T + 1) / 2
-        if alpha_schedule == 'decreasing': alphas = (T + 1 - t) / tri
-        elif alpha_schedule == 'uniform': alphas = torch.full_like(t, 1 / T)
-        else: raise ValueError(f"alpha_schedule must be 'decreasing' or 'uniform', got {alpha_schedule!r}.")
-        if beta_schedule == 'increasing': betas2 = t / tri * sum_scale
-        elif beta_schedule == 'uniform': betas2 = torch.full_like(t, sum_scale / T)
-        else: raise ValueError(f"beta_schedule must be 'increasing' or 'uniform', got {beta_schedule!r}.")
+        if T < 1:
+            raise ValueError(f"num_train_timesteps must be >= 1, got {T}.")
+        if not sum_scale > 0:
+            raise ValueError(f"sum_scale must be > 0, got {sum_scale}.")
+        t = torch.arange(1, T + 1, dtype=torch.float64)
+        tri = T * (T + 1) / 2
+        if alpha_schedule == 'decreasing':
+            alphas = (T + 1 - t) / tri
+        elif alpha_schedule == 'uniform':
+            alphas = torch.full_like(t, 1 / T)
+        else:
+            raise ValueError(f"alpha_schedule must be 'decreasing' or 'uniform', got {alpha_schedule!r}.")
+        if beta_schedule == 'increasing':
+            betas2 = t / tri * sum_scale
+        elif beta_schedule == 'uniform':
+            betas2 = torch.full_like(t, sum_scale / T)
+        else:
+            raise ValueError(f"beta_schedule must be 'increasing' or 'uniform', got {beta_schedule!r}.")
         zero = torch.zeros(1, dtype=torch.float64)
         self.alphas, self.betas2 = alphas, betas2
-        self.alphas_cumsum = torch.cat([zero, alphas.cumsum(0)]); self.alphas_cumsum[-1] = 1.0  # exact endpoints
-        self.betas2_cumsum = torch.cat([zero, betas2.cumsum(0)]); self.betas2_cumsum[-1] = sum_scale
+        self.alphas_cumsum = torch.cat([zero, alphas.cumsum(0)])
+        self.alphas_cumsum[-1] = 1.0  # exact endpoints
+        self.betas2_cumsum = torch.cat([zero, betas2.cumsum(0)])
+        self.betas2_cumsum[-1] = sum_scale
         self.num_inference_steps = None
         self.timesteps = torch.arange(T, 0, -1)
         self._prev = {int(s): int(s) - 1 for s in self.timesteps}
 
-    def __len__(self): return self.config.num_train_timesteps
+    def __len__(self):
+        return self.config.num_train_timesteps
 
-    def set_timesteps(self, num_inference_steps:int, # sampling steps, 1..T
-                      device:str|torch.device|None=None):
+    def set_timesteps(
+        self,
+        num_inference_steps: int,  # sampling steps, 1..T
+        device: str | torch.device | None = None,
+    ):
         "Evenly spaced timesteps from T down to (but excluding) 0; the last step lands on index 0 (x0)."
         T = self.config.num_train_timesteps
         if not 1 <= int(num_inference_steps) <= T:
@@ -82,10 +111,11 @@ class StarDiffScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.from_numpy(ts[:-1].copy()).to(device)
         self._prev = {int(a): int(b) for a, b in zip(ts[:-1], ts[1:])}
 
-    def previous_timestep(self, timestep)->int:
+    def previous_timestep(self, timestep) -> int:
         "The index the sampler jumps to from `timestep`."
         t = int(timestep)
-        if t not in self._prev: raise ValueError(f"timestep {t} is not in the current schedule {self.timesteps.tolist()[:5]}...")
+        if t not in self._prev:
+            raise ValueError(f"timestep {t} is not in the current schedule {self.timesteps.tolist()[:5]}...")
         return self._prev[t]
 
     def _coef(self, table, timesteps, like):
@@ -95,81 +125,117 @@ class StarDiffScheduler(SchedulerMixin, ConfigMixin):
         c = table[t].to(device=like.device, dtype=like.dtype)
         return c.reshape(-1, *([1] * (like.ndim - 1)))
 
-    def abar(self, timesteps, like:torch.Tensor)->torch.Tensor:
+    def abar(self, timesteps, like: torch.Tensor) -> torch.Tensor:
         "abar_t broadcast against `like`."
         return self._coef(self.alphas_cumsum, timesteps, like)
 
-    def bbar(self, timesteps, like:torch.Tensor)->torch.Tensor:
+    def bbar(self, timesteps, like: torch.Tensor) -> torch.Tensor:
         "bbar_t = sqrt(sum beta_i^2) broadcast against `like`."
         return self._coef(self.betas2_cumsum, timesteps, like).sqrt()
 
-    def add_noise(self, original_samples:torch.Tensor, # x0 (the IHC target)
-                  residual:torch.Tensor, # I_res = x_in - x0
-                  noise:torch.Tensor, # eps ~ N(0, I)
-                  timesteps, # indices in 0..T (one per sample, or a scalar)
-                 )->torch.Tensor:
+    def add_noise(
+        self,
+        original_samples: torch.Tensor,  # x0 (the IHC target)
+        residual: torch.Tensor,  # I_res = x_in - x0
+        noise: torch.Tensor,  # eps ~ N(0, I)
+        timesteps,  # indices in 0..T (one per sample, or a scalar)
+    ) -> torch.Tensor:
         "The forward process: x_t = x0 + abar_t * I_res + bbar_t * eps."
-        return original_samples + self.abar(timesteps, original_samples) * residual + self.bbar(timesteps, original_samples) * noise
+        return (
+            original_samples
+            + self.abar(timesteps, original_samples) * residual
+            + self.bbar(timesteps, original_samples) * noise
+        )
 
-    def start_sample(self, x_in:torch.Tensor, # the condition (H&E image or latent)
-                     generator=None)->torch.Tensor:
+    def start_sample(
+        self,
+        x_in: torch.Tensor,  # the condition (H&E image or latent)
+        generator=None,
+    ) -> torch.Tensor:
         "x_T = x_in + bbar_T * eps: where sampling starts."
         eps = randn_tensor(x_in.shape, generator=generator, device=x_in.device, dtype=x_in.dtype)
         return x_in + math.sqrt(self.config.sum_scale) * eps
 
-    def scale_model_input(self, sample, timestep=None): return sample
+    def scale_model_input(self, sample, timestep=None):
+        return sample
 
-    def complete_predictions(self, residual_pred:torch.Tensor|None, # r_hat (None: noise path only, derive it)
-                             noise_pred:torch.Tensor|None, # e_hat (None: residual path only, derive it)
-                             timestep:int, # current index t in 1..T
-                             sample:torch.Tensor, # x_t
-                             x_in:torch.Tensor|None=None, # the condition (needed when a prediction is None)
-                            )->tuple[torch.Tensor, torch.Tensor]:
-        "(r_hat, e_hat), the missing one derived from `x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps`; r_hat = 0 at t = T."
-        if residual_pred is not None and noise_pred is not None: return residual_pred, noise_pred
-        if residual_pred is None and noise_pred is None: raise ValueError("need a residual or a noise prediction, got neither.")
-        if x_in is None: raise ValueError("a single-path model needs `x_in` to derive the missing prediction "
-                                          "(x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps).")
+    def complete_predictions(
+        self,
+        residual_pred: torch.Tensor | None,  # r_hat (None: noise path only, derive it)
+        noise_pred: torch.Tensor | None,  # e_hat (None: residual path only, derive it)
+        timestep: int,  # current index t in 1..T
+        sample: torch.Tensor,  # x_t
+        x_in: torch.Tensor | None = None,  # the condition (needed when a prediction is None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_hat, e_hat), the missing one derived from `x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps`; r_hat = 0 at
+        t = T."""
+        if residual_pred is not None and noise_pred is not None:
+            return residual_pred, noise_pred
+        if residual_pred is None and noise_pred is None:
+            raise ValueError("need a residual or a noise prediction, got neither.")
+        if x_in is None:
+            raise ValueError(
+                "a single-path model needs `x_in` to derive the missing prediction "
+                "(x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps)."
+            )
         t = int(timestep)
-        if not 1 <= t <= self.config.num_train_timesteps: raise ValueError(f"timestep must be in 1..{self.config.num_train_timesteps}, got {t}.")
+        if not 1 <= t <= self.config.num_train_timesteps:
+            raise ValueError(f"timestep must be in 1..{self.config.num_train_timesteps}, got {t}.")
         a_t, b_t = self.alphas_cumsum[t].item(), self.betas2_cumsum[t].sqrt().item()
-        if noise_pred is None: return residual_pred, (sample - x_in - (a_t - 1) * residual_pred) / b_t
-        if 1 - a_t <= 1e-12: return torch.zeros_like(noise_pred), noise_pred  # t = T: x_T shows no residual (0/0); the ideal net's limit
+        if noise_pred is None:
+            return residual_pred, (sample - x_in - (a_t - 1) * residual_pred) / b_t
+        if 1 - a_t <= 1e-12:
+            return torch.zeros_like(noise_pred), noise_pred  # t = T: x_T shows no residual (0/0); the ideal net's limit
         return (sample - x_in - b_t * noise_pred) / (a_t - 1), noise_pred
 
-    def step(self, residual_pred:torch.Tensor|None, # r_hat (None: noise path only, derived from e_hat and x_in)
-             noise_pred:torch.Tensor|None, # e_hat (None: residual path only, derived from r_hat and x_in)
-             timestep:int, # current index t (from `self.timesteps`)
-             sample:torch.Tensor, # x_t
-             x_in:torch.Tensor|None=None, # the condition (H&E); needed when a prediction is None
-             generator:torch.Generator|None=None, # for z when sigma > 0
-             eta:float|None=None, # stochasticity (default: config.eta)
-             return_dict:bool=True):
-        "One sampling step t -> t' (SPEC 3 / paper Eq. 6); `sigma_t^2 = eta * (bbar_t^2 - bbar_t'^2) * bbar_t'^2 / bbar_t^2`."
+    def step(
+        self,
+        residual_pred: torch.Tensor | None,  # r_hat (None: noise path only, derived from e_hat and x_in)
+        noise_pred: torch.Tensor | None,  # e_hat (None: residual path only, derived from r_hat and x_in)
+        timestep: int,  # current index t (from `self.timesteps`)
+        sample: torch.Tensor,  # x_t
+        x_in: torch.Tensor | None = None,  # the condition (H&E); needed when a prediction is None
+        generator: torch.Generator | None = None,  # for z when sigma > 0
+        eta: float | None = None,  # stochasticity (default: config.eta)
+        return_dict: bool = True,
+    ):
+        """One sampling step t -> t' (SPEC 3 / paper Eq. 6); `sigma_t^2 = eta * (bbar_t^2 - bbar_t'^2) * bbar_t'^2 /
+        bbar_t^2`."""
         eta = self.config.eta if eta is None else float(eta)
-        if eta < 0: raise ValueError(f"eta must be >= 0, got {eta}.")
-        t = int(timestep); tp = self.previous_timestep(t)
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}.")
+        t = int(timestep)
+        tp = self.previous_timestep(t)
         r, e = self.complete_predictions(residual_pred, noise_pred, t, sample, x_in)
         a_t, a_p = self.alphas_cumsum[t].item(), self.alphas_cumsum[tp].item()
         b2_t, b2_p = self.betas2_cumsum[t].item(), self.betas2_cumsum[tp].item()
         sigma2 = min(eta * (b2_t - b2_p) * b2_p / b2_t, b2_p)
         prev = sample - (a_t - a_p) * r - (math.sqrt(b2_t) - math.sqrt(b2_p - sigma2)) * e
         if sigma2 > 0:
-            prev = prev + math.sqrt(sigma2) * randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+            prev = prev + math.sqrt(sigma2) * randn_tensor(
+                sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
+            )
         x0_hat = sample - a_t * r - math.sqrt(b2_t) * e
-        if not return_dict: return (prev, x0_hat, r, e)
+        if not return_dict:
+            return (prev, x0_hat, r, e)
         return StarDiffSchedulerOutput(prev_sample=prev, pred_original_sample=x0_hat, pred_residual=r, pred_noise=e)
 
 # %% ../nbs/06_stardiff.ipynb #9115e4e1
-def oracle_sample(scheduler:StarDiffScheduler, # the scheduler to check
-                  x0:torch.Tensor, x_in:torch.Tensor, # the target and the condition
-                  num_inference_steps:int=10, eta:float=0.0, generator=None,
-                  paths:str='both', # true predictions given: 'both', 'residual' or 'noise' (the other one is derived)
-                 )->torch.Tensor:
+def oracle_sample(
+    scheduler: StarDiffScheduler,  # the scheduler to check
+    x0: torch.Tensor,
+    x_in: torch.Tensor,  # the target and the condition
+    num_inference_steps: int = 10,
+    eta: float = 0.0,
+    generator=None,
+    paths: str = 'both',  # true predictions given: 'both', 'residual' or 'noise' (the other one is derived)
+) -> torch.Tensor:
     "Run the sampler with the true residual and/or the true noise (the one implied by x_t) at every step."
-    if paths not in ('both', 'residual', 'noise'): raise ValueError(f"paths must be 'both', 'residual' or 'noise', got {paths!r}.")
+    if paths not in ('both', 'residual', 'noise'):
+        raise ValueError(f"paths must be 'both', 'residual' or 'noise', got {paths!r}.")
     scheduler.set_timesteps(num_inference_steps)
-    res = x_in - x0; x = scheduler.start_sample(x_in, generator)
+    res = x_in - x0
+    x = scheduler.start_sample(x_in, generator)
     for t in scheduler.timesteps:
         eps = (x - x0 - scheduler.abar(t, x) * res) / scheduler.bbar(t, x)
         r, e = (None if paths == 'noise' else res), (None if paths == 'residual' else eps)
@@ -177,54 +243,86 @@ def oracle_sample(scheduler:StarDiffScheduler, # the scheduler to check
     return x
 
 # %% ../nbs/06_stardiff.ipynb #33ddb4f3
-def unet_config(sample_size:int=64, # tile side the UNet is trained on (pixels, or latent pixels)
-                block_out_channels=(64, 128, 256, 256), # channels per resolution
-                layers_per_block:int=2, # ResNet layers per block
-                norm_num_groups:int=32, # GroupNorm groups (must divide every channel count)
-                attention:bool=True, # self-attention at the lowest resolution
-               )->dict:
+def unet_config(
+    sample_size: int = 64,  # tile side the UNet is trained on (pixels, or latent pixels)
+    block_out_channels=(64, 128, 256, 256),  # channels per resolution
+    layers_per_block: int = 2,  # ResNet layers per block
+    norm_num_groups: int = 32,  # GroupNorm groups (must divide every channel count)
+    attention: bool = True,  # self-attention at the lowest resolution
+) -> dict:
     "Keyword arguments of `UNet2DModel` (minus the channels, which `StarDiffModel` sets)."
     n = len(block_out_channels)
-    down = ['DownBlock2D'] * n; up = ['UpBlock2D'] * n
-    if attention: down[-1], up[0] = 'AttnDownBlock2D', 'AttnUpBlock2D'
-    return dict(sample_size=sample_size, block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
-                norm_num_groups=norm_num_groups, down_block_types=tuple(down), up_block_types=tuple(up))
+    down = ['DownBlock2D'] * n
+    up = ['UpBlock2D'] * n
+    if attention:
+        down[-1], up[0] = 'AttnDownBlock2D', 'AttnUpBlock2D'
+    return dict(
+        sample_size=sample_size,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+    )
+
 
 PATHS = ('both', 'residual', 'noise')
-_UNET_SKIP = {'in_channels', 'out_channels', '_class_name', '_diffusers_version', '_name_or_path', '_use_default_values'}
+_UNET_SKIP = {
+    'in_channels',
+    'out_channels',
+    '_class_name',
+    '_diffusers_version',
+    '_name_or_path',
+    '_use_default_values',
+}
 
 # %% ../nbs/06_stardiff.ipynb #97e20d0f
 class StarDiffModel(nn.Module):
     "Star-Diff's residual network r_theta and noise network e_theta (`UNet2DModel`s fed `[x_t, x_in]` and t)."
+
     config_name = 'stardiff_config.json'
-    def __init__(self,
-                 channels:int=3, # C: image (3) or latent (4) channels
-                 unet:dict|None=None, # `unet_config(...)` kwargs shared by both nets (default `unet_config()`)
-                 paths:str='both', # 'both', 'residual' (restoration path only) or 'noise' (noise path only)
-                 loss:str='l1', # 'l1' (paper) or 'l2'
-                 scheduler:StarDiffScheduler|None=None, # default `StarDiffScheduler()`
-                 residual_net:UNet2DModel|None=None, noise_net:UNet2DModel|None=None, # pre-built nets (from_pretrained)
-                ):
+
+    def __init__(
+        self,
+        channels: int = 3,  # C: image (3) or latent (4) channels
+        unet: dict | None = None,  # `unet_config(...)` kwargs shared by both nets (default `unet_config()`)
+        paths: str = 'both',  # 'both', 'residual' (restoration path only) or 'noise' (noise path only)
+        loss: str = 'l1',  # 'l1' (paper) or 'l2'
+        scheduler: StarDiffScheduler | None = None,  # default `StarDiffScheduler()`
+        residual_net: UNet2DModel | None = None,
+        noise_net: UNet2DModel | None = None,  # pre-built nets (from_pretrained)
+    ):
         super().__init__()
-        if paths not in PATHS: raise ValueError(f"paths must be one of {PATHS}, got {paths!r}.")
-        if loss not in ('l1', 'l2'): raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}.")
+        if paths not in PATHS:
+            raise ValueError(f"paths must be one of {PATHS}, got {paths!r}.")
+        if loss not in ('l1', 'l2'):
+            raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}.")
         self.channels, self.paths, self.loss = int(channels), paths, loss
         self.scheduler = scheduler or StarDiffScheduler()
-        cfg = {k: v for k, v in (unet or unet_config()).items() if k not in _UNET_SKIP}  # a saved UNet config also works
+        cfg = {
+            k: v for k, v in (unet or unet_config()).items() if k not in _UNET_SKIP
+        }  # a saved UNet config also works
         make = lambda: UNet2DModel(in_channels=2 * self.channels, out_channels=self.channels, **cfg)
         self.residual_net = (residual_net or make()) if paths in ('both', 'residual') else None
         self.noise_net = (noise_net or make()) if paths in ('both', 'noise') else None
 
     @property
-    def nets(self): return [n for n in (self.residual_net, self.noise_net) if n is not None]
-    @property
-    def sample_size(self)->int: return int(self.nets[0].config.sample_size)
-    @property
-    def device(self): return next(self.parameters()).device
-    @property
-    def dtype(self): return next(self.parameters()).dtype
+    def nets(self):
+        return [n for n in (self.residual_net, self.noise_net) if n is not None]
 
-    def forward(self, x_t:torch.Tensor, x_in:torch.Tensor, t:torch.Tensor):
+    @property
+    def sample_size(self) -> int:
+        return int(self.nets[0].config.sample_size)
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.parameters()).dtype
+
+    def forward(self, x_t: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor):
         "(r_hat, e_hat); a path that is off gives None."
         inp = torch.cat([x_t, x_in], dim=1)
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
@@ -232,11 +330,13 @@ class StarDiffModel(nn.Module):
         e = self.noise_net(inp, t).sample if self.noise_net is not None else None
         return r, e
 
-    def training_loss(self, batch:dict)->torch.Tensor:
+    def training_loss(self, batch: dict) -> torch.Tensor:
         "L1 (or L2) of the residual and noise predictions, summed, at a random t in 1..T (global torch RNG)."
-        if 'he' not in batch or 'ihc' not in batch: raise KeyError(f"batch needs 'he' and 'ihc', got {list(batch)}.")
+        if 'he' not in batch or 'ihc' not in batch:
+            raise KeyError(f"batch needs 'he' and 'ihc', got {list(batch)}.")
         x_in, x0 = batch['he'].to(self.device, self.dtype), batch['ihc'].to(self.device, self.dtype)
-        if x_in.shape != x0.shape: raise ValueError(f"he {tuple(x_in.shape)} and ihc {tuple(x0.shape)} differ in shape.")
+        if x_in.shape != x0.shape:
+            raise ValueError(f"he {tuple(x_in.shape)} and ihc {tuple(x0.shape)} differ in shape.")
         if x0.ndim != 4 or x0.shape[1] != self.channels:
             raise ValueError(f"expected N x {self.channels} x H x W tensors, got {tuple(x0.shape)}.")
         n, T = x0.shape[0], self.scheduler.config.num_train_timesteps
@@ -248,167 +348,265 @@ class StarDiffModel(nn.Module):
         lf = F.l1_loss if self.loss == 'l1' else F.mse_loss
         return sum(lf(p, y) for p, y in ((r, res), (e, eps)) if p is not None)
 
-    def save_pretrained(self, save_directory:str|Path, # folder (replaced atomically)
-                        **kwargs):
+    def save_pretrained(
+        self,
+        save_directory: str | Path,  # folder (replaced atomically)
+        **kwargs,
+    ):
         "Save both UNets (safetensors, `residual_unet/`, `noise_unet/`), the scheduler and `stardiff_config.json`."
         with atomic_dir(save_directory) as tmp:
-            if self.residual_net is not None: self.residual_net.save_pretrained(tmp/'residual_unet')
-            if self.noise_net is not None: self.noise_net.save_pretrained(tmp/'noise_unet')
-            self.scheduler.save_pretrained(tmp/'scheduler')
-            (tmp/self.config_name).write_text(json.dumps(dict(channels=self.channels, paths=self.paths, loss=self.loss), indent=1))
+            if self.residual_net is not None:
+                self.residual_net.save_pretrained(tmp / 'residual_unet')
+            if self.noise_net is not None:
+                self.noise_net.save_pretrained(tmp / 'noise_unet')
+            self.scheduler.save_pretrained(tmp / 'scheduler')
+            (tmp / self.config_name).write_text(
+                json.dumps(dict(channels=self.channels, paths=self.paths, loss=self.loss), indent=1)
+            )
         return Path(save_directory)
 
     @classmethod
-    def from_pretrained(cls, path:str|Path, # folder written by `save_pretrained`
-                        **kwargs):
-        "Load a model saved with `save_pretrained` (safetensors only); a damaged folder raises `ModelFolderError` naming the file."
-        path = Path(path); cf = path/cls.config_name
-        if not cf.exists(): raise FileNotFoundError(f"{cf} not found: not a StarDiffModel folder.")
+    def from_pretrained(
+        cls,
+        path: str | Path,  # folder written by `save_pretrained`
+        **kwargs,
+    ):
+        """Load a model saved with `save_pretrained` (safetensors only); a damaged folder raises `ModelFolderError`
+        naming the file."""
+        path = Path(path)
+        cf = path / cls.config_name
+        if not cf.exists():
+            raise FileNotFoundError(f"{cf} not found: not a StarDiffModel folder.")
         cfg = read_json_settings(cf, dict(channels=int, paths=str, loss=str), required=('channels', 'paths', 'loss'))
-        if cfg['paths'] not in PATHS: raise ModelFolderError(f"{cf}: paths must be one of {PATHS}, got {cfg['paths']!r}.")
+        if cfg['paths'] not in PATHS:
+            raise ModelFolderError(f"{cf}: paths must be one of {PATHS}, got {cfg['paths']!r}.")
         subs = [s for s, off in (('residual_unet', 'noise'), ('noise_unet', 'residual')) if cfg['paths'] != off]
-        if missing := [s for s in subs if not (path/s).is_dir()]:
-            raise ModelFolderError(f"{cf} says paths={cfg['paths']!r} but {path/missing[0]} is missing: re-download or retrain the model.")
-        nets = {s: load_folder(UNet2DModel.from_pretrained, path/s, 'Star-Diff UNet', use_safetensors=True) for s in subs}
+        if missing := [s for s in subs if not (path / s).is_dir()]:
+            raise ModelFolderError(
+                f"{cf} says paths={cfg['paths']!r} but {path / missing[0]} is missing: "
+                "re-download or retrain the model."
+            )
+        nets = {
+            s: load_folder(UNet2DModel.from_pretrained, path / s, 'Star-Diff UNet', use_safetensors=True) for s in subs
+        }
         for s, n in nets.items():
             if (n.config.in_channels, n.config.out_channels) != (2 * cfg['channels'], cfg['channels']):
-                raise ModelFolderError(f"{path/s}: a UNet with {n.config.in_channels} -> {n.config.out_channels} channels, but {cf.name} says "
-                                       f"channels={cfg['channels']} (needs {2 * cfg['channels']} -> {cfg['channels']}): the folder is inconsistent.")
-        sch = load_folder(StarDiffScheduler.from_pretrained, path/'scheduler', 'Star-Diff scheduler')
-        try: model = cls(cfg['channels'], unet=dict(nets[subs[0]].config), paths=cfg['paths'], loss=cfg['loss'], scheduler=sch,
-                         residual_net=nets.get('residual_unet'), noise_net=nets.get('noise_unet'))
-        except ValueError as e: raise ModelFolderError(f"{cf}: {e}") from e
+                raise ModelFolderError(
+                    f"{path / s}: a UNet with {n.config.in_channels} -> {n.config.out_channels} channels, "
+                    f"but {cf.name} says channels={cfg['channels']} "
+                    f"(needs {2 * cfg['channels']} -> {cfg['channels']}): "
+                    "the folder is inconsistent."
+                )
+        sch = load_folder(StarDiffScheduler.from_pretrained, path / 'scheduler', 'Star-Diff scheduler')
+        try:
+            model = cls(
+                cfg['channels'],
+                unet=dict(nets[subs[0]].config),
+                paths=cfg['paths'],
+                loss=cfg['loss'],
+                scheduler=sch,
+                residual_net=nets.get('residual_unet'),
+                noise_net=nets.get('noise_unet'),
+            )
+        except ValueError as e:
+            raise ModelFolderError(f"{cf}: {e}") from e
         return model.eval()
 
 # %% ../nbs/06_stardiff.ipynb #98b07a9e
-def _as_batch(images)->tuple[np.ndarray, bool]:
+def _as_batch(images) -> tuple[np.ndarray, bool]:
     "uint8 N x H x W x 3 from one image (H x W x 3 / PIL) or many; also says whether the input was a single image."
-    if isinstance(images, np.ndarray) and images.ndim == 4: return np.stack([as_rgb_uint8(x, 'he image') for x in images]), False
-    if isinstance(images, (list, tuple)): return np.stack([as_rgb_uint8(x, 'he image') for x in images]), False
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return np.stack([as_rgb_uint8(x, 'he image') for x in images]), False
+    if isinstance(images, (list, tuple)):
+        return np.stack([as_rgb_uint8(x, 'he image') for x in images]), False
     return as_rgb_uint8(images, 'he image')[None], True
+
 
 class StarDiffPipeline(DiffusionPipeline):
     "H&E -> virtual IHC with a trained `StarDiffModel`, in pixel space or (with `vae`) in VAE latent space."
-    _optional_components = ['scheduler', 'vae'] # modules too: `.to(device)` moves them (diffusers treats defaulted arguments as settings)
-    def __init__(self, model:StarDiffModel, # the trained model (carries `paths`)
-                 scheduler:StarDiffScheduler|None=None, # default: the model's scheduler
-                 vae:AutoencoderKL|None=None, # latent Star-Diff: the (frozen) VAE
-                ):
+
+    _optional_components = [
+        'scheduler',
+        'vae',
+    ]  # modules too: `.to(device)` moves them (diffusers treats defaulted arguments as settings)
+
+    def __init__(
+        self,
+        model: StarDiffModel,  # the trained model (carries `paths`)
+        scheduler: StarDiffScheduler | None = None,  # default: the model's scheduler
+        vae: AutoencoderKL | None = None,  # latent Star-Diff: the (frozen) VAE
+    ):
         super().__init__()
         self.register_modules(model=model, scheduler=scheduler or model.scheduler, vae=vae)
 
     @property
-    def vae_factor(self)->int: return 1 if self.vae is None else downsample_factor(self.vae)
+    def vae_factor(self) -> int:
+        return 1 if self.vae is None else downsample_factor(self.vae)
+
     @property
-    def tile_size(self)->int:
+    def tile_size(self) -> int:
         "Side (pixels) of the tiles the model was trained on."
         return self.model.sample_size * self.vae_factor
 
     @torch.no_grad()
-    def encode(self, x:torch.Tensor)->torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         "Images in [-1, 1] -> the model's space (latents: posterior mean * scaling factor)."
-        if self.vae is None: return x
+        if self.vae is None:
+            return x
         x = x.to(self.vae.device, self.vae.dtype)
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def decode(self, z:torch.Tensor)->torch.Tensor:
-        if self.vae is None: return z
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return z
         return self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
 
     @torch.no_grad()
-    def sample(self, x_in:torch.Tensor, # condition in the model's space, N x C x h x w
-               num_inference_steps:int=10, generator=None, eta:float=0.0)->torch.Tensor:
+    def sample(
+        self,
+        x_in: torch.Tensor,  # condition in the model's space, N x C x h x w
+        num_inference_steps: int = 10,
+        generator=None,
+        eta: float = 0.0,
+    ) -> torch.Tensor:
         "The reverse chain from x_T = x_in + bbar_T eps to x0_hat (model space)."
-        sch = self.scheduler; sch.set_timesteps(num_inference_steps)
+        sch = self.scheduler
+        sch.set_timesteps(num_inference_steps)
         x_in = x_in.to(self.model.device, self.model.dtype)
         if self.model.paths == 'noise' and sch.num_inference_steps == 1:
-            warnings.warn("a noise-path-only model sampled in 1 step returns its input: the residual is unidentifiable at t = T.")
+            warnings.warn(
+                "a noise-path-only model sampled in 1 step returns its input: the residual is unidentifiable at t = T."
+            )
         x = sch.start_sample(x_in, generator)
         for t in self.progress_bar(sch.timesteps):
             r, e = self.model(x, x_in, torch.full((x.shape[0],), int(t), device=x.device))
-            x = sch.step(r, e, t, x, x_in, generator=generator, eta=eta).prev_sample  # a path that is off: derived from x_in
+            x = sch.step(
+                r, e, t, x, x_in, generator=generator, eta=eta
+            ).prev_sample  # a path that is off: derived from x_in
         return x
 
     @torch.no_grad()
-    def __call__(self, he_images, # uint8 H x W x 3 / N x H x W x 3 / list / PIL, or a float tensor N x 3 x H x W in [-1, 1]
-                 num_inference_steps:int=10, # sampling steps (few, as RDDM)
-                 generator:torch.Generator|int|None=None, # seed or generator (same seed, same output)
-                 eta:float=0.0, # 0: deterministic DDIM-like sampling; > 0 stochastic
-                 output_type:str='pil', # 'pil' (list of PIL), 'np' (float N x H x W x 3 in [0, 1]) or 'pt' (N x 3 x H x W in [-1, 1])
-                 progress:bool=True, # show tqdm bars
-                 overlap:int|None=None, # tile overlap for large inputs (default tile_size // 4)
-                 batch_size:int=16, # tiles per model batch
-                ):
+    def __call__(
+        self,
+        he_images,  # uint8 H x W x 3 / N x H x W x 3 / list / PIL, or a float tensor N x 3 x H x W in [-1, 1]
+        num_inference_steps: int = 10,  # sampling steps (few, as RDDM)
+        generator: torch.Generator | int | None = None,  # seed or generator (same seed, same output)
+        eta: float = 0.0,  # 0: deterministic DDIM-like sampling; > 0 stochastic
+        # 'pil' (list of PIL), 'np' (float N x H x W x 3 in [0, 1]) or 'pt' (N x 3 x H x W in [-1, 1])
+        output_type: str = 'pil',
+        progress: bool = True,  # show tqdm bars
+        overlap: int | None = None,  # tile overlap for large inputs (default tile_size // 4)
+        batch_size: int = 16,  # tiles per model batch
+    ):
         "Virtual IHC for H&E images; larger inputs are tiled and stitched, smaller ones refused."
-        if output_type not in ('pil', 'np', 'pt'): raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        if output_type not in ('pil', 'np', 'pt'):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
         x = he_images if torch.is_tensor(he_images) else to_tensor(_as_batch(he_images)[0])
-        if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"expected N x 3 x H x W H&E images, got {tuple(x.shape)}.")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected N x 3 x H x W H&E images, got {tuple(x.shape)}.")
         self.set_progress_bar_config(disable=not progress, leave=False)
         gen = make_generator(generator, self.model.device) if generator is not None else None
-        S = self.tile_size; H, W = x.shape[-2:]
+        S = self.tile_size
+        H, W = x.shape[-2:]
         if H < S or W < S:
-            raise ValueError(f"H&E image {H}x{W} is smaller than the model's tile {S}x{S}: pad or crop it yourself "
-                             "(Star-Diff never resizes).")
+            raise ValueError(
+                f"H&E image {H}x{W} is smaller than the model's tile {S}x{S}: pad or crop it yourself "
+                "(Star-Diff never resizes)."
+            )
         ov = S // 4 if overlap is None else int(overlap)
         imgs = x.permute(0, 2, 3, 1).cpu().numpy()
         tiles, coords = zip(*[extract_tiles(im, S, ov) if (H, W) != (S, S) else (im[None], [(0, 0)]) for im in imgs])
         flat = torch.from_numpy(np.concatenate(tiles)).permute(0, 3, 1, 2)
         outs = []
         for i in range(0, len(flat), batch_size):
-            z_in = self.encode(flat[i:i + batch_size].to(self.model.device))
+            z_in = self.encode(flat[i : i + batch_size].to(self.model.device))
             outs.append(self.decode(self.sample(z_in, num_inference_steps, gen, eta)).float().cpu())
         out = torch.cat(outs).clamp(-1, 1).permute(0, 2, 3, 1).numpy()
         res, k = [], 0
         for tl, co in zip(tiles, coords):
-            n = len(tl); res.append(out[k] if n == 1 and (H, W) == (S, S) else stitch_tiles(out[k:k + n], co, (H, W, 3), ov)); k += n
+            n = len(tl)
+            res.append(out[k] if n == 1 and (H, W) == (S, S) else stitch_tiles(out[k : k + n], co, (H, W, 3), ov))
+            k += n
         y = torch.from_numpy(np.stack(res)).permute(0, 3, 1, 2).contiguous()
-        if output_type == 'pt': images = y
-        elif output_type == 'np': images = ((y + 1) / 2).permute(0, 2, 3, 1).numpy()
-        else: images = self.numpy_to_pil(((y + 1) / 2).permute(0, 2, 3, 1).numpy())
+        if output_type == 'pt':
+            images = y
+        elif output_type == 'np':
+            images = ((y + 1) / 2).permute(0, 2, 3, 1).numpy()
+        else:
+            images = self.numpy_to_pil(((y + 1) / 2).permute(0, 2, 3, 1).numpy())
         return ImagePipelineOutput(images=images)
 
-    def stain(self, image, # uint8 H x W x 3 (or N x H x W x 3, or a list)
-              num_inference_steps:int=10, generator=None, eta:float=0.0, progress:bool=False, **kwargs)->np.ndarray:
+    def stain(
+        self,
+        image,  # uint8 H x W x 3 (or N x H x W x 3, or a list)
+        num_inference_steps: int = 10,
+        generator=None,
+        eta: float = 0.0,
+        progress: bool = False,
+        **kwargs,
+    ) -> np.ndarray:
         "uint8 in, uint8 out, same shape: the convenience entry point."
         batch, single = _as_batch(image)
         y = self(batch, num_inference_steps, generator, eta, output_type='pt', progress=progress, **kwargs).images
         out = from_tensor(y)
         return out[0] if single else out
 
-    def save_pretrained(self, save_directory:str|Path, **kwargs):
+    def save_pretrained(self, save_directory: str | Path, **kwargs):
         "`model/`, optional `vae/` (safetensors) and `stardiff_pipeline.json`, written atomically."
         with atomic_dir(save_directory) as tmp:
-            self.model.save_pretrained(tmp/'model')
-            if self.vae is not None: self.vae.save_pretrained(tmp/'vae', safe_serialization=True)
-            (tmp/'stardiff_pipeline.json').write_text(json.dumps(dict(latent=self.vae is not None, paths=self.model.paths), indent=1))
+            self.model.save_pretrained(tmp / 'model')
+            if self.vae is not None:
+                self.vae.save_pretrained(tmp / 'vae', safe_serialization=True)
+            (tmp / 'stardiff_pipeline.json').write_text(
+                json.dumps(dict(latent=self.vae is not None, paths=self.model.paths), indent=1)
+            )
         return Path(save_directory)
 
     @classmethod
-    def from_pretrained(cls, path:str|Path, # a pipeline folder, or a bare StarDiffModel folder
-                        **kwargs):
-        "Load a pipeline saved with `save_pretrained` (or a model folder saved by `fit`), checked against its `stardiff_pipeline.json`."
-        path = Path(path); f = path/'stardiff_pipeline.json'
-        if not path.is_dir(): raise FileNotFoundError(f"no Star-Diff model at {path}: train it first (stage train_stardiff).")
-        if (path/StarDiffModel.config_name).exists(): return cls(StarDiffModel.from_pretrained(path))
-        if not f.exists(): raise FileNotFoundError(f"{path} holds neither stardiff_pipeline.json nor {StarDiffModel.config_name}.")
+    def from_pretrained(
+        cls,
+        path: str | Path,  # a pipeline folder, or a bare StarDiffModel folder
+        **kwargs,
+    ):
+        """Load a pipeline saved with `save_pretrained` (or a model folder saved by `fit`), checked against its
+        `stardiff_pipeline.json`."""
+        path = Path(path)
+        f = path / 'stardiff_pipeline.json'
+        if not path.is_dir():
+            raise FileNotFoundError(f"no Star-Diff model at {path}: train it first (stage train_stardiff).")
+        if (path / StarDiffModel.config_name).exists():
+            return cls(StarDiffModel.from_pretrained(path))
+        if not f.exists():
+            raise FileNotFoundError(f"{path} holds neither stardiff_pipeline.json nor {StarDiffModel.config_name}.")
         cfg = read_json_settings(f, dict(latent=bool, paths=str), required=('latent', 'paths'))
-        if cfg['latent'] != (path/'vae').is_dir():
-            raise ModelFolderError(f"{f} says latent but there is no vae/ folder" if cfg['latent'] else f"{f} says latent: false but holds a vae/ folder"
-                                   ": the folder is incomplete or altered; re-download it or save the pipeline again.")
-        model = StarDiffModel.from_pretrained(path/'model')
+        if cfg['latent'] != (path / 'vae').is_dir():
+            raise ModelFolderError(
+                f"{f} says latent but there is no vae/ folder"
+                if cfg['latent']
+                else f"{f} says latent: false but holds a vae/ folder"
+                ": the folder is incomplete or altered; re-download it or save the pipeline again."
+            )
+        model = StarDiffModel.from_pretrained(path / 'model')
         if model.paths != cfg['paths']:
-            raise ModelFolderError(f"{f} says paths={cfg['paths']!r} but {path/'model'/StarDiffModel.config_name} says {model.paths!r}: "
-                                   "the folder was altered; re-download it or save the pipeline again.")
-        if not cfg['latent']: return cls(model)
-        vae = load_folder(AutoencoderKL.from_pretrained, path/'vae', 'Star-Diff VAE', use_safetensors=True)
-        try: return latent_pipeline(model, vae)
-        except ValueError as e: raise ModelFolderError(f"{path}: {e}") from e
+            raise ModelFolderError(
+                f"{f} says paths={cfg['paths']!r} but {path / 'model' / StarDiffModel.config_name} "
+                f"says {model.paths!r}: "
+                "the folder was altered; re-download it or save the pipeline again."
+            )
+        if not cfg['latent']:
+            return cls(model)
+        vae = load_folder(AutoencoderKL.from_pretrained, path / 'vae', 'Star-Diff VAE', use_safetensors=True)
+        try:
+            return latent_pipeline(model, vae)
+        except ValueError as e:
+            raise ModelFolderError(f"{path}: {e}") from e
 
 # %% ../nbs/06_stardiff.ipynb #bc49128e
-def latent_pipeline(model:StarDiffModel, # a model with `channels == vae.config.latent_channels`
-                    vae:AutoencoderKL, # the frozen VAE
-                   )->StarDiffPipeline:
+def latent_pipeline(
+    model: StarDiffModel,  # a model with `channels == vae.config.latent_channels`
+    vae: AutoencoderKL,  # the frozen VAE
+) -> StarDiffPipeline:
     "A latent Star-Diff pipeline; checks that the model and the VAE agree on channels."
     if model.channels != vae.config.latent_channels:
         raise ValueError(f"model has {model.channels} channels, the VAE {vae.config.latent_channels} latent channels.")
@@ -416,22 +614,32 @@ def latent_pipeline(model:StarDiffModel, # a model with `channels == vae.config.
 
 # %% ../nbs/06_stardiff.ipynb #47b7f734
 class PairDataset(torch.utils.data.Dataset):
-    "Paired tiles as `{'he': x_in, 'ihc': x0}` float items in [-1, 1] (the `fit` protocol); uint8 tiles stay uint8 in memory."
-    def __init__(self, he:torch.Tensor|np.ndarray, # uint8 N x H x W x 3 tiles, or float N x C x H x W tensors (e.g. latents)
-                 ihc:torch.Tensor|np.ndarray, # same
-                 augment:bool=True, # random flips / 90-degree rotations (the same for both; global torch RNG)
-                ):
+    """Paired tiles as `{'he': x_in, 'ihc': x0}` float items in [-1, 1] (the `fit` protocol); uint8 tiles stay uint8 in
+    memory."""
+
+    def __init__(
+        self,
+        he: torch.Tensor | np.ndarray,  # uint8 N x H x W x 3 tiles, or float N x C x H x W tensors (e.g. latents)
+        ihc: torch.Tensor | np.ndarray,  # same
+        augment: bool = True,  # random flips / 90-degree rotations (the same for both; global torch RNG)
+    ):
         conv = lambda a: a if torch.is_tensor(a) else torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
         self.he, self.ihc = conv(he), conv(ihc)
-        if self.he.shape != self.ihc.shape: raise ValueError(f"he {tuple(self.he.shape)} and ihc {tuple(self.ihc.shape)} differ.")
+        if self.he.shape != self.ihc.shape:
+            raise ValueError(f"he {tuple(self.he.shape)} and ihc {tuple(self.ihc.shape)} differ.")
         self.augment = augment
-    def __len__(self): return len(self.he)
-    def _get(self, x): return x.float().div(127.5).sub(1.0) if x.dtype == torch.uint8 else x
+
+    def __len__(self):
+        return len(self.he)
+
+    def _get(self, x):
+        return x.float().div(127.5).sub(1.0) if x.dtype == torch.uint8 else x
+
     def __getitem__(self, i):
         a, b = self._get(self.he[i]), self._get(self.ihc[i])
         if self.augment:
             k = int(torch.randint(4, (1,)))
-            v = 4 + (-k) % 4 if torch.rand(()) < 0.5 else k   # rotate k times, then flip half the time
+            v = 4 + (-k) % 4 if torch.rand(()) < 0.5 else k  # rotate k times, then flip half the time
             a, b = dihedral(a, v), dihedral(b, v)
         return {'he': a, 'ihc': b}
 
@@ -439,201 +647,327 @@ class PairDataset(torch.utils.data.Dataset):
 class StainNormalizationError(ValueError):
     "A stain normalizer could not fit or apply (too few stained pixels, degenerate statistics)."
 
-def tile_mosaic(tiles:np.ndarray, # uint8 N x t x t x 3
-                max_tiles:int=512, # at most this many tiles (drawn without replacement)
-                seed:int=0)->np.ndarray:
+
+def tile_mosaic(
+    tiles: np.ndarray,  # uint8 N x t x t x 3
+    max_tiles: int = 512,  # at most this many tiles (drawn without replacement)
+    seed: int = 0,
+) -> np.ndarray:
     "The tiles stacked into one (N*t) x t x 3 image: the pooled pixels that a colour normalizer is fitted on."
     tiles = np.asarray(tiles)
-    if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8: raise ValueError(f"expected uint8 N x t x t x 3 tiles, got {tiles.dtype} {tiles.shape}.")
-    if len(tiles) > max_tiles: tiles = tiles[np.sort(np.random.default_rng(seed).choice(len(tiles), max_tiles, replace=False))]
+    if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+        raise ValueError(f"expected uint8 N x t x t x 3 tiles, got {tiles.dtype} {tiles.shape}.")
+    if len(tiles) > max_tiles:
+        tiles = tiles[np.sort(np.random.default_rng(seed).choice(len(tiles), max_tiles, replace=False))]
     return tiles.reshape(-1, tiles.shape[2], 3)
 
-def stained_pixels(img:np.ndarray, Io:float=240, beta:float=0.15)->int:
+
+def stained_pixels(img: np.ndarray, Io: float = 240, beta: float = 0.15) -> int:
     "Pixels Macenko keeps: optical density >= beta in all three channels (torchstain's rule)."
     od = -np.log((img.reshape(-1, 3).astype(float) + 1) / Io)
     return int((~np.any(od < beta, axis=1)).sum())
 
 # %% ../nbs/06_stardiff.ipynb #d6b6cdfc
-def _flat_lab(img:np.ndarray, tol:float=1e-3)->bool:
+def _flat_lab(img: np.ndarray, tol: float = 1e-3) -> bool:
     "True when a LAB channel of `img` is constant (torchstain's own conversion), e.g. a white or a gray tile."
     from torchstain.numpy.utils.rgb2lab import rgb2lab
     from torchstain.numpy.utils.split import lab_split
+
     return min(float(np.std(c)) for c in lab_split(rgb2lab(img.astype('float32') / 255))) < tol
 
 # %% ../nbs/06_stardiff.ipynb #e1f145fa
 class StainNormalizer:
     "Reinhard or Macenko colour normalization (torchstain, numpy backend) with a `stain(images)` interface."
-    def __init__(self, method:str='reinhard', # 'reinhard' or 'macenko'
-                 fallback:str='reinhard', # Macenko on a tile with too few stained pixels: 'reinhard', 'identity' or 'raise'
-                 min_stained:int=64, # Macenko needs at least this many pixels with OD >= beta
-                 Io:float=240, alpha:float=1, beta:float=0.15, # Macenko's parameters (torchstain defaults)
-                ):
+
+    def __init__(
+        self,
+        method: str = 'reinhard',  # 'reinhard' or 'macenko'
+        fallback: str = 'reinhard',  # Macenko on a tile with too few stained pixels: 'reinhard', 'identity' or 'raise'
+        min_stained: int = 64,  # Macenko needs at least this many pixels with OD >= beta
+        Io: float = 240,
+        alpha: float = 1,
+        beta: float = 0.15,  # Macenko's parameters (torchstain defaults)
+    ):
         import torchstain
-        if method not in ('reinhard', 'macenko'): raise ValueError(f"method must be 'reinhard' or 'macenko', got {method!r}.")
-        if fallback not in ('reinhard', 'identity', 'raise'): raise ValueError(f"fallback must be 'reinhard', 'identity' or 'raise', got {fallback!r}.")
-        self.method, self.fallback, self.min_stained, self.Io, self.alpha, self.beta = method, fallback, min_stained, Io, alpha, beta
+
+        if method not in ('reinhard', 'macenko'):
+            raise ValueError(f"method must be 'reinhard' or 'macenko', got {method!r}.")
+        if fallback not in ('reinhard', 'identity', 'raise'):
+            raise ValueError(f"fallback must be 'reinhard', 'identity' or 'raise', got {fallback!r}.")
+        self.method, self.fallback, self.min_stained, self.Io, self.alpha, self.beta = (
+            method,
+            fallback,
+            min_stained,
+            Io,
+            alpha,
+            beta,
+        )
         self.reinhard = torchstain.normalizers.ReinhardNormalizer(backend='numpy')
         self.macenko = torchstain.normalizers.MacenkoNormalizer(backend='numpy') if method == 'macenko' else None
         self.fitted, self.n_fallback = False, 0
 
-    def fit(self, tiles:np.ndarray, # uint8 N x t x t x 3 target (IHC) tiles, or one H x W x 3 image
-            max_tiles:int=512, seed:int=0):
+    def fit(
+        self,
+        tiles: np.ndarray,  # uint8 N x t x t x 3 target (IHC) tiles, or one H x W x 3 image
+        max_tiles: int = 512,
+        seed: int = 0,
+    ):
         "Fit on a mosaic of the target tiles."
         img = tile_mosaic(tiles, max_tiles, seed) if np.asarray(tiles).ndim == 4 else as_rgb_uint8(tiles, 'target')
         self.reinhard.fit(img)
         if self.macenko is not None:
             n = stained_pixels(img, self.Io, self.beta)
-            if n < self.min_stained: raise StainNormalizationError(f"Macenko fit: only {n} stained pixels in the target (need {self.min_stained}).")
+            if n < self.min_stained:
+                raise StainNormalizationError(
+                    f"Macenko fit: only {n} stained pixels in the target (need {self.min_stained})."
+                )
             with np.errstate(divide='raise', invalid='raise'):
-                try: self.macenko.fit(img, Io=self.Io, alpha=self.alpha, beta=self.beta)
+                try:
+                    self.macenko.fit(img, Io=self.Io, alpha=self.alpha, beta=self.beta)
                 except (FloatingPointError, np.linalg.LinAlgError, ValueError, IndexError) as e:
                     raise StainNormalizationError(f"Macenko fit failed on the target mosaic: {e}") from e
         self.fitted = True
         return self
 
-    def _fail(self, msg:str, img:np.ndarray, reinhard_ok:bool)->np.ndarray:
-        if self.fallback == 'raise': raise StainNormalizationError(msg)
+    def _fail(self, msg: str, img: np.ndarray, reinhard_ok: bool) -> np.ndarray:
+        if self.fallback == 'raise':
+            raise StainNormalizationError(msg)
         self.n_fallback += 1
         return self.reinhard.normalize(img) if self.fallback == 'reinhard' and reinhard_ok else img.copy()
 
-    def _one(self, img:np.ndarray, i:int)->np.ndarray:
+    def _one(self, img: np.ndarray, i: int) -> np.ndarray:
         flat = _flat_lab(img)  # a constant LAB channel: Reinhard would divide by a zero std
         if self.macenko is None:
-            return self._fail(f"Reinhard on image {i}: a constant colour channel (zero standard deviation)", img, False) if flat else self.reinhard.normalize(img)
-        n = stained_pixels(img, self.Io, self.beta); err = None
+            return (
+                self._fail(f"Reinhard on image {i}: a constant colour channel (zero standard deviation)", img, False)
+                if flat
+                else self.reinhard.normalize(img)
+            )
+        n = stained_pixels(img, self.Io, self.beta)
+        err = None
         if n >= self.min_stained:
             try:
                 with np.errstate(divide='raise', invalid='raise'):
                     return self.macenko.normalize(img, Io=self.Io, alpha=self.alpha, beta=self.beta, stains=False)[0]
-            except (FloatingPointError, np.linalg.LinAlgError, ValueError, IndexError) as e: err = str(e)
-        msg = f"Macenko on image {i}: " + (f"failed ({err})" if err else f"only {n} stained pixels (need {self.min_stained})")
+            except (FloatingPointError, np.linalg.LinAlgError, ValueError, IndexError) as e:
+                err = str(e)
+        msg = f"Macenko on image {i}: " + (
+            f"failed ({err})" if err else f"only {n} stained pixels (need {self.min_stained})"
+        )
         return self._fail(msg, img, not flat)
 
-    def stain(self, images, # uint8 H x W x 3 or N x H x W x 3 H&E
-             )->np.ndarray:
+    def stain(
+        self,
+        images,  # uint8 H x W x 3 or N x H x W x 3 H&E
+    ) -> np.ndarray:
         "Normalized images, uint8, same shape."
-        if not self.fitted: raise RuntimeError("StainNormalizer is not fitted: call fit(ihc_tiles) or load saved parameters.")
+        if not self.fitted:
+            raise RuntimeError("StainNormalizer is not fitted: call fit(ihc_tiles) or load saved parameters.")
         batch, single = _as_batch(images)
         out = np.stack([self._one(im, i) for i, im in enumerate(batch)])
         return out[0] if single else out
 
-    def state_dict(self)->dict:
-        d = dict(method=self.method, fallback=self.fallback, min_stained=self.min_stained, Io=self.Io, alpha=self.alpha, beta=self.beta,
-                 reinhard=dict(target_means=np.asarray(self.reinhard.target_means).tolist(), target_stds=np.asarray(self.reinhard.target_stds).tolist()))
-        if self.macenko is not None: d['macenko'] = dict(HERef=np.asarray(self.macenko.HERef).tolist(), maxCRef=np.asarray(self.macenko.maxCRef).tolist())
+    def state_dict(self) -> dict:
+        d = dict(
+            method=self.method,
+            fallback=self.fallback,
+            min_stained=self.min_stained,
+            Io=self.Io,
+            alpha=self.alpha,
+            beta=self.beta,
+            reinhard=dict(
+                target_means=np.asarray(self.reinhard.target_means).tolist(),
+                target_stds=np.asarray(self.reinhard.target_stds).tolist(),
+            ),
+        )
+        if self.macenko is not None:
+            d['macenko'] = dict(
+                HERef=np.asarray(self.macenko.HERef).tolist(), maxCRef=np.asarray(self.macenko.maxCRef).tolist()
+            )
         return d
 
     @classmethod
-    def from_state_dict(cls, d:dict):
+    def from_state_dict(cls, d: dict):
         n = cls(d['method'], d['fallback'], d['min_stained'], d['Io'], d['alpha'], d['beta'])
-        n.reinhard.target_means, n.reinhard.target_stds = np.array(d['reinhard']['target_means']), np.array(d['reinhard']['target_stds'])
-        if n.macenko is not None: n.macenko.HERef, n.macenko.maxCRef = np.array(d['macenko']['HERef']), np.array(d['macenko']['maxCRef'])
+        n.reinhard.target_means, n.reinhard.target_stds = (
+            np.array(d['reinhard']['target_means']),
+            np.array(d['reinhard']['target_stds']),
+        )
+        if n.macenko is not None:
+            n.macenko.HERef, n.macenko.maxCRef = np.array(d['macenko']['HERef']), np.array(d['macenko']['maxCRef'])
         n.fitted = True
         return n
 
 # %% ../nbs/06_stardiff.ipynb #a675ffd3
-def fit_stain_baselines(ihc_tiles:np.ndarray, # uint8 N x t x t x 3 training IHC tiles
-                        max_tiles:int=512, seed:int=0, fallback:str='reinhard')->dict[str, StainNormalizer]:
+def fit_stain_baselines(
+    ihc_tiles: np.ndarray,  # uint8 N x t x t x 3 training IHC tiles
+    max_tiles: int = 512,
+    seed: int = 0,
+    fallback: str = 'reinhard',
+) -> dict[str, StainNormalizer]:
     "Reinhard and Macenko fitted on a mosaic of the training IHC tiles."
-    return {'Reinhard': StainNormalizer('reinhard').fit(ihc_tiles, max_tiles, seed),
-            'Macenko': StainNormalizer('macenko', fallback).fit(ihc_tiles, max_tiles, seed)}
+    return {
+        'Reinhard': StainNormalizer('reinhard').fit(ihc_tiles, max_tiles, seed),
+        'Macenko': StainNormalizer('macenko', fallback).fit(ihc_tiles, max_tiles, seed),
+    }
 
-def save_stain_baselines(baselines:dict[str, StainNormalizer], path:str|Path)->Path:
+
+def save_stain_baselines(baselines: dict[str, StainNormalizer], path: str | Path) -> Path:
     "Write the fitted parameters as json (atomically)."
-    with atomic_path(path) as tmp: Path(tmp).write_text(json.dumps({k: v.state_dict() for k, v in baselines.items()}, indent=1))
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps({k: v.state_dict() for k, v in baselines.items()}, indent=1))
     return Path(path)
 
-def load_stain_baselines(path:str|Path)->dict[str, StainNormalizer]:
-    "Read baselines written by `save_stain_baselines` (name -> fitted `StainNormalizer`); a damaged file raises `ModelFolderError` naming it."
-    try: return {k: StainNormalizer.from_state_dict(v) for k, v in read_json_settings(path).items()}
+
+def load_stain_baselines(path: str | Path) -> dict[str, StainNormalizer]:
+    """Read baselines written by `save_stain_baselines` (name -> fitted `StainNormalizer`); a damaged file raises
+    `ModelFolderError` naming it."""
+    try:
+        return {k: StainNormalizer.from_state_dict(v) for k, v in read_json_settings(path).items()}
     except (KeyError, TypeError, IndexError) as e:
-        raise ModelFolderError(f"{path} does not hold stain baselines written by save_stain_baselines ({type(e).__name__}: {e}): fit them again.") from e
+        raise ModelFolderError(
+            f"{path} does not hold stain baselines written by save_stain_baselines ({type(e).__name__}: {e}): "
+            "fit them again."
+        ) from e
 
 # %% ../nbs/06_stardiff.ipynb #69d4255b
 VARIANTS = ('both', 'residual', 'noise', 'latent')
 
-def stage_config(s:dict, # the stage's parameters
-                 run:str, # the run folder's name under models_dir/runs
-                )->'TrainConfig':
+
+def stage_config(
+    s: dict,  # the stage's parameters
+    run: str,  # the run folder's name under models_dir/runs
+) -> 'TrainConfig':
     "fit's settings of the stage's run `run`."
     from histodiff.train import TrainConfig
-    return TrainConfig(output_dir=str(Path(s['models_dir'])/'runs'/run), max_steps=s['max_steps'], batch_size=s['batch_size'],
-                       learning_rate=s['learning_rate'], weight_decay=s['weight_decay'], use_ema=s['use_ema'],
-                       ema_decay=s['ema_decay'], checkpoint_every=s['checkpoint_every'], seed=s['seed'], progress=s['progress'])
 
-def stage_model(s:dict, channels:int, size:int, paths:str, scale:float|None=None)->StarDiffModel:
+    return TrainConfig(
+        output_dir=str(Path(s['models_dir']) / 'runs' / run),
+        max_steps=s['max_steps'],
+        batch_size=s['batch_size'],
+        learning_rate=s['learning_rate'],
+        weight_decay=s['weight_decay'],
+        use_ema=s['use_ema'],
+        ema_decay=s['ema_decay'],
+        checkpoint_every=s['checkpoint_every'],
+        seed=s['seed'],
+        progress=s['progress'],
+    )
+
+
+def stage_model(s: dict, channels: int, size: int, paths: str, scale: float | None = None) -> StarDiffModel:
     "A fresh model of the stage's settings (`scale`: its sum_scale, default the stage's)."
-    unet = unet_config(size, tuple(s['block_out_channels']), s['layers_per_block'], s['norm_num_groups'], s['attention'])
+    unet = unet_config(
+        size, tuple(s['block_out_channels']), s['layers_per_block'], s['norm_num_groups'], s['attention']
+    )
     sched = StarDiffScheduler(sum_scale=s['sum_scale'] if scale is None else scale)
     return StarDiffModel(channels, unet, paths=paths, loss=s['loss'], scheduler=sched)
 
-def _start_latent(s:dict, he:np.ndarray, ihc:np.ndarray):
+
+def _start_latent(s: dict, he: np.ndarray, ihc: np.ndarray):
     "The latent variant's model and VAE: the pair of checkpoint init_from/latent, else a fresh model on vae_path's VAE."
     from histodiff.train import TrainConfig, fit
+
     if s['init_from']:
-        pipe = load_float32(StarDiffPipeline, Path(s['init_from'])/'latent', 'stardiff/latent')
+        pipe = load_float32(StarDiffPipeline, Path(s['init_from']) / 'latent', 'stardiff/latent')
         return pipe.model.train().requires_grad_(True), pipe.vae
     vae = AutoencoderKL.from_pretrained(s['vae_path'], subfolder=s['vae_subfolder'] or None)
-    if s['vae_ihc_steps']:   # a VAE that has seen IHC too (issue 12): fine-tuned on the training pairs' H&E and IHC tiles
+    if s[
+        'vae_ihc_steps'
+    ]:  # a VAE that has seen IHC too (issue 12): fine-tuned on the training pairs' H&E and IHC tiles
         from histodiff.autoencoder import AutoencoderTrainer, image_dataset
-        run = Path(s['models_dir'])/'runs'/'vae_ihc'
-        cfg = TrainConfig(output_dir=str(run), max_steps=s['vae_ihc_steps'], batch_size=s['batch_size'],
-                          learning_rate=s['learning_rate'], use_ema=False, checkpoint_every=s['checkpoint_every'],
-                          seed=s['seed'], progress=s['progress'])
+
+        run = Path(s['models_dir']) / 'runs' / 'vae_ihc'
+        cfg = TrainConfig(
+            output_dir=str(run),
+            max_steps=s['vae_ihc_steps'],
+            batch_size=s['batch_size'],
+            learning_rate=s['learning_rate'],
+            use_ema=False,
+            checkpoint_every=s['checkpoint_every'],
+            seed=s['seed'],
+            progress=s['progress'],
+        )
         fit(AutoencoderTrainer(vae), image_dataset(np.concatenate([he, ihc]), augment=True), cfg)
-        vae = AutoencoderKL.from_pretrained(run/'final')
+        vae = AutoencoderKL.from_pretrained(run / 'final')
     return stage_model(s, vae.config.latent_channels, he.shape[1] // downsample_factor(vae), 'both'), vae
 
 # %% ../nbs/06_stardiff.ipynb #35dc218a
-def train_variant(v:str, # one of VARIANTS
-                  he:np.ndarray, ihc:np.ndarray, # the training pairs (uint8 N x t x t x 3)
-                  s:dict, # the stage's parameters
-                  device='cpu', # where the saved pipeline is loaded back to
-                 )->tuple[StarDiffPipeline, float]:
-    "Train (or take from `init_from`) variant `v`, save its pipeline to models_dir/v; (the pipeline loaded back, seconds)."
+def train_variant(
+    v: str,  # one of VARIANTS
+    he: np.ndarray,
+    ihc: np.ndarray,  # the training pairs (uint8 N x t x t x 3)
+    s: dict,  # the stage's parameters
+    device='cpu',  # where the saved pipeline is loaded back to
+) -> tuple[StarDiffPipeline, float]:
+    """Train (or take from `init_from`) variant `v`, save its pipeline to models_dir/v; (the pipeline loaded back,
+    seconds)."""
     from histodiff.train import fit
+
     t0, steps = time.perf_counter(), s['max_steps']
     if v == 'latent':
-        model, vae = _start_latent(s, he, ihc); vae = vae.to(device).eval().requires_grad_(False)
+        model, vae = _start_latent(s, he, ihc)
+        vae = vae.to(device).eval().requires_grad_(False)
         f = downsample_factor(vae)
-        if he.shape[1] % f: raise ValueError(f"tile {he.shape[1]} is not a multiple of the VAE factor {f}")
+        if he.shape[1] % f:
+            raise ValueError(f"tile {he.shape[1]} is not a multiple of the VAE factor {f}")
         # flips/rotations in image space, then encoded (a VAE is not rotation-equivariant); 0 steps: nothing to encode
         from histodiff.autoencoder import encode_dataset
+
         enc = lambda x: encode_dataset(vae, x, progress=s['progress'], augment=s['augment']).tensors['latents']
         data = PairDataset(enc(he), enc(ihc), False) if steps else None
         model = fit(model, data, stage_config(s, v)) if steps else model
         pipe = latent_pipeline(model.cpu(), vae.cpu())
     else:
-        start = load_trainable(StarDiffPipeline, Path(s['init_from'])/v, f'stardiff/{v}') if s['init_from'] else \
-            stage_model(s, 3, he.shape[1], v)
+        start = (
+            load_trainable(StarDiffPipeline, Path(s['init_from']) / v, f'stardiff/{v}')
+            if s['init_from']
+            else stage_model(s, 3, he.shape[1], v)
+        )
         data = PairDataset(he, ihc, s['augment'])
         model = fit(start, data, stage_config(s, v)) if steps else start
         pipe = StarDiffPipeline(model.cpu())
     seconds = time.perf_counter() - t0
-    pipe.save_pretrained(Path(s['models_dir'])/v)
-    return StarDiffPipeline.from_pretrained(Path(s['models_dir'])/v).to(device), seconds
+    pipe.save_pretrained(Path(s['models_dir']) / v)
+    return StarDiffPipeline.from_pretrained(Path(s['models_dir']) / v).to(device), seconds
 
-def quick_eval(pipe, he:np.ndarray, ihc:np.ndarray, s:dict, row:dict)->dict:
+
+def quick_eval(pipe, he: np.ndarray, ihc: np.ndarray, s: dict, row: dict) -> dict:
     "PSNR / SSIM of `pipe` on the quick-evaluation pairs, and its seconds per tile, into `row`."
     from histodiff.metrics import psnr, ssim
-    if not len(he): return row
-    t0 = time.perf_counter(); out = pipe.stain(he, num_inference_steps=s['num_inference_steps'], generator=s['seed'], progress=s['progress'])
-    row.update(seconds_per_tile=(time.perf_counter() - t0) / len(he), psnr=float(np.mean(psnr(out, ihc))), ssim=float(np.mean(ssim(out, ihc))))
+
+    if not len(he):
+        return row
+    t0 = time.perf_counter()
+    out = pipe.stain(he, num_inference_steps=s['num_inference_steps'], generator=s['seed'], progress=s['progress'])
+    row.update(
+        seconds_per_tile=(time.perf_counter() - t0) / len(he),
+        psnr=float(np.mean(psnr(out, ihc))),
+        ssim=float(np.mean(ssim(out, ihc))),
+    )
     return row
 
-def _rounded(row:dict)->dict: return {k: round(x, 4) if isinstance(x, float) else x for k, x in row.items()}
 
-def train_stardiff_variants(train:dict, # training pairs {'he': ..., 'ihc': ...}
-                            test:dict, # quick-evaluation pairs
-                            s:dict, # the stage's parameters (variants, ...)
-                            device='cpu',
-                           )->tuple[dict, dict]:
+def _rounded(row: dict) -> dict:
+    return {k: round(x, 4) if isinstance(x, float) else x for k, x in row.items()}
+
+
+def train_stardiff_variants(
+    train: dict,  # training pairs {'he': ..., 'ihc': ...}
+    test: dict,  # quick-evaluation pairs
+    s: dict,  # the stage's parameters (variants, ...)
+    device='cpu',
+) -> tuple[dict, dict]:
     "Every variant of `s['variants']`, each seeded alike: ({variant: pipeline}, {variant: its row of the metrics})."
     pipes, rows = {}, {}
     for v in s['variants']:
-        if v not in VARIANTS: raise ValueError(f"unknown variant {v!r}")
+        if v not in VARIANTS:
+            raise ValueError(f"unknown variant {v!r}")
         torch.manual_seed(s['seed'])
-        if v == 'latent' and not s['vae_path']: print('latent: skipped (no vae_path)'); rows[v] = 'skipped: no vae_path'; continue
+        if v == 'latent' and not s['vae_path']:
+            print('latent: skipped (no vae_path)')
+            rows[v] = 'skipped: no vae_path'
+            continue
         pipes[v], seconds = train_variant(v, train['he'], train['ihc'], s, device)
         n = int(sum(p.numel() for p in pipes[v].model.parameters()))
         rows[v] = quick_eval(pipes[v], test['he'], test['ihc'], s, dict(train_seconds=seconds, parameters=n))
@@ -641,66 +975,106 @@ def train_stardiff_variants(train:dict, # training pairs {'he': ..., 'ihc': ...}
     return pipes, rows
 
 # %% ../nbs/06_stardiff.ipynb #65225d51
-def sum_scale_study(train:dict, test:dict, # training and quick-evaluation pairs
-                    s:dict, # the stage's parameters (sum_scales, sum_scale, max_steps, ...)
-                    pipes:dict, # the variants trained (the study's model at sum_scale is `both`)
-                    device='cpu')->dict:
-    "`both` trained again (same seed, steps, data) at every other value of sum_scales, saved to models_dir/sum_scale/<value>."
+def sum_scale_study(
+    train: dict,
+    test: dict,  # training and quick-evaluation pairs
+    s: dict,  # the stage's parameters (sum_scales, sum_scale, max_steps, ...)
+    pipes: dict,  # the variants trained (the study's model at sum_scale is `both`)
+    device='cpu',
+) -> dict:
+    """`both` trained again (same seed, steps, data) at every other value of sum_scales, saved to
+    models_dir/sum_scale/<value>."""
     from histodiff.train import fit
+
     out = {}
     for scale in s['sum_scales']:
-        if not s['max_steps']: print('sum_scale study skipped: max_steps = 0'); break   # it trains from scratch: needs steps
+        if not s['max_steps']:
+            print('sum_scale study skipped: max_steps = 0')
+            break  # it trains from scratch: needs steps
         if float(scale) == float(s['sum_scale']):
-            if 'both' in pipes: out[str(scale)] = 'the both variant'
+            if 'both' in pipes:
+                out[str(scale)] = 'the both variant'
             continue
-        torch.manual_seed(s['seed']); t0 = time.perf_counter()
+        torch.manual_seed(s['seed'])
+        t0 = time.perf_counter()
         model = stage_model(s, 3, train['he'].shape[1], 'both', scale)
         model = fit(model, PairDataset(train['he'], train['ihc'], s['augment']), stage_config(s, f'sum_scale_{scale}'))
         seconds = time.perf_counter() - t0
-        folder = Path(s['models_dir'])/'sum_scale'/str(scale)
+        folder = Path(s['models_dir']) / 'sum_scale' / str(scale)
         StarDiffPipeline(model.cpu()).save_pretrained(folder)
         pipe = StarDiffPipeline.from_pretrained(folder).to(device)
         out[str(scale)] = row = quick_eval(pipe, test['he'], test['ihc'], s, dict(train_seconds=seconds))
         print('sum_scale', scale, {k: round(x, 4) for k, x in row.items()})
     return out
 
-def score_baselines(baselines:dict, he:np.ndarray, ihc:np.ndarray)->dict:
+
+def score_baselines(baselines: dict, he: np.ndarray, ihc: np.ndarray) -> dict:
     "PSNR, SSIM, seconds per tile and Macenko's fallbacks of each stain baseline on the quick-evaluation pairs."
     from histodiff.metrics import psnr, ssim
+
     out = {}
     for name, nrm in baselines.items():
-        t0 = time.perf_counter(); o = nrm.stain(he); dt = (time.perf_counter() - t0) / max(len(he), 1)
-        out[name] = dict(psnr=float(np.mean(psnr(o, ihc))), ssim=float(np.mean(ssim(o, ihc))), seconds_per_tile=dt,
-                         n_fallback=int(nrm.n_fallback))
+        t0 = time.perf_counter()
+        o = nrm.stain(he)
+        dt = (time.perf_counter() - t0) / max(len(he), 1)
+        out[name] = dict(
+            psnr=float(np.mean(psnr(o, ihc))),
+            ssim=float(np.mean(ssim(o, ihc))),
+            seconds_per_tile=dt,
+            n_fallback=int(nrm.n_fallback),
+        )
     return out
 
 # %% ../nbs/06_stardiff.ipynb #65ba8f83
-def plot_loss_curves(runs:str|Path, # fit's run folders, runs/<name>/dvclive
-                     names, # the runs to draw
-                     ylabel:str='training loss (L1 residual + L1 noise)'):
+def plot_loss_curves(
+    runs: str | Path,  # fit's run folders, runs/<name>/dvclive
+    names,  # the runs to draw
+    ylabel: str = 'training loss (L1 residual + L1 noise)',
+):
     "A figure of the dvclive loss curves of the runs `names` (those logged), log scale."
     import matplotlib.pyplot as plt, pandas as pd
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for v in names:
-        f = Path(runs)/v/'dvclive'/'plots'/'metrics'/'loss.tsv'
-        if f.exists(): d = pd.read_csv(f, sep='\t'); ax.plot(d['step'], d['loss'], label=v)
-    ax.set_xlabel('step'); ax.set_ylabel(ylabel); ax.set_yscale('log'); ax.legend()
+        f = Path(runs) / v / 'dvclive' / 'plots' / 'metrics' / 'loss.tsv'
+        if f.exists():
+            d = pd.read_csv(f, sep='\t')
+            ax.plot(d['step'], d['loss'], label=v)
+    ax.set_xlabel('step')
+    ax.set_ylabel(ylabel)
+    ax.set_yscale('log')
+    ax.legend()
     fig.tight_layout()
     return fig
 
-def plot_preview(test:dict, # quick-evaluation pairs
-                 baselines:dict, pipes:dict, # the stain baselines and the Star-Diff pipelines
-                 s:dict, k:int=4):
-    "A grid of the first `k` test pairs, the baselines' and every variant's stainings (None when there is nothing to show)."
+
+def plot_preview(
+    test: dict,  # quick-evaluation pairs
+    baselines: dict,
+    pipes: dict,  # the stain baselines and the Star-Diff pipelines
+    s: dict,
+    k: int = 4,
+):
+    """A grid of the first `k` test pairs, the baselines' and every variant's stainings (None when there is nothing to
+    show)."""
     import matplotlib.pyplot as plt
+
     k, he = min(k, len(test['he'])), test['he']
-    if not (k and pipes): return None
-    rows = [('H&E input', he[:k]), ('real IHC', test['ihc'][:k])] + [(n, nrm.stain(he[:k])) for n, nrm in baselines.items()]
-    rows += [(f'Star-Diff ({v})', p.stain(he[:k], num_inference_steps=s['num_inference_steps'], generator=s['seed'])) for v, p in pipes.items()]
+    if not (k and pipes):
+        return None
+    rows = [('H&E input', he[:k]), ('real IHC', test['ihc'][:k])] + [
+        (n, nrm.stain(he[:k])) for n, nrm in baselines.items()
+    ]
+    rows += [
+        (f'Star-Diff ({v})', p.stain(he[:k], num_inference_steps=s['num_inference_steps'], generator=s['seed']))
+        for v, p in pipes.items()
+    ]
     fig, axes = plt.subplots(len(rows), k, figsize=(1.6 * k, 1.6 * len(rows)), squeeze=False)
     for r, (name, imgs) in enumerate(rows):
         for c in range(k):
-            axes[r, c].imshow(imgs[c]); axes[r, c].set_xticks([]); axes[r, c].set_yticks([])
+            axes[r, c].imshow(imgs[c])
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(name, fontsize=7)
     fig.tight_layout()
     return fig

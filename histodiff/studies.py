@@ -29,19 +29,28 @@ __all__ = ['HER2_NOTE', 'PERTURBATIONS', 'ELASTIC_ALPHA', 'mean_ci', 'summarize'
            'released_methods', 'released_study', 'released_table']
 
 # %% ../nbs/09_studies.ipynb #d9bc0ce8
-def mean_ci(values:Sequence[float], n_boot:int=1000, seed:int=0, level:float=0.95)->tuple[float, float, float]:
+def mean_ci(
+    values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     "Mean and bootstrap interval `(mean, low, high)`; a constant column (or a single value) has a zero-width interval."
     from histodiff.sfs import bootstrap_ci
+
     v = np.asarray(values, np.float64)
-    if v.size == 0: raise ValueError("no values to summarize")
-    if v.size == 1 or np.all(v == v[0]): return float(v.mean()), float(v.mean()), float(v.mean())
+    if v.size == 0:
+        raise ValueError("no values to summarize")
+    if v.size == 1 or np.all(v == v[0]):
+        return float(v.mean()), float(v.mean()), float(v.mean())
     r = bootstrap_ci(np.mean, v, n_resamples=n_boot, level=level, seed=seed)
     return r['value'], r['low'], r['high']
 
-def summarize(df:pd.DataFrame, # a study's per-image rows
-              by:str|list[str]='method', # grouping column(s)
-              metrics:Sequence[str]|None=None, # columns to summarize (default: every numeric column but `index`)
-              n_boot:int=1000, seed:int=0)->pd.DataFrame:
+
+def summarize(
+    df: pd.DataFrame,  # a study's per-image rows
+    by: str | list[str] = 'method',  # grouping column(s)
+    metrics: Sequence[str] | None = None,  # columns to summarize (default: every numeric column but `index`)
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
     "One row per group: each metric's mean and its 95 % bootstrap interval (`metric`, `metric_lo`, `metric_hi`)."
     by = [by] if isinstance(by, str) else list(by)
     metrics = metrics or [c for c in df.select_dtypes('number').columns if c not in (*by, 'index', 'seed')]
@@ -51,123 +60,189 @@ def summarize(df:pd.DataFrame, # a study's per-image rows
         row['n'] = len(g)
         for m in metrics:
             v = g[m].replace([np.inf, -np.inf], np.nan).dropna()
-            if len(v) == 0: row[m] = row[f'{m}_lo'] = row[f'{m}_hi'] = np.nan; continue
+            if len(v) == 0:
+                row[m] = row[f'{m}_lo'] = row[f'{m}_hi'] = np.nan
+                continue
             row[m], row[f'{m}_lo'], row[f'{m}_hi'] = mean_ci(v, n_boot, seed)
         rows.append(row)
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_studies.ipynb #00dcb130
-def format_ci(df:pd.DataFrame, digits:int=3)->pd.DataFrame:
+def format_ci(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     "Merge `m`, `m_lo`, `m_hi` columns into one `m` column of strings `mean [lo, hi]`."
     out = df.copy()
     for c in [c for c in df.columns if f'{c}_lo' in df.columns and f'{c}_hi' in df.columns]:
-        out[c] = [f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(m) else 'n/a'
-                  for m, lo, hi in zip(df[c], df[f'{c}_lo'], df[f'{c}_hi'])]
+        out[c] = [
+            f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(m) else 'n/a'
+            for m, lo, hi in zip(df[c], df[f'{c}_lo'], df[f'{c}_hi'])
+        ]
         out = out.drop(columns=[f'{c}_lo', f'{c}_hi'])
     return out
 
-def write_table(df:pd.DataFrame, # the table
-                stem:str|Path, # output path without suffix: writes stem.csv and stem.md
-                title:str, # a heading for the Markdown file
-                profile:str, # the params profile that produced it (demo, smoke, paper)
-                data:str, # what data it was measured on
-                note:str='', # caveats, e.g. the PSNR peak of the papers' numbers
-                digits:int=3)->Path:
+
+def write_table(
+    df: pd.DataFrame,  # the table
+    stem: str | Path,  # output path without suffix: writes stem.csv and stem.md
+    title: str,  # a heading for the Markdown file
+    profile: str,  # the params profile that produced it (demo, smoke, paper)
+    data: str,  # what data it was measured on
+    note: str = '',  # caveats, e.g. the PSNR peak of the papers' numbers
+    digits: int = 3,
+) -> Path:
     "Write a results table as CSV and Markdown, atomically, with its provenance in the Markdown header."
     stem = Path(stem)
-    with atomic_path(stem.with_suffix('.csv')) as tmp: df.to_csv(tmp, index=False)
-    caveat = {'demo': "Demo profile: the small models shipped in checkpoints/ (their model cards say how they were trained), scored on "
-                      "a few held-out tiles of open tissue; not the papers' data or model sizes.",
-              'smoke': "Smoke profile: tiny models trained a few steps; these numbers only show that the pipeline runs."}.get(profile, '')
+    with atomic_path(stem.with_suffix('.csv')) as tmp:
+        df.to_csv(tmp, index=False)
+    caveat = {
+        'demo': "Demo profile: the small models shipped in checkpoints/ (their model cards say how they were trained), "
+        "scored on a few held-out tiles of open tissue; not the papers' data or model sizes.",
+        'smoke': "Smoke profile: tiny models trained a few steps; these numbers only show that the pipeline runs.",
+    }.get(profile, '')
     md = [f"# {title}", '', f"profile: `{profile}`; data: {data}.", '']
-    if caveat: md += [f"> {caveat}", '']
-    if note: md += [note, '']
+    if caveat:
+        md += [f"> {caveat}", '']
+    if note:
+        md += [note, '']
     md.append(format_ci(df, digits).to_markdown(index=False, floatfmt=f'.{digits}f'))
-    with atomic_path(stem.with_suffix('.md')) as tmp: tmp.write_text('\n'.join(md) + '\n')
+    with atomic_path(stem.with_suffix('.md')) as tmp:
+        tmp.write_text('\n'.join(md) + '\n')
     return stem.with_suffix('.md')
 
 # %% ../nbs/09_studies.ipynb #94be7296
-def restoration_study(methods:Mapping[str, Callable], # name -> restore(image, mask) -> image
-                      artifact:np.ndarray, # N x H x W x 3 uint8 tiles with artifacts
-                      mask:np.ndarray, # N x H x W bool artifact masks
-                      clean:np.ndarray, # N x H x W x 3 uint8 clean tiles
-                      kinds:Sequence[str]|None=None, # artifact kind of each tile (for per-kind tables)
-                      progress:bool=True, # show a progress bar
-                      keep_outputs:bool=False, # also return the restored tiles per method
-                     ):
+def restoration_study(
+    methods: Mapping[str, Callable],  # name -> restore(image, mask) -> image
+    artifact: np.ndarray,  # N x H x W x 3 uint8 tiles with artifacts
+    mask: np.ndarray,  # N x H x W bool artifact masks
+    clean: np.ndarray,  # N x H x W x 3 uint8 clean tiles
+    kinds: Sequence[str] | None = None,  # artifact kind of each tile (for per-kind tables)
+    progress: bool = True,  # show a progress bar
+    keep_outputs: bool = False,  # also return the restored tiles per method
+):
     "Score every method on every tile: one row per (method, tile) with all restoration metrics and seconds."
     from histodiff.metrics import restoration_metrics
-    if not (len(artifact) == len(mask) == len(clean)): raise ValueError("artifact, mask and clean differ in length")
+
+    if not (len(artifact) == len(mask) == len(clean)):
+        raise ValueError("artifact, mask and clean differ in length")
     rows, outputs = [], {}
     bar = tqdm(total=len(methods) * len(artifact), desc='restoration study', disable=not progress)
     for name, restore in methods.items():
         outs = []
         for i, (a, m, c) in enumerate(zip(artifact, mask, clean)):
-            t0 = time.perf_counter(); r = restore(a, m); dt = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            r = restore(a, m)
+            dt = time.perf_counter() - t0
             r = as_rgb_uint8(r, name=f'output of {name}')
-            rows.append(dict(method=name, index=i, kind=kinds[i] if kinds is not None else '',
-                             **restoration_metrics(r, c, m), seconds=dt))
-            outs.append(r); bar.update()
+            rows.append(
+                dict(
+                    method=name,
+                    index=i,
+                    kind=kinds[i] if kinds is not None else '',
+                    **restoration_metrics(r, c, m),
+                    seconds=dt,
+                )
+            )
+            outs.append(r)
+            bar.update()
         outputs[name] = np.stack(outs)
     bar.close()
     df = pd.DataFrame(rows)
     return (df, outputs) if keep_outputs else df
 
 # %% ../nbs/09_studies.ipynb #741a3c60
-def downstream_study(classifiers:Mapping[str, Callable], # name -> predict(images N x H x W x 3) -> labels N
-                     conditions:Mapping[str, np.ndarray], # condition -> images (clean, artifact, restored w/ method)
-                     labels:np.ndarray, # true class of each image
-                     n_boot:int=1000, seed:int=0)->pd.DataFrame:
+def downstream_study(
+    classifiers: Mapping[str, Callable],  # name -> predict(images N x H x W x 3) -> labels N
+    conditions: Mapping[str, np.ndarray],  # condition -> images (clean, artifact, restored w/ method)
+    labels: np.ndarray,  # true class of each image
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
     "Accuracy (%) with a bootstrap 95 % interval for every classifier on every condition."
-    labels = np.asarray(labels); rows = []
+    labels = np.asarray(labels)
+    rows = []
     for cname, predict in classifiers.items():
         for cond, images in conditions.items():
             correct = (np.asarray(predict(images)) == labels).astype(float) * 100
             m, lo, hi = mean_ci(correct, n_boot, seed)
-            rows.append(dict(classifier=cname, condition=cond, accuracy=m, accuracy_lo=lo, accuracy_hi=hi, n=len(labels)))
+            rows.append(
+                dict(classifier=cname, condition=cond, accuracy=m, accuracy_lo=lo, accuracy_hi=hi, n=len(labels))
+            )
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_studies.ipynb #e0f6697a
-HER2_NOTE = ("Accuracy, SFS and AvgDeg columns are computed on the binary HER2 classes (negative 0/1+, positive 2+/3+), "
-             "the papers' headline; columns ending in `_4class` on the four classes 0/1+/2+/3+.")
+HER2_NOTE = (
+    "Accuracy, SFS and AvgDeg columns are computed on the binary HER2 classes (negative 0/1+, positive 2+/3+), "
+    "the papers' headline; columns ending in `_4class` on the four classes 0/1+/2+/3+."
+)
 
-def _sfs_row(y_true, # HER2 labels 0..3
-             pred_real, pred_gen, # four-class predictions on the real and on the generated (or perturbed) IHC
-             num_classes:int=4, # must be 4: the HER2 classes
-             real:bool=False, # also report `accuracy_real` (the classifier on the real IHC)
-            )->dict:
+
+def _sfs_row(
+    y_true,  # HER2 labels 0..3
+    pred_real,
+    pred_gen,  # four-class predictions on the real and on the generated (or perturbed) IHC
+    num_classes: int = 4,  # must be 4: the HER2 classes
+    real: bool = False,  # also report `accuracy_real` (the classifier on the real IHC)
+) -> dict:
     "Accuracy, SFS and AvgDeg on the binary HER2 classes (plain names, the headline), then on the four (`_4class`)."
     from histodiff.sfs import her2_views, semantic_fidelity_score, HER2_VIEWS, FOUR_CLASS_SUFFIX
-    if num_classes != 4: raise ValueError(f"the staining studies score HER2 classes 0..3 (binary and four-class), got num_classes={num_classes}.")
+
+    if num_classes != 4:
+        raise ValueError(
+            f"the staining studies score HER2 classes 0..3 (binary and four-class), got num_classes={num_classes}."
+        )
     row = {}
     for cls, (y, r, g) in her2_views(y_true, pred_real, pred_gen).items():
-        s, sfx = semantic_fidelity_score(y, r, g, HER2_VIEWS[cls], warn=False), '' if cls == 'binary' else FOUR_CLASS_SUFFIX
-        if real: row[f'accuracy_real{sfx}'] = float(s['acc_real'])
-        row.update({f'accuracy{sfx}': float(s['acc_gen']), f'sfs{sfx}': float(s['sfs']), f'avg_deg{sfx}': float(s['avg_deg'])})
+        s, sfx = (
+            semantic_fidelity_score(y, r, g, HER2_VIEWS[cls], warn=False),
+            '' if cls == 'binary' else FOUR_CLASS_SUFFIX,
+        )
+        if real:
+            row[f'accuracy_real{sfx}'] = float(s['acc_real'])
+        row.update(
+            {f'accuracy{sfx}': float(s['acc_gen']), f'sfs{sfx}': float(s['sfs']), f'avg_deg{sfx}': float(s['avg_deg'])}
+        )
     return row
 
 # %% ../nbs/09_studies.ipynb #a0fa92b6
-def staining_study(stainers:Mapping[str, Callable], # name -> stain(he_images, seed) -> ihc images
-                   he:np.ndarray, # N x H x W x 3 uint8 H&E (input) tiles
-                   ihc:np.ndarray, # N x H x W x 3 uint8 real IHC tiles
-                   labels:np.ndarray, # HER2 class of each pair (0..3)
-                   predict:Callable, # the four-class SFS classifier: predict(images) -> labels 0..3
-                   num_classes:int=4, seeds:Sequence[int]=(0, 1, 2), progress:bool=True)->tuple[pd.DataFrame, dict]:
+def staining_study(
+    stainers: Mapping[str, Callable],  # name -> stain(he_images, seed) -> ihc images
+    he: np.ndarray,  # N x H x W x 3 uint8 H&E (input) tiles
+    ihc: np.ndarray,  # N x H x W x 3 uint8 real IHC tiles
+    labels: np.ndarray,  # HER2 class of each pair (0..3)
+    predict: Callable,  # the four-class SFS classifier: predict(images) -> labels 0..3
+    num_classes: int = 4,
+    seeds: Sequence[int] = (0, 1, 2),
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict]:
     """One row per (method, seed): mean PSNR, SSIM; accuracy, SFS, AvgDeg on binary HER2 (headline), then `_4class`;
     and each method's images of the first seed."""
     from histodiff.metrics import psnr, ssim
-    labels = np.asarray(labels); pred_real = np.asarray(predict(ihc)); rows, outputs = [], {}
+
+    labels = np.asarray(labels)
+    pred_real = np.asarray(predict(ihc))
+    rows, outputs = [], {}
     for name, stain in tqdm(stainers.items(), desc='staining study', disable=not progress):
         for s in seeds:
-            t0 = time.perf_counter(); gen = np.asarray(stain(he, s)); dt = (time.perf_counter() - t0) / len(he)
-            if gen.shape != ihc.shape: raise ValueError(f"{name} returned {gen.shape}, expected {ihc.shape}")
-            rows.append(dict(method=name, seed=s, psnr=float(np.mean(psnr(gen, ihc))), ssim=float(np.mean(ssim(gen, ihc))),
-                             **_sfs_row(labels, pred_real, predict(gen), num_classes), seconds=dt))
-            if s == seeds[0]: outputs[name] = gen
+            t0 = time.perf_counter()
+            gen = np.asarray(stain(he, s))
+            dt = (time.perf_counter() - t0) / len(he)
+            if gen.shape != ihc.shape:
+                raise ValueError(f"{name} returned {gen.shape}, expected {ihc.shape}")
+            rows.append(
+                dict(
+                    method=name,
+                    seed=s,
+                    psnr=float(np.mean(psnr(gen, ihc))),
+                    ssim=float(np.mean(ssim(gen, ihc))),
+                    **_sfs_row(labels, pred_real, predict(gen), num_classes),
+                    seconds=dt,
+                )
+            )
+            if s == seeds[0]:
+                outputs[name] = gen
     return pd.DataFrame(rows), outputs
 
 # %% ../nbs/09_studies.ipynb #9e49c22c
-def mean_sd(df:pd.DataFrame, by:str='method')->pd.DataFrame:
+def mean_sd(df: pd.DataFrame, by: str = 'method') -> pd.DataFrame:
     "Mean and standard deviation over seeds (`metric`, `metric_sd`), per method, in first-seen order."
     num = [c for c in df.select_dtypes('number').columns if c != 'seed']
     g = df.groupby(by, sort=False)[num]
@@ -177,59 +252,88 @@ def mean_sd(df:pd.DataFrame, by:str='method')->pd.DataFrame:
 PERTURBATIONS = {'translation': (5, 10, 15), 'rotation': (5, 10, 15), 'elastic': ('low', 'medium', 'high')}
 ELASTIC_ALPHA = {'low': 2.0, 'medium': 4.0, 'high': 8.0}
 
-def perturb(images:np.ndarray, # N x H x W x 3 uint8
-            kind:str, # 'translation', 'rotation' or 'elastic'
-            level, # pixels, degrees, or 'low' | 'medium' | 'high'
-            seed:int=0, # seed of the translation direction and of the elastic field
-           )->np.ndarray:
+
+def perturb(
+    images: np.ndarray,  # N x H x W x 3 uint8
+    kind: str,  # 'translation', 'rotation' or 'elastic'
+    level,  # pixels, degrees, or 'low' | 'medium' | 'high'
+    seed: int = 0,  # seed of the translation direction and of the elastic field
+) -> np.ndarray:
     "Spatially perturbed copies of `images` (reflect-padded, same size and dtype)."
     from skimage.transform import rotate
-    images = np.asarray(images); rng = np.random.default_rng(seed); out = np.empty_like(images)
+
+    images = np.asarray(images)
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
     for i, im in enumerate(images):
         f = im.astype(np.float64)
         if kind == 'translation':
-            ang = rng.uniform(0, 2 * np.pi); dy, dx = level * np.sin(ang), level * np.cos(ang)
+            ang = rng.uniform(0, 2 * np.pi)
+            dy, dx = level * np.sin(ang), level * np.cos(ang)
             g = ndimage.shift(f, (dy, dx, 0), order=1, mode='reflect')
         elif kind == 'rotation':
             g = rotate(f, level, mode='reflect', preserve_range=True, order=1)
         elif kind == 'elastic':
-            h, w = f.shape[:2]; alpha = ELASTIC_ALPHA[level]
+            h, w = f.shape[:2]
+            alpha = ELASTIC_ALPHA[level]
             field = [ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)), 8.0) for _ in range(2)]
             field = [d / max(np.abs(d).max(), 1e-12) * alpha for d in field]
             yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
             coords = [yy + field[0], xx + field[1]]
-            g = np.stack([ndimage.map_coordinates(f[..., c], coords, order=1, mode='reflect') for c in range(f.shape[2])], -1)
-        else: raise ValueError(f"kind must be one of {list(PERTURBATIONS)}, got {kind!r}")
+            g = np.stack(
+                [ndimage.map_coordinates(f[..., c], coords, order=1, mode='reflect') for c in range(f.shape[2])], -1
+            )
+        else:
+            raise ValueError(f"kind must be one of {list(PERTURBATIONS)}, got {kind!r}")
         out[i] = np.clip(np.round(g), 0, 255).astype(images.dtype)
     return out
 
 # %% ../nbs/09_studies.ipynb #c247da21
-def robustness_study(ihc:np.ndarray, # real IHC tiles, N x H x W x 3 uint8
-                     labels:np.ndarray, # their HER2 classes (0..3)
-                     predict:Callable, # the four-class SFS classifier
-                     num_classes:int=4, perturbations:Mapping=PERTURBATIONS, seed:int=0)->pd.DataFrame:
-    "SSIM, PSNR, binary (headline) and `_4class` accuracy and SFS of perturbed copies, with drops (%) from the unperturbed set."
+def robustness_study(
+    ihc: np.ndarray,  # real IHC tiles, N x H x W x 3 uint8
+    labels: np.ndarray,  # their HER2 classes (0..3)
+    predict: Callable,  # the four-class SFS classifier
+    num_classes: int = 4,
+    perturbations: Mapping = PERTURBATIONS,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """SSIM, PSNR, binary (headline) and `_4class` accuracy and SFS of perturbed copies, with drops (%) from the
+    unperturbed set."""
     from histodiff.metrics import psnr, ssim
-    labels = np.asarray(labels); pred_real = np.asarray(predict(ihc))
+
+    labels = np.asarray(labels)
+    pred_real = np.asarray(predict(ihc))
     base = dict(ssim=1.0, psnr=np.inf, **_sfs_row(labels, pred_real, pred_real, num_classes))
     rows = [dict(perturbation='none', level='', **base)]
     for kind, levels in perturbations.items():
         for lv in levels:
             p = perturb(ihc, kind, lv, seed)
-            rows.append(dict(perturbation=kind, level=str(lv), ssim=float(np.mean(ssim(p, ihc))),
-                             psnr=float(np.mean(psnr(p, ihc))), **_sfs_row(labels, pred_real, predict(p), num_classes)))
+            rows.append(
+                dict(
+                    perturbation=kind,
+                    level=str(lv),
+                    ssim=float(np.mean(ssim(p, ihc))),
+                    psnr=float(np.mean(psnr(p, ihc))),
+                    **_sfs_row(labels, pred_real, predict(p), num_classes),
+                )
+            )
     df = pd.DataFrame(rows)
     for m in ('ssim', 'accuracy', 'sfs', 'accuracy_4class', 'sfs_4class'):
         df[f'{m}_drop_pct'] = 100 * (base[m] - df[m]) / base[m] if base[m] else np.nan
     return df
 
 # %% ../nbs/09_studies.ipynb #ca482750
-def classifier_bias_study(classifiers:Mapping[str, Callable], # e.g. {'underfit': ..., 'proper': ..., 'overfit': ...}
-                          ihc:np.ndarray, # real IHC test tiles
-                          generated:np.ndarray, # virtual IHC of the same tiles
-                          labels:np.ndarray, num_classes:int=4)->pd.DataFrame:
-    "Per frozen classifier: accuracy on real IHC, accuracy and SFS on the generated IHC; binary (headline), then `_4class`."
-    labels = np.asarray(labels); rows = []
+def classifier_bias_study(
+    classifiers: Mapping[str, Callable],  # e.g. {'underfit': ..., 'proper': ..., 'overfit': ...}
+    ihc: np.ndarray,  # real IHC test tiles
+    generated: np.ndarray,  # virtual IHC of the same tiles
+    labels: np.ndarray,
+    num_classes: int = 4,
+) -> pd.DataFrame:
+    """Per frozen classifier: accuracy on real IHC, accuracy and SFS on the generated IHC; binary (headline), then
+    `_4class`."""
+    labels = np.asarray(labels)
+    rows = []
     for name, predict in classifiers.items():
         pr = np.asarray(predict(ihc))
         rows.append(dict(classifier=name, **_sfs_row(labels, pr, predict(generated), num_classes, real=True)))
@@ -238,20 +342,26 @@ def classifier_bias_study(classifiers:Mapping[str, Callable], # e.g. {'underfit'
 # %% ../nbs/09_studies.ipynb #9960eda6
 class StageSettings:
     "Mixin of a stage's settings dataclass: `from_params` takes its fields from the stage's parameters."
+
     @classmethod
-    def from_params(cls, params:Mapping, # a stage's parameters, e.g. the notebook's `globals()`
-                   ):
+    def from_params(
+        cls,
+        params: Mapping,  # a stage's parameters, e.g. the notebook's `globals()`
+    ):
         "The settings named in `params` (the others keep their defaults)."
         return cls(**{f.name: params[f.name] for f in fields(cls) if f.name in params})
 
-def start_study(profile:str, # the params profile (demo, smoke, paper)
-                out_dir:str|Path, # the stage's output folder (made)
-                seed:int|None=None, # seed torch's global generator with it (None: leave it)
-                *notes, # more to print after the device
-               )->str:
+
+def start_study(
+    profile: str,  # the params profile (demo, smoke, paper)
+    out_dir: str | Path,  # the stage's output folder (made)
+    seed: int | None = None,  # seed torch's global generator with it (None: leave it)
+    *notes,  # more to print after the device
+) -> str:
     "Make `out_dir`, pick the device, seed torch when `seed` is given, print the profile and device; return the device."
     import torch
     from histodiff.core import get_device
+
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     device = get_device()
     if seed is not None:
@@ -263,151 +373,226 @@ def start_study(profile:str, # the params profile (demo, smoke, paper)
 @dataclass
 class RestorationEvaluation(StageSettings):
     "The settings of the `evaluate_restoration` stage: its parameters (params.yaml's `evaluate_restoration`)."
-    profile:str='demo' # demo | smoke | paper
-    synth_dir:str='data/synth' # the synthesize stage's output: one folder per test set
-    synth_sets:list=field(default_factory=lambda: ['test']) # the test sets
-    models_dir:str='models' # the trained models: vae, ldm, pixel
-    restorers:list=field(default_factory=lambda: ['none']) # the rows: restorer names or {'name': ..., <setting>: value}
-    tissue_classifier:str='' # the downstream classifier ('' : no downstream study)
-    tissue_labels:str='source' # column of the test set holding the downstream class
-    num_inference_steps:int=20 # sampling steps of the regional pipelines
-    scheduler:str='ddim' # ddpm | ddim | dpm
-    max_tiles:int=16 # at most this many tiles of each set (0: all)
-    seed:int=0 # sampling seed
-    n_boot:int=1000 # bootstrap resamples of the intervals
-    out_dir:str='results/restoration' # tables, per-tile rows, examples
-    metrics_path:str='results/metrics/restoration.json'
-    progress:bool=False
 
-def load_test_sets(synth_dir:str|Path, # the synthesize stage's output: one folder per test set
-                   synth_sets:Sequence[str], # the test sets to load
-                   max_tiles:int=0, # at most this many tiles of each set, the first ones (0: all)
-                  )->dict:
+    profile: str = 'demo'  # demo | smoke | paper
+    synth_dir: str = 'data/synth'  # the synthesize stage's output: one folder per test set
+    synth_sets: list = field(default_factory=lambda: ['test'])  # the test sets
+    models_dir: str = 'models'  # the trained models: vae, ldm, pixel
+    restorers: list = field(
+        default_factory=lambda: ['none']
+    )  # the rows: restorer names or {'name': ..., <setting>: value}
+    tissue_classifier: str = ''  # the downstream classifier ('' : no downstream study)
+    tissue_labels: str = 'source'  # column of the test set holding the downstream class
+    num_inference_steps: int = 20  # sampling steps of the regional pipelines
+    scheduler: str = 'ddim'  # ddpm | ddim | dpm
+    max_tiles: int = 16  # at most this many tiles of each set (0: all)
+    seed: int = 0  # sampling seed
+    n_boot: int = 1000  # bootstrap resamples of the intervals
+    out_dir: str = 'results/restoration'  # tables, per-tile rows, examples
+    metrics_path: str = 'results/metrics/restoration.json'
+    progress: bool = False
+
+
+def load_test_sets(
+    synth_dir: str | Path,  # the synthesize stage's output: one folder per test set
+    synth_sets: Sequence[str],  # the test sets to load
+    max_tiles: int = 0,  # at most this many tiles of each set, the first ones (0: all)
+) -> dict:
     "Test set name -> its tiles (a `datasets.Dataset` of artifact, mask, clean, kind, ...)."
     from histodiff.data import load_tile_dataset
+
     parts = {}
     for name in synth_sets:
-        d = load_tile_dataset(Path(synth_dir)/name)
+        d = load_tile_dataset(Path(synth_dir) / name)
         parts[name] = d.select(range(min(len(d), max_tiles) if max_tiles else len(d)))
     return parts
+
 
 @dataclass
 class RestorationTiles:
     "The test tiles of a restoration study, every set joined."
-    parts:dict # set name -> its dataset
-    ds:object # the joined dataset
-    set_of:np.ndarray # the set of each tile
-    artifact:np.ndarray # N x H x W x 3 uint8
-    mask:np.ndarray # N x H x W bool
-    clean:np.ndarray # N x H x W x 3 uint8
-    kinds:list # the artifact kind of each tile
 
-def restoration_tiles(parts:dict, # set name -> dataset, from `load_test_sets`
-                     )->RestorationTiles:
+    parts: dict  # set name -> its dataset
+    ds: object  # the joined dataset
+    set_of: np.ndarray  # the set of each tile
+    artifact: np.ndarray  # N x H x W x 3 uint8
+    mask: np.ndarray  # N x H x W bool
+    clean: np.ndarray  # N x H x W x 3 uint8
+    kinds: list  # the artifact kind of each tile
+
+
+def restoration_tiles(
+    parts: dict,  # set name -> dataset, from `load_test_sets`
+) -> RestorationTiles:
     "The tiles of `parts` as arrays, with the set and the artifact kind of each; prints their number and coverage."
     import datasets
     from histodiff.data import dataset_images
+
     ds = datasets.concatenate_datasets(list(parts.values())) if len(parts) > 1 else next(iter(parts.values()))
     set_of = np.concatenate([[name] * len(d) for name, d in parts.items()])
     artifact, mask, clean = dataset_images(ds, 'artifact'), dataset_images(ds, 'mask'), dataset_images(ds, 'clean')
-    print(len(ds), 'tiles of', artifact.shape[1:], 'from', {k: len(v) for k, v in parts.items()},
-          '| mean artifact coverage', round(float(mask.mean()), 3))
+    print(
+        len(ds),
+        'tiles of',
+        artifact.shape[1:],
+        'from',
+        {k: len(v) for k, v in parts.items()},
+        '| mean artifact coverage',
+        round(float(mask.mean()), 3),
+    )
     return RestorationTiles(parts, ds, set_of, artifact, mask, clean, list(ds['kind']))
 
 # %% ../nbs/09_studies.ipynb #59a8f048
-def restoration_methods(cfg:RestorationEvaluation)->dict:
+def restoration_methods(cfg: RestorationEvaluation) -> dict:
     "Label -> restorer of `histodiff.restorers`, one per entry of `cfg.restorers`, in order, one `RestorerSettings`."
     from histodiff.restorers import RestorerSettings, restorer_from_spec
-    settings = RestorerSettings(models_dir=cfg.models_dir, scheduler=cfg.scheduler, steps=cfg.num_inference_steps,
-                                seed=cfg.seed, progress=cfg.progress)
+
+    settings = RestorerSettings(
+        models_dir=cfg.models_dir,
+        scheduler=cfg.scheduler,
+        steps=cfg.num_inference_steps,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
     return {r.label: r for r in (restorer_from_spec(spec, settings) for spec in cfg.restorers)}
 
-def score_restorers(cfg:RestorationEvaluation, tiles:RestorationTiles,
-                    methods:Mapping[str, Callable], # label -> restore(image, mask) -> image
-                   )->tuple[pd.DataFrame, dict, pd.DataFrame]:
+
+def score_restorers(
+    cfg: RestorationEvaluation,
+    tiles: RestorationTiles,
+    methods: Mapping[str, Callable],  # label -> restore(image, mask) -> image
+) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     "Run `restoration_study`: the per-tile rows (in `per_tile.csv`), the restored tiles, the summary per method."
-    per_tile, outputs = restoration_study(methods, tiles.artifact, tiles.mask, tiles.clean, tiles.kinds,
-                                          progress=cfg.progress, keep_outputs=True)
+    per_tile, outputs = restoration_study(
+        methods, tiles.artifact, tiles.mask, tiles.clean, tiles.kinds, progress=cfg.progress, keep_outputs=True
+    )
     per_tile['set'] = tiles.set_of[per_tile['index'].to_numpy()]
-    per_tile.to_csv(Path(cfg.out_dir)/'per_tile.csv', index=False)
+    per_tile.to_csv(Path(cfg.out_dir) / 'per_tile.csv', index=False)
     return per_tile, outputs, summarize(per_tile, 'method', n_boot=cfg.n_boot)
 
-def _restoration_notes(cfg:RestorationEvaluation, n:int)->tuple[str, str]:
+
+def _restoration_notes(cfg: RestorationEvaluation, n: int) -> tuple[str, str]:
     "The data and PSNR-peak notes of the restoration tables."
     from histodiff.metrics import psnr_from_4095_peak
+
     data_note = f"{n} synthesized test tiles ({cfg.synth_dir}: {', '.join(cfg.synth_sets)})"
-    peak_note = ("PSNR here has a peak of 255 (true 8-bit PSNR). The papers' code used a peak of 4095 on 8-bit images: "
-                 f"their PSNR = ours + {-psnr_from_4095_peak(0):.1f} dB, and their SSIM is inflated too.")
+    peak_note = (
+        "PSNR here has a peak of 255 (true 8-bit PSNR). The papers' code used a peak of 4095 on 8-bit images: "
+        f"their PSNR = ours + {-psnr_from_4095_peak(0):.1f} dB, and their SSIM is inflated too."
+    )
     return data_note, peak_note
 
-def _save_examples(out:Path, tiles:RestorationTiles, outputs:dict):
+
+def _save_examples(out: Path, tiles: RestorationTiles, outputs: dict):
     "The first six tiles with every method's output, and the first tile of each large kind for the `figures` stage."
     artifact, mask, clean, kinds = tiles.artifact, tiles.mask, tiles.clean, tiles.kinds
-    np.savez_compressed(out/'examples.npz', artifact=artifact[:6], mask=mask[:6], clean=clean[:6],
-                        methods=np.array(list(outputs)), **{f'out{i}': o[:6] for i, o in enumerate(outputs.values())})
+    np.savez_compressed(
+        out / 'examples.npz',
+        artifact=artifact[:6],
+        mask=mask[:6],
+        clean=clean[:6],
+        methods=np.array(list(outputs)),
+        **{f'out{i}': o[:6] for i, o in enumerate(outputs.values())},
+    )
     # the first tile of each large artifact kind, at full resolution, for the figure of the `figures` stage (issue 12)
     large = [k for k in ('tissue_fold', 'air_bubble', 'stain_patch', 'blur') if k in kinds]
     first = [kinds.index(k) for k in large]
     shown = [m for m in ('telea', 'biharmonic', 'latent regional (ours)') if m in outputs]
-    np.savez_compressed(out/'examples_by_kind.npz', kinds=np.array(large), artifact=artifact[first], mask=mask[first],
-                        clean=clean[first], methods=np.array(shown),
-                        **{f'out{i}': outputs[m][first] for i, m in enumerate(shown)})
+    np.savez_compressed(
+        out / 'examples_by_kind.npz',
+        kinds=np.array(large),
+        artifact=artifact[first],
+        mask=mask[first],
+        clean=clean[first],
+        methods=np.array(shown),
+        **{f'out{i}': outputs[m][first] for i, m in enumerate(shown)},
+    )
 
-def write_restoration_tables(cfg:RestorationEvaluation, tiles:RestorationTiles,
-                             per_tile:pd.DataFrame, # the per-tile rows of `score_restorers`
-                             outputs:dict, # method -> restored tiles
-                             summary:pd.DataFrame, # the summary per method
-                            )->Path:
+
+def write_restoration_tables(
+    cfg: RestorationEvaluation,
+    tiles: RestorationTiles,
+    per_tile: pd.DataFrame,  # the per-tile rows of `score_restorers`
+    outputs: dict,  # method -> restored tiles
+    summary: pd.DataFrame,  # the summary per method
+) -> Path:
     "Write the restoration table, by kind, by test set (when several) and the examples; return the table's Markdown."
     out, profile, n_boot = Path(cfg.out_dir), cfg.profile, cfg.n_boot
     data_note, peak_note = _restoration_notes(cfg, len(tiles.artifact))
-    write_table(summary, out/'table', 'Restoration (LatentArtiFusion Tables 1 and 2)', profile, data_note, peak_note)
+    write_table(summary, out / 'table', 'Restoration (LatentArtiFusion Tables 1 and 2)', profile, data_note, peak_note)
     by_kind = summarize(per_tile, ['kind', 'method'], metrics=['psnr', 'psnr_artifact', 'ssim'], n_boot=n_boot)
-    write_table(by_kind, out/'by_kind', 'Restoration by artifact kind', profile, data_note, peak_note)
+    write_table(by_kind, out / 'by_kind', 'Restoration by artifact kind', profile, data_note, peak_note)
     _save_examples(out, tiles, outputs)
     if len(tiles.parts) > 1:  # the papers report each test set in its own table (Histology: Table 1, MoNuSAC: Table 2)
-        by_set = summarize(per_tile, ['set', 'method'], metrics=['psnr', 'psnr_artifact', 'ssim', 'fsim', 'seconds'],
-                           n_boot=n_boot)
-        write_table(by_set, out/'by_set', 'Restoration per test set (LatentArtiFusion Tables 1 and 2)', profile,
-                    data_note, peak_note)
-    return out/'table.md'
+        by_set = summarize(
+            per_tile, ['set', 'method'], metrics=['psnr', 'psnr_artifact', 'ssim', 'fsim', 'seconds'], n_boot=n_boot
+        )
+        write_table(
+            by_set,
+            out / 'by_set',
+            'Restoration per test set (LatentArtiFusion Tables 1 and 2)',
+            profile,
+            data_note,
+            peak_note,
+        )
+    return out / 'table.md'
 
 # %% ../nbs/09_studies.ipynb #41d884c1
-def restoration_downstream(cfg:RestorationEvaluation, tiles:RestorationTiles,
-                           outputs:dict, # method -> restored tiles
-                          )->pd.DataFrame|None:
+def restoration_downstream(
+    cfg: RestorationEvaluation,
+    tiles: RestorationTiles,
+    outputs: dict,  # method -> restored tiles
+) -> pd.DataFrame | None:
     "Table 3: the tissue classifier on clean, damaged and restored tiles (None without a classifier or known labels)."
     ds = tiles.ds
     if not (cfg.tissue_classifier and Path(cfg.tissue_classifier).exists() and cfg.tissue_labels in ds.column_names):
         return None
     from histodiff.sfs import ImageClassifier, predict
+
     clf = ImageClassifier.from_pretrained(cfg.tissue_classifier)
     names = clf.model.config.id2label
     name_to_id = {v: int(k) for k, v in names.items()}
     keep = np.array([l in name_to_id for l in ds[cfg.tissue_labels]])
     if not keep.any():
-        print(f'downstream study skipped: no test tile has a {cfg.tissue_labels} the classifier knows '
-              f'({sorted(names.values())})')
+        print(
+            f'downstream study skipped: no test tile has a {cfg.tissue_labels} the classifier knows '
+            f'({sorted(names.values())})'
+        )
         return None
     labels = np.array([name_to_id[l] for l in np.asarray(ds[cfg.tissue_labels])[keep]])
-    conditions = {'clean': tiles.clean[keep], 'artifact': tiles.artifact[keep],
-                  **{f'restored w/ {k}': v[keep] for k, v in outputs.items()}}
-    downstream = downstream_study({'tissue classifier': lambda x: predict(clf, x)}, conditions, labels,
-                                  n_boot=cfg.n_boot)
-    write_table(downstream, Path(cfg.out_dir)/'downstream', 'Downstream classification (LatentArtiFusion Table 3)',
-                cfg.profile, f"{keep.sum()} test tiles; classifier {cfg.tissue_classifier}")
-    print((Path(cfg.out_dir)/'downstream.md').read_text())
+    conditions = {
+        'clean': tiles.clean[keep],
+        'artifact': tiles.artifact[keep],
+        **{f'restored w/ {k}': v[keep] for k, v in outputs.items()},
+    }
+    downstream = downstream_study(
+        {'tissue classifier': lambda x: predict(clf, x)}, conditions, labels, n_boot=cfg.n_boot
+    )
+    write_table(
+        downstream,
+        Path(cfg.out_dir) / 'downstream',
+        'Downstream classification (LatentArtiFusion Table 3)',
+        cfg.profile,
+        f"{keep.sum()} test tiles; classifier {cfg.tissue_classifier}",
+    )
+    print((Path(cfg.out_dir) / 'downstream.md').read_text())
     return downstream
 
-def restoration_results(cfg:RestorationEvaluation, tiles:RestorationTiles,
-                        summary:pd.DataFrame, # the summary per method
-                        downstream:pd.DataFrame|None=None, # the downstream table, if any
-                       )->dict:
+
+def restoration_results(
+    cfg: RestorationEvaluation,
+    tiles: RestorationTiles,
+    summary: pd.DataFrame,  # the summary per method
+    downstream: pd.DataFrame | None = None,  # the downstream table, if any
+) -> dict:
     "The stage's metrics: each method's means (seconds go to the timings) and the downstream accuracies."
     best = summary.set_index('method')
     keys = ('psnr', 'psnr_artifact', 'ssim', 'fsim', 'mse_artifact', 'l2', 'seconds')
-    metrics = {'profile': cfg.profile, 'tiles': int(len(tiles.artifact)),
-               'methods': {m: {k: float(best.loc[m, k]) for k in keys} for m in best.index}}
+    metrics = {
+        'profile': cfg.profile,
+        'tiles': int(len(tiles.artifact)),
+        'methods': {m: {k: float(best.loc[m, k]) for k in keys} for m in best.index},
+    }
     if downstream is not None:
         metrics['downstream_accuracy'] = {r.condition: float(r.accuracy) for r in downstream.itertuples()}
     return metrics
@@ -416,90 +601,106 @@ def restoration_results(cfg:RestorationEvaluation, tiles:RestorationTiles,
 @dataclass
 class StainingEvaluation(StageSettings):
     "The settings of the `evaluate_staining` stage: its parameters, and the device it runs on."
-    profile:str='demo' # demo | smoke | paper
-    data_dir:str='data' # outputs of the download stage (data/staining/test)
-    staining_data:str='demo' # demo (data/staining) | bci (BCI's pairs under bci_root)
-    bci_root:str='data/raw/BCI' # the extracted BCI archive
-    image_size:int=0 # resize BCI tiles to this side (0: keep)
-    stardiff_dir:str='models/stardiff' # one folder per trained variant
-    variants:list=field(default_factory=lambda: ['both', 'residual', 'noise', 'latent']) # the Star-Diff variants
-    baselines_path:str='models/stardiff/baselines.json' # fitted Reinhard / Macenko parameters
-    classifier_dir:str='models/classifier' # sfs, sfs_underfit, sfs_overfit
-    num_inference_steps:int=10 # Star-Diff sampling steps
-    seeds:list=field(default_factory=lambda: [0, 1, 2]) # sampling seeds
-    sum_scale:float=0.01 # the sum_scale of the variants
-    sum_scales:list=field(default_factory=lambda: [0.01, 0.1, 1.0]) # the sum_scale study's values
-    max_tiles:int=64 # at most this many test pairs, evenly spaced (0: all)
-    n_boot:int=1000 # bootstrap resamples
-    out_dir:str='results/staining'
-    metrics_path:str='results/metrics/staining.json'
-    progress:bool=False
-    device:str='cpu' # where the models run (the stage sets it from `start_study`)
+
+    profile: str = 'demo'  # demo | smoke | paper
+    data_dir: str = 'data'  # outputs of the download stage (data/staining/test)
+    staining_data: str = 'demo'  # demo (data/staining) | bci (BCI's pairs under bci_root)
+    bci_root: str = 'data/raw/BCI'  # the extracted BCI archive
+    image_size: int = 0  # resize BCI tiles to this side (0: keep)
+    stardiff_dir: str = 'models/stardiff'  # one folder per trained variant
+    variants: list = field(default_factory=lambda: ['both', 'residual', 'noise', 'latent'])  # the Star-Diff variants
+    baselines_path: str = 'models/stardiff/baselines.json'  # fitted Reinhard / Macenko parameters
+    classifier_dir: str = 'models/classifier'  # sfs, sfs_underfit, sfs_overfit
+    num_inference_steps: int = 10  # Star-Diff sampling steps
+    seeds: list = field(default_factory=lambda: [0, 1, 2])  # sampling seeds
+    sum_scale: float = 0.01  # the sum_scale of the variants
+    sum_scales: list = field(default_factory=lambda: [0.01, 0.1, 1.0])  # the sum_scale study's values
+    max_tiles: int = 64  # at most this many test pairs, evenly spaced (0: all)
+    n_boot: int = 1000  # bootstrap resamples
+    out_dir: str = 'results/staining'
+    metrics_path: str = 'results/metrics/staining.json'
+    progress: bool = False
+    device: str = 'cpu'  # where the models run (the stage sets it from `start_study`)
+
 
 @dataclass
 class StainingPairs:
     "The H&E / IHC test pairs of the staining studies."
-    he:np.ndarray # N x H x W x 3 uint8 H&E tiles
-    ihc:np.ndarray # N x H x W x 3 uint8 real IHC tiles
-    labels:np.ndarray # HER2 class of each pair (0..3)
-    source:str # where they come from, for the tables
+
+    he: np.ndarray  # N x H x W x 3 uint8 H&E tiles
+    ihc: np.ndarray  # N x H x W x 3 uint8 real IHC tiles
+    labels: np.ndarray  # HER2 class of each pair (0..3)
+    source: str  # where they come from, for the tables
+
     @property
-    def data_note(self)->str: return f"{len(self.he)} test pairs ({self.source})"
+    def data_note(self) -> str:
+        return f"{len(self.he)} test pairs ({self.source})"
+
 
 def _resize(tiles, size):
     if not size or tiles.shape[1] == size:
         return tiles
     import cv2
+
     return np.stack([cv2.resize(t, (size, size), interpolation=cv2.INTER_AREA) for t in tiles])
 
-def staining_pairs(cfg:StainingEvaluation)->StainingPairs:
+
+def staining_pairs(cfg: StainingEvaluation) -> StainingPairs:
     "The test pairs of `cfg.staining_data` ('demo' or 'bci'), at most `cfg.max_tiles` evenly spaced."
     from histodiff.core import read_image
+
     if cfg.staining_data == 'bci':
         from histodiff.sources import load_bci
+
         pairs = load_bci(cfg.bci_root, 'test')
         he = np.stack([_resize(read_image(p['he'])[None], cfg.image_size)[0] for p in pairs])
         ihc = np.stack([_resize(read_image(p['ihc'])[None], cfg.image_size)[0] for p in pairs])
         labels = np.array([p['label'] for p in pairs])
     elif cfg.staining_data == 'demo':
         from histodiff.data import load_tile_dataset, dataset_images
-        ds = load_tile_dataset(Path(cfg.data_dir)/'staining'/'test')
+
+        ds = load_tile_dataset(Path(cfg.data_dir) / 'staining' / 'test')
         he, ihc, labels = dataset_images(ds, 'he'), dataset_images(ds, 'ihc'), np.asarray(ds['label'])
     else:
         raise ValueError(f"staining_data {cfg.staining_data!r}: expected 'demo' or 'bci'")
-    if cfg.max_tiles:   # evenly spaced over the test pairs (both IHC fields)
+    if cfg.max_tiles:  # evenly spaced over the test pairs (both IHC fields)
         pick = np.linspace(0, len(he) - 1, min(cfg.max_tiles, len(he))).round().astype(int)
         he, ihc, labels = he[pick], ihc[pick], labels[pick]
     print(len(he), 'pairs', he.shape[1:], 'classes', np.bincount(labels, minlength=4).tolist())
     source = {'bci': 'BCI', 'demo': 'demo staining task from scikit-image ihc.png'}[cfg.staining_data]
     return StainingPairs(he, ihc, labels, source)
 
-def staining_classifier(path:str|Path, # a saved `histodiff.sfs.ImageClassifier`
-                        device:str|None=None, # where it runs
-                       )->Callable:
+
+def staining_classifier(
+    path: str | Path,  # a saved `histodiff.sfs.ImageClassifier`
+    device: str | None = None,  # where it runs
+) -> Callable:
     "`predict(images) -> classes` with the classifier saved in `path`."
     from histodiff.sfs import ImageClassifier, predict
+
     clf = ImageClassifier.from_pretrained(path)
     return lambda x: predict(clf, x, device=device)
 
 # %% ../nbs/09_studies.ipynb #283d5631
-def staining_stainers(cfg:StainingEvaluation)->tuple[dict, list, dict]:
+def staining_stainers(cfg: StainingEvaluation) -> tuple[dict, list, dict]:
     "The stainers `stain(he, seed)` (Star-Diff, sum_scale models, baselines), missing variants, sum_scale -> name."
     from histodiff import stardiff
+
     def star_diff(path):
         "stain(x, seed) with the Star-Diff pipeline saved in `path`."
         pipe = stardiff.StarDiffPipeline.from_pretrained(path).to(cfg.device)
         steps = cfg.num_inference_steps
         return lambda x, s: pipe.stain(x, num_inference_steps=steps, generator=s, progress=cfg.progress)
+
     stainers, skipped = {}, []
     for v in cfg.variants:
-        if (Path(cfg.stardiff_dir)/v).exists():
-            stainers[f'Star-Diff ({v})'] = star_diff(Path(cfg.stardiff_dir)/v)
+        if (Path(cfg.stardiff_dir) / v).exists():
+            stainers[f'Star-Diff ({v})'] = star_diff(Path(cfg.stardiff_dir) / v)
         else:
             skipped.append(v)
     scale_names = {}  # the sum_scale study: `both` retrained at the other values (the default's model is `both` itself)
     for scale in cfg.sum_scales:
-        path = Path(cfg.stardiff_dir)/'sum_scale'/str(scale)
+        path = Path(cfg.stardiff_dir) / 'sum_scale' / str(scale)
         if float(scale) == float(cfg.sum_scale) or not path.exists():
             continue
         scale_names[scale] = name = f'Star-Diff (both, sum_scale={scale})'
@@ -511,147 +712,226 @@ def staining_stainers(cfg:StainingEvaluation)->tuple[dict, list, dict]:
     print('stainers', list(stainers), '| missing', skipped)
     return stainers, skipped, scale_names
 
-def score_stainers(cfg:StainingEvaluation, pairs:StainingPairs,
-                   stainers:Mapping[str, Callable], # name -> stain(he, seed)
-                   classify:Callable, # the SFS classifier: predict(images) -> classes 0..3
-                  )->tuple[pd.DataFrame, dict, pd.DataFrame]:
+
+def score_stainers(
+    cfg: StainingEvaluation,
+    pairs: StainingPairs,
+    stainers: Mapping[str, Callable],  # name -> stain(he, seed)
+    classify: Callable,  # the SFS classifier: predict(images) -> classes 0..3
+) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     "Run `staining_study`: the rows per seed (in `per_seed.csv`), the first seed's outputs, mean and SD per method."
-    per_seed, outputs = staining_study(stainers, pairs.he, pairs.ihc, pairs.labels, classify, 4, list(cfg.seeds),
-                                       progress=cfg.progress)
-    per_seed.to_csv(Path(cfg.out_dir)/'per_seed.csv', index=False)
+    per_seed, outputs = staining_study(
+        stainers, pairs.he, pairs.ihc, pairs.labels, classify, 4, list(cfg.seeds), progress=cfg.progress
+    )
+    per_seed.to_csv(Path(cfg.out_dir) / 'per_seed.csv', index=False)
     return per_seed, outputs, mean_sd(per_seed)
 
-def _staining_note(cfg:StainingEvaluation)->str:
-    return ("Mean and standard deviation over sampling seeds " + ", ".join(map(str, cfg.seeds))
-            + ". PSNR with a peak of 255. "
-            "Star-Diff's paper reports on BCI: PSNR 21.30, SSIM 0.53, accuracy 0.68, SFS 0.74. " + HER2_NOTE)
 
-def write_staining_tables(cfg:StainingEvaluation, pairs:StainingPairs,
-                          table:pd.DataFrame, # mean and SD per method, from `score_stainers`
-                          outputs:dict, # method -> virtual IHC of the first seed
-                         )->Path:
+def _staining_note(cfg: StainingEvaluation) -> str:
+    return (
+        "Mean and standard deviation over sampling seeds "
+        + ", ".join(map(str, cfg.seeds))
+        + ". PSNR with a peak of 255. "
+        "Star-Diff's paper reports on BCI: PSNR 21.30, SSIM 0.53, accuracy 0.68, SFS 0.74. " + HER2_NOTE
+    )
+
+
+def write_staining_tables(
+    cfg: StainingEvaluation,
+    pairs: StainingPairs,
+    table: pd.DataFrame,  # mean and SD per method, from `score_stainers`
+    outputs: dict,  # method -> virtual IHC of the first seed
+) -> Path:
     "Write Star-Diff's Table 1 and the example tiles of the `figures` stage; return the table's Markdown."
     out = Path(cfg.out_dir)
-    write_table(table, out/'table', 'Virtual staining (Star-Diff Table 1)', cfg.profile, pairs.data_note,
-                _staining_note(cfg))
-    np.savez_compressed(out/'examples.npz', he=pairs.he[:6], ihc=pairs.ihc[:6], labels=pairs.labels[:6],
-                        methods=np.array(list(outputs)), **{f'out{i}': o[:6] for i, o in enumerate(outputs.values())})
-    return out/'table.md'
+    write_table(
+        table, out / 'table', 'Virtual staining (Star-Diff Table 1)', cfg.profile, pairs.data_note, _staining_note(cfg)
+    )
+    np.savez_compressed(
+        out / 'examples.npz',
+        he=pairs.he[:6],
+        ihc=pairs.ihc[:6],
+        labels=pairs.labels[:6],
+        methods=np.array(list(outputs)),
+        **{f'out{i}': o[:6] for i, o in enumerate(outputs.values())},
+    )
+    return out / 'table.md'
 
-def sum_scale_study(cfg:StainingEvaluation, pairs:StainingPairs,
-                    table:pd.DataFrame, # mean and SD per method, from `score_stainers`
-                    scale_names:dict, # sum_scale -> method name, from `staining_stainers`
-                   )->pd.DataFrame:
+
+def sum_scale_study(
+    cfg: StainingEvaluation,
+    pairs: StainingPairs,
+    table: pd.DataFrame,  # mean and SD per method, from `score_stainers`
+    scale_names: dict,  # sum_scale -> method name, from `staining_stainers`
+) -> pd.DataFrame:
     "The rows of `table` of the `both` model at each sum_scale, written when there are any."
     scale_of = {n: s for s, n in scale_names.items()}
-    t = (table[table.method.isin(list(scale_of))].assign(sum_scale=lambda d: d.method.map(scale_of))
-         .sort_values('sum_scale').reset_index(drop=True))
+    t = (
+        table[table.method.isin(list(scale_of))]
+        .assign(sum_scale=lambda d: d.method.map(scale_of))
+        .sort_values('sum_scale')
+        .reset_index(drop=True)
+    )
     t = t[['sum_scale'] + [c for c in table.columns if c != 'sum_scale']]
     if len(t):
-        write_table(t, Path(cfg.out_dir)/'sum_scale', 'The sum_scale study: Star-Diff (both) at each bbar_T^2',
-                    cfg.profile, pairs.data_note,
-                    f'The profile default is sum_scale = {cfg.sum_scale}. ' + _staining_note(cfg))
+        write_table(
+            t,
+            Path(cfg.out_dir) / 'sum_scale',
+            'The sum_scale study: Star-Diff (both) at each bbar_T^2',
+            cfg.profile,
+            pairs.data_note,
+            f'The profile default is sum_scale = {cfg.sum_scale}. ' + _staining_note(cfg),
+        )
     return t
 
 # %% ../nbs/09_studies.ipynb #76279450
-def staining_robustness(cfg:StainingEvaluation, pairs:StainingPairs,
-                        classify:Callable, # the SFS classifier
-                       )->pd.DataFrame:
+def staining_robustness(
+    cfg: StainingEvaluation,
+    pairs: StainingPairs,
+    classify: Callable,  # the SFS classifier
+) -> pd.DataFrame:
     "Star-Diff's Table 2: `robustness_study` on the real IHC, written."
     robust = robustness_study(pairs.ihc, pairs.labels, classify)
-    write_table(robust, Path(cfg.out_dir)/'robustness', 'Metric drop under spatial perturbation (Star-Diff Table 2)',
-                cfg.profile, pairs.data_note,
-                'Real IHC against perturbed copies of itself; the unperturbed PSNR is infinite, so PSNR has no drop. '
-                + HER2_NOTE)
+    write_table(
+        robust,
+        Path(cfg.out_dir) / 'robustness',
+        'Metric drop under spatial perturbation (Star-Diff Table 2)',
+        cfg.profile,
+        pairs.data_note,
+        'Real IHC against perturbed copies of itself; the unperturbed PSNR is infinite, so PSNR has no drop. '
+        + HER2_NOTE,
+    )
     return robust
 
-def staining_classifier_bias(cfg:StainingEvaluation, pairs:StainingPairs,
-                             outputs:dict, # method -> virtual IHC; the first Star-Diff one (else the first) is scored
-                            )->pd.DataFrame:
+
+def staining_classifier_bias(
+    cfg: StainingEvaluation,
+    pairs: StainingPairs,
+    outputs: dict,  # method -> virtual IHC; the first Star-Diff one (else the first) is scored
+) -> pd.DataFrame:
     "Star-Diff's Figure 4: `classifier_bias_study` with the under-, properly and over-fit classifiers found, written."
     gen_name = next((k for k in outputs if k.startswith('Star-Diff')), next(iter(outputs)))
     folders = (('underfit', 'sfs_underfit'), ('proper', 'sfs'), ('overfit', 'sfs_overfit'))
-    clfs = {k: staining_classifier(Path(cfg.classifier_dir)/d, cfg.device)
-            for k, d in folders if (Path(cfg.classifier_dir)/d).exists()}
+    clfs = {
+        k: staining_classifier(Path(cfg.classifier_dir) / d, cfg.device)
+        for k, d in folders
+        if (Path(cfg.classifier_dir) / d).exists()
+    }
     bias = classifier_bias_study(clfs, pairs.ihc, outputs[gen_name], pairs.labels)
-    write_table(bias, Path(cfg.out_dir)/'classifier_bias', f'Classifier bias: accuracy and SFS of {gen_name}',
-                cfg.profile, pairs.data_note, HER2_NOTE)
+    write_table(
+        bias,
+        Path(cfg.out_dir) / 'classifier_bias',
+        f'Classifier bias: accuracy and SFS of {gen_name}',
+        cfg.profile,
+        pairs.data_note,
+        HER2_NOTE,
+    )
     return bias
 
-def sfs_intervals(cfg:StainingEvaluation, pairs:StainingPairs,
-                  outputs:dict, # method -> virtual IHC of the first seed
-                  classify:Callable, # the SFS classifier
-                 )->pd.DataFrame:
+
+def sfs_intervals(
+    cfg: StainingEvaluation,
+    pairs: StainingPairs,
+    outputs: dict,  # method -> virtual IHC of the first seed
+    classify: Callable,  # the SFS classifier
+) -> pd.DataFrame:
     "Accuracy and SFS with bootstrap 95 % intervals per method (long rows in `sfs_ci_long.csv`), written wide."
     from histodiff.sfs import sfs_table, her2_wide
+
     out = Path(cfg.out_dir)
     pred_real = classify(pairs.ihc)
-    ci = pd.concat([sfs_table(pairs.labels, pred_real, classify(o), n_resamples=cfg.n_boot).assign(method=k)
-                    for k, o in outputs.items()], ignore_index=True)
-    ci.to_csv(out/'sfs_ci_long.csv', index=False)
+    ci = pd.concat(
+        [
+            sfs_table(pairs.labels, pred_real, classify(o), n_resamples=cfg.n_boot).assign(method=k)
+            for k, o in outputs.items()
+        ],
+        ignore_index=True,
+    )
+    ci.to_csv(out / 'sfs_ci_long.csv', index=False)
     ci_wide = her2_wide(ci, 'method')
-    write_table(ci_wide, out/'sfs_ci',
-                'Accuracy and SFS, bootstrap 95 % CI: binary HER2 headline, four-class beside it',
-                cfg.profile, pairs.data_note, f'Sampling seed {list(cfg.seeds)[0]}. ' + HER2_NOTE)
+    write_table(
+        ci_wide,
+        out / 'sfs_ci',
+        'Accuracy and SFS, bootstrap 95 % CI: binary HER2 headline, four-class beside it',
+        cfg.profile,
+        pairs.data_note,
+        f'Sampling seed {list(cfg.seeds)[0]}. ' + HER2_NOTE,
+    )
     return ci_wide
 
-def staining_results(cfg:StainingEvaluation, pairs:StainingPairs,
-                     table:pd.DataFrame, # mean and SD per method
-                     ci_wide:pd.DataFrame, # from `sfs_intervals`
-                     sum_scale_table:pd.DataFrame, # from `sum_scale_study`
-                     skipped:list, # the variants not found
-                    )->dict:
+
+def staining_results(
+    cfg: StainingEvaluation,
+    pairs: StainingPairs,
+    table: pd.DataFrame,  # mean and SD per method
+    ci_wide: pd.DataFrame,  # from `sfs_intervals`
+    sum_scale_table: pd.DataFrame,  # from `sum_scale_study`
+    skipped: list,  # the variants not found
+) -> dict:
     "The stage's metrics: each method's means, the intervals, the sum_scale study, the missing variants."
     keys = ('psnr', 'ssim', 'accuracy', 'sfs', 'accuracy_4class', 'sfs_4class')
-    return {'profile': cfg.profile, 'pairs': int(len(pairs.he)),
-            'methods': {r.method: {k: float(getattr(r, k)) for k in keys if hasattr(r, k)} for r in table.itertuples()},
-            'sfs_ci': {r['method']: r for r in ci_wide.to_dict('records')},
-            'sum_scale': {str(r['sum_scale']): {k: float(r[k]) for k in keys if k in r}
-                          for r in sum_scale_table.to_dict('records')},
-            'default_sum_scale': cfg.sum_scale, 'skipped': skipped}
+    return {
+        'profile': cfg.profile,
+        'pairs': int(len(pairs.he)),
+        'methods': {r.method: {k: float(getattr(r, k)) for k in keys if hasattr(r, k)} for r in table.itertuples()},
+        'sfs_ci': {r['method']: r for r in ci_wide.to_dict('records')},
+        'sum_scale': {
+            str(r['sum_scale']): {k: float(r[k]) for k in keys if k in r} for r in sum_scale_table.to_dict('records')
+        },
+        'default_sum_scale': cfg.sum_scale,
+        'skipped': skipped,
+    }
 
 # %% ../nbs/09_studies.ipynb #fa48c6b2
 @dataclass
 class ReleasedEvaluation(StageSettings):
     "The settings of the `released` stage: its parameters, and the device it runs on."
-    profile:str='demo' # demo | smoke | paper | released
-    unet_source:str='' # Drive id, URL or local zip/folder of the released UNet ('' : the stage is skipped)
-    vae_dir:str='stable-diffusion-v1-5/stable-diffusion-v1-5' # the VAE the UNet was trained with (hub id or folder)
-    vae_subfolder:str='vae' # subfolder of vae_dir ('' : none)
-    synth_sets:list=field(default_factory=lambda: ['test']) # test sets of the synthesize stage
-    num_inference_steps:int=20 # sampling steps
-    scheduler:str='ddim' # ddpm | ddim | dpm
-    max_tiles:int=16 # at most this many tiles per set (0: all)
-    seed:int=0 # sampling seed
-    n_boot:int=1000 # bootstrap resamples of the intervals
-    synth_dir:str='data/synth' # the synthesize stage's output
-    model_dir:str='models/released' # the converted UNet (unet/, scheduler/, README.md)
-    out_dir:str='results/released' # tables, per-tile rows
-    progress:bool=True
-    device:str='cpu' # where the UNet runs (the stage sets it from `start_study`)
 
-def released_methods(cfg:ReleasedEvaluation)->dict:
+    profile: str = 'demo'  # demo | smoke | paper | released
+    unet_source: str = ''  # Drive id, URL or local zip/folder of the released UNet ('' : the stage is skipped)
+    vae_dir: str = 'stable-diffusion-v1-5/stable-diffusion-v1-5'  # the VAE the UNet was trained with (hub id or folder)
+    vae_subfolder: str = 'vae'  # subfolder of vae_dir ('' : none)
+    synth_sets: list = field(default_factory=lambda: ['test'])  # test sets of the synthesize stage
+    num_inference_steps: int = 20  # sampling steps
+    scheduler: str = 'ddim'  # ddpm | ddim | dpm
+    max_tiles: int = 16  # at most this many tiles per set (0: all)
+    seed: int = 0  # sampling seed
+    n_boot: int = 1000  # bootstrap resamples of the intervals
+    synth_dir: str = 'data/synth'  # the synthesize stage's output
+    model_dir: str = 'models/released'  # the converted UNet (unet/, scheduler/, README.md)
+    out_dir: str = 'results/released'  # tables, per-tile rows
+    progress: bool = True
+    device: str = 'cpu'  # where the UNet runs (the stage sets it from `start_study`)
+
+
+def released_methods(cfg: ReleasedEvaluation) -> dict:
     "Name -> restore(image, mask): the released UNet, corrected and as released, the baselines ({} without a source)."
     from histodiff.artifacts import BASELINES
     from histodiff.regional import load_regional_pipeline
+
     methods = {}
     if not cfg.unet_source:
         return methods
-    pipe = load_regional_pipeline(cfg.model_dir, vae=cfg.vae_dir, vae_subfolder=cfg.vae_subfolder or None,
-                                  scheduler=cfg.scheduler).to(cfg.device)
+    pipe = load_regional_pipeline(
+        cfg.model_dir, vae=cfg.vae_dir, vae_subfolder=cfg.vae_subfolder or None, scheduler=cfg.scheduler
+    ).to(cfg.device)
     kw = dict(num_inference_steps=cfg.num_inference_steps, generator=cfg.seed, progress=cfg.progress)
     methods['released UNet, corrected regional'] = lambda im, m: pipe.restore(im, m, **kw)
-    methods['released UNet, released-code variant'] = lambda im, m: pipe.restore(im, m, keep='clean', start='encoded',
-                                                                                  **kw)
+    methods['released UNet, released-code variant'] = lambda im, m: pipe.restore(
+        im, m, keep='clean', start='encoded', **kw
+    )
     methods.update(BASELINES)
     return methods
 
-def released_study(cfg:ReleasedEvaluation,
-                   parts:dict, # set name -> dataset, from `load_test_sets`
-                   methods:dict, # from `released_methods`
-                  )->pd.DataFrame:
+
+def released_study(
+    cfg: ReleasedEvaluation,
+    parts: dict,  # set name -> dataset, from `load_test_sets`
+    methods: dict,  # from `released_methods`
+) -> pd.DataFrame:
     "`restoration_study` on each test set: the per-tile rows with their set (written to `per_tile.csv` when any)."
     from histodiff.data import dataset_images
+
     rows = []
     for name, ds in parts.items():
         artifact, mask, clean = dataset_images(ds, 'artifact'), dataset_images(ds, 'mask'), dataset_images(ds, 'clean')
@@ -659,34 +939,65 @@ def released_study(cfg:ReleasedEvaluation,
         rows.append(per_tile.assign(set=name))
     per_tile = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     if len(per_tile):
-        per_tile.to_csv(Path(cfg.out_dir)/'per_tile.csv', index=False)
+        per_tile.to_csv(Path(cfg.out_dir) / 'per_tile.csv', index=False)
     return per_tile
 
-def released_table(cfg:ReleasedEvaluation,
-                   parts:dict, # the test sets
-                   per_tile:pd.DataFrame, # from `released_study`
-                  )->dict:
+
+def released_table(
+    cfg: ReleasedEvaluation,
+    parts: dict,  # the test sets
+    per_tile: pd.DataFrame,  # from `released_study`
+) -> dict:
     "Write the paper's Table 1 beside its reported row (or the note that the stage was skipped); return the metrics."
     from histodiff.metrics import psnr_from_4095_peak, PSNR_4095_OFFSET
+
     out = Path(cfg.out_dir)
-    paper = pd.DataFrame([dict(set='histology', method='paper: LatentArtiFusion (reported, PSNR converted)', n=np.nan,
-                               psnr=float(psnr_from_4095_peak(46.92)), fsim=0.8913, seconds=0.834)])
-    peak_note = ("PSNR with a peak of 255 (true 8-bit PSNR); the paper's 4095-peak PSNR minus "
-                 f"{PSNR_4095_OFFSET:.1f} dB "
-                 "is shown in its row. Seconds per tile on the machine that ran the stage.")
+    paper = pd.DataFrame(
+        [
+            dict(
+                set='histology',
+                method='paper: LatentArtiFusion (reported, PSNR converted)',
+                n=np.nan,
+                psnr=float(psnr_from_4095_peak(46.92)),
+                fsim=0.8913,
+                seconds=0.834,
+            )
+        ]
+    )
+    peak_note = (
+        "PSNR with a peak of 255 (true 8-bit PSNR); the paper's 4095-peak PSNR minus "
+        f"{PSNR_4095_OFFSET:.1f} dB "
+        "is shown in its row. Seconds per tile on the machine that ran the stage."
+    )
     if not len(per_tile):
-        (out/'table.md').write_text("# The released LatentArtiFusion UNet\n\n"
-                                    "Skipped: set `released.unet_source` (`make repro PROFILE=released`).\n")
+        (out / 'table.md').write_text(
+            "# The released LatentArtiFusion UNet\n\n"
+            "Skipped: set `released.unet_source` (`make repro PROFILE=released`).\n"
+        )
         return {'profile': cfg.profile, 'skipped': True}
-    table = summarize(per_tile, ['set', 'method'], metrics=['psnr', 'psnr_artifact', 'ssim', 'fsim', 'seconds'],
-                      n_boot=cfg.n_boot)
+    table = summarize(
+        per_tile, ['set', 'method'], metrics=['psnr', 'psnr_artifact', 'ssim', 'fsim', 'seconds'], n_boot=cfg.n_boot
+    )
     table = pd.concat([table, paper], ignore_index=True)
-    data_note = (f"{per_tile['index'].nunique()} synthesized test tiles per method ({', '.join(parts)}); "
-                 f"{cfg.scheduler} {cfg.num_inference_steps} steps")
-    write_table(table, out/'table', "The released LatentArtiFusion UNet (the paper's Table 1)", cfg.profile, data_note,
-                peak_note)
-    print((out/'table.md').read_text())
+    data_note = (
+        f"{per_tile['index'].nunique()} synthesized test tiles per method ({', '.join(parts)}); "
+        f"{cfg.scheduler} {cfg.num_inference_steps} steps"
+    )
+    write_table(
+        table,
+        out / 'table',
+        "The released LatentArtiFusion UNet (the paper's Table 1)",
+        cfg.profile,
+        data_note,
+        peak_note,
+    )
+    print((out / 'table.md').read_text())
     keys = ('psnr', 'ssim', 'fsim', 'seconds')
-    return {'profile': cfg.profile, 'skipped': False,
-            'methods': {f"{r['set']}/{r['method']}": {k: float(r[k]) for k in keys if k in r and pd.notna(r[k])}
-                        for r in table.to_dict('records')}}
+    return {
+        'profile': cfg.profile,
+        'skipped': False,
+        'methods': {
+            f"{r['set']}/{r['method']}": {k: float(r[k]) for k in keys if k in r and pd.notna(r[k])}
+            for r in table.to_dict('records')
+        },
+    }

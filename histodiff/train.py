@@ -26,170 +26,252 @@ __all__ = ['MANIFEST', 'UNET_PRESETS', 'TrainConfig', 'EpochSampler', 'collate_d
 @dataclass
 class TrainConfig:
     "Settings of one `fit` run."
-    output_dir:str # run folder: checkpoints/, dvclive/, final/
-    max_steps:int=1000 # optimizer steps in total (across resumes)
-    batch_size:int=16 # samples per process per micro-batch
-    learning_rate:float=1e-4 # AdamW learning rate
-    weight_decay:float=1e-2 # AdamW weight decay
-    adam_betas:tuple=(0.9, 0.999) # AdamW betas
-    gradient_accumulation_steps:int=1 # micro-batches per optimizer step
-    mixed_precision:str='no' # 'no', 'fp16' or 'bf16'
-    use_ema:bool=True # keep an exponential moving average of the weights (diffusers `EMAModel`)
-    ema_decay:float=0.9999 # EMA decay (with diffusers' warm-up: min(decay, (1+n)/(10+n)))
-    checkpoint_every:int=500 # save a checkpoint every N steps (and always at the end)
-    keep_checkpoints:int=2 # how many checkpoints to keep (oldest deleted first)
-    log_every:int=10 # log loss and lr to dvclive every N steps
-    seed:int=0 # seed of the run: RNGs, data order
-    max_grad_norm:float|None=1.0 # gradient clipping (None: off)
-    lr_scheduler:str='constant_with_warmup' # any `diffusers.optimization.get_scheduler` name
-    lr_warmup_steps:int=0 # warm-up steps of the learning rate
-    progress:bool=True # tqdm bar
-    num_workers:int=0 # DataLoader workers
-    resume:bool|str=True # True: newest checkpoint if any; a path: that checkpoint; False: fresh start
-    drop_last:bool=False # drop the last incomplete batch of each epoch
+
+    output_dir: str  # run folder: checkpoints/, dvclive/, final/
+    max_steps: int = 1000  # optimizer steps in total (across resumes)
+    batch_size: int = 16  # samples per process per micro-batch
+    learning_rate: float = 1e-4  # AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW weight decay
+    adam_betas: tuple = (0.9, 0.999)  # AdamW betas
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    mixed_precision: str = 'no'  # 'no', 'fp16' or 'bf16'
+    use_ema: bool = True  # keep an exponential moving average of the weights (diffusers `EMAModel`)
+    ema_decay: float = 0.9999  # EMA decay (with diffusers' warm-up: min(decay, (1+n)/(10+n)))
+    checkpoint_every: int = 500  # save a checkpoint every N steps (and always at the end)
+    keep_checkpoints: int = 2  # how many checkpoints to keep (oldest deleted first)
+    log_every: int = 10  # log loss and lr to dvclive every N steps
+    seed: int = 0  # seed of the run: RNGs, data order
+    max_grad_norm: float | None = 1.0  # gradient clipping (None: off)
+    lr_scheduler: str = 'constant_with_warmup'  # any `diffusers.optimization.get_scheduler` name
+    lr_warmup_steps: int = 0  # warm-up steps of the learning rate
+    progress: bool = True  # tqdm bar
+    num_workers: int = 0  # DataLoader workers
+    resume: bool | str = True  # True: newest checkpoint if any; a path: that checkpoint; False: fresh start
+    drop_last: bool = False  # drop the last incomplete batch of each epoch
 
     def __post_init__(self):
         if self.mixed_precision not in ('no', 'fp16', 'bf16'):
             raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
-        for k in ('max_steps', 'batch_size', 'gradient_accumulation_steps', 'checkpoint_every', 'log_every', 'keep_checkpoints'):
-            if int(getattr(self, k)) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}.")
-        if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
-        if self.learning_rate <= 0: raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        for k in (
+            'max_steps',
+            'batch_size',
+            'gradient_accumulation_steps',
+            'checkpoint_every',
+            'log_every',
+            'keep_checkpoints',
+        ):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}.")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
 
 # %% ../nbs/04_train.ipynb #f77f5384
 class EpochSampler(Sampler):
     "Random order of `n` items, a fresh permutation for each epoch, reproducible from `seed + epoch`."
-    def __init__(self, n:int, # dataset length
-                 seed:int=0, # base seed
-                 shuffle:bool=True): # False: 0..n-1 in order
+
+    def __init__(
+        self,
+        n: int,  # dataset length
+        seed: int = 0,  # base seed
+        shuffle: bool = True,
+    ):  # False: 0..n-1 in order
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-    def __len__(self): return self.n
+
+    def __len__(self):
+        return self.n
+
     def __iter__(self):
-        if not self.shuffle: return iter(range(self.n))
+        if not self.shuffle:
+            return iter(range(self.n))
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 # %% ../nbs/04_train.ipynb #9d76bf67
-def collate_dict(items:list[dict]) -> dict[str, torch.Tensor]:
+def collate_dict(items: list[dict]) -> dict[str, torch.Tensor]:
     "Stack a list of dict items into a dict of batched tensors."
     if not items or not isinstance(items[0], dict):
-        raise TypeError(f"dataset items must be dicts of tensors, got {type(items[0]).__name__ if items else 'nothing'}.")
+        raise TypeError(
+            f"dataset items must be dicts of tensors, got {type(items[0]).__name__ if items else 'nothing'}."
+        )
     return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+
 
 class TensorDictDataset(Dataset):
     "A torch Dataset over equal-length tensors, each item a dict `{name: tensor[i]}`."
+
     def __init__(self, **tensors):
         lens = {k: len(v) for k, v in tensors.items()}
-        if not tensors or len(set(lens.values())) != 1: raise ValueError(f"need equal-length tensors, got lengths {lens}.")
+        if not tensors or len(set(lens.values())) != 1:
+            raise ValueError(f"need equal-length tensors, got lengths {lens}.")
         self.tensors = {k: torch.as_tensor(v) for k, v in tensors.items()}
         self.n = next(iter(lens.values()))
-    def __len__(self): return self.n
-    def __getitem__(self, i): return {k: v[i] for k, v in self.tensors.items()}
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.tensors.items()}
 
 # %% ../nbs/04_train.ipynb #504baa23
-MANIFEST = 'manifest.json' # file of a checkpoint listing every other file with its size and sha256
+MANIFEST = 'manifest.json'  # file of a checkpoint listing every other file with its size and sha256
 
-def _write_manifest(folder:Path # a checkpoint folder whose files are all written
-                   ):
+
+def _write_manifest(
+    folder: Path,  # a checkpoint folder whose files are all written
+):
     "Write `folder/manifest.json` (atomically, last): relative path, size and sha256 of every file of `folder`."
-    files = {p.relative_to(folder).as_posix(): dict(size=p.stat().st_size, sha256=sha256sum(p))
-             for p in sorted(folder.rglob('*')) if p.is_file() and p.name != MANIFEST}
-    with atomic_path(folder/MANIFEST) as tmp: tmp.write_text(json.dumps(dict(files=files), indent=1))
+    files = {
+        p.relative_to(folder).as_posix(): dict(size=p.stat().st_size, sha256=sha256sum(p))
+        for p in sorted(folder.rglob('*'))
+        if p.is_file() and p.name != MANIFEST
+    }
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(dict(files=files), indent=1))
 
 # %% ../nbs/04_train.ipynb #9a50e618
-def _trainer_state(ckpt:Path)->dict:
+def _trainer_state(ckpt: Path) -> dict:
     "The `trainer_state.json` of a checkpoint; a ValueError naming it when unreadable."
-    p = Path(ckpt)/'trainer_state.json'
-    try: return json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{p} is not readable JSON ({e}).") from None
+    p = Path(ckpt) / 'trainer_state.json'
+    try:
+        return json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p} is not readable JSON ({e}).") from None
 
-def _unverifiable(ckpt:Path)->bool:
+
+def _unverifiable(ckpt: Path) -> bool:
     "Was checkpoint `ckpt` written before manifests (none, and its trainer_state.json announces none)?"
-    if (Path(ckpt)/MANIFEST).exists(): return False
-    try: return MANIFEST != _trainer_state(ckpt).get('manifest')
-    except ValueError: return False
+    if (Path(ckpt) / MANIFEST).exists():
+        return False
+    try:
+        return MANIFEST != _trainer_state(ckpt).get('manifest')
+    except ValueError:
+        return False
 
 # %% ../nbs/04_train.ipynb #00ba482d
-def verify_checkpoint(path:str|Path # a checkpoint folder, `output_dir/checkpoints/step_N`
-                     )->str|None:
-    "None when checkpoint `path` is complete (every file of its manifest there, same size and sha256); else what is wrong, naming the file."
+def verify_checkpoint(
+    path: str | Path,  # a checkpoint folder, `output_dir/checkpoints/step_N`
+) -> str | None:
+    """None when checkpoint `path` is complete (every file of its manifest there, same size and sha256);
+    else what is wrong, naming the file."""
     p = Path(path)
-    if not (p/'trainer_state.json').is_file(): return f"{p/'trainer_state.json'} is missing"
-    if _unverifiable(p): return None # written before manifests: resumed unverified (with a warning, see `fit`)
-    if not (p/MANIFEST).is_file(): return f"{p/MANIFEST} is missing (the save was cut short)"
-    try: files = json.loads((p/MANIFEST).read_text())['files']; sizes = {k: int(v['size']) for k, v in files.items()}
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e: return f"{p/MANIFEST} is unreadable ({e!r})"
-    for rel, size in sizes.items(): # sizes first: a truncated file is found without reading the others
-        f = p/rel
-        if not f.is_file(): return f"{f} is missing"
-        if f.stat().st_size != size: return f"{f} has {f.stat().st_size} bytes, its manifest says {size} (truncated?)"
+    if not (p / 'trainer_state.json').is_file():
+        return f"{p / 'trainer_state.json'} is missing"
+    if _unverifiable(p):
+        return None  # written before manifests: resumed unverified (with a warning, see `fit`)
+    if not (p / MANIFEST).is_file():
+        return f"{p / MANIFEST} is missing (the save was cut short)"
+    try:
+        files = json.loads((p / MANIFEST).read_text())['files']
+        sizes = {k: int(v['size']) for k, v in files.items()}
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        return f"{p / MANIFEST} is unreadable ({e!r})"
+    for rel, size in sizes.items():  # sizes first: a truncated file is found without reading the others
+        f = p / rel
+        if not f.is_file():
+            return f"{f} is missing"
+        if f.stat().st_size != size:
+            return f"{f} has {f.stat().st_size} bytes, its manifest says {size} (truncated?)"
     for rel, v in files.items():
-        if sha256sum(p/rel) != v['sha256']: return f"{p/rel} does not match the sha256 of its manifest (corrupt)"
+        if sha256sum(p / rel) != v['sha256']:
+            return f"{p / rel} does not match the sha256 of its manifest (corrupt)"
     return None
 
 # %% ../nbs/04_train.ipynb #0df75fc3
-def _ckpt_name(step:int)->str: return f"step_{step:08d}"
+def _ckpt_name(step: int) -> str:
+    return f"step_{step:08d}"
 
-def list_checkpoints(output_dir:str|Path, # run folder
-                     verified:bool=False, # only the complete ones (`verify_checkpoint`: reads every file)
-                    )->list[Path]:
+
+def list_checkpoints(
+    output_dir: str | Path,  # run folder
+    verified: bool = False,  # only the complete ones (`verify_checkpoint`: reads every file)
+) -> list[Path]:
     "Checkpoints of a run, oldest first."
-    d = Path(output_dir)/'checkpoints'
-    if not d.exists(): return []
-    c = sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith('step_') and (p/'trainer_state.json').exists())
+    d = Path(output_dir) / 'checkpoints'
+    if not d.exists():
+        return []
+    c = sorted(
+        p for p in d.iterdir() if p.is_dir() and p.name.startswith('step_') and (p / 'trainer_state.json').exists()
+    )
     return [p for p in c if verify_checkpoint(p) is None] if verified else c
 
 # %% ../nbs/04_train.ipynb #0ca622d4
-def latest_checkpoint(output_dir:str|Path, # run folder
-                      verified:bool=True, # skip (with a warning naming the bad file) incomplete or corrupt ones
-                     )->Path|None:
+def latest_checkpoint(
+    output_dir: str | Path,  # run folder
+    verified: bool = True,  # skip (with a warning naming the bad file) incomplete or corrupt ones
+) -> Path | None:
     "The newest complete checkpoint of a run, or None."
     skipped, found = [], None
     for p in reversed(list_checkpoints(output_dir)):
         problem = verify_checkpoint(p) if verified else None
-        if problem is None: found = p; break
+        if problem is None:
+            found = p
+            break
         skipped.append((p, problem))
     for p, problem in skipped:
-        warnings.warn(f"checkpoint {p} is incomplete or corrupt, skipped: {problem}. Falling back to "
-                      + (f"{found}." if found else "none: no complete checkpoint is left."), stacklevel=2)
+        warnings.warn(
+            f"checkpoint {p} is incomplete or corrupt, skipped: {problem}. Falling back to "
+            + (f"{found}." if found else "none: no complete checkpoint is left."),
+            stacklevel=2,
+        )
     return found
 
 # %% ../nbs/04_train.ipynb #e0d8e9e2
-def _check_checkpoint(path:str|Path)->Path:
+def _check_checkpoint(path: str | Path) -> Path:
     "The checkpoint folder `path`, after checking it is complete; FileNotFoundError or ValueError naming what is wrong."
     p = Path(path)
-    if not p.is_dir(): raise FileNotFoundError(f"checkpoint not found: {p} (no such folder)")
-    if not (p/'trainer_state.json').exists():
-        raise FileNotFoundError(f"{p} is not a complete histodiff checkpoint: {p/'trainer_state.json'} is missing")
+    if not p.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {p} (no such folder)")
+    if not (p / 'trainer_state.json').exists():
+        raise FileNotFoundError(f"{p} is not a complete histodiff checkpoint: {p / 'trainer_state.json'} is missing")
     if problem := verify_checkpoint(p):
-        raise ValueError(f"checkpoint {p} is incomplete or corrupt: {problem}; resume from another one (resume=True takes the newest complete one).")
+        raise ValueError(
+            f"checkpoint {p} is incomplete or corrupt: {problem}; "
+            f"resume from another one (resume=True takes the newest complete one)."
+        )
     return p
 
 # %% ../nbs/04_train.ipynb #b2646131
-def _save_ema(ema, path:Path):
+def _save_ema(ema, path: Path):
     from safetensors.torch import save_file
-    save_file({f"shadow.{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}, str(path),
-              metadata={'optimization_step': str(ema.optimization_step)})
 
-def _load_ema(ema, path:Path):
+    save_file(
+        {f"shadow.{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)},
+        str(path),
+        metadata={'optimization_step': str(ema.optimization_step)},
+    )
+
+
+def _load_ema(ema, path: Path):
     from safetensors import safe_open
+
     with safe_open(str(path), 'pt') as f:
         meta = f.metadata()
         if len(f.keys()) != len(ema.shadow_params):
-            raise ValueError(f"{path} holds {len(f.keys())} EMA tensors, the model has {len(ema.shadow_params)} parameters.")
-        for i, p in enumerate(ema.shadow_params): p.data.copy_(f.get_tensor(f"shadow.{i}").to(p.device, p.dtype))
+            raise ValueError(
+                f"{path} holds {len(f.keys())} EMA tensors, the model has {len(ema.shadow_params)} parameters."
+            )
+        for i, p in enumerate(ema.shadow_params):
+            p.data.copy_(f.get_tensor(f"shadow.{i}").to(p.device, p.dtype))
     ema.optimization_step = int(meta['optimization_step'])
 
 # %% ../nbs/04_train.ipynb #ab9ffc0e
 class _LossModule(nn.Module):
-    def __init__(self, model): super().__init__(); self.model = model
-    def forward(self, batch): return self.model.training_loss(batch)
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
 
-def _trim_dvclive(live_dir:Path, step:int):
+    def forward(self, batch):
+        return self.model.training_loss(batch)
+
+
+def _trim_dvclive(live_dir: Path, step: int):
     "Drop metric rows logged after `step` (logged by an interrupted run past its last checkpoint)."
-    for tsv in (live_dir/'plots'/'metrics').rglob('*.tsv') if (live_dir/'plots'/'metrics').exists() else []:
+    for tsv in (live_dir / 'plots' / 'metrics').rglob('*.tsv') if (live_dir / 'plots' / 'metrics').exists() else []:
         lines = tsv.read_text().splitlines()
-        if not lines: continue
+        if not lines:
+            continue
         i = lines[0].split('\t').index('step')
         keep = [lines[0]] + [l for l in lines[1:] if l and int(l.split('\t')[i]) <= step]
         tsv.write_text('\n'.join(keep) + '\n')
@@ -198,223 +280,326 @@ def _trim_dvclive(live_dir:Path, step:int):
 @dataclass
 class _Run:
     "What the steps of one `fit` run share."
-    c:TrainConfig; acc:object; model:nn.Module; wrapper:nn.Module # config, Accelerator, the model and its prepared loss module
-    opt:object; sched:object; dl:DataLoader; sampler:EpochSampler; ema:object=None; live:object=None # prepared objects
-    step:int=0 # optimizer steps done
-    micro:int=0 # micro-batches consumed
-    loss_sum:float=0. # sum of the micro-batch losses since the last log
-    loss_n:int=0 # their number
+
+    c: TrainConfig
+    acc: object
+    model: nn.Module
+    wrapper: nn.Module  # config, Accelerator, the model and its prepared loss module
+    opt: object
+    sched: object
+    dl: DataLoader
+    sampler: EpochSampler
+    ema: object = None
+    live: object = None  # prepared objects
+    step: int = 0  # optimizer steps done
+    micro: int = 0  # micro-batches consumed
+    loss_sum: float = 0.0  # sum of the micro-batch losses since the last log
+    loss_n: int = 0  # their number
+
     @property
-    def out(self)->Path: return Path(self.c.output_dir)
+    def out(self) -> Path:
+        return Path(self.c.output_dir)
 
 # %% ../nbs/04_train.ipynb #0c5fed35
-def _resume_point(c:TrainConfig)->Path|None:
-    "The checkpoint `fit` starts from (None: a fresh start); warns about each one skipped and about an unverifiable one."
+def _resume_point(c: TrainConfig) -> Path | None:
+    """The checkpoint `fit` starts from (None: a fresh start);
+    warns about each one skipped and about an unverifiable one."""
     out = Path(c.output_dir)
     if c.resume is True:
         p = latest_checkpoint(out)
         if p is None and list_checkpoints(out):
-            warnings.warn(f"no complete checkpoint in {out/'checkpoints'}: training starts from scratch.", stacklevel=3)
-    elif c.resume: p = _check_checkpoint(c.resume)
+            warnings.warn(
+                f"no complete checkpoint in {out / 'checkpoints'}: training starts from scratch.", stacklevel=3
+            )
+    elif c.resume:
+        p = _check_checkpoint(c.resume)
     elif list_checkpoints(out):
-        raise FileExistsError(f"{out} already holds checkpoints and resume=False; use another output_dir or delete {out/'checkpoints'}.")
-    else: p = None
+        raise FileExistsError(
+            f"{out} already holds checkpoints and resume=False; use another output_dir or delete {out / 'checkpoints'}."
+        )
+    else:
+        p = None
     if p is not None and _unverifiable(p):
-        warnings.warn(f"checkpoint {p} has no {MANIFEST} (written by an older histodiff): it cannot be verified; resuming from it as it is.", stacklevel=3)
+        warnings.warn(
+            f"checkpoint {p} has no {MANIFEST} (written by an older histodiff): "
+            f"it cannot be verified; resuming from it as it is.",
+            stacklevel=3,
+        )
     return p
 
 # %% ../nbs/04_train.ipynb #5f708de5
-def _setup(model:nn.Module, dataset:Dataset, c:TrainConfig, collate_fn=None)->_Run:
+def _setup(model: nn.Module, dataset: Dataset, c: TrainConfig, collate_fn=None) -> _Run:
     "Accelerator (the last run's settings forgotten), seeds, data loader, AdamW, schedule and EMA, prepared."
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed, ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
+
     # accelerate keeps its settings process-wide: forget the last run's (not the distributed setup), so a notebook
     # can call fit again with another mixed_precision
     AcceleratorState._reset_state(reset_partial_state=False)
-    acc = Accelerator(mixed_precision=c.mixed_precision, gradient_accumulation_steps=c.gradient_accumulation_steps,
-                      project_config=ProjectConfiguration(project_dir=str(c.output_dir)))
+    acc = Accelerator(
+        mixed_precision=c.mixed_precision,
+        gradient_accumulation_steps=c.gradient_accumulation_steps,
+        project_config=ProjectConfiguration(project_dir=str(c.output_dir)),
+    )
     set_seed(c.seed, device_specific=True)
     sampler = EpochSampler(len(dataset), seed=c.seed)
-    dl = DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, collate_fn=collate_fn or collate_dict,
-                    num_workers=c.num_workers, drop_last=c.drop_last,
-                    generator=torch.Generator().manual_seed(c.seed)) # own generator: iterating never draws from the global RNG
-    if c.drop_last and len(dl) == 0: raise ValueError(f"batch_size {c.batch_size} exceeds the dataset ({len(dataset)}) with drop_last.")
-    opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay, betas=tuple(c.adam_betas))
-    sched = get_scheduler(c.lr_scheduler, opt, num_warmup_steps=c.lr_warmup_steps * acc.num_processes,
-                          num_training_steps=c.max_steps * acc.num_processes)
+    dl = DataLoader(
+        dataset,
+        batch_size=c.batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn or collate_dict,
+        num_workers=c.num_workers,
+        drop_last=c.drop_last,
+        generator=torch.Generator().manual_seed(c.seed),
+    )  # own generator: iterating never draws from the global RNG
+    if c.drop_last and len(dl) == 0:
+        raise ValueError(f"batch_size {c.batch_size} exceeds the dataset ({len(dataset)}) with drop_last.")
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay, betas=tuple(c.adam_betas)
+    )
+    sched = get_scheduler(
+        c.lr_scheduler,
+        opt,
+        num_warmup_steps=c.lr_warmup_steps * acc.num_processes,
+        num_training_steps=c.max_steps * acc.num_processes,
+    )
     ema = EMAModel(model.parameters(), decay=c.ema_decay) if c.use_ema else None
     wrapper, opt, dl, sched = acc.prepare(_LossModule(model), opt, dl, sched)
-    if ema is not None: ema.to(acc.device)
+    if ema is not None:
+        ema.to(acc.device)
     return _Run(c, acc, model, wrapper, opt, sched, dl, sampler, ema)
 
 # %% ../nbs/04_train.ipynb #cd6c2b65
-def _load_checkpoint(r:_Run, ckpt:Path):
+def _load_checkpoint(r: _Run, ckpt: Path):
     "Restore accelerate's state, the counters, the logging window and the EMA of `r` from checkpoint `ckpt`."
     r.acc.load_state(str(ckpt))
     st = _trainer_state(ckpt)
     r.step, r.micro = st['step'], st['micro']
-    r.loss_sum, r.loss_n = st.get('log', {}).get('loss_sum', 0.), st.get('log', {}).get('n', 0) # older checkpoints: none
+    r.loss_sum, r.loss_n = (
+        st.get('log', {}).get('loss_sum', 0.0),
+        st.get('log', {}).get('n', 0),
+    )  # older checkpoints: none
     if r.ema is not None:
-        if not (ckpt/'ema.safetensors').exists(): raise FileNotFoundError(f"{ckpt/'ema.safetensors'} is missing (run saved without EMA?)")
-        _load_ema(r.ema, ckpt/'ema.safetensors')
+        if not (ckpt / 'ema.safetensors').exists():
+            raise FileNotFoundError(f"{ckpt / 'ema.safetensors'} is missing (run saved without EMA?)")
+        _load_ema(r.ema, ckpt / 'ema.safetensors')
 
-def _open_live(r:_Run, resumed:bool):
+
+def _open_live(r: _Run, resumed: bool):
     "The dvclive log of the run (main process only), rows past the resumed step dropped, the config logged."
-    if not r.acc.is_main_process: return
+    if not r.acc.is_main_process:
+        return
     from dvclive import Live
-    if resumed: _trim_dvclive(r.out/'dvclive', r.step)
-    r.live = Live(str(r.out/'dvclive'), resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
+
+    if resumed:
+        _trim_dvclive(r.out / 'dvclive', r.step)
+    r.live = Live(str(r.out / 'dvclive'), resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
     r.live.log_params({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(r.c).items()})
 
 # %% ../nbs/04_train.ipynb #91746860
-def _prune_checkpoints(output_dir:Path, step:int, keep:int):
+def _prune_checkpoints(output_dir: Path, step: int, keep: int):
     "Delete the oldest checkpoints before `step`, so that `keep` are left with the one at `step`."
     older = [p for p in list_checkpoints(output_dir) if int(p.name.split('_')[1]) < step]
-    for old in older[:max(len(older) - (keep - 1), 0)]: shutil.rmtree(old)
+    for old in older[: max(len(older) - (keep - 1), 0)]:
+        shutil.rmtree(old)
 
-def _save_checkpoint(r:_Run):
+
+def _save_checkpoint(r: _Run):
     "Write the checkpoint of step `r.step` (manifest last, folder renamed when complete) and delete the oldest ones."
     r.acc.wait_for_everyone()
     if r.acc.is_main_process:
-        with atomic_dir(r.out/'checkpoints'/_ckpt_name(r.step)) as tmp:
+        with atomic_dir(r.out / 'checkpoints' / _ckpt_name(r.step)) as tmp:
             r.acc.save_state(str(tmp), safe_serialization=True)
-            if r.ema is not None: _save_ema(r.ema, tmp/'ema.safetensors')
+            if r.ema is not None:
+                _save_ema(r.ema, tmp / 'ema.safetensors')
             cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(r.c).items()}
-            st = dict(step=r.step, micro=r.micro, log=dict(loss_sum=r.loss_sum, n=r.loss_n), config=cfg, manifest=MANIFEST)
-            (tmp/'trainer_state.json').write_text(json.dumps(st, indent=1))
+            st = dict(
+                step=r.step, micro=r.micro, log=dict(loss_sum=r.loss_sum, n=r.loss_n), config=cfg, manifest=MANIFEST
+            )
+            (tmp / 'trainer_state.json').write_text(json.dumps(st, indent=1))
             _write_manifest(tmp)
         _prune_checkpoints(r.out, r.step, r.c.keep_checkpoints)
     r.acc.wait_for_everyone()
 
 # %% ../nbs/04_train.ipynb #0a2db63a
-def _micro_step(r:_Run, batch)->torch.Tensor:
+def _micro_step(r: _Run, batch) -> torch.Tensor:
     "Forward, backward and (when the accumulation is complete) optimizer step on one micro-batch; its loss."
     c = r.c
     with r.acc.accumulate(r.wrapper):
         loss = r.wrapper(batch)
-        if loss.ndim != 0: raise ValueError(f"training_loss must return a scalar, got shape {tuple(loss.shape)}.")
+        if loss.ndim != 0:
+            raise ValueError(f"training_loss must return a scalar, got shape {tuple(loss.shape)}.")
         r.acc.backward(loss)
-        if r.acc.sync_gradients and c.max_grad_norm: r.acc.clip_grad_norm_(r.wrapper.parameters(), c.max_grad_norm)
-        r.opt.step(); r.sched.step(); r.opt.zero_grad(set_to_none=True)
+        if r.acc.sync_gradients and c.max_grad_norm:
+            r.acc.clip_grad_norm_(r.wrapper.parameters(), c.max_grad_norm)
+        r.opt.step()
+        r.sched.step()
+        r.opt.zero_grad(set_to_none=True)
     r.micro += 1
-    r.loss_sum += loss.detach().float().item(); r.loss_n += 1
+    r.loss_sum += loss.detach().float().item()
+    r.loss_n += 1
     return loss
 
-def _log(r:_Run):
+
+def _log(r: _Run):
     "Log the mean loss of the window and the learning rate at `r.step` (when due), and start a new window."
-    if r.live is None or not (r.step % r.c.log_every == 0 or r.step == r.c.max_steps): return
+    if r.live is None or not (r.step % r.c.log_every == 0 or r.step == r.c.max_steps):
+        return
     r.live.step = r.step
-    r.live.log_metric('loss', r.loss_sum / r.loss_n); r.live.log_metric('lr', r.sched.get_last_lr()[0])
+    r.live.log_metric('loss', r.loss_sum / r.loss_n)
+    r.live.log_metric('lr', r.sched.get_last_lr()[0])
     r.live.next_step()
     r.loss_sum, r.loss_n = 0.0, 0
 
 # %% ../nbs/04_train.ipynb #40170bb0
-def _train(r:_Run):
+def _train(r: _Run):
     "Train from `r.step` to `max_steps`: the epoch and position from `r.micro`, logs and checkpoints when due."
     from tqdm.auto import tqdm
+
     c, n_batches = r.c, len(r.dl)
     bar = tqdm(total=c.max_steps, initial=r.step, disable=not (c.progress and r.acc.is_main_process), desc='fit')
     while r.step < c.max_steps:
         epoch, skip = divmod(r.micro, n_batches)
         r.sampler.epoch = epoch
-        for batch in (r.acc.skip_first_batches(r.dl, skip) if skip else r.dl):
+        for batch in r.acc.skip_first_batches(r.dl, skip) if skip else r.dl:
             loss = _micro_step(r, batch)
-            if not r.acc.sync_gradients: continue
+            if not r.acc.sync_gradients:
+                continue
             r.step += 1
-            if r.ema is not None: r.ema.step(r.model.parameters())
-            bar.update(1); bar.set_postfix(loss=f"{loss.item():.4f}")
+            if r.ema is not None:
+                r.ema.step(r.model.parameters())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
             _log(r)
-            if r.step % c.checkpoint_every == 0 or r.step == c.max_steps: _save_checkpoint(r)
-            if r.step >= c.max_steps: break
+            if r.step % c.checkpoint_every == 0 or r.step == c.max_steps:
+                _save_checkpoint(r)
+            if r.step >= c.max_steps:
+                break
     bar.close()
 
-def _finish(r:_Run)->nn.Module:
+
+def _finish(r: _Run) -> nn.Module:
     "The trained model with its EMA weights, saved to `output_dir/final`; the log closed."
     r.acc.wait_for_everyone()
     model = r.acc.unwrap_model(r.wrapper).model
-    if r.ema is not None: r.ema.copy_to(model.parameters())
+    if r.ema is not None:
+        r.ema.copy_to(model.parameters())
     if r.acc.is_main_process:
-        with atomic_dir(r.out/'final') as tmp:
-            if callable(getattr(model, 'save_pretrained', None)): model.save_pretrained(tmp)
+        with atomic_dir(r.out / 'final') as tmp:
+            if callable(getattr(model, 'save_pretrained', None)):
+                model.save_pretrained(tmp)
             else:
                 from safetensors.torch import save_model
-                save_model(model, str(tmp/'model.safetensors'))
-        if r.live is not None: r.live.end()
+
+                save_model(model, str(tmp / 'model.safetensors'))
+        if r.live is not None:
+            r.live.end()
     r.acc.end_training()
     return model
 
 # %% ../nbs/04_train.ipynb #35f42d4f
-def fit(model:nn.Module, # has `training_loss(batch) -> scalar tensor`; optionally `save_pretrained(dir)`
-        dataset:Dataset, # torch Dataset of dict items (or anything `collate_fn` batches)
-        config:TrainConfig, # run settings
-        collate_fn=None, # batches a list of items (default `collate_dict`)
-       )->nn.Module:
-    "Train `model` on `dataset` with accelerate; checkpoint, resume, log; return the model with its final (EMA) weights."
+def fit(
+    model: nn.Module,  # has `training_loss(batch) -> scalar tensor`; optionally `save_pretrained(dir)`
+    dataset: Dataset,  # torch Dataset of dict items (or anything `collate_fn` batches)
+    config: TrainConfig,  # run settings
+    collate_fn=None,  # batches a list of items (default `collate_dict`)
+) -> nn.Module:
+    """Train `model` on `dataset` with accelerate; checkpoint, resume, log;
+    return the model with its final (EMA) weights."""
     if not callable(getattr(model, 'training_loss', None)):
         raise TypeError(f"{type(model).__name__} has no `training_loss(batch)` method; fit needs one.")
-    if len(dataset) == 0: raise ValueError("the training dataset is empty.")
+    if len(dataset) == 0:
+        raise ValueError("the training dataset is empty.")
     resume_from = _resume_point(config)
     r = _setup(model, dataset, config, collate_fn)
-    if resume_from is not None: _load_checkpoint(r, resume_from)
+    if resume_from is not None:
+        _load_checkpoint(r, resume_from)
     _open_live(r, resumed=resume_from is not None)
     _train(r)
     return _finish(r)
 
 # %% ../nbs/04_train.ipynb #d5a72f72
-def make_scheduler(num_train_timesteps:int=1000, # T
-                   beta_schedule:str='scaled_linear', # SPEC 2: the released code's schedule
-                   beta_start:float=0.00085, # SPEC 2: first beta
-                   beta_end:float=0.012, # SPEC 2: last beta
-                   prediction_type:str='epsilon', # what the UNet predicts: 'epsilon', 'v_prediction' or 'sample'
-                   clip_sample:bool=False, # clip the predicted x0 to [-1, 1] when sampling: True for pixel models, never for latents
-                  ):
+def make_scheduler(
+    num_train_timesteps: int = 1000,  # T
+    beta_schedule: str = 'scaled_linear',  # SPEC 2: the released code's schedule
+    beta_start: float = 0.00085,  # SPEC 2: first beta
+    beta_end: float = 0.012,  # SPEC 2: last beta
+    prediction_type: str = 'epsilon',  # what the UNet predicts: 'epsilon', 'v_prediction' or 'sample'
+    clip_sample: bool = False,  # clip predicted x0 to [-1, 1] when sampling: True for pixel models, never for latents
+):
     "The training noise scheduler of SPEC 2: `DDPMScheduler`, 1000 steps, scaled_linear 0.00085..0.012, epsilon."
     from diffusers import DDPMScheduler
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
-                         beta_end=beta_end, prediction_type=prediction_type, clip_sample=clip_sample, clip_sample_range=1.0)
+
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        prediction_type=prediction_type,
+        clip_sample=clip_sample,
+        clip_sample_range=1.0,
+    )
 
 # %% ../nbs/04_train.ipynb #2b97ea56
-def _hw(size)->tuple|None:
+def _hw(size) -> tuple | None:
     "(H, W) of a `sample_size` (an int, a pair or None)."
-    if size is None: return None
+    if size is None:
+        return None
     return (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
 
-def record_sample_size(model, # a diffusers model (`UNet2DModel`) whose config has `sample_size`
-                       x:torch.Tensor, # a training batch N x C x H x W
-                      ):
-    "Store the training input size in `model.config.sample_size` (an int for square inputs), so the saved config says it."
+
+def record_sample_size(
+    model,  # a diffusers model (`UNet2DModel`) whose config has `sample_size`
+    x: torch.Tensor,  # a training batch N x C x H x W
+):
+    """Store the training input size in `model.config.sample_size` (an int for square inputs),
+    so the saved config says it."""
     h, w = x.shape[-2:]
-    if _hw(model.config.get('sample_size')) != (h, w): model.register_to_config(sample_size=int(h) if h == w else (int(h), int(w)))
+    if _hw(model.config.get('sample_size')) != (h, w):
+        model.register_to_config(sample_size=int(h) if h == w else (int(h), int(w)))
 
 # %% ../nbs/04_train.ipynb #e34a2905
-def check_sample_size(config, # a model's config (e.g. `unet.config`), `sample_size` = the size it was trained at
-                      size, # the side, or (H, W), of the inputs it is about to run on
-                      what:str='the model', # the model, for the message
-                     )->bool:
+def check_sample_size(
+    config,  # a model's config (e.g. `unet.config`), `sample_size` = the size it was trained at
+    size,  # the side, or (H, W), of the inputs it is about to run on
+    what: str = 'the model',  # the model, for the message
+) -> bool:
     "True when `size` is the training size (or none is recorded); else warn and return False."
     import warnings
+
     trained, run = _hw(config.get('sample_size')), _hw(size)
-    if trained is None or trained == run: return True
-    warnings.warn(f"{what} was trained on {trained[0]} x {trained[1]} inputs but runs on {run[0]} x {run[1]}: "
-                  "train it at the size you run it at (or run it at its training size).", stacklevel=3)
+    if trained is None or trained == run:
+        return True
+    warnings.warn(
+        f"{what} was trained on {trained[0]} x {trained[1]} inputs but runs on {run[0]} x {run[1]}: "
+        "train it at the size you run it at (or run it at its training size).",
+        stacklevel=3,
+    )
     return False
 
 # %% ../nbs/04_train.ipynb #53497e7a
 class DenoisingDiffusionModel(nn.Module):
     "A UNet plus noise scheduler with the DDPM training loss (MSE on the scheduler's prediction target)."
-    def __init__(self, unet, # diffusers `UNet2DModel`
-                 scheduler=None, # diffusers scheduler with `add_noise` (default `make_scheduler()`)
-                 key:str='image'): # batch entry holding x0 (N x C x H x W)
+
+    def __init__(
+        self,
+        unet,  # diffusers `UNet2DModel`
+        scheduler=None,  # diffusers scheduler with `add_noise` (default `make_scheduler()`)
+        key: str = 'image',
+    ):  # batch entry holding x0 (N x C x H x W)
         super().__init__()
         self.unet, self.scheduler, self.key = unet, scheduler or make_scheduler(), key
 
-    def training_loss(self, batch:dict # {key: x0 N x C x H x W}
-                     )->torch.Tensor:
+    def training_loss(
+        self,
+        batch: dict,  # {key: x0 N x C x H x W}
+    ) -> torch.Tensor:
         "MSE between the UNet's prediction and the scheduler's target at a random timestep; records the input size."
-        if self.key not in batch: raise KeyError(f"batch has no {self.key!r} entry (has {sorted(batch)}).")
+        if self.key not in batch:
+            raise KeyError(f"batch has no {self.key!r} entry (has {sorted(batch)}).")
         x0 = batch[self.key]
         if x0.ndim != 4 or x0.shape[1] != self.unet.config.in_channels:
             raise ValueError(f"{self.key} must be N x {self.unet.config.in_channels} x H x W, got {tuple(x0.shape)}.")
@@ -424,51 +609,94 @@ class DenoisingDiffusionModel(nn.Module):
         xt = self.scheduler.add_noise(x0, noise, t)
         pred = self.unet(xt, t).sample
         ptype = self.scheduler.config.prediction_type
-        target = noise if ptype == 'epsilon' else self.scheduler.get_velocity(x0, noise, t) if ptype == 'v_prediction' else x0
+        target = (
+            noise
+            if ptype == 'epsilon'
+            else self.scheduler.get_velocity(x0, noise, t)
+            if ptype == 'v_prediction'
+            else x0
+        )
         return F.mse_loss(pred.float(), target.float())
 
-    def save_pretrained(self, save_directory): # folder; gets unet/ and scheduler/
+    def save_pretrained(self, save_directory):  # folder; gets unet/ and scheduler/
         "Write `unet/` (its config holds the training size) and `scheduler/`."
         d = Path(save_directory)
-        self.unet.save_pretrained(d/'unet'); self.scheduler.save_pretrained(d/'scheduler')
+        self.unet.save_pretrained(d / 'unet')
+        self.scheduler.save_pretrained(d / 'scheduler')
 
     @classmethod
-    def from_pretrained(cls, path, # folder written by `save_pretrained` (or a hub id with unet/ and scheduler/)
-                        key:str='image'):
+    def from_pretrained(
+        cls,
+        path,  # folder written by `save_pretrained` (or a hub id with unet/ and scheduler/)
+        key: str = 'image',
+    ):
         from diffusers import UNet2DModel, DDPMScheduler
+
         p = Path(path)
         if not p.exists() and (str(path).startswith(('.', '/')) or p.suffix or len(str(path).split('/')) != 2):
             raise FileNotFoundError(f"diffusion model folder not found: {p}")
-        return cls(UNet2DModel.from_pretrained(path, subfolder='unet'), DDPMScheduler.from_pretrained(path, subfolder='scheduler'), key)
+        return cls(
+            UNet2DModel.from_pretrained(path, subfolder='unet'),
+            DDPMScheduler.from_pretrained(path, subfolder='scheduler'),
+            key,
+        )
 
 # %% ../nbs/04_train.ipynb #4ee26ef7
 UNET_PRESETS = {
-    'released': dict(block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2, attn_res=2, norm_num_groups=32),
-    'ddpm-256': dict(block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2, attn_res=16, norm_num_groups=32),
+    'released': dict(
+        block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2, attn_res=2, norm_num_groups=32
+    ),
+    'ddpm-256': dict(
+        block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2, attn_res=16, norm_num_groups=32
+    ),
     'demo': dict(block_out_channels=(32, 64, 64), layers_per_block=1, attn_res='lowest', norm_num_groups=16),
     'small': dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, attn_res='lowest', norm_num_groups=16),
     'tiny': dict(block_out_channels=(32, 64), layers_per_block=1, attn_res=None, norm_num_groups=8),
 }
 
-def unet_config(preset:str='released', # 'released', 'ddpm-256', 'demo', 'small' or 'tiny'
-                in_channels:int=4, # 4 for SD-VAE latents, 3 for pixels
-                sample_size:int=32, # side of the input (latent side = tile / 8)
-               )->dict:
+
+def unet_config(
+    preset: str = 'released',  # 'released', 'ddpm-256', 'demo', 'small' or 'tiny'
+    in_channels: int = 4,  # 4 for SD-VAE latents, 3 for pixels
+    sample_size: int = 32,  # side of the input (latent side = tile / 8)
+) -> dict:
     "Keyword arguments of `diffusers.UNet2DModel` for a preset; attention placed by feature-map size."
-    if preset not in UNET_PRESETS: raise ValueError(f"unknown UNet preset {preset!r}; choose one of {list(UNET_PRESETS)}.")
-    p = dict(UNET_PRESETS[preset]); ch = p.pop('block_out_channels'); attn = p.pop('attn_res'); n = len(ch)
-    if sample_size % 2 ** (n - 1): raise ValueError(f"sample_size {sample_size} must be divisible by {2**(n-1)} for preset {preset!r} ({n} levels).")
-    res = [sample_size // 2 ** i for i in range(n)]
-    if attn == 'lowest': attn = res[-1]
+    if preset not in UNET_PRESETS:
+        raise ValueError(f"unknown UNet preset {preset!r}; choose one of {list(UNET_PRESETS)}.")
+    p = dict(UNET_PRESETS[preset])
+    ch = p.pop('block_out_channels')
+    attn = p.pop('attn_res')
+    n = len(ch)
+    if sample_size % 2 ** (n - 1):
+        raise ValueError(
+            f"sample_size {sample_size} must be divisible by {2 ** (n - 1)} for preset {preset!r} ({n} levels)."
+        )
+    res = [sample_size // 2**i for i in range(n)]
+    if attn == 'lowest':
+        attn = res[-1]
     if attn is not None and attn not in res:
-        raise ValueError(f"preset {preset!r} puts attention at the {attn}x{attn} level, absent for sample_size {sample_size} (levels {res}).")
+        raise ValueError(
+            f"preset {preset!r} puts attention at the {attn}x{attn} level, "
+            f"absent for sample_size {sample_size} (levels {res})."
+        )
     down = tuple('AttnDownBlock2D' if r == attn else 'DownBlock2D' for r in res)
     up = tuple('AttnUpBlock2D' if r == attn else 'UpBlock2D' for r in reversed(res))
-    return dict(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, block_out_channels=ch,
-                down_block_types=down, up_block_types=up, **p)
+    return dict(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=ch,
+        down_block_types=down,
+        up_block_types=up,
+        **p,
+    )
 
-def make_unet(preset:str='released', in_channels:int=4, sample_size:int=32, seed:int=0):
+
+def make_unet(preset: str = 'released', in_channels: int = 4, sample_size: int = 32, seed: int = 0):
     "A freshly initialised `UNet2DModel` of a preset (weights from `seed`)."
     from diffusers import UNet2DModel
+
     cfg = unet_config(preset, in_channels, sample_size)
-    with torch.random.fork_rng(): torch.manual_seed(seed); return UNet2DModel(**cfg)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return UNet2DModel(**cfg)

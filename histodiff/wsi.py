@@ -12,8 +12,18 @@ from pathlib import Path
 from typing import Callable
 import numpy as np
 import tifffile
-from .core import (ImageError, EmptyMaskWarning, as_rgb_uint8, as_mask, read_image, read_mask, atomic_path,
-                            stale_temporaries, tile_coords, blend_weight)
+from histodiff.core import (
+    ImageError,
+    EmptyMaskWarning,
+    as_rgb_uint8,
+    as_mask,
+    read_image,
+    read_mask,
+    atomic_path,
+    stale_temporaries,
+    tile_coords,
+    blend_weight,
+)
 from .modelfolder import file_digest, model_digest
 
 # %% auto #0
@@ -28,36 +38,52 @@ __all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'SlideSource', 'fit_mask', 'as_ba
 SLIDE_SUFFIXES = {'.svs', '.ndpi', '.mrxs', '.vms', '.vmu', '.scn', '.bif', '.svslide', '.tif', '.tiff'}
 PLAIN_SUFFIXES = {'.tif', '.tiff', '.png', '.jpg', '.jpeg'}
 
-def _tiff_mpp(page)->float|None:
+
+def _tiff_mpp(page) -> float | None:
     tags = page.tags
-    if 'XResolution' not in tags: return None
+    if 'XResolution' not in tags:
+        return None
     num, den = tags['XResolution'].value
     unit = int(tags['ResolutionUnit'].value) if 'ResolutionUnit' in tags else 2
-    if not num or unit == 1: return None
+    if not num or unit == 1:
+        return None
     return (1e4 if unit == 3 else 25400.0) * den / num
+
 
 class SlideSource:
     "One level of a slide: `shape` (H, W), `mpp`, `level`, `downsample`, `read(y, x, h, w)`, `thumbnail(max_side)`."
-    def __init__(self, path:str|Path, # slide or image file
-                 level:int|None=0, # pyramid level (ignored when `mpp` is given)
-                 mpp:float|None=None, # wanted microns per pixel: picks the best level instead of `level`
-                ):
+
+    def __init__(
+        self,
+        path: str | Path,  # slide or image file
+        level: int | None = 0,  # pyramid level (ignored when `mpp` is given)
+        mpp: float | None = None,  # wanted microns per pixel: picks the best level instead of `level`
+    ):
         self.path = path = Path(path)
-        if not path.exists(): raise FileNotFoundError(f"slide not found: {path}")
+        if not path.exists():
+            raise FileNotFoundError(f"slide not found: {path}")
         suf = path.suffix.lower()
         if suf not in SLIDE_SUFFIXES | PLAIN_SUFFIXES:
-            raise ImageError(f"{path}: unsupported slide format {suf!r}; use one of {sorted(SLIDE_SUFFIXES | PLAIN_SUFFIXES)}.")
+            raise ImageError(
+                f"{path}: unsupported slide format {suf!r}; use one of {sorted(SLIDE_SUFFIXES | PLAIN_SUFFIXES)}."
+            )
         self.slide, self.image = None, None
-        if suf in SLIDE_SUFFIXES: self._open_openslide(suf)
-        if self.slide is None: self._open_plain(suf)
+        if suf in SLIDE_SUFFIXES:
+            self._open_openslide(suf)
+        if self.slide is None:
+            self._open_plain(suf)
         self._pick_level(level, mpp)
 
     def _open_openslide(self, suf):
         import openslide
-        try: self.slide = openslide.OpenSlide(str(self.path))
+
+        try:
+            self.slide = openslide.OpenSlide(str(self.path))
         except (openslide.OpenSlideUnsupportedFormatError, openslide.OpenSlideError) as e:
             if suf not in PLAIN_SUFFIXES:
-                raise ImageError(f"{self.path} is not a slide OpenSlide can read (corrupt or unsupported format): {e}") from e
+                raise ImageError(
+                    f"{self.path} is not a slide OpenSlide can read (corrupt or unsupported format): {e}"
+                ) from e
             return
         self.level_dims = [(h, w) for w, h in self.slide.level_dimensions]
         self.downsamples = list(self.slide.level_downsamples)
@@ -73,7 +99,8 @@ class SlideSource:
                     self.mpp0 = _tiff_mpp(tf.pages[0])
             else:
                 self._levels, self.mpp0 = [read_image(self.path)], None
-        except ImageError: raise
+        except ImageError:
+            raise
         except Exception as e:
             raise ImageError(f"{self.path} cannot be read as an image (corrupt or unsupported): {e}") from e
         self.level_dims = [l.shape[:2] for l in self._levels]
@@ -81,8 +108,12 @@ class SlideSource:
 
     def _pick_level(self, level, mpp):
         if mpp is not None:
-            if self.mpp0 is None: raise ImageError(f"{self.path} does not record its microns per pixel; choose a `level` instead of mpp={mpp}.")
-            if mpp <= 0: raise ValueError(f"mpp must be positive, got {mpp}.")
+            if self.mpp0 is None:
+                raise ImageError(
+                    f"{self.path} does not record its microns per pixel; choose a `level` instead of mpp={mpp}."
+                )
+            if mpp <= 0:
+                raise ValueError(f"mpp must be positive, got {mpp}.")
             want = mpp / self.mpp0
             level = max([i for i, d in enumerate(self.downsamples) if d <= want * 1.01] or [0])
         level = 0 if level is None else int(level)
@@ -91,207 +122,296 @@ class SlideSource:
         self.level, self.downsample = level, float(self.downsamples[level])
         self.shape = tuple(int(v) for v in self.level_dims[level])
         self.mpp = self.mpp0 * self.downsample if self.mpp0 else None
-        if self.slide is None: self.image = self._levels[level]; self._levels = None
+        if self.slide is None:
+            self.image = self._levels[level]
+            self._levels = None
 
-    def read(self, y:int, x:int, h:int, w:int)->np.ndarray:
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         "RGB uint8 region `h x w` at `(y, x)` of the chosen level (level coordinates)."
-        if self.image is not None: return self.image[y:y+h, x:x+w]
+        if self.image is not None:
+            return self.image[y : y + h, x : x + w]
         d = self.downsample
         import openslide
-        try: a = np.asarray(self.slide.read_region((int(round(x * d)), int(round(y * d))), self.level, (w, h)))
+
+        try:
+            a = np.asarray(self.slide.read_region((int(round(x * d)), int(round(y * d))), self.level, (w, h)))
         except openslide.OpenSlideError as e:
-            raise ImageError(f"{self.path}: level {self.level} region y={y} x={x} ({h}x{w} px) cannot be read, "
-                             f"the slide file is damaged: {e}") from None
-        rgb = a[..., :3].copy(); rgb[a[..., 3] == 0] = 255
+            raise ImageError(
+                f"{self.path}: level {self.level} region y={y} x={x} ({h}x{w} px) cannot be read, "
+                f"the slide file is damaged: {e}"
+            ) from None
+        rgb = a[..., :3].copy()
+        rgb[a[..., 3] == 0] = 255
         return rgb
 
-    def thumbnail(self, max_side:int=1024)->np.ndarray:
+    def thumbnail(self, max_side: int = 1024) -> np.ndarray:
         "A low-resolution RGB view of the whole level (longest side at most `max_side`)."
         import cv2
+
         if self.slide is not None:
             w = self.slide.get_thumbnail((max_side, max_side)).convert('RGB')
             return np.asarray(w)
-        h, w = self.shape; f = min(1.0, max_side / max(h, w))
+        h, w = self.shape
+        f = min(1.0, max_side / max(h, w))
         return cv2.resize(self.image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
     def close(self):
-        if self.slide is not None: self.slide.close()
-    def __enter__(self): return self
-    def __exit__(self, *a): self.close()
-    def __repr__(self): return f"SlideSource({self.path.name}, level={self.level}, shape={self.shape}, mpp={self.mpp})"
+        if self.slide is not None:
+            self.slide.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def __repr__(self):
+        return f"SlideSource({self.path.name}, level={self.level}, shape={self.shape}, mpp={self.mpp})"
 
 # %% ../nbs/11_wsi.ipynb #14e5209f
-def fit_mask(mask, # boolean mask (or a path to a mask image) at any resolution
-             shape:tuple, # (H, W) of the working level
-            )->np.ndarray:
+def fit_mask(
+    mask,  # boolean mask (or a path to a mask image) at any resolution
+    shape: tuple,  # (H, W) of the working level
+) -> np.ndarray:
     "Rescale an artifact mask to `shape`: nearest neighbour up, max (any) down, per axis."
     import cv2
+
     m = read_mask(mask) if isinstance(mask, (str, Path)) else as_mask(mask)
     h, w = shape
-    if m.shape == (h, w): return m
+    if m.shape == (h, w):
+        return m
     u = m.astype(np.uint8)
-    if m.shape[0] < h or m.shape[1] < w:   # nearest up along the axes that grow
+    if m.shape[0] < h or m.shape[1] < w:  # nearest up along the axes that grow
         u = cv2.resize(u, (max(w, m.shape[1]), max(h, m.shape[0])), interpolation=cv2.INTER_NEAREST)
-    if u.shape != (h, w):                  # any-pooling down along the axes that shrink
+    if u.shape != (h, w):  # any-pooling down along the axes that shrink
         u = (cv2.resize(u.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
     return u.astype(bool)
 
 # %% ../nbs/11_wsi.ipynb #4fd14844
-def as_batch_restorer(restorer, # callable or object with `.restore`; see above
-                      batched:bool|None=None, # force batched (True) or per-image (False) calls; None: `restorer.batched` or False
-                     ):
+def as_batch_restorer(
+    restorer,  # callable or object with `.restore`; see above
+    batched: bool | None = None,  # force batched (True) or per-image (False) calls; None: `restorer.batched` or False
+):
     "A function `(images N x H x W x 3, masks N x H x W) -> restored N x H x W x 3 uint8`."
     fn = restorer.restore if hasattr(restorer, 'restore') else restorer
-    if not callable(fn): raise TypeError(f"restorer must be callable or have a .restore method, got {type(restorer).__name__}.")
-    if batched is None: batched = bool(getattr(restorer, 'batched', False))
+    if not callable(fn):
+        raise TypeError(f"restorer must be callable or have a .restore method, got {type(restorer).__name__}.")
+    if batched is None:
+        batched = bool(getattr(restorer, 'batched', False))
+
     def run(images, masks):
-        if batched: outs = list(fn(images, masks))
-        else: outs = [fn(i, m) for i, m in zip(images, masks)]
-        if len(outs) != len(images): raise ValueError(f"the restorer returned {len(outs)} images for {len(images)}.")
+        if batched:
+            outs = list(fn(images, masks))
+        else:
+            outs = [fn(i, m) for i, m in zip(images, masks)]
+        if len(outs) != len(images):
+            raise ValueError(f"the restorer returned {len(outs)} images for {len(images)}.")
         res = np.stack([as_rgb_uint8(np.asarray(o), 'restored tile') for o in outs])
-        if res.shape != np.asarray(images).shape: raise ValueError(f"the restorer returned shape {res.shape} for {np.asarray(images).shape}.")
+        if res.shape != np.asarray(images).shape:
+            raise ValueError(f"the restorer returned shape {res.shape} for {np.asarray(images).shape}.")
         return res
+
     return run
 
 # %% ../nbs/11_wsi.ipynb #b531ea05
-def blend_tile(i:int, # index (into `coords`) of the restored tile to finish
-               coords:np.ndarray, # (N, 2) top-left corners of all tiles
-               restored:dict, # tile index -> restored tile (tile x tile x 3 uint8), for every restored tile
-               tile:int, overlap:int, # tiling
-               source:np.ndarray, # the source pixels under tile `i`
-              )->np.ndarray:
+def blend_tile(
+    i: int,  # index (into `coords`) of the restored tile to finish
+    coords: np.ndarray,  # (N, 2) top-left corners of all tiles
+    restored: dict,  # tile index -> restored tile (tile x tile x 3 uint8), for every restored tile
+    tile: int,
+    overlap: int,  # tiling
+    source: np.ndarray,  # the source pixels under tile `i`
+) -> np.ndarray:
     "The output pixels under tile `i`: restored neighbours blended, pixels of clean tiles kept from `source`."
-    y, x = coords[i]; w = blend_weight(tile, overlap).astype(np.float64)
+    y, x = coords[i]
+    w = blend_weight(tile, overlap).astype(np.float64)
     near = np.nonzero((np.abs(coords[:, 0] - y) < tile) & (np.abs(coords[:, 1] - x) < tile))[0]
-    acc = np.zeros((tile, tile, 3)); wsum = np.zeros((tile, tile)); protect = np.zeros((tile, tile), bool)
+    acc = np.zeros((tile, tile, 3))
+    wsum = np.zeros((tile, tile))
+    protect = np.zeros((tile, tile), bool)
     for j in near:
         yj, xj = coords[j]
-        a0, a1 = max(y, yj) - y, min(y, yj) + tile - y     # rows of tile i covered by tile j
+        a0, a1 = max(y, yj) - y, min(y, yj) + tile - y  # rows of tile i covered by tile j
         b0, b1 = max(x, xj) - x, min(x, xj) + tile - x
         sy, sx = slice(a0 + y - yj, a1 + y - yj), slice(b0 + x - xj, b1 + x - xj)
         if int(j) in restored:
             acc[a0:a1, b0:b1] += restored[int(j)][sy, sx] * w[sy, sx, None]
             wsum[a0:a1, b0:b1] += w[sy, sx]
-        else: protect[a0:a1, b0:b1] = True
+        else:
+            protect[a0:a1, b0:b1] = True
     out = np.clip(np.round(acc / wsum[..., None]), 0, 255).astype(np.uint8)
     return np.where(protect[..., None], source, out)
 
 # %% ../nbs/11_wsi.ipynb #9ec26a46
-def half_level(prev:np.ndarray, # H x W x 3 uint8 (a memmap works)
-               strip:int=1024, # rows processed at once (bounds memory for large slides)
-              )->np.ndarray:
+def half_level(
+    prev: np.ndarray,  # H x W x 3 uint8 (a memmap works)
+    strip: int = 1024,  # rows processed at once (bounds memory for large slides)
+) -> np.ndarray:
     "The next pyramid level: `prev` area-downsampled by 2 (odd last row and column dropped)."
     import cv2
+
     h, w = prev.shape[0] // 2, prev.shape[1] // 2
     nxt = np.empty((h, w, 3), np.uint8)
     for r in range(0, h, strip // 2):
         rr = min(r + strip // 2, h)
-        nxt[r:rr] = cv2.resize(np.ascontiguousarray(prev[2 * r:2 * rr, :2 * w]), (w, rr - r), interpolation=cv2.INTER_AREA)
+        nxt[r:rr] = cv2.resize(
+            np.ascontiguousarray(prev[2 * r : 2 * rr, : 2 * w]), (w, rr - r), interpolation=cv2.INTER_AREA
+        )
     return nxt
 
-def pyramid_levels(image:np.ndarray, # H x W x 3 uint8 (a memmap works)
-                   min_side:int=256, # stop when the next level would be smaller than this
-                  )->list[np.ndarray]:
+
+def pyramid_levels(
+    image: np.ndarray,  # H x W x 3 uint8 (a memmap works)
+    min_side: int = 256,  # stop when the next level would be smaller than this
+) -> list[np.ndarray]:
     "The image followed by 2x area-downsampled levels until the shorter side drops below `min_side`."
     levels = [image]
-    while min(levels[-1].shape[:2]) // 2 >= min_side: levels.append(half_level(levels[-1]))
+    while min(levels[-1].shape[:2]) // 2 >= min_side:
+        levels.append(half_level(levels[-1]))
     return levels
 
-def write_pyramid(image:np.ndarray, # H x W x 3 uint8 level (a memmap works)
-                  path:str|Path, # output .tif / .tiff
-                  mpp:float|None=None, # microns per pixel of `image` (None: no resolution tags)
-                  tile:int=256, # TIFF tile side (multiple of 16)
-                  compression:str='zlib', # 'zlib' (deflate) or anything tifffile can encode here (`check_compression`)
-                  min_side:int=256, # smallest pyramid level
-                 )->Path:
+
+def write_pyramid(
+    image: np.ndarray,  # H x W x 3 uint8 level (a memmap works)
+    path: str | Path,  # output .tif / .tiff
+    mpp: float | None = None,  # microns per pixel of `image` (None: no resolution tags)
+    tile: int = 256,  # TIFF tile side (multiple of 16)
+    compression: str = 'zlib',  # 'zlib' (deflate) or anything tifffile can encode here (`check_compression`)
+    min_side: int = 256,  # smallest pyramid level
+) -> Path:
     "Write a tiled pyramidal TIFF (levels as reduced-resolution pages), atomically; one level in memory at a time."
     path = Path(path)
-    if path.suffix.lower() not in ('.tif', '.tiff'): raise ValueError(f"output must be a .tif or .tiff file, got {path.name}.")
+    if path.suffix.lower() not in ('.tif', '.tiff'):
+        raise ValueError(f"output must be a .tif or .tiff file, got {path.name}.")
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as tif:
         lv, k = image, 0
         while True:
             res = dict(resolution=(1e4 / (mpp * 2**k),) * 2, resolutionunit='CENTIMETER') if mpp else {}
-            tif.write(lv, subfiletype=1 if k else 0, tile=(tile, tile), compression=compression, photometric='rgb',
-                      software='histodiff', **res)
-            if min(lv.shape[:2]) // 2 < min_side: break
+            tif.write(
+                lv,
+                subfiletype=1 if k else 0,
+                tile=(tile, tile),
+                compression=compression,
+                photometric='rgb',
+                software='histodiff',
+                **res,
+            )
+            if min(lv.shape[:2]) // 2 < min_side:
+                break
             lv, k = half_level(lv), k + 1
     return path
 
 # %% ../nbs/11_wsi.ipynb #c4af207d
 @functools.lru_cache(maxsize=None)
-def check_compression(name:str, # a TIFF compression, e.g. 'zlib', 'lzw', 'jpeg', 'zstd', 'none'
-                     )->str:
+def check_compression(
+    name: str,  # a TIFF compression, e.g. 'zlib', 'lzw', 'jpeg', 'zstd', 'none'
+) -> str:
     "`name` if tifffile can write an RGB tile with it here; else a ValueError, before any work is done."
-    try: tifffile.imwrite(io.BytesIO(), np.zeros((16, 16, 3), np.uint8), tile=(16, 16), photometric='rgb',
-                          compression=None if str(name).lower() == 'none' else name)
+    try:
+        tifffile.imwrite(
+            io.BytesIO(),
+            np.zeros((16, 16, 3), np.uint8),
+            tile=(16, 16),
+            photometric='rgb',
+            compression=None if str(name).lower() == 'none' else name,
+        )
     except Exception as e:
-        raise ValueError(f"compression {name!r} cannot be written here ({type(e).__name__}: {e}); "
-                         "use zlib (the default), lzw, jpeg, zstd or none.") from None
+        raise ValueError(
+            f"compression {name!r} cannot be written here ({type(e).__name__}: {e}); "
+            "use zlib (the default), lzw, jpeg, zstd or none."
+        ) from None
     return name
 
 # %% ../nbs/11_wsi.ipynb #b1e4b639
 @dataclass
 class SlideSettings:
     "How `restore_slide` works through a slide. Checked when made, so a bad value fails before any work."
-    level:int=0 # pyramid level to restore (ignored when `mpp` is given)
-    mpp:float|None=None # microns per pixel to work at (picks the level)
-    tile:int=256 # tile side (px)
-    overlap:int=32 # overlap between tiles (px), blended
-    batch_size:int=8 # tiles per restorer call
-    compression:str='zlib' # TIFF compression of the output (anything tifffile can encode here: zlib, lzw, jpeg, zstd, none)
-    resume:bool=True # continue an interrupted run from its work folder (False: discard it and start over)
-    keep_work:bool=False # keep the work folder after success (debugging)
-    progress:bool=True # tqdm bars
-    batched:bool|None=None # see `as_batch_restorer`
-    prefetch:int=2 # batches read ahead of the restorer by a reader thread (0: read in the loop)
+
+    level: int = 0  # pyramid level to restore (ignored when `mpp` is given)
+    mpp: float | None = None  # microns per pixel to work at (picks the level)
+    tile: int = 256  # tile side (px)
+    overlap: int = 32  # overlap between tiles (px), blended
+    batch_size: int = 8  # tiles per restorer call
+    compression: str = (
+        'zlib'  # TIFF compression of the output (anything tifffile can encode here: zlib, lzw, jpeg, zstd, none)
+    )
+    resume: bool = True  # continue an interrupted run from its work folder (False: discard it and start over)
+    keep_work: bool = False  # keep the work folder after success (debugging)
+    progress: bool = True  # tqdm bars
+    batched: bool | None = None  # see `as_batch_restorer`
+    prefetch: int = 2  # batches read ahead of the restorer by a reader thread (0: read in the loop)
 
     def __post_init__(self):
         for name, low in (('tile', 16), ('batch_size', 1), ('overlap', 0), ('level', 0), ('prefetch', 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}.")
-        if self.overlap * 2 > self.tile: raise ValueError(f"overlap ({self.overlap}) must be at most half the tile ({self.tile}).")
-        if self.mpp is not None and not self.mpp > 0: raise ValueError(f"mpp must be positive, got {self.mpp}.")
+        if self.overlap * 2 > self.tile:
+            raise ValueError(f"overlap ({self.overlap}) must be at most half the tile ({self.tile}).")
+        if self.mpp is not None and not self.mpp > 0:
+            raise ValueError(f"mpp must be positive, got {self.mpp}.")
         check_compression(self.compression)
 
-    def recorded(self)->dict:
+    def recorded(self) -> dict:
         "The settings that change the output pixels (a resumed run must have the same)."
-        return dict(level=self.level, mpp=self.mpp, tile=self.tile, overlap=self.overlap, batch_size=self.batch_size,
-                    compression=self.compression)
+        return dict(
+            level=self.level,
+            mpp=self.mpp,
+            tile=self.tile,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            compression=self.compression,
+        )
 
 # %% ../nbs/11_wsi.ipynb #f73e651d
-def restorer_identity(restorer, # what `restore_slide` is given
-                     )->dict:
-    "`restorer.identity` when it has one (the CLI's restorers record method, models, sampler, steps, seed), else its name."
+def restorer_identity(
+    restorer,  # what `restore_slide` is given
+) -> dict:
+    """`restorer.identity` when it has one (the CLI's restorers record method, models, sampler, steps, seed), else its
+    name."""
     ident = getattr(restorer, 'identity', None)
-    if ident is not None: return dict(ident)
-    fn = getattr(restorer, 'func', restorer)   # functools.partial
+    if ident is not None:
+        return dict(ident)
+    fn = getattr(restorer, 'func', restorer)  # functools.partial
     name = getattr(fn, '__qualname__', None) or type(fn).__qualname__
     kw = getattr(restorer, 'keywords', None)
-    return dict(restorer=f"{getattr(fn, '__module__', '')}.{name}", **({'keywords': repr(sorted(kw.items()))} if kw else {}))
+    return dict(
+        restorer=f"{getattr(fn, '__module__', '')}.{name}", **({'keywords': repr(sorted(kw.items()))} if kw else {})
+    )
 
 # %% ../nbs/11_wsi.ipynb #7a6d71f6
 class SlideBusyError(OSError):
     "Another run is restoring into the same output."
 
+
 @contextlib.contextmanager
-def output_lock(out:str|Path, # the output file a run writes
-               ):
-    "Hold `.<out name>.lock` beside `out` for the run (the lock file records the pid, and is removed at the end); a second run fails at once."
+def output_lock(
+    out: str | Path,  # the output file a run writes
+):
+    """Hold `.<out name>.lock` beside `out` for the run (the lock file records the pid, and is removed at the end); a
+    second run fails at once."""
     from filelock import FileLock, Timeout
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f".{out.name}.lock"
     lock = FileLock(path, timeout=0)
-    try: lock.acquire()
+    try:
+        lock.acquire()
     except Timeout:
         pid = path.read_text().strip() if path.exists() else '?'
-        raise SlideBusyError(f"another histodiff run (pid {pid or '?'}) is writing {out}; wait for it to finish, "
-                             "or choose another output.") from None
+        raise SlideBusyError(
+            f"another histodiff run (pid {pid or '?'}) is writing {out}; wait for it to finish, "
+            "or choose another output."
+        ) from None
     try:
-        with open(path, 'r+') as f: f.truncate(); f.write(f"{os.getpid()}\n")
+        with open(path, 'r+') as f:
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
         yield path
-    finally:   # removed while still held, so no pid file is left in the user's folder (or in a DVC output's hash)
-        with contextlib.suppress(OSError): path.unlink()
+    finally:  # removed while still held, so no pid file is left in the user's folder (or in a DVC output's hash)
+        with contextlib.suppress(OSError):
+            path.unlink()
         lock.release()
 
 # %% ../nbs/11_wsi.ipynb #689cb16f
@@ -299,88 +419,126 @@ def output_lock(out:str|Path, # the output file a run writes
 def sigterm_as_interrupt():
     "Within the block, SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so temporary outputs are cleaned up."
     import signal, threading
-    if threading.current_thread() is not threading.main_thread(): yield; return
-    def handler(signum, frame): raise KeyboardInterrupt(f"terminated (signal {signum})")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"terminated (signal {signum})")
+
     old = signal.signal(signal.SIGTERM, handler)
-    try: yield
-    finally: signal.signal(signal.SIGTERM, old)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 # %% ../nbs/11_wsi.ipynb #b984069f
 class WorkFolder:
     "The work folder of one output (`.<name>.work` beside it): settings, mask, restored tiles and the done log."
-    def __init__(self, out:str|Path): self.out = Path(out); self.path = self.out.parent / f".{self.out.name}.work"
-    @property
-    def meta_path(self)->Path: return self.path / 'meta.json'
 
-    def read_meta(self)->dict|None:
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.path = self.out.parent / f".{self.out.name}.work"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / 'meta.json'
+
+    def read_meta(self) -> dict | None:
         "The recorded settings of an earlier run, None when there is none; a damaged file is an error naming it."
-        if not self.meta_path.exists(): return None
-        try: meta = json.loads(self.meta_path.read_text())
+        if not self.meta_path.exists():
+            return None
+        try:
+            meta = json.loads(self.meta_path.read_text())
         except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{self.meta_path} is damaged ({e}); rerun with resume=False (--no-resume) to start over.") from None
-        if not isinstance(meta, dict): raise ValueError(f"{self.meta_path} is damaged (not a JSON object); rerun with resume=False (--no-resume).")
+            raise ValueError(
+                f"{self.meta_path} is damaged ({e}); rerun with resume=False (--no-resume) to start over."
+            ) from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{self.meta_path} is damaged (not a JSON object); rerun with resume=False (--no-resume).")
         return meta
 
-    def write_meta(self, meta:dict):
-        with atomic_path(self.meta_path) as tmp: Path(tmp).write_text(json.dumps(meta, indent=1))
+    def write_meta(self, meta: dict):
+        with atomic_path(self.meta_path) as tmp:
+            Path(tmp).write_text(json.dumps(meta, indent=1))
 
-    def done(self)->set[int]:
+    def done(self) -> set[int]:
         "Tiles logged as restored, by every process."
         done = set()
         for f in self.path.glob('done.*.jsonl'):
             for line in f.read_text().splitlines():
-                try: done.add(int(json.loads(line)['tile']))
-                except (ValueError, KeyError, TypeError): pass   # a line cut by the interruption
+                try:
+                    done.add(int(json.loads(line)['tile']))
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line cut by the interruption
         return done
 
-    def clear(self): shutil.rmtree(self.path, ignore_errors=True)
+    def clear(self):
+        shutil.rmtree(self.path, ignore_errors=True)
 
 # %% ../nbs/11_wsi.ipynb #f262e5b3
 class ResumeMismatchError(ValueError):
     "The work folder of an unfinished run holds other settings than this run's."
 
-def check_resume(old:dict, # settings recorded by the unfinished run
-                 new:dict, # this run's
-                 work:Path, # its work folder (for the message)
-                 n_done:int=0, # tiles it restored
-                ):
+
+def check_resume(
+    old: dict,  # settings recorded by the unfinished run
+    new: dict,  # this run's
+    work: Path,  # its work folder (for the message)
+    n_done: int = 0,  # tiles it restored
+):
     "Refuse to mix two runs: name every setting that differs and say how to start over."
-    flat = lambda d, pre='': {k2: v2 for k, v in d.items()
-                              for k2, v2 in (flat(v, f'{pre}{k}.') if isinstance(v, dict) else {f'{pre}{k}': v}).items()}
+    flat = lambda d, pre='': {
+        k2: v2
+        for k, v in d.items()
+        for k2, v2 in (flat(v, f'{pre}{k}.') if isinstance(v, dict) else {f'{pre}{k}': v}).items()
+    }
     old, new = flat(old), flat(new)
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
-        raise ResumeMismatchError(f"{work} holds an unfinished run with other settings ({'; '.join(diff)}). Rerun with the "
-                                  f"same settings to resume it, or with resume=False (--no-resume) to discard its {n_done} "
-                                  "restored tiles and start over.")
+        raise ResumeMismatchError(
+            f"{work} holds an unfinished run with other settings ({'; '.join(diff)}). Rerun with the "
+            f"same settings to resume it, or with resume=False (--no-resume) to discard its {n_done} "
+            "restored tiles and start over."
+        )
 
 # %% ../nbs/11_wsi.ipynb #2b196ad6
-def prefetched(read:Callable, # item -> data, run in a reader thread
-               items:list, # what to read, in order
-               depth:int=2, # reads running ahead of the consumer (0: read in the caller's thread)
-              ):
+def prefetched(
+    read: Callable,  # item -> data, run in a reader thread
+    items: list,  # what to read, in order
+    depth: int = 2,  # reads running ahead of the consumer (0: read in the caller's thread)
+):
     "Yield `read(item)` for each item in order, reading up to `depth` items ahead while the caller works."
     if depth <= 0:
-        for it in items: yield read(it)
+        for it in items:
+            yield read(it)
         return
     from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(1, thread_name_prefix='histodiff-reader') as pool:
         ahead = collections.deque()
         try:
             for it in items:
                 ahead.append(pool.submit(read, it))
-                if len(ahead) > depth: yield ahead.popleft().result()
-            while ahead: yield ahead.popleft().result()
+                if len(ahead) > depth:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
         finally:
-            for f in ahead: f.cancel()
+            for f in ahead:
+                f.cancel()
 
 # %% ../nbs/11_wsi.ipynb #872b95e2
-def keep_context_frame(mask:np.ndarray, # H x W bool mask of one tile, True = artifact
-                       overlap:int, # tile overlap (px); the frame kept is overlap // 2 (at least 1 px)
-                      )->np.ndarray:
+def keep_context_frame(
+    mask: np.ndarray,  # H x W bool mask of one tile, True = artifact
+    overlap: int,  # tile overlap (px); the frame kept is overlap // 2 (at least 1 px)
+) -> np.ndarray:
     "The mask unchanged, unless it is all ones: then its outer frame becomes known context."
-    if not mask.all(): return mask
-    f = max(1, overlap // 2); out = np.zeros_like(mask)
+    if not mask.all():
+        return mask
+    f = max(1, overlap // 2)
+    out = np.zeros_like(mask)
     out[f:-f, f:-f] = True
     return out
 
@@ -388,231 +546,359 @@ def keep_context_frame(mask:np.ndarray, # H x W bool mask of one tile, True = ar
 @dataclass
 class SlidePlan:
     "The tiling of one run: the mask at the working level, the tile corners and which tiles have artifacts."
-    mask:np.ndarray # H x W bool, True = artifact
-    tile:int # tile side used (at most the level's size)
-    overlap:int
-    coords:np.ndarray # (N, 2) top-left corners
-    todo:list # indices of the tiles with an artifact pixel, in order
+
+    mask: np.ndarray  # H x W bool, True = artifact
+    tile: int  # tile side used (at most the level's size)
+    overlap: int
+    coords: np.ndarray  # (N, 2) top-left corners
+    todo: list  # indices of the tiles with an artifact pixel, in order
 
     @classmethod
-    def make(cls, mask:np.ndarray, s:SlideSettings):
-        h, w = mask.shape; t = min(s.tile, h, w); ov = min(s.overlap, t // 2)
+    def make(cls, mask: np.ndarray, s: SlideSettings):
+        h, w = mask.shape
+        t = min(s.tile, h, w)
+        ov = min(s.overlap, t // 2)
         coords = np.array(tile_coords(h, w, t, ov))
-        return cls(mask, t, ov, coords, [i for i, (y, x) in enumerate(coords) if mask[y:y+t, x:x+t].any()])
+        return cls(mask, t, ov, coords, [i for i, (y, x) in enumerate(coords) if mask[y : y + t, x : x + t].any()])
 
     @property
-    def slot(self)->dict: return {i: k for k, i in enumerate(self.todo)}
-    def window(self, i:int)->tuple: y, x = self.coords[i]; return int(y), int(x), self.tile, self.tile
-    def tile_mask(self, i:int)->np.ndarray:
+    def slot(self) -> dict:
+        return {i: k for k, i in enumerate(self.todo)}
+
+    def window(self, i: int) -> tuple:
+        y, x = self.coords[i]
+        return int(y), int(x), self.tile, self.tile
+
+    def tile_mask(self, i: int) -> np.ndarray:
         y, x, t, _ = self.window(i)
-        return keep_context_frame(self.mask[y:y+t, x:x+t], self.overlap)
+        return keep_context_frame(self.mask[y : y + t, x : x + t], self.overlap)
 
 # %% ../nbs/11_wsi.ipynb #23e34d6a
-def tissue_region(thumb:np.ndarray, # RGB uint8 thumbnail of the slide level
-                  min_saturation:float=0.05, # glass is below this (H&E and IHC tissue well above)
-                  margin:int=2, # grow the region by this many thumbnail pixels (artifacts on the tissue's edge)
-                 )->np.ndarray:
-    "Where a restorer may work: pixels coloured like tissue, every hole inside them filled (tears, bubbles, dark marks), slightly grown."
+def tissue_region(
+    thumb: np.ndarray,  # RGB uint8 thumbnail of the slide level
+    min_saturation: float = 0.05,  # glass is below this (H&E and IHC tissue well above)
+    margin: int = 2,  # grow the region by this many thumbnail pixels (artifacts on the tissue's edge)
+) -> np.ndarray:
+    """Where a restorer may work: pixels coloured like tissue, every hole inside them filled (tears, bubbles, dark
+    marks), slightly grown."""
     from scipy import ndimage
     from skimage.filters import gaussian
     from histodiff.detect import saturation
+
     region = ndimage.binary_fill_holes(gaussian(saturation(thumb), sigma=1) > min_saturation)
     return ndimage.binary_dilation(region, np.ones((3, 3), bool), iterations=margin) if margin else region
 
-def detect_slide(src, # a `SlideSource` or a slide path (read at level 0)
-                 detector, # an `ArtifactDetector`, or a callable RGB uint8 tiles -> probabilities N x H x W
-                 tile:int=256, overlap:int=32, # detection tiling
-                 batch_size:int=8, # tiles per forward pass
-                 work:Path|None=None, # folder for the memory-mapped probability map (None: in memory)
-                 progress:bool=True, # tqdm bar
-                 tissue_only:bool=True, # keep only detections on tissue (pixel by pixel): never regenerate glass
-                )->np.ndarray:
-    "Boolean artifact mask of a slide level: the detector on tissue tiles only, blended, cleaned, intersected with the tissue."
+
+def detect_slide(
+    src,  # a `SlideSource` or a slide path (read at level 0)
+    detector,  # an `ArtifactDetector`, or a callable RGB uint8 tiles -> probabilities N x H x W
+    tile: int = 256,
+    overlap: int = 32,  # detection tiling
+    batch_size: int = 8,  # tiles per forward pass
+    work: Path | None = None,  # folder for the memory-mapped probability map (None: in memory)
+    progress: bool = True,  # tqdm bar
+    tissue_only: bool = True,  # keep only detections on tissue (pixel by pixel): never regenerate glass
+) -> np.ndarray:
+    """Boolean artifact mask of a slide level: the detector on tissue tiles only, blended, cleaned, intersected with the
+    tissue."""
     from histodiff.detect import ArtifactDetector, predict_proba, tissue_mask, clean_mask
     from tqdm.auto import tqdm
+
     if not isinstance(src, SlideSource):
-        with SlideSource(src) as s: return detect_slide(s, detector, tile, overlap, batch_size, work, progress, tissue_only)
+        with SlideSource(src) as s:
+            return detect_slide(s, detector, tile, overlap, batch_size, work, progress, tissue_only)
     h, w = src.shape
     mult = detector.multiple if isinstance(detector, ArtifactDetector) else 1
-    t = min(tile, h, w) // mult * mult; ov = min(overlap, t // 2)
+    t = min(tile, h, w) // mult * mult
+    ov = min(overlap, t // 2)
     coords = tile_coords(h, w, t, ov)
-    thumb = src.thumbnail(); tissue = tissue_mask(thumb)
+    thumb = src.thumbnail()
+    tissue = tissue_mask(thumb)
     ty, tx = tissue.shape[0] / h, tissue.shape[1] / w
-    keep = [c for c in coords if tissue[int(c[0] * ty):max(int(np.ceil((c[0] + t) * ty)), int(c[0] * ty) + 1),
-                                       int(c[1] * tx):max(int(np.ceil((c[1] + t) * tx)), int(c[1] * tx) + 1)].any()]
-    acc = np.lib.format.open_memmap(Path(work) / 'prob.npy', 'w+', np.float32, (h, w)) if work else np.zeros((h, w), np.float32)
+    keep = [
+        c
+        for c in coords
+        if tissue[
+            int(c[0] * ty) : max(int(np.ceil((c[0] + t) * ty)), int(c[0] * ty) + 1),
+            int(c[1] * tx) : max(int(np.ceil((c[1] + t) * tx)), int(c[1] * tx) + 1),
+        ].any()
+    ]
+    acc = (
+        np.lib.format.open_memmap(Path(work) / 'prob.npy', 'w+', np.float32, (h, w))
+        if work
+        else np.zeros((h, w), np.float32)
+    )
     wgt = blend_weight(t, ov)
     wsum = np.zeros((h, w), np.float32)
     for i in tqdm(range(0, len(keep), batch_size), desc='detect', disable=not progress):
-        cs = keep[i:i + batch_size]
+        cs = keep[i : i + batch_size]
         ims = np.stack([src.read(y, x, t, t) for y, x in cs])
-        p = predict_proba(detector, ims, batch_size) if isinstance(detector, ArtifactDetector) else np.asarray(detector(ims), np.float32)
+        p = (
+            predict_proba(detector, ims, batch_size)
+            if isinstance(detector, ArtifactDetector)
+            else np.asarray(detector(ims), np.float32)
+        )
         for (y, x), q in zip(cs, p):
-            acc[y:y+t, x:x+t] += q * wgt; wsum[y:y+t, x:x+t] += wgt
+            acc[y : y + t, x : x + t] += q * wgt
+            wsum[y : y + t, x : x + t] += wgt
     prob = np.divide(acc, wsum, out=np.zeros_like(wsum), where=wsum > 0)
     kw = {k: v for k, v in getattr(detector, 'settings', {}).items() if k != 'dice_weight'}
     found = clean_mask(prob, **kw)
     return found & fit_mask(tissue_region(thumb), (h, w)) if tissue_only else found
 
 # %% ../nbs/11_wsi.ipynb #5581ae51
-def run_settings(src:SlideSource, # the opened slide
-                 s:SlideSettings,
-                 restorer, mask:np.ndarray|None, detector, # as given to `restore_slide`
-                )->dict:
+def run_settings(
+    src: SlideSource,  # the opened slide
+    s: SlideSettings,
+    restorer,
+    mask: np.ndarray | None,
+    detector,  # as given to `restore_slide`
+) -> dict:
     "Everything that changes the output of a run, as recorded in its work folder (JSON-able)."
-    meta = dict(source=str(src.path.resolve()), source_digest=file_digest(src.path, quick=True), working_level=src.level,
-                shape=list(src.shape), **s.recorded(), restorer=restorer_identity(restorer))
-    if mask is not None: meta['mask_digest'] = hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()[:16]
-    else: meta['detector'] = restorer_identity(detector) | {'settings': getattr(detector, 'settings', None)}
+    meta = dict(
+        source=str(src.path.resolve()),
+        source_digest=file_digest(src.path, quick=True),
+        working_level=src.level,
+        shape=list(src.shape),
+        **s.recorded(),
+        restorer=restorer_identity(restorer),
+    )
+    if mask is not None:
+        meta['mask_digest'] = hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()[:16]
+    else:
+        meta['detector'] = restorer_identity(detector) | {'settings': getattr(detector, 'settings', None)}
     return json.loads(json.dumps(meta, default=str))
 
 # %% ../nbs/11_wsi.ipynb #15f3ad74
-def _mask_of_run(src, mask, detector, s, work:WorkFolder, fresh:bool)->np.ndarray:
+def _mask_of_run(src, mask, detector, s, work: WorkFolder, fresh: bool) -> np.ndarray:
     "The artifact mask at the working level: given, found earlier by this run, or found now by the detector."
-    if mask is not None: return mask
-    if not fresh: return np.load(work.path / 'mask.npy')
+    if mask is not None:
+        return mask
+    if not fresh:
+        return np.load(work.path / 'mask.npy')
     m = detect_slide(src, detector, s.tile, s.overlap, s.batch_size, work.path, s.progress)
     with atomic_path(work.path / 'mask.npy') as tmp:
-        with open(tmp, 'wb') as f: np.save(f, m)
+        with open(tmp, 'wb') as f:
+            np.save(f, m)
     return m
 
-def prepare_work(src:SlideSource, # the opened slide
-                 work:WorkFolder, # the output's work folder
-                 meta:dict, # `run_settings` of this run
-                 mask:np.ndarray|None, detector, # the given mask (fitted to the level), else the detector
-                 s:SlideSettings,
-                 main:bool=True, # the main process (the others wait, then read what it wrote)
-                )->tuple[SlidePlan, bool]:
+
+def prepare_work(
+    src: SlideSource,  # the opened slide
+    work: WorkFolder,  # the output's work folder
+    meta: dict,  # `run_settings` of this run
+    mask: np.ndarray | None,
+    detector,  # the given mask (fitted to the level), else the detector
+    s: SlideSettings,
+    main: bool = True,  # the main process (the others wait, then read what it wrote)
+) -> tuple[SlidePlan, bool]:
     "Check or start the work folder, find the mask, plan the tiles; returns (plan, fresh: nothing to resume)."
     from accelerate import PartialState
+
     fresh = True
     if main:
-        if not s.resume: work.clear()
+        if not s.resume:
+            work.clear()
         old = work.read_meta()
-        if old is not None: check_resume(old, meta, work.path, len(work.done())); fresh = False
-        else: work.clear(); work.path.mkdir(parents=True)   # a folder without settings was never started
+        if old is not None:
+            check_resume(old, meta, work.path, len(work.done()))
+            fresh = False
+        else:
+            work.clear()
+            work.path.mkdir(parents=True)  # a folder without settings was never started
     PartialState().wait_for_everyone()
     m = _mask_of_run(src, mask, detector, s, work, fresh) if main or mask is not None else None
     PartialState().wait_for_everyone()
     plan = SlidePlan.make(m if m is not None else np.load(work.path / 'mask.npy'), s)
     if main and fresh:
-        if plan.todo: np.lib.format.open_memmap(work.path / 'tiles.npy', 'w+', np.uint8, (len(plan.todo), plan.tile, plan.tile, 3)).flush()
-        work.write_meta(meta)   # last: a work folder with settings is complete
+        if plan.todo:
+            np.lib.format.open_memmap(
+                work.path / 'tiles.npy', 'w+', np.uint8, (len(plan.todo), plan.tile, plan.tile, 3)
+            ).flush()
+        work.write_meta(meta)  # last: a work folder with settings is complete
     PartialState().wait_for_everyone()
     return plan, fresh
 
 # %% ../nbs/11_wsi.ipynb #1727eb76
-def restore_tiles(src:SlideSource, # the opened slide
-                  run:Callable, # batched restorer (`as_batch_restorer`)
-                  plan:SlidePlan, work:WorkFolder, s:SlideSettings,
-                 )->tuple[int, int]:
-    "Restore the planned tiles not yet logged as done, batch by batch (reads prefetched); returns (calls, tiles resumed)."
+def restore_tiles(
+    src: SlideSource,  # the opened slide
+    run: Callable,  # batched restorer (`as_batch_restorer`)
+    plan: SlidePlan,
+    work: WorkFolder,
+    s: SlideSettings,
+) -> tuple[int, int]:
+    """Restore the planned tiles not yet logged as done, batch by batch (reads prefetched); returns (calls, tiles
+    resumed)."""
     from accelerate import PartialState
     from tqdm.auto import tqdm
+
     state, done = PartialState(), work.done()
     remaining = [i for i in plan.todo if i not in done]
-    if not remaining: return 0, len(done)
+    if not remaining:
+        return 0, len(done)
     slot, n_calls = plan.slot, 0
     store = np.lib.format.open_memmap(work.path / 'tiles.npy', 'r+')
-    with state.split_between_processes(remaining) as mine, open(work.path / f'done.{state.process_index}.jsonl', 'a') as log:
-        batches = [mine[b:b + s.batch_size] for b in range(0, len(mine), s.batch_size)]
-        read = lambda ids: (ids, np.stack([src.read(*plan.window(i)) for i in ids]), np.stack([plan.tile_mask(i) for i in ids]))
+    with (
+        state.split_between_processes(remaining) as mine,
+        open(work.path / f'done.{state.process_index}.jsonl', 'a') as log,
+    ):
+        batches = [mine[b : b + s.batch_size] for b in range(0, len(mine), s.batch_size)]
+        read = lambda ids: (
+            ids,
+            np.stack([src.read(*plan.window(i)) for i in ids]),
+            np.stack([plan.tile_mask(i) for i in ids]),
+        )
         with tqdm(total=len(mine), desc='restore', disable=not (s.progress and state.is_main_process)) as bar:
             for ids, ims, ms in prefetched(read, batches, s.prefetch):
-                res = run(ims, ms); n_calls += 1
-                for i, r in zip(ids, res): store[slot[i]] = r
-                store.flush()   # the tiles first, then the log that says they are there
-                log.write(''.join(json.dumps({'tile': int(i)}) + '\n' for i in ids)); log.flush(); os.fsync(log.fileno())
+                res = run(ims, ms)
+                n_calls += 1
+                for i, r in zip(ids, res):
+                    store[slot[i]] = r
+                store.flush()  # the tiles first, then the log that says they are there
+                log.write(''.join(json.dumps({'tile': int(i)}) + '\n' for i in ids))
+                log.flush()
+                os.fsync(log.fileno())
                 bar.update(len(ids))
     del store
     return n_calls, len(done)
 
 # %% ../nbs/11_wsi.ipynb #483d6833
-def write_restored(src:SlideSource, # the opened slide
-                   plan:SlidePlan, work:WorkFolder, s:SlideSettings,
-                   out:Path, # the output TIFF
-                  )->Path:
+def write_restored(
+    src: SlideSource,  # the opened slide
+    plan: SlidePlan,
+    work: WorkFolder,
+    s: SlideSettings,
+    out: Path,  # the output TIFF
+) -> Path:
     "The source with the restored tiles blended in, assembled in a memory-mapped canvas and written as a pyramid."
     from tqdm.auto import tqdm
-    h, w = src.shape; t = plan.tile
+
+    h, w = src.shape
+    t = plan.tile
     canvas = np.lib.format.open_memmap(work.path / 'out.npy', 'w+', np.uint8, (h, w, 3))
-    for r0 in range(0, h, 1024): canvas[r0:r0 + 1024] = src.read(r0, 0, min(1024, h - r0), w)
+    for r0 in range(0, h, 1024):
+        canvas[r0 : r0 + 1024] = src.read(r0, 0, min(1024, h - r0), w)
     if plan.todo:
         store = np.load(work.path / 'tiles.npy', mmap_mode='r')
         restored = {i: store[k] for i, k in plan.slot.items()}
         for i in tqdm(plan.todo, desc='blend', disable=not (s.progress and len(plan.todo) > 50)):
             # in place is safe: protected pixels stay the source, the others depend only on restored tiles
             y, x = plan.coords[i]
-            canvas[y:y+t, x:x+t] = blend_tile(i, plan.coords, restored, t, plan.overlap, canvas[y:y+t, x:x+t])
+            canvas[y : y + t, x : x + t] = blend_tile(
+                i, plan.coords, restored, t, plan.overlap, canvas[y : y + t, x : x + t]
+            )
     canvas.flush()
     write_pyramid(canvas, out, src.mpp, compression=s.compression)
     del canvas
     return out
 
 # %% ../nbs/11_wsi.ipynb #9df97da4
-def _settings(settings:SlideSettings|None, overrides:dict)->SlideSettings:
+def _settings(settings: SlideSettings | None, overrides: dict) -> SlideSettings:
     unknown = set(overrides) - {f.name for f in dataclasses.fields(SlideSettings)}
-    if unknown: raise TypeError(f"restore_slide got unknown settings {sorted(unknown)}; see SlideSettings.")
+    if unknown:
+        raise TypeError(f"restore_slide got unknown settings {sorted(unknown)}; see SlideSettings.")
     return dataclasses.replace(settings or SlideSettings(), **overrides)
 
-def restore_slide(path:str|Path, # slide (svs, ndpi, mrxs, tiff, ...) or plain TIFF/PNG image
-                  out:str|Path, # output pyramidal TIFF (.tif / .tiff)
-                  restorer, # `restore(image, mask)`, an object with `.restore`, or a batched callable (see `as_batch_restorer`)
-                  mask=None, # artifact mask (array or image path) at any resolution; None: run `detector`
-                  detector=None, # an `ArtifactDetector` (or callable images -> probabilities) used when `mask` is None
-                  settings:SlideSettings|None=None, # tiling, resume, output; default `SlideSettings()`
-                  **overrides, # any `SlideSettings` field, e.g. tile=128, resume=False
-                 )->dict:
+
+def restore_slide(
+    path: str | Path,  # slide (svs, ndpi, mrxs, tiff, ...) or plain TIFF/PNG image
+    out: str | Path,  # output pyramidal TIFF (.tif / .tiff)
+    restorer,  # `restore(image, mask)`, an object with `.restore`, or a batched callable (see `as_batch_restorer`)
+    mask=None,  # artifact mask (array or image path) at any resolution; None: run `detector`
+    detector=None,  # an `ArtifactDetector` (or callable images -> probabilities) used when `mask` is None
+    settings: SlideSettings | None = None,  # tiling, resume, output; default `SlideSettings()`
+    **overrides,  # any `SlideSettings` field, e.g. tile=128, resume=False
+) -> dict:
     "Restore the artifact tiles of a slide and write a pyramidal TIFF; returns a summary dict."
     from accelerate import PartialState
+
     s, out = _settings(settings, overrides), Path(out)
-    if out.suffix.lower() not in ('.tif', '.tiff'): raise ValueError(f"output must be a .tif or .tiff file, got {out.name}.")
-    if mask is None and detector is None: raise ValueError("restore_slide needs a `mask` or a `detector` to know where the artifacts are.")
+    if out.suffix.lower() not in ('.tif', '.tiff'):
+        raise ValueError(f"output must be a .tif or .tiff file, got {out.name}.")
+    if mask is None and detector is None:
+        raise ValueError("restore_slide needs a `mask` or a `detector` to know where the artifacts are.")
     run, main, work = as_batch_restorer(restorer, s.batched), PartialState().is_main_process, WorkFolder(out)
-    with sigterm_as_interrupt(), output_lock(out) if main else contextlib.nullcontext(), SlideSource(path, s.level, s.mpp) as src:
+    with (
+        sigterm_as_interrupt(),
+        output_lock(out) if main else contextlib.nullcontext(),
+        SlideSource(path, s.level, s.mpp) as src,
+    ):
         if main:
-            for f in stale_temporaries(out): f.unlink(missing_ok=True)   # left by a killed run: we hold the lock
-        m = None if mask is None else fit_mask(mask, src.shape)   # a bad mask fails here, before any work folder
+            for f in stale_temporaries(out):
+                f.unlink(missing_ok=True)  # left by a killed run: we hold the lock
+        m = None if mask is None else fit_mask(mask, src.shape)  # a bad mask fails here, before any work folder
         had_work = work.path.exists()
         try:
             plan, fresh = prepare_work(src, work, run_settings(src, s, restorer, m, detector), m, detector, s, main)
-            if not plan.mask.any(): warnings.warn(f"{src.path.name}: the mask has no artifact pixel; the slide is copied unchanged", EmptyMaskWarning, stacklevel=2)
+            if not plan.mask.any():
+                warnings.warn(
+                    f"{src.path.name}: the mask has no artifact pixel; the slide is copied unchanged",
+                    EmptyMaskWarning,
+                    stacklevel=2,
+                )
             n_calls, resumed = restore_tiles(src, run, plan, work, s)
         except BaseException:
-            if main and not had_work and not work.done(): work.clear()   # nothing worth keeping
+            if main and not had_work and not work.done():
+                work.clear()  # nothing worth keeping
             raise
         PartialState().wait_for_everyone()
         if main:
             write_restored(src, plan, work, s, out)
-            if not s.keep_work: work.clear()
+            if not s.keep_work:
+                work.clear()
         PartialState().wait_for_everyone()
-        return dict(shape=src.shape, level=src.level, mpp=src.mpp, tiles=len(plan.coords), restored=len(plan.todo),
-                    resumed=resumed, restorer_calls=n_calls, coverage=float(plan.mask.mean()), out=str(out))
+        return dict(
+            shape=src.shape,
+            level=src.level,
+            mpp=src.mpp,
+            tiles=len(plan.coords),
+            restored=len(plan.todo),
+            resumed=resumed,
+            restorer_calls=n_calls,
+            coverage=float(plan.mask.mean()),
+            out=str(out),
+        )
 
 # %% ../nbs/11_wsi.ipynb #24fe1494
-def _expand_slides(inputs:list)->list[Path]:
+def _expand_slides(inputs: list) -> list[Path]:
     "Slide files as given, folders replaced by their slides (sorted, hidden files skipped)."
     slides = []
     for p in map(Path, inputs):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES | PLAIN_SUFFIXES
-                           and not f.name.startswith('.'))
-            if not found: raise FileNotFoundError(f"no slide ({', '.join(sorted(SLIDE_SUFFIXES | PLAIN_SUFFIXES))}) in the folder {p}")
+            found = sorted(
+                f
+                for f in p.iterdir()
+                if f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES | PLAIN_SUFFIXES and not f.name.startswith('.')
+            )
+            if not found:
+                raise FileNotFoundError(
+                    f"no slide ({', '.join(sorted(SLIDE_SUFFIXES | PLAIN_SUFFIXES))}) in the folder {p}"
+                )
             slides += found
-        elif p.is_file(): slides.append(p)
-        else: raise FileNotFoundError(f"slide not found: {p}")
+        elif p.is_file():
+            slides.append(p)
+        else:
+            raise FileNotFoundError(f"slide not found: {p}")
     return slides
 
-def _mask_for(slide:Path, masks:Path)->Path:
+
+def _mask_for(slide: Path, masks: Path) -> Path:
     "The mask of `slide` in the folder `masks`: the image with the slide's stem."
-    found = [m for m in sorted(masks.glob(f'{slide.stem}.*')) if m.suffix.lower() in ('.png', '.tif', '.tiff', '.jpg', '.jpeg', '.bmp')]
-    if not found: raise FileNotFoundError(f"no mask for {slide.name} in {masks} (expected {slide.stem}.png)")
+    found = [
+        m
+        for m in sorted(masks.glob(f'{slide.stem}.*'))
+        if m.suffix.lower() in ('.png', '.tif', '.tiff', '.jpg', '.jpeg', '.bmp')
+    ]
+    if not found:
+        raise FileNotFoundError(f"no mask for {slide.name} in {masks} (expected {slide.stem}.png)")
     return found[0]
 
-def slide_jobs(inputs:list, # slide files and/or folders of slides
-               out:str|Path, # the output file (.tif) of a single slide, else a folder (`<out>/<stem>.tif`)
-               masks:str|Path|None=None, # a mask image (single slide) or a folder of masks named like the slides
-              )->list[tuple]:
+
+def slide_jobs(
+    inputs: list,  # slide files and/or folders of slides
+    out: str | Path,  # the output file (.tif) of a single slide, else a folder (`<out>/<stem>.tif`)
+    masks: str | Path | None = None,  # a mask image (single slide) or a folder of masks named like the slides
+) -> list[tuple]:
     "(slide, output, mask or None) for every slide, checked before any work."
     slides, out = _expand_slides(inputs), Path(out)
     single = len(slides) == 1 and not Path(inputs[0]).is_dir() and out.suffix != '' and not out.is_dir()
@@ -621,67 +907,84 @@ def slide_jobs(inputs:list, # slide files and/or folders of slides
     outs = [out] if single else [out / f"{s.stem}.tif" for s in slides]
     seen = {}
     for s, o in zip(slides, outs):
-        if o.resolve() == s.resolve(): raise ValueError(f"the output {o} would overwrite its slide; choose another --out.")
-        if o in seen: raise ValueError(f"{seen[o].name} and {s.name} would both be written to {o}; restore them separately.")
+        if o.resolve() == s.resolve():
+            raise ValueError(f"the output {o} would overwrite its slide; choose another --out.")
+        if o in seen:
+            raise ValueError(f"{seen[o].name} and {s.name} would both be written to {o}; restore them separately.")
         seen[o] = s
-    if masks is None: return [(s, o, None) for s, o in zip(slides, outs)]
+    if masks is None:
+        return [(s, o, None) for s, o in zip(slides, outs)]
     masks = Path(masks)
-    if masks.is_dir(): return [(s, o, _mask_for(s, masks)) for s, o in zip(slides, outs)]
-    if not single: raise ValueError(f"one mask image ({masks.name}) for {len(slides)} slides; give a folder of masks named like the slides.")
-    if not masks.is_file(): raise FileNotFoundError(f"mask not found: {masks}")
+    if masks.is_dir():
+        return [(s, o, _mask_for(s, masks)) for s, o in zip(slides, outs)]
+    if not single:
+        raise ValueError(
+            f"one mask image ({masks.name}) for {len(slides)} slides; give a folder of masks named like the slides."
+        )
+    if not masks.is_file():
+        raise FileNotFoundError(f"mask not found: {masks}")
     return [(slides[0], out, masks)]
 
 # %% ../nbs/11_wsi.ipynb #8fc4da49
-def damage_slide(slide:str|Path, # the clean slide
-                 level:int, # its pyramid level
-                 n_artifacts:int, # artifacts synthesized (kinds round-robin)
-                 size:int, # side of the window each artifact is drawn in (px)
-                 seed:int, # seed of the positions and the artifacts
-                 damaged_out:str|Path, # the damaged slide, written as a pyramidal TIFF with the source's mpp
-                 mask_out:str|Path, # the true mask: the synthesized artifacts and the slide's marking dye
-                )->dict:
+def damage_slide(
+    slide: str | Path,  # the clean slide
+    level: int,  # its pyramid level
+    n_artifacts: int,  # artifacts synthesized (kinds round-robin)
+    size: int,  # side of the window each artifact is drawn in (px)
+    seed: int,  # seed of the positions and the artifacts
+    damaged_out: str | Path,  # the damaged slide, written as a pyramidal TIFF with the source's mpp
+    mask_out: str | Path,  # the true mask: the synthesized artifacts and the slide's marking dye
+) -> dict:
     "Seeded artifacts on a slide's test region, written out: dict(clean, damaged, synth, dye, true_mask, placed, path)."
     from histodiff.core import write_mask
     from histodiff.detect import place_artifacts, marking_dye
+
     with SlideSource(slide, level) as src:
         clean = src.read(0, 0, *src.shape)
         mpp = src.mpp
     damaged, synth, placed = place_artifacts(clean, n_artifacts, size, seed)
     write_pyramid(damaged, damaged_out, mpp)
-    dye = marking_dye(clean)   # the green marking dye on the slide is an artifact of the ground truth too (issue 14)
+    dye = marking_dye(clean)  # the green marking dye on the slide is an artifact of the ground truth too (issue 14)
     true_mask = synth | dye
     write_mask(true_mask, mask_out)
     print(f"{len(placed)} artifacts on {synth.mean():.2%} of the slide, marking dye on {dye.mean():.2%}; {damaged_out}")
-    return dict(clean=clean, damaged=damaged, synth=synth, dye=dye, true_mask=true_mask, placed=placed,
-                path=Path(damaged_out))
+    return dict(
+        clean=clean, damaged=damaged, synth=synth, dye=dye, true_mask=true_mask, placed=placed, path=Path(damaged_out)
+    )
 
-def restore_detected(damaged:str|Path, # the damaged slide
-                     out:str|Path, # the restored slide; the detected mask goes beside it (`.mask.png`)
-                     restorer, # a restorer of `histodiff.restorers` (or any `restore_slide` takes)
-                     detector, # an `ArtifactDetector` (or a callable tiles -> probabilities)
-                     tiling:dict, # `restore_slide`'s level, tile, overlap, batch_size, progress
-                    )->tuple[np.ndarray, dict, float]:
+
+def restore_detected(
+    damaged: str | Path,  # the damaged slide
+    out: str | Path,  # the restored slide; the detected mask goes beside it (`.mask.png`)
+    restorer,  # a restorer of `histodiff.restorers` (or any `restore_slide` takes)
+    detector,  # an `ArtifactDetector` (or a callable tiles -> probabilities)
+    tiling: dict,  # `restore_slide`'s level, tile, overlap, batch_size, progress
+) -> tuple[np.ndarray, dict, float]:
     "Detect a slide's artifacts, restore the tiles that hold them: (detected mask, `restore_slide`'s summary, seconds)."
     import time
     from histodiff.core import write_mask
+
     t0 = time.time()
-    det_mask = detect_slide(damaged, detector, tiling['tile'], tiling['overlap'], tiling['batch_size'],
-                            progress=tiling['progress'])
+    det_mask = detect_slide(
+        damaged, detector, tiling['tile'], tiling['overlap'], tiling['batch_size'], progress=tiling['progress']
+    )
     write_mask(det_mask, Path(out).with_suffix('.mask.png'))
     summary = restore_slide(damaged, out, restorer, mask=det_mask, **tiling)
     return det_mask, summary, time.time() - t0
 
 # %% ../nbs/11_wsi.ipynb #0e48c395
-def slide_scores(slide:dict, # `damage_slide`'s output
-                 det_mask:np.ndarray, # the detected mask
-                 restored:str|Path, # the slide restored from it
-                 restorer, # the restorer, run again on the true mask
-                 tiling:dict, # `restore_slide`'s level, tile, overlap, batch_size, progress
-                )->dict:
+def slide_scores(
+    slide: dict,  # `damage_slide`'s output
+    det_mask: np.ndarray,  # the detected mask
+    restored: str | Path,  # the slide restored from it
+    restorer,  # the restorer, run again on the true mask
+    tiling: dict,  # `restore_slide`'s level, tile, overlap, batch_size, progress
+) -> dict:
     "Dice and IoU of the detected mask; PSNR over tissue of the damaged, restored and true-mask-restored slides."
     import tempfile
     from histodiff.detect import dice_iou
     from histodiff.metrics import psnr_artifact
+
     clean, damaged = slide['clean'], slide['damaged']
     restored = tifffile.imread(restored)
     dice, iou = dice_iou(det_mask, slide['true_mask'])
@@ -689,49 +992,80 @@ def slide_scores(slide:dict, # `damage_slide`'s output
     # does restoring help? PSNR against the clean slide over tissue, leaving out the dye (the clean slide has it too)
     region = fit_mask(tissue_region(clean[::8, ::8]), clean.shape[:2]) & ~slide['dye']
     psnr_damaged, psnr_restored = psnr_artifact(damaged, clean, region), psnr_artifact(restored, clean, region)
-    print(f"slide Dice {dice:.3f} IoU {iou:.3f}; {changed.mean():.2%} of pixels changed; "
-          f"PSNR over tissue {psnr_damaged:.2f} dB damaged -> {psnr_restored:.2f} dB restored")
-    with tempfile.TemporaryDirectory() as tmp:   # a scratch output, not a stage output
+    print(
+        f"slide Dice {dice:.3f} IoU {iou:.3f}; {changed.mean():.2%} of pixels changed; "
+        f"PSNR over tissue {psnr_damaged:.2f} dB damaged -> {psnr_restored:.2f} dB restored"
+    )
+    with tempfile.TemporaryDirectory() as tmp:  # a scratch output, not a stage output
         restore_slide(slide['path'], Path(tmp) / 'true_mask.tif', restorer, mask=slide['true_mask'], **tiling)
         psnr_true_mask = psnr_artifact(tifffile.imread(Path(tmp) / 'true_mask.tif'), clean, region)
-    print(f"PSNR over tissue: {psnr_damaged:.2f} dB damaged, {psnr_restored:.2f} dB restored from the detected mask, "
-          f"{psnr_true_mask:.2f} dB from the true mask")
-    return dict(det_mask=det_mask, restored=restored, dice=dice, iou=iou, psnr_damaged=psnr_damaged,
-                psnr_restored=psnr_restored, psnr_true_mask=psnr_true_mask)
+    print(
+        f"PSNR over tissue: {psnr_damaged:.2f} dB damaged, {psnr_restored:.2f} dB restored from the detected mask, "
+        f"{psnr_true_mask:.2f} dB from the true mask"
+    )
+    return dict(
+        det_mask=det_mask,
+        restored=restored,
+        dice=dice,
+        iou=iou,
+        psnr_damaged=psnr_damaged,
+        psnr_restored=psnr_restored,
+        psnr_true_mask=psnr_true_mask,
+    )
 
-def slide_metrics(det_scores:dict, # `histodiff.detect.evaluate_detector`'s scores per kind
-                  slide:dict, # `damage_slide`'s output
-                  scores:dict, # `slide_scores`'s output
-                  summary:dict, # `restore_slide`'s summary of the restoration from the detected mask
-                 )->dict:
+
+def slide_metrics(
+    det_scores: dict,  # `histodiff.detect.evaluate_detector`'s scores per kind
+    slide: dict,  # `damage_slide`'s output
+    scores: dict,  # `slide_scores`'s output
+    summary: dict,  # `restore_slide`'s summary of the restoration from the detected mask
+) -> dict:
     "The stage's metrics: detection per kind, pooled, false alarms on held-out tiles; detection and PSNR on the slide."
-    return {'per_kind': {k: v for k, v in det_scores.items() if k not in ('all', 'false_alarm')},
-            'all': det_scores['all'], 'false_alarm': det_scores['false_alarm'],
-            'slide': {'dice': scores['dice'], 'iou': scores['iou'], 'true_coverage': float(slide['true_mask'].mean()),
-                      'detected_coverage': float(scores['det_mask'].mean()), 'dye_coverage': float(slide['dye'].mean()),
-                      'psnr_damaged': scores['psnr_damaged'], 'psnr_restored': scores['psnr_restored'],
-                      'psnr_restored_true_mask': scores['psnr_true_mask'], 'restored_tiles': summary['restored'],
-                      'tiles': summary['tiles']}}
+    return {
+        'per_kind': {k: v for k, v in det_scores.items() if k not in ('all', 'false_alarm')},
+        'all': det_scores['all'],
+        'false_alarm': det_scores['false_alarm'],
+        'slide': {
+            'dice': scores['dice'],
+            'iou': scores['iou'],
+            'true_coverage': float(slide['true_mask'].mean()),
+            'detected_coverage': float(scores['det_mask'].mean()),
+            'dye_coverage': float(slide['dye'].mean()),
+            'psnr_damaged': scores['psnr_damaged'],
+            'psnr_restored': scores['psnr_restored'],
+            'psnr_restored_true_mask': scores['psnr_true_mask'],
+            'restored_tiles': summary['restored'],
+            'tiles': summary['tiles'],
+        },
+    }
 
 # %% ../nbs/11_wsi.ipynb #a822823d
-def show_slide_restoration(slide:dict, # `damage_slide`'s output
-                           scores:dict, # `slide_scores`'s output
-                           title:str, # the figure's title
-                           f:int=4, # downsampling of the whole-slide row
-                           half:int=224, # half the side of the full-resolution zoom (px)
-                          ):
+def show_slide_restoration(
+    slide: dict,  # `damage_slide`'s output
+    scores: dict,  # `slide_scores`'s output
+    title: str,  # the figure's title
+    f: int = 4,  # downsampling of the whole-slide row
+    half: int = 224,  # half the side of the full-resolution zoom (px)
+):
     "A figure: clean, damaged, detected (true mask in red) and restored slide; below, a zoom on the largest artifact."
     import matplotlib.pyplot as plt
     from scipy import ndimage as ndi
+
     clean, damaged, synth, true_mask = slide['clean'], slide['damaged'], slide['synth'], slide['true_mask']
     det_mask, restored = scores['det_mask'], scores['restored']
     fig, ax = plt.subplots(2, 4, figsize=(18, 11), gridspec_kw=dict(height_ratios=[1.35, 1]))
-    titles = ['clean', f"with {len(slide['placed'])} synthesized artifacts",
-              f"detected (Dice {scores['dice']:.2f}) / true (red)", 'restored']
+    titles = [
+        'clean',
+        f"with {len(slide['placed'])} synthesized artifacts",
+        f"detected (Dice {scores['dice']:.2f}) / true (red)",
+        'restored',
+    ]
     for a, im, t in zip(ax[0], [clean, damaged, det_mask, restored], titles):
-        a.imshow(im[::f, ::f], cmap='gray' if im.ndim == 2 else None); a.set_title(t); a.axis('off')
+        a.imshow(im[::f, ::f], cmap='gray' if im.ndim == 2 else None)
+        a.set_title(t)
+        a.axis('off')
     ax[0, 2].contour(true_mask[::f, ::f], levels=[0.5], colors='red', linewidths=0.7)
-    lab, nlab = ndi.label(synth)   # the zoom: the largest synthesized artifact, at full resolution
+    lab, nlab = ndi.label(synth)  # the zoom: the largest synthesized artifact, at full resolution
     k = int(np.argmax(ndi.sum(synth, lab, range(1, nlab + 1)))) if nlab else 0
     sl = ndi.find_objects(lab)[k] if nlab else (slice(0, 1), slice(0, 1))
     cy, cx = (sl[0].start + sl[0].stop) // 2, (sl[1].start + sl[1].stop) // 2
@@ -740,7 +1074,9 @@ def show_slide_restoration(slide:dict, # `damage_slide`'s output
     win = (slice(y0, y0 + 2 * half), slice(x0, x0 + 2 * half))
     zoom_titles = ['zoom: clean', 'zoom: with artifact', 'zoom: detected / true', 'zoom: restored']
     for a, im, t in zip(ax[1], [clean[win], damaged[win], det_mask[win], restored[win]], zoom_titles):
-        a.imshow(im, cmap='gray' if im.ndim == 2 else None); a.set_title(t); a.axis('off')
+        a.imshow(im, cmap='gray' if im.ndim == 2 else None)
+        a.set_title(t)
+        a.axis('off')
     ax[1, 2].contour(true_mask[win], levels=[0.5], colors='red', linewidths=1)
     fig.suptitle(title, y=0.995)
     fig.tight_layout(h_pad=3, rect=(0, 0, 1, 0.97))

@@ -11,6 +11,7 @@ Each stage of the table names its notebook (under nbs/pipeline/, without .ipynb)
 histodiff/stage.py, every histodiff module the notebook imports directly or through other modules (`library_deps`),
 and the executed notebook results/executed/<executed>.ipynb (cache: false).
 """
+
 import json, re, sys
 from pathlib import Path
 import yaml
@@ -32,7 +33,7 @@ _IMPORT = re.compile(r'(?:from histodiff\.|from \.|import histodiff\.|from histo
 
 def library_sources(root=ROOT):
     "The source of each histodiff module, by name (private modules such as _modidx left out)."
-    return {p.stem: p.read_text() for p in (root/'histodiff').glob('*.py') if not p.stem.startswith('_')}
+    return {p.stem: p.read_text() for p in (root / 'histodiff').glob('*.py') if not p.stem.startswith('_')}
 
 
 def notebook_source(path):
@@ -42,11 +43,15 @@ def notebook_source(path):
 
 def library_closure(src, mods):
     "The histodiff modules (names in `mods`) that the text `src` imports, directly or through other modules."
-    def imports(text): return set(_IMPORT.findall(text)) & set(mods)
+
+    def imports(text):
+        return set(_IMPORT.findall(text)) & set(mods)
+
     seen, todo = set(), list(imports(src))
     while todo:
         m = todo.pop()
-        if m in seen: continue
+        if m in seen:
+            continue
         seen.add(m)
         todo += imports(mods[m])
     return seen
@@ -55,7 +60,7 @@ def library_closure(src, mods):
 def library_deps(notebook, root=ROOT, mods=None):
     "The histodiff/*.py deps of the notebook at root/`notebook`, sorted, stage.py (the runner) first."
     mods = library_sources(root) if mods is None else mods
-    names = sorted(library_closure(notebook_source(root/notebook), mods) - {'stage'})
+    names = sorted(library_closure(notebook_source(root / notebook), mods) - {'stage'})
     return ['histodiff/stage.py'] + [f'histodiff/{m}.py' for m in names]
 
 
@@ -68,7 +73,8 @@ def _command(name, constants):
     "The stage's command: the runner, the stage's name, its constants as key=value (strings, written verbatim)."
     parts = ['python', '-m', 'histodiff.stage', name]
     for key, value in (constants or {}).items():
-        if not isinstance(value, str): raise TypeError(f"stage {name}: constant {key} must be a string, not {value!r}")
+        if not isinstance(value, str):
+            raise TypeError(f"stage {name}: constant {key} must be a string, not {value!r}")
         parts.append(f'{key}={value}')
     return ' '.join(parts)
 
@@ -76,17 +82,23 @@ def _command(name, constants):
 def stage_entry(name, row, root=ROOT, mods=None):
     "The dvc.yaml entry of stage `name` from its row of the table."
     unknown = set(row) - STAGE_KEYS
-    if unknown: raise KeyError(f"stage {name}: unknown keys {sorted(unknown)} (known: {sorted(STAGE_KEYS)})")
+    if unknown:
+        raise KeyError(f"stage {name}: unknown keys {sorted(unknown)} (known: {sorted(STAGE_KEYS)})")
     notebook = f"nbs/pipeline/{row['notebook']}.ipynb"
-    if not (root/notebook).exists(): raise FileNotFoundError(f"stage {name}: no notebook {notebook}")
+    if not (root / notebook).exists():
+        raise FileNotFoundError(f"stage {name}: no notebook {notebook}")
     executed = f"results/executed/{row.get('executed', row['notebook'])}.ipynb"
-    entry = {'cmd': _command(name, row.get('constants')),
-             'deps': [notebook] + library_deps(notebook, root, mods) + list(row.get('deps', [])),
-             'params': list(row.get('params', [])),
-             'outs': list(row.get('outs', [])) + _uncached([*row.get('uncached', []), executed])}
+    entry = {
+        'cmd': _command(name, row.get('constants')),
+        'deps': [notebook] + library_deps(notebook, root, mods) + list(row.get('deps', [])),
+        'params': list(row.get('params', [])),
+        'outs': list(row.get('outs', [])) + _uncached([*row.get('uncached', []), executed]),
+    }
     for key in ('metrics', 'plots'):
-        if row.get(key): entry[key] = _uncached(row[key])
-    if not entry['params']: del entry['params']
+        if row.get(key):
+            entry[key] = _uncached(row[key])
+    if not entry['params']:
+        del entry['params']
     return entry
 
 
@@ -96,11 +108,12 @@ class _Dumper(yaml.SafeDumper):
 
 def dvc_yaml(root=ROOT):
     "The text of dvc.yaml that root/stages.yaml gives."
-    table = yaml.safe_load((root/TABLE).read_text())
+    table = yaml.safe_load((root / TABLE).read_text())
     mods = library_sources(root)
     doc = {'stages': {name: stage_entry(name, row, root, mods) for name, row in table['stages'].items()}}
     for key in ('metrics', 'plots'):
-        if key in table: doc[key] = table[key]
+        if key in table:
+            doc[key] = table[key]
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=10**6)
     return HEADER + body
 
@@ -108,10 +121,11 @@ def dvc_yaml(root=ROOT):
 def main(argv):
     "Write dvc.yaml, or with --check exit 1 when it differs from what the table gives."
     text = dvc_yaml()
-    target = ROOT/'dvc.yaml'
+    target = ROOT / 'dvc.yaml'
     if '--check' in argv:
         same = target.exists() and target.read_text() == text
-        if not same: print("dvc.yaml differs from stages.yaml: run `make dvc-yaml`", file=sys.stderr)
+        if not same:
+            print("dvc.yaml differs from stages.yaml: run `make dvc-yaml`", file=sys.stderr)
         return 0 if same else 1
     target.write_text(text)
     print(f"dvc.yaml <- {TABLE} ({len(text.splitlines())} lines)")

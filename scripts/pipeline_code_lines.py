@@ -3,6 +3,7 @@
 Usage: python scripts/pipeline_code_lines.py [--max N]   (exit 1 when the total is over N)
 A line of code is a non-blank line that is not only a comment.
 """
+
 import argparse, json, sys
 from pathlib import Path
 
@@ -25,11 +26,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--max', type=int, default=None)
     a = ap.parse_args(argv)
-    counts = {p.name: code_lines(p) for p in sorted((ROOT/'nbs'/'pipeline').glob('*.ipynb'))}
-    for name, n in counts.items(): print(f'{n:5d}  {name}')
+    counts = {p.name: code_lines(p) for p in sorted((ROOT / 'nbs' / 'pipeline').glob('*.ipynb'))}
+    for name, n in counts.items():
+        print(f'{n:5d}  {name}')
     total = sum(counts.values())
     print(f'{total:5d}  in all')
     return 1 if a.max is not None and total > a.max else 0
 
 
-if __name__ == '__main__': sys.exit(main())
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,4 +1,5 @@
 """Shared fixtures: a throwaway restorer registered from outside histodiff, as a user's package would."""
+
 import os
 from pathlib import Path
 
@@ -23,11 +24,11 @@ def throwaway_plugin(tmp_path_factory):
     """A folder to put on PYTHONPATH: a module registering the restorer 'throwaway', and the dist-info whose
     entry point (group histodiff.restorers) names it, the way `pip install` of a plugin package leaves them."""
     root = tmp_path_factory.mktemp('plugin')
-    (root/'throwaway_restorer.py').write_text(PLUGIN)
-    info = root/'throwaway_restorer-0.1.dist-info'
+    (root / 'throwaway_restorer.py').write_text(PLUGIN)
+    info = root / 'throwaway_restorer-0.1.dist-info'
     info.mkdir()
-    (info/'METADATA').write_text('Metadata-Version: 2.1\nName: throwaway-restorer\nVersion: 0.1\n')
-    (info/'entry_points.txt').write_text('[histodiff.restorers]\nthrowaway = throwaway_restorer\n')
+    (info / 'METADATA').write_text('Metadata-Version: 2.1\nName: throwaway-restorer\nVersion: 0.1\n')
+    (info / 'entry_points.txt').write_text('[histodiff.restorers]\nthrowaway = throwaway_restorer\n')
     return root
 
 

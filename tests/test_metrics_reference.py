@@ -8,6 +8,7 @@ It shares no code with the library (which is batched torch), so agreement to 1e-
 SSIM: a direct transcription of Wang et al. (2004) with scipy's Gaussian filter, against `metrics.ssim`
 (scikit-image); PSNR against scikit-image's `peak_signal_noise_ratio`.
 """
+
 import math
 import numpy as np
 import pytest
@@ -24,22 +25,23 @@ def conv2_same(a, k):
     "MATLAB conv2(a, k, 'same'): the central part of the full convolution, starting at floor(size(k)/2) + 1."
     full = convolve2d(a, k, mode='full')
     r0, c0 = k.shape[0] // 2, k.shape[1] // 2
-    return full[r0:r0 + a.shape[0], c0:c0 + a.shape[1]]
+    return full[r0 : r0 + a.shape[0], c0 : c0 + a.shape[1]]
 
 
 def matlab_range(n):
-    if n % 2: return np.arange(-(n - 1) / 2, (n - 1) / 2 + 1) / (n - 1)
+    if n % 2:
+        return np.arange(-(n - 1) / 2, (n - 1) / 2 + 1) / (n - 1)
     return np.arange(-n / 2, n / 2) / n
 
 
 def lowpassfilter(rows, cols, cutoff, n):
     x, y = np.meshgrid(matlab_range(cols), matlab_range(rows))
-    radius = np.sqrt(x ** 2 + y ** 2)
+    radius = np.sqrt(x**2 + y**2)
     return np.fft.ifftshift(1.0 / (1.0 + (radius / cutoff) ** (2 * n)))
 
 
 def phasecong2(im):
-    nscale, norient, minWaveLength, mult, sigmaOnf, dThetaOnSigma, k, epsilon = 4, 4, 6, 2, 0.55, 1.2, 2.0, .0001
+    nscale, norient, minWaveLength, mult, sigmaOnf, dThetaOnSigma, k, epsilon = 4, 4, 6, 2, 0.55, 1.2, 2.0, 0.0001
     thetaSigma = math.pi / norient / dThetaOnSigma
     rows, cols = im.shape
     imagefft = np.fft.fft2(im)
@@ -47,18 +49,18 @@ def phasecong2(im):
     EO = {}
     ifftFilterArray = [None] * nscale
     x, y = np.meshgrid(matlab_range(cols), matlab_range(rows))
-    radius = np.sqrt(x ** 2 + y ** 2)
+    radius = np.sqrt(x**2 + y**2)
     theta = np.arctan2(-y, x)
     radius = np.fft.ifftshift(radius)
     theta = np.fft.ifftshift(theta)
     radius[0, 0] = 1
     sintheta, costheta = np.sin(theta), np.cos(theta)
-    lp = lowpassfilter(rows, cols, .45, 15)
+    lp = lowpassfilter(rows, cols, 0.45, 15)
     logGabor = []
     for s in range(1, nscale + 1):
         wavelength = minWaveLength * mult ** (s - 1)
         fo = 1.0 / wavelength
-        lg = np.exp((-(np.log(radius / fo)) ** 2) / (2 * math.log(sigmaOnf) ** 2))
+        lg = np.exp((-((np.log(radius / fo)) ** 2)) / (2 * math.log(sigmaOnf) ** 2))
         lg = lg * lp
         lg[0, 0] = 0
         logGabor.append(lg)
@@ -68,11 +70,14 @@ def phasecong2(im):
         ds = sintheta * math.cos(angl) - costheta * math.sin(angl)
         dc = costheta * math.cos(angl) + sintheta * math.sin(angl)
         dtheta = np.abs(np.arctan2(ds, dc))
-        spread.append(np.exp((-dtheta ** 2) / (2 * thetaSigma ** 2)))
+        spread.append(np.exp((-(dtheta**2)) / (2 * thetaSigma**2)))
     EnergyAll = np.zeros((rows, cols))
     AnAll = np.zeros((rows, cols))
     for o in range(1, norient + 1):
-        sumE_ThisOrient = zero.copy(); sumO_ThisOrient = zero.copy(); sumAn_ThisOrient = zero.copy(); Energy = zero.copy()
+        sumE_ThisOrient = zero.copy()
+        sumO_ThisOrient = zero.copy()
+        sumAn_ThisOrient = zero.copy()
+        Energy = zero.copy()
         for s in range(1, nscale + 1):
             filt = logGabor[s - 1] * spread[o - 1]
             ifftFilt = np.real(np.fft.ifft2(filt)) * math.sqrt(rows * cols)
@@ -83,18 +88,20 @@ def phasecong2(im):
             sumE_ThisOrient = sumE_ThisOrient + np.real(EO[s, o])
             sumO_ThisOrient = sumO_ThisOrient + np.imag(EO[s, o])
             if s == 1:
-                EM_n = np.sum(filt ** 2)
-        XEnergy = np.sqrt(sumE_ThisOrient ** 2 + sumO_ThisOrient ** 2) + epsilon
+                EM_n = np.sum(filt**2)
+        XEnergy = np.sqrt(sumE_ThisOrient**2 + sumO_ThisOrient**2) + epsilon
         MeanE = sumE_ThisOrient / XEnergy
         MeanO = sumO_ThisOrient / XEnergy
         for s in range(1, nscale + 1):
-            E = np.real(EO[s, o]); O = np.imag(EO[s, o])
+            E = np.real(EO[s, o])
+            O = np.imag(EO[s, o])
             Energy = Energy + E * MeanE + O * MeanO - np.abs(E * MeanO - O * MeanE)
         medianE2n = np.median(np.abs(EO[1, o]).ravel() ** 2)
         meanE2n = -medianE2n / math.log(0.5)
         noisePower = meanE2n / EM_n
         EstSumAn2 = zero.copy()
-        for s in range(nscale): EstSumAn2 = EstSumAn2 + ifftFilterArray[s] ** 2
+        for s in range(nscale):
+            EstSumAn2 = EstSumAn2 + ifftFilterArray[s] ** 2
         EstSumAiAj = zero.copy()
         for si in range(nscale - 1):
             for sj in range(si + 1, nscale):
@@ -102,7 +109,7 @@ def phasecong2(im):
         EstNoiseEnergy2 = 2 * noisePower * np.sum(EstSumAn2) + 4 * noisePower * np.sum(EstSumAiAj)
         tau = math.sqrt(EstNoiseEnergy2 / 2)
         EstNoiseEnergy = tau * math.sqrt(math.pi / 2)
-        EstNoiseEnergySigma = math.sqrt((2 - math.pi / 2) * tau ** 2)
+        EstNoiseEnergySigma = math.sqrt((2 - math.pi / 2) * tau**2)
         T = (EstNoiseEnergy + k * EstNoiseEnergySigma) / 1.7
         Energy = np.maximum(Energy - T, zero)
         EnergyAll = EnergyAll + Energy
@@ -122,22 +129,25 @@ def feature_sim(imageRef, imageDis):
     Q2 = 0.211 * d[..., 0] - 0.523 * d[..., 1] + 0.312 * d[..., 2]
     minDimension = min(rows, cols)
     F = max(1, int(math.floor(minDimension / 256 + 0.5)))  # MATLAB round: halves away from zero
-    aveKernel = np.ones((F, F)) / F ** 2                    # fspecial('average', F)
-    I1 = conv2_same(I1, aveKernel)[0::F, 0::F]; I2 = conv2_same(I2, aveKernel)[0::F, 0::F]
-    Q1 = conv2_same(Q1, aveKernel)[0::F, 0::F]; Q2 = conv2_same(Q2, aveKernel)[0::F, 0::F]
-    Y1 = conv2_same(Y1, aveKernel)[0::F, 0::F]; Y2 = conv2_same(Y2, aveKernel)[0::F, 0::F]
+    aveKernel = np.ones((F, F)) / F**2  # fspecial('average', F)
+    I1 = conv2_same(I1, aveKernel)[0::F, 0::F]
+    I2 = conv2_same(I2, aveKernel)[0::F, 0::F]
+    Q1 = conv2_same(Q1, aveKernel)[0::F, 0::F]
+    Q2 = conv2_same(Q2, aveKernel)[0::F, 0::F]
+    Y1 = conv2_same(Y1, aveKernel)[0::F, 0::F]
+    Y2 = conv2_same(Y2, aveKernel)[0::F, 0::F]
     PC1, PC2 = phasecong2(Y1), phasecong2(Y2)
     dx = np.array([[3, 0, -3], [10, 0, -10], [3, 0, -3]]) / 16
     dy = np.array([[3, 10, 3], [0, 0, 0], [-3, -10, -3]]) / 16
     gradientMap1 = np.sqrt(conv2_same(Y1, dx) ** 2 + conv2_same(Y1, dy) ** 2)
     gradientMap2 = np.sqrt(conv2_same(Y2, dx) ** 2 + conv2_same(Y2, dy) ** 2)
     T1, T2, T3, T4, lam = 0.85, 160, 200, 200, 0.03
-    PCSimMatrix = (2 * PC1 * PC2 + T1) / (PC1 ** 2 + PC2 ** 2 + T1)
-    gradientSimMatrix = (2 * gradientMap1 * gradientMap2 + T2) / (gradientMap1 ** 2 + gradientMap2 ** 2 + T2)
+    PCSimMatrix = (2 * PC1 * PC2 + T1) / (PC1**2 + PC2**2 + T1)
+    gradientSimMatrix = (2 * gradientMap1 * gradientMap2 + T2) / (gradientMap1**2 + gradientMap2**2 + T2)
     PCm = np.maximum(PC1, PC2)
     FSIM = np.sum(gradientSimMatrix * PCSimMatrix * PCm) / np.sum(PCm)
-    ISimMatrix = (2 * I1 * I2 + T3) / (I1 ** 2 + I2 ** 2 + T3)
-    QSimMatrix = (2 * Q1 * Q2 + T4) / (Q1 ** 2 + Q2 ** 2 + T4)
+    ISimMatrix = (2 * I1 * I2 + T3) / (I1**2 + I2**2 + T3)
+    QSimMatrix = (2 * Q1 * Q2 + T4) / (Q1**2 + Q2**2 + T4)
     SimMatrixC = gradientSimMatrix * PCSimMatrix * np.real((ISimMatrix * QSimMatrix).astype(complex) ** lam) * PCm
     FSIMc = np.sum(SimMatrixC) / np.sum(PCm)
     return FSIM, FSIMc
@@ -150,9 +160,9 @@ def ssim_wang(x, y, L=255, sigma=1.5, K1=0.01, K2=0.03):
         a, b = x[..., c].astype(np.float64), y[..., c].astype(np.float64)
         g = lambda z: gaussian_filter(z, sigma, truncate=3.5)
         mx, my = g(a), g(b)
-        sxx, syy, sxy = g(a * a) - mx ** 2, g(b * b) - my ** 2, g(a * b) - mx * my
+        sxx, syy, sxy = g(a * a) - mx**2, g(b * b) - my**2, g(a * b) - mx * my
         C1, C2 = (K1 * L) ** 2, (K2 * L) ** 2
-        s = ((2 * mx * my + C1) * (2 * sxy + C2)) / ((mx ** 2 + my ** 2 + C1) * (sxx + syy + C2))
+        s = ((2 * mx * my + C1) * (2 * sxy + C2)) / ((mx**2 + my**2 + C1) * (sxx + syy + C2))
         vals.append(s[5:-5, 5:-5].mean())
     return float(np.mean(vals))
 
@@ -168,8 +178,12 @@ def _pairs():
 
 
 CLEAN, DEGRADED = _pairs()
-CROPS = {'512x512 (F=2)': (slice(None), slice(None)), '387x500 (F=2, odd rows)': (slice(0, 387), slice(3, 503)),
-         '200x240 (F=1)': (slice(100, 300), slice(50, 290)), '97x64 (F=1, odd)': (slice(7, 104), slice(20, 84))}
+CROPS = {
+    '512x512 (F=2)': (slice(None), slice(None)),
+    '387x500 (F=2, odd rows)': (slice(0, 387), slice(3, 503)),
+    '200x240 (F=1)': (slice(100, 300), slice(50, 290)),
+    '97x64 (F=1, odd)': (slice(7, 104), slice(20, 84)),
+}
 
 
 @pytest.mark.parametrize('kind', list(DEGRADED))
@@ -185,7 +199,10 @@ def test_fsim_matches_matlab_transcription(kind, crop):
 def test_fsim_batch_and_properties():
     c = CLEAN[:256, :256]
     assert metrics.fsim(c, c) == pytest.approx(1.0, abs=1e-12)
-    levels = [np.clip(c + np.random.default_rng(3).normal(0, s, c.shape), 0, 255).round().astype(np.uint8) for s in (1, 5, 15, 40)]
+    levels = [
+        np.clip(c + np.random.default_rng(3).normal(0, s, c.shape), 0, 255).round().astype(np.uint8)
+        for s in (1, 5, 15, 40)
+    ]
     vals = metrics.fsim(np.stack(levels), np.stack([c] * 4))
     assert np.all(np.diff(vals) < 0), vals
     assert vals == pytest.approx([feature_sim(c, x)[1] for x in levels], abs=1e-8)
@@ -196,10 +213,15 @@ def test_ssim_psnr_against_independent(kind):
     c, d = CLEAN, DEGRADED[kind]
     assert metrics.ssim(d, c) == pytest.approx(ssim_wang(d, c), abs=1e-6)
     assert metrics.psnr(d, c) == pytest.approx(peak_signal_noise_ratio(c, d, data_range=255), abs=1e-10)
-    mask = np.zeros(c.shape[:2], bool); mask[100:300, 50:260] = True
-    assert metrics.psnr_artifact(d, c, mask) == pytest.approx(peak_signal_noise_ratio(c[mask], d[mask], data_range=255), abs=1e-10)
-    assert metrics.mse_artifact(d, c, mask) == pytest.approx(np.mean((c[mask] / 255. - d[mask] / 255.) ** 2), abs=1e-14)
-    assert metrics.l2(d, c) == pytest.approx(np.linalg.norm(c / 255. - d / 255.), abs=1e-10)
+    mask = np.zeros(c.shape[:2], bool)
+    mask[100:300, 50:260] = True
+    assert metrics.psnr_artifact(d, c, mask) == pytest.approx(
+        peak_signal_noise_ratio(c[mask], d[mask], data_range=255), abs=1e-10
+    )
+    assert metrics.mse_artifact(d, c, mask) == pytest.approx(
+        np.mean((c[mask] / 255.0 - d[mask] / 255.0) ** 2), abs=1e-14
+    )
+    assert metrics.l2(d, c) == pytest.approx(np.linalg.norm(c / 255.0 - d / 255.0), abs=1e-10)
 
 
 def test_papers_psnr_offset():

@@ -4,6 +4,7 @@ Defects 5 (truncated PNG read as black rows), 4 (decompression bomb escapes), 11
 14 (unknown suffix written as PNG), 3 (odd sizes crash in the UNet), 12 (an empty mask handled two ways).
 Tiny inputs and tiny random models: seconds on a CPU.
 """
+
 import os, struct, warnings, zlib
 
 import numpy as np
@@ -26,7 +27,7 @@ def _truncated_png(path, arr):
     "`arr` saved as PNG with its last 30% of bytes cut: the compressed data ends early."
     Image.fromarray(arr).save(path)
     b = path.read_bytes()
-    path.write_bytes(b[:int(len(b) * 0.7)])
+    path.write_bytes(b[: int(len(b) * 0.7)])
     return path
 
 
@@ -34,23 +35,35 @@ def _truncated_png(path, arr):
 @pytest.mark.parametrize('flag', [False, True])
 def test_truncated_png_is_refused(tmp_path, flag):
     p = _truncated_png(tmp_path / 'cut.png', _noise())
-    m = _truncated_png(tmp_path / 'cutmask.png', (np.random.default_rng(1).random((64, 64)) < 0.5).astype(np.uint8) * 255)
+    m = _truncated_png(
+        tmp_path / 'cutmask.png', (np.random.default_rng(1).random((64, 64)) < 0.5).astype(np.uint8) * 255
+    )
     old = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = flag
     try:
-        with pytest.raises(ImageError, match='truncated or corrupt') as e: read_image(p)
+        with pytest.raises(ImageError, match='truncated or corrupt') as e:
+            read_image(p)
         assert str(p) in str(e.value)
-        with pytest.raises(ValueError, match='truncated or corrupt') as e: read_mask(m)
+        with pytest.raises(ValueError, match='truncated or corrupt') as e:
+            read_mask(m)
         assert str(m) in str(e.value)
         assert ImageFile.LOAD_TRUNCATED_IMAGES is flag  # the caller's setting is put back
-    finally: ImageFile.LOAD_TRUNCATED_IMAGES = old
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = old
 
 
 def _png_claiming(path, w, h):
     "A tiny valid PNG whose IHDR claims `w x h` RGB pixels (chunks written by hand, valid CRCs)."
-    def chunk(kind, data): return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
-    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
-                     + chunk(b'IDAT', zlib.compress(b'\0' * 16)) + chunk(b'IEND', b''))
+
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+    path.write_bytes(
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
+        + chunk(b'IDAT', zlib.compress(b'\0' * 16))
+        + chunk(b'IEND', b'')
+    )
     return path
 
 
@@ -58,7 +71,8 @@ def _png_claiming(path, w, h):
 def test_decompression_bomb_is_a_clear_error(tmp_path):
     p = _png_claiming(tmp_path / 'huge.png', 60000, 60000)
     for read, err in ((read_image, ImageError), (read_mask, ValueError)):
-        with pytest.raises(err) as e: read(p)
+        with pytest.raises(err) as e:
+            read(p)
         msg = str(e.value)
         assert str(p) in msg and '60000' in msg and 'restore-slide' in msg and 'MAX_IMAGE_PIXELS' in msg
 
@@ -71,31 +85,40 @@ def test_outputs_have_normal_modes(tmp_path):
         try:
             write_image(_noise(8, 8), d / 'a.png')
             write_mask(np.eye(8, dtype=bool), d / 'm.png')
-            with atomic_path(d / 'b.json') as t: t.write_text('{}')
+            with atomic_path(d / 'b.json') as t:
+                t.write_text('{}')
             with atomic_dir(d / 'model') as t:
                 (t / 'weights').write_text('w')
-                (t / 'unet').mkdir(); DenoisingDiffusionModel(make_unet('tiny', 3, 16), make_scheduler()).save_pretrained(t / 'pipe')
-        finally: os.umask(old)
+                (t / 'unet').mkdir()
+                DenoisingDiffusionModel(make_unet('tiny', 3, 16), make_scheduler()).save_pretrained(t / 'pipe')
+        finally:
+            os.umask(old)
         for f in ('a.png', 'm.png', 'b.json', 'model/weights', 'model/pipe/unet/diffusion_pytorch_model.safetensors'):
-            assert oct((d / f).stat().st_mode & 0o777) == oct(fmode), (f, oct(umask))   # safetensors writes 0600 itself
-        for f in ('model', 'model/unet', 'model/pipe/unet'): assert oct((d / f).stat().st_mode & 0o777) == oct(dmode), (f, oct(umask))
+            assert oct((d / f).stat().st_mode & 0o777) == oct(fmode), (f, oct(umask))  # safetensors writes 0600 itself
+        for f in ('model', 'model/unet', 'model/pipe/unet'):
+            assert oct((d / f).stat().st_mode & 0o777) == oct(dmode), (f, oct(umask))
 
 
 def test_stale_temporaries_are_found(tmp_path):
     out = tmp_path / 'tile.png'
     stale = [tmp_path / '.tile.abcd1234.tmp.png', tmp_path / '.tile.png.x_y0z9ab.tmp']
     others = [tmp_path / '.tile.b.abcd1234.tmp.png', tmp_path / 'tile.png', tmp_path / '.other.abcd1234.tmp.png']
-    stale[0].write_bytes(b''); stale[1].mkdir()
-    for p in others: p.write_bytes(b'')
+    stale[0].write_bytes(b'')
+    stale[1].mkdir()
+    for p in others:
+        p.write_bytes(b'')
     assert core.stale_temporaries(out) == sorted(stale)
     # the names atomic_path / atomic_dir really use are recognised
-    with atomic_path(out) as t: assert core.stale_temporaries(out) == sorted(stale + [t])
-    with atomic_dir(tmp_path / 'model') as t: assert core.stale_temporaries(tmp_path / 'model') == [t]
+    with atomic_path(out) as t:
+        assert core.stale_temporaries(out) == sorted(stale + [t])
+    with atomic_dir(tmp_path / 'model') as t:
+        assert core.stale_temporaries(tmp_path / 'model') == [t]
 
 
 # Defect 14: a suffix PIL cannot write is refused before anything is written
 def test_unknown_suffix_is_refused(tmp_path):
-    with pytest.raises(ImageError) as e: write_image(_noise(8, 8), tmp_path / 'x.xyz')
+    with pytest.raises(ImageError) as e:
+        write_image(_noise(8, 8), tmp_path / 'x.xyz')
     assert '.xyz' in str(e.value) and '.png' in str(e.value) and '.tif' in str(e.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -104,7 +127,9 @@ def test_unknown_suffix_is_refused(tmp_path):
 @pytest.fixture(scope='module')
 def pipes():
     pixel = PixelRegionalPipeline(make_unet('tiny', 3, 16), sampling_scheduler(make_scheduler(), 'ddim', clip=True))
-    latent = RegionalLatentPipeline(make_unet('tiny', 4, 2), make_vae('tiny'), sampling_scheduler(make_scheduler(), 'ddim'))
+    latent = RegionalLatentPipeline(
+        make_unet('tiny', 4, 2), make_vae('tiny'), sampling_scheduler(make_scheduler(), 'ddim')
+    )
     return pixel, latent
 
 
@@ -112,10 +137,13 @@ def pipes():
 def test_odd_sizes_are_padded_and_cropped(pipes, which, h, w):
     pipe = pipes[0] if which == 'pixel' else pipes[1]
     img = _noise(h, w, 3)
-    mask = np.zeros((h, w), bool); mask[h // 3:h // 3 + 5, w // 2:w // 2 + 4] = True
+    mask = np.zeros((h, w), bool)
+    mask[h // 3 : h // 3 + 5, w // 2 : w // 2 + 4] = True
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)  # the tiny UNets were trained at another size
-        res = pipe([img], [mask], num_inference_steps=2, generator=0, output_type='np', progress=False, pixel_dilation=3)
+        res = pipe(
+            [img], [mask], num_inference_steps=2, generator=0, output_type='np', progress=False, pixel_dilation=3
+        )
     out, alpha = res.images[0], res.masks[0]
     assert out.shape == img.shape and out.dtype == np.uint8 and alpha.shape == (h, w)
     outside = ~dilate_disk(torch.from_numpy(mask), 3).numpy()
@@ -126,7 +154,8 @@ def test_odd_sizes_are_padded_and_cropped(pipes, which, h, w):
 def test_too_small_is_refused(pipes):
     img, mask = _noise(8, 8), np.zeros((8, 8), bool)
     mask[2:4, 2:4] = True
-    with pytest.raises(ValueError, match='16x16') as e: pipes[1].restore(img, mask, num_inference_steps=1)
+    with pytest.raises(ValueError, match='16x16') as e:
+        pipes[1].restore(img, mask, num_inference_steps=1)
     assert 'crop a larger region' in str(e.value)
 
 
@@ -137,7 +166,8 @@ def test_empty_mask_classical(method):
     with pytest.warns(core.EmptyMaskWarning, match='no artifact pixel'):
         out = artifacts.restore(img, np.zeros((16, 16), bool), method)
     assert out.tobytes() == img.tobytes() and out is not img
-    with pytest.raises(ValueError, match='all ones'): artifacts.restore(img, np.ones((16, 16), bool), method)
+    with pytest.raises(ValueError, match='all ones'):
+        artifacts.restore(img, np.ones((16, 16), bool), method)
 
 
 def test_empty_mask_pipeline(pipes):

@@ -2,6 +2,7 @@
 
 Tiny slides (a few hundred pixels), classical restorers or in-process fakes: seconds each. Interruptions by signal
 run the CLI in a subprocess."""
+
 import json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
@@ -17,36 +18,48 @@ from histodiff.wsi import restore_slide, WorkFolder, output_lock, SlideSettings
 def cli(*argv):
     "Run the CLI in-process; (status, stdout, stderr) through capsys is awkward with tqdm: use a subprocess-free call."
     import io, contextlib
+
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: rc = main([str(a) for a in argv])
-        except SystemExit as e: rc = e.code
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as e:
+            rc = e.code
     return rc, out.getvalue(), err.getvalue()
 
 
 def tissue(h=200, w=260, seed=0):
     import cv2
+
     rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(60, 230, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    base = cv2.resize(
+        rng.integers(60, 230, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC
+    )
     return np.clip(base.astype(int) + rng.integers(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
 def art_mask(h=200, w=260):
-    m = np.zeros((h, w), bool); m[30:50, 40:110] = True; m[140:170, 200:210] = True
+    m = np.zeros((h, w), bool)
+    m[30:50, 40:110] = True
+    m[140:170, 200:210] = True
     return m
 
 
 @pytest.fixture
 def slide(tmp_path):
     "A damaged plain-PNG slide and its mask image in tmp_path."
-    img = tissue(); img[art_mask()] = 0
-    write_image(img, tmp_path / 'slide.png'); write_mask(art_mask(), tmp_path / 'mask.png')
+    img = tissue()
+    img[art_mask()] = 0
+    write_image(img, tmp_path / 'slide.png')
+    write_mask(art_mask(), tmp_path / 'mask.png')
     return tmp_path
 
 
 def leftovers(folder, name='out'):
     "Hidden files of an output (temporaries, work folders) other than its lock file."
-    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith(f'.{name}') and not p.name.endswith('.lock'))
+    return sorted(
+        p.name for p in Path(folder).iterdir() if p.name.startswith(f'.{name}') and not p.name.endswith('.lock')
+    )
 
 
 SLIDE_ARGS = ['--tile', 64, '--overlap', 16, '--batch-size', 2, '-q']
@@ -69,7 +82,8 @@ RUNNER = textwrap.dedent('''
         write = tifffile.TiffWriter.write
         def slow(self, *a, **k):
             r = write(self, *a, **k)
-            if self._fh.path.endswith('.tif'): print('WRITING', flush=True); time.sleep(60)   # the output, not a check in memory
+            # the output, not a check in memory
+            if self._fh.path.endswith('.tif'): print('WRITING', flush=True); time.sleep(60)
             return r
         tifffile.TiffWriter.write = slow
     sys.exit(cli.main(sys.argv[1:]))
@@ -79,53 +93,101 @@ RUNNER = textwrap.dedent('''
 def run_sub(tmp, args, mode='', after=3, **kw):
     (tmp / 'runner.py').write_text(RUNNER)
     env = dict(os.environ, HD_MODE=mode, HD_AFTER=str(after), OMP_NUM_THREADS='1')
-    return subprocess.Popen([sys.executable, str(tmp / 'runner.py'), *map(str, args)], env=env, cwd=tmp,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, str(tmp / 'runner.py'), *map(str, args)],
+        env=env,
+        cwd=tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_resume_refuses_other_settings(slide):
-    "(1) an interrupted telea run, then navier_stokes on the same --out: refused naming the method; --no-resume restarts."
+    """(1) an interrupted telea run, then navier_stokes on the same --out: refused naming the method; --no-resume
+    restarts."""
     base = ['restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'out.tif', *SLIDE_ARGS]
-    p = run_sub(slide, [*base, '--method', 'telea'], mode='interrupt'); p.wait(60)
+    p = run_sub(slide, [*base, '--method', 'telea'], mode='interrupt')
+    p.wait(60)
     assert p.returncode == 130 and not (slide / 'out.tif').exists()
-    assert len(WorkFolder(slide / "out.tif").done()) == 2          # one batch of two was logged
+    assert len(WorkFolder(slide / "out.tif").done()) == 2  # one batch of two was logged
     rc, _, err = cli(*base, '--method', 'navier_stokes')
     assert rc == 2 and "method: 'telea' -> 'navier_stokes'" in err and '--no-resume' in err, err
-    assert not (slide / 'out.tif').exists() and len(WorkFolder(slide / "out.tif").done()) == 2   # nothing lost
+    assert not (slide / 'out.tif').exists() and len(WorkFolder(slide / "out.tif").done()) == 2  # nothing lost
     rc, _, err = cli(*base, '--method', 'telea', '--tile', 128)
     assert rc == 2 and 'tile: 64 -> 128' in err
     rc, _, _ = cli(*base, '--method', 'navier_stokes', '--no-resume')
     assert rc == 0 and leftovers(slide) == []
-    fresh = slide / 'fresh'; fresh.mkdir()
+    fresh = slide / 'fresh'
+    fresh.mkdir()
     rc, _, _ = cli(*base[:5], fresh / 'out.tif', *SLIDE_ARGS, '--method', 'navier_stokes')
     assert rc == 0 and (tifffile.imread(slide / 'out.tif') == tifffile.imread(fresh / 'out.tif')).all()
 
 
 def test_resume_with_same_settings_gives_same_bytes(slide):
     "(1) the resumed telea run equals an uninterrupted one."
-    base = ['restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'out.tif', *SLIDE_ARGS, '--method', 'telea']
-    p = run_sub(slide, base, mode='interrupt'); p.wait(60)
+    base = [
+        'restore-slide',
+        slide / 'slide.png',
+        '--mask',
+        slide / 'mask.png',
+        '--out',
+        slide / 'out.tif',
+        *SLIDE_ARGS,
+        '--method',
+        'telea',
+    ]
+    p = run_sub(slide, base, mode='interrupt')
+    p.wait(60)
     assert p.returncode == 130
     rc, out, _ = cli(*base[:-1] + ['telea'])
     assert rc == 0
-    ref = slide / 'ref'; ref.mkdir()
+    ref = slide / 'ref'
+    ref.mkdir()
     assert cli(*base[:5], ref / 'out.tif', *base[6:])[0] == 0
     assert (tifffile.imread(slide / 'out.tif') == tifffile.imread(ref / 'out.tif')).all()
 
 
 def test_concurrent_run_is_refused(slide):
     "(2) a second run on an --out whose lock another process holds fails at once, naming that pid."
-    code = f"from histodiff.wsi import output_lock\nimport time\nwith output_lock({str(slide / 'out.tif')!r}):\n    print('held', flush=True); time.sleep(30)"
+    code = (
+        "from histodiff.wsi import output_lock\nimport time\n"
+        f"with output_lock({str(slide / 'out.tif')!r}):\n    print('held', flush=True); time.sleep(30)"
+    )
     holder = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'held'
-        rc, _, err = cli('restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'out.tif',
-                         '--method', 'telea', *SLIDE_ARGS)
+        rc, _, err = cli(
+            'restore-slide',
+            slide / 'slide.png',
+            '--mask',
+            slide / 'mask.png',
+            '--out',
+            slide / 'out.tif',
+            '--method',
+            'telea',
+            *SLIDE_ARGS,
+        )
         assert rc == 2 and f'pid {holder.pid}' in err and 'another histodiff run' in err, err
         assert leftovers(slide) == [] and not (slide / 'out.tif').exists()
-    finally: holder.kill(); holder.wait()
-    assert cli('restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'out.tif',
-               '--method', 'telea', *SLIDE_ARGS)[0] == 0   # the lock dies with its holder
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (
+        cli(
+            'restore-slide',
+            slide / 'slide.png',
+            '--mask',
+            slide / 'mask.png',
+            '--out',
+            slide / 'out.tif',
+            '--method',
+            'telea',
+            *SLIDE_ARGS,
+        )[0]
+        == 0
+    )  # the lock dies with its holder
 
 
 def test_damaged_slide_tile_is_a_clear_error(tmp_path):
@@ -136,11 +198,23 @@ def test_damaged_slide_tile_is_a_clear_error(tmp_path):
     off, cnt = tf.pages[0].dataoffsets, tf.pages[0].databytecounts
     tf.close()
     raw = bytearray((tmp_path / 'slide.tif').read_bytes())
-    for o, c in zip(off, cnt): raw[o + 2:o + c] = np.random.default_rng(0).bytes(c - 2)   # keep the SOI marker only
+    for o, c in zip(off, cnt):
+        raw[o + 2 : o + c] = np.random.default_rng(0).bytes(c - 2)  # keep the SOI marker only
     (tmp_path / 'slide.tif').write_bytes(bytes(raw))
-    m = np.zeros((512, 512), bool); m[100:140, 100:140] = True; write_mask(m, tmp_path / 'mask.png')
-    rc, _, err = cli('restore-slide', tmp_path / 'slide.tif', '--mask', tmp_path / 'mask.png', '--out', tmp_path / 'out.tif',
-                     '--method', 'telea', '-q')
+    m = np.zeros((512, 512), bool)
+    m[100:140, 100:140] = True
+    write_mask(m, tmp_path / 'mask.png')
+    rc, _, err = cli(
+        'restore-slide',
+        tmp_path / 'slide.tif',
+        '--mask',
+        tmp_path / 'mask.png',
+        '--out',
+        tmp_path / 'out.tif',
+        '--method',
+        'telea',
+        '-q',
+    )
     assert rc == 2 and err.startswith('histodiff: error: ') and 'slide.tif' in err and 'Traceback' not in err, err
     assert not (tmp_path / 'out.tif').exists()
 
@@ -148,9 +222,20 @@ def test_damaged_slide_tile_is_a_clear_error(tmp_path):
 def test_options_are_checked_before_any_work(slide, monkeypatch):
     "(4, 14) a compression that cannot be written and --batch-size 0 fail before a tile is read; no work folder."
     import histodiff.wsi as W
+
     calls = []
     monkeypatch.setattr(W.SlideSource, 'read', lambda self, *a: calls.append(a))
-    base = ['restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'out.tif', '--method', 'telea', '-q']
+    base = [
+        'restore-slide',
+        slide / 'slide.png',
+        '--mask',
+        slide / 'mask.png',
+        '--out',
+        slide / 'out.tif',
+        '--method',
+        'telea',
+        '-q',
+    ]
     rc, _, err = cli(*base, '--compression', 'gif')
     assert rc == 2 and "compression 'gif'" in err, err
     rc, _, err = cli(*base, '--batch-size', 0)
@@ -160,16 +245,40 @@ def test_options_are_checked_before_any_work(slide, monkeypatch):
 
 def test_jpeg_compressed_output(slide):
     "(4) --compression jpeg writes (imagecodecs), it does not fail with KeyError after the restoration."
-    rc, _, err = cli('restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'out.tif',
-                     '--method', 'telea', '--compression', 'jpeg', *SLIDE_ARGS)
+    rc, _, err = cli(
+        'restore-slide',
+        slide / 'slide.png',
+        '--mask',
+        slide / 'mask.png',
+        '--out',
+        slide / 'out.tif',
+        '--method',
+        'telea',
+        '--compression',
+        'jpeg',
+        *SLIDE_ARGS,
+    )
     assert rc == 0, err
-    with tifffile.TiffFile(slide / 'out.tif') as tf: assert tf.pages[0].compression == 7   # JPEG
+    with tifffile.TiffFile(slide / 'out.tif') as tf:
+        assert tf.pages[0].compression == 7  # JPEG
 
 
 def test_damaged_meta_is_named_and_no_resume_starts_clean(slide):
     "(7) a cut meta.json: the error names it; --no-resume starts clean."
-    base = ['restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'out.tif', '--method', 'telea', *SLIDE_ARGS]
-    work = WorkFolder(slide / 'out.tif'); work.path.mkdir(); work.meta_path.write_text('{"source": "/x", "lev')
+    base = [
+        'restore-slide',
+        slide / 'slide.png',
+        '--mask',
+        slide / 'mask.png',
+        '--out',
+        slide / 'out.tif',
+        '--method',
+        'telea',
+        *SLIDE_ARGS,
+    ]
+    work = WorkFolder(slide / 'out.tif')
+    work.path.mkdir()
+    work.meta_path.write_text('{"source": "/x", "lev')
     rc, _, err = cli(*base)
     assert rc == 2 and 'out.tif.work/meta.json is damaged' in err and '--no-resume' in err, err
     assert cli(*base, '--no-resume')[0] == 0 and leftovers(slide) == []
@@ -178,10 +287,15 @@ def test_damaged_meta_is_named_and_no_resume_starts_clean(slide):
 def test_meta_cut_while_written_does_not_block(slide, monkeypatch):
     "(7) a run killed while it writes meta.json (here: half the text, then an interrupt) does not block the next run."
     import pathlib
+
     real = pathlib.Path.write_text
+
     def cut(self, text, *a, **k):
-        if self.suffix == '.json': real(self, text[:len(text) // 2]); raise KeyboardInterrupt
+        if self.suffix == '.json':
+            real(self, text[: len(text) // 2])
+            raise KeyboardInterrupt
         return real(self, text, *a, **k)
+
     monkeypatch.setattr(pathlib.Path, 'write_text', cut)
     with pytest.raises(KeyboardInterrupt):
         restore_slide(slide / 'slide.png', slide / 'out.tif', lambda i, m: i, mask=art_mask(), tile=64, progress=False)
@@ -193,13 +307,26 @@ def test_meta_cut_while_written_does_not_block(slide, monkeypatch):
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
 def test_killed_while_writing_leaves_no_temporary(slide, sig):
     "(8) SIGTERM while the TIFF is written: the temporary is removed; after SIGKILL the next run removes it."
-    base = ['restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'out.tif', '--method', 'telea', *SLIDE_ARGS]
+    base = [
+        'restore-slide',
+        slide / 'slide.png',
+        '--mask',
+        slide / 'mask.png',
+        '--out',
+        slide / 'out.tif',
+        '--method',
+        'telea',
+        *SLIDE_ARGS,
+    ]
     p = run_sub(slide, base, mode='hang_writing')
     assert p.stdout.readline().strip() == 'WRITING'
-    p.send_signal(sig); p.wait(30)
+    p.send_signal(sig)
+    p.wait(30)
     tmps = [n for n in os.listdir(slide) if n.startswith('.out.') and '.tmp' in n]
-    if sig == signal.SIGTERM: assert p.returncode == 130 and tmps == [], (p.returncode, tmps, p.stderr.read())
-    else: assert len(tmps) == 1
+    if sig == signal.SIGTERM:
+        assert p.returncode == 130 and tmps == [], (p.returncode, tmps, p.stderr.read())
+    else:
+        assert len(tmps) == 1
     assert not (slide / 'out.tif').exists()
     assert cli(*base)[0] == 0
     assert leftovers(slide) == [] and (slide / 'out.tif').exists()
@@ -211,8 +338,17 @@ def test_compressed_plain_tiff_is_read(tmp_path, compression):
     img = tissue()
     tifffile.imwrite(tmp_path / 'slide.tif', img, compression=compression, photometric='rgb')
     write_mask(art_mask(), tmp_path / 'mask.png')
-    rc, _, err = cli('restore-slide', tmp_path / 'slide.tif', '--mask', tmp_path / 'mask.png', '--out', tmp_path / 'out.tif',
-                     '--method', 'telea', *SLIDE_ARGS)
+    rc, _, err = cli(
+        'restore-slide',
+        tmp_path / 'slide.tif',
+        '--mask',
+        tmp_path / 'mask.png',
+        '--out',
+        tmp_path / 'out.tif',
+        '--method',
+        'telea',
+        *SLIDE_ARGS,
+    )
     assert rc == 0, err
     assert tifffile.imread(tmp_path / 'out.tif').shape == img.shape
 
@@ -220,12 +356,30 @@ def test_compressed_plain_tiff_is_read(tmp_path, compression):
 def test_empty_mask_is_a_note_everywhere(slide):
     "(12) restore and restore-slide with an all-zero mask: output = input, a note on stderr, status 0."
     write_mask(np.zeros((200, 260), bool), slide / 'empty.png')
-    for method in ('telea', 'biharmonic', 'latent'):   # latent: no model is needed to copy
-        rc, _, err = cli('restore', slide / 'slide.png', '--mask', slide / 'empty.png', '--out', slide / f'{method}.png', '--method', method)
+    for method in ('telea', 'biharmonic', 'latent'):  # latent: no model is needed to copy
+        rc, _, err = cli(
+            'restore',
+            slide / 'slide.png',
+            '--mask',
+            slide / 'empty.png',
+            '--out',
+            slide / f'{method}.png',
+            '--method',
+            method,
+        )
         assert rc == 0 and err.startswith('histodiff: note: ') and 'no artifact pixel' in err, err
         assert (read_image(slide / f'{method}.png') == read_image(slide / 'slide.png')).all()
-    rc, _, err = cli('restore-slide', slide / 'slide.png', '--mask', slide / 'empty.png', '--out', slide / 'out.tif',
-                     '--method', 'telea', *SLIDE_ARGS)
+    rc, _, err = cli(
+        'restore-slide',
+        slide / 'slide.png',
+        '--mask',
+        slide / 'empty.png',
+        '--out',
+        slide / 'out.tif',
+        '--method',
+        'telea',
+        *SLIDE_ARGS,
+    )
     assert rc == 0 and 'histodiff: note: ' in err and 'no artifact pixel' in err, err
     assert (tifffile.imread(slide / 'out.tif') == read_image(slide / 'slide.png')).all()
 
@@ -233,8 +387,17 @@ def test_empty_mask_is_a_note_everywhere(slide):
 def test_rejected_mask_leaves_no_work_folder(slide):
     "(14) a mask with grey values is refused before any work folder is made."
     write_image(np.full((200, 260, 3), 128, np.uint8), slide / 'grey.png')
-    rc, _, err = cli('restore-slide', slide / 'slide.png', '--mask', slide / 'grey.png', '--out', slide / 'out.tif',
-                     '--method', 'telea', *SLIDE_ARGS)
+    rc, _, err = cli(
+        'restore-slide',
+        slide / 'slide.png',
+        '--mask',
+        slide / 'grey.png',
+        '--out',
+        slide / 'out.tif',
+        '--method',
+        'telea',
+        *SLIDE_ARGS,
+    )
     assert rc == 2 and 'values' in err, err
     assert leftovers(slide) == []
 
@@ -242,28 +405,58 @@ def test_rejected_mask_leaves_no_work_folder(slide):
 def test_restore_refuses_unknown_output_suffix_before_work(slide, monkeypatch):
     "(14) --out x.xyz is refused, naming the usable suffixes, before the restorer runs."
     import histodiff.artifacts as A
+
     monkeypatch.setattr(A, 'restore', lambda *a, **k: pytest.fail('restored before checking --out'))
-    rc, _, err = cli('restore', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'x.xyz', '--method', 'telea')
+    rc, _, err = cli(
+        'restore', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'x.xyz', '--method', 'telea'
+    )
     assert rc == 2 and '.xyz' in err and '.png' in err, err
     assert not list(slide.glob('*.xyz')) and not list(slide.glob('.x*'))
 
 
 def test_several_slides_resume_slide_by_slide(slide):
-    "(issue 14) a folder of slides and a folder of masks; interrupted in the second slide, the rerun skips the first and resumes the second."
-    (slide / 'in').mkdir(); (slide / 'masks').mkdir()
-    one = np.zeros((200, 260), bool); one[10:20, 10:20] = True                 # one tile: one restorer call
+    """(issue 14) a folder of slides and a folder of masks; interrupted in the second slide, the rerun skips the first
+    and resumes the second."""
+    (slide / 'in').mkdir()
+    (slide / 'masks').mkdir()
+    one = np.zeros((200, 260), bool)
+    one[10:20, 10:20] = True  # one tile: one restorer call
     for name, m in (('s1', one), ('s2', art_mask())):
-        (slide / 'in' / f'{name}.png').write_bytes((slide / 'slide.png').read_bytes()); write_mask(m, slide / 'masks' / f'{name}.png')
-    base = ['restore-slide', slide / 'in', '--mask', slide / 'masks', '--out', slide / 'out', '--method', 'telea', *SLIDE_ARGS]
-    p = run_sub(slide, base, mode='interrupt', after=3); p.wait(60)
+        (slide / 'in' / f'{name}.png').write_bytes((slide / 'slide.png').read_bytes())
+        write_mask(m, slide / 'masks' / f'{name}.png')
+    base = [
+        'restore-slide',
+        slide / 'in',
+        '--mask',
+        slide / 'masks',
+        '--out',
+        slide / 'out',
+        '--method',
+        'telea',
+        *SLIDE_ARGS,
+    ]
+    p = run_sub(slide, base, mode='interrupt', after=3)
+    p.wait(60)
     assert p.returncode == 130 and (slide / 'out' / 's1.tif').exists() and not (slide / 'out' / 's2.tif').exists()
     assert len(WorkFolder(slide / 'out' / 's2.tif').done()) == 2
     rc, _, err = cli(*base)
     assert rc == 0 and 's1.png skipped' in err, err
     for name in ('s1', 's2'):
         ref = slide / f'ref_{name}.tif'
-        assert cli('restore-slide', slide / 'in' / f'{name}.png', '--mask', slide / 'masks' / f'{name}.png', '--out', ref,
-                   '--method', 'telea', *SLIDE_ARGS)[0] == 0
+        assert (
+            cli(
+                'restore-slide',
+                slide / 'in' / f'{name}.png',
+                '--mask',
+                slide / 'masks' / f'{name}.png',
+                '--out',
+                ref,
+                '--method',
+                'telea',
+                *SLIDE_ARGS,
+            )[0]
+            == 0
+        )
         assert (tifffile.imread(ref) == tifffile.imread(slide / 'out' / f'{name}.tif')).all()
     assert sorted(p.name for p in (slide / 'out').iterdir() if not p.name.endswith('.lock')) == ['s1.tif', 's2.tif']
 
@@ -273,9 +466,24 @@ def test_one_bad_slide_does_not_stop_the_others(slide):
     (slide / 'in').mkdir()
     (slide / 'in' / 'a.png').write_bytes((slide / 'slide.png').read_bytes())
     (slide / 'in' / 'b.svs').write_bytes(np.random.default_rng(0).bytes(4000))
-    rc, _, err = cli('restore-slide', slide / 'in', '--detector', slide / 'nothing', '--out', slide / 'out', '--method', 'telea', '-q')
-    assert rc == 2 and 'detector folder not found' in err                       # checked before any slide
-    masks = slide / 'masks'; masks.mkdir(); write_mask(art_mask(), masks / 'a.png'); write_mask(art_mask(), masks / 'b.png')
-    rc, _, err = cli('restore-slide', slide / 'in', '--mask', masks, '--out', slide / 'out', '--method', 'telea', *SLIDE_ARGS)
+    rc, _, err = cli(
+        'restore-slide',
+        slide / 'in',
+        '--detector',
+        slide / 'nothing',
+        '--out',
+        slide / 'out',
+        '--method',
+        'telea',
+        '-q',
+    )
+    assert rc == 2 and 'detector folder not found' in err  # checked before any slide
+    masks = slide / 'masks'
+    masks.mkdir()
+    write_mask(art_mask(), masks / 'a.png')
+    write_mask(art_mask(), masks / 'b.png')
+    rc, _, err = cli(
+        'restore-slide', slide / 'in', '--mask', masks, '--out', slide / 'out', '--method', 'telea', *SLIDE_ARGS
+    )
     assert rc == 2 and 'b.svs' in err and '1 of 2 slides failed' in err, err
     assert (slide / 'out' / 'a.tif').exists() and not (slide / 'out' / 'b.tif').exists()

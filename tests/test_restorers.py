@@ -1,5 +1,7 @@
 """A restorer registered from outside histodiff (an entry point) reaches the CLI with no other file edited:
-`--help` lists it and `restore --method` runs it. (The evaluation table of the smoke profile: tests/test_pipeline.py.)"""
+`--help` lists it and `restore --method` runs it. (The evaluation table of the smoke profile:
+tests/test_pipeline.py.)"""
+
 import subprocess, sys
 from pathlib import Path
 
@@ -12,7 +14,7 @@ BIN = Path(sys.executable).parent
 
 
 def histodiff(*argv, env):
-    return subprocess.run([str(BIN/'histodiff'), *map(str, argv)], capture_output=True, text=True, env=env)
+    return subprocess.run([str(BIN / 'histodiff'), *map(str, argv)], capture_output=True, text=True, env=env)
 
 
 def test_plugin_restorer_is_listed_in_help(throwaway_plugin):
@@ -28,17 +30,35 @@ def test_plugin_restorer_runs_from_restore(throwaway_plugin, tmp_path):
     image = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
     mask = np.zeros((48, 48), bool)
     mask[10:20, 12:30] = True
-    Image.fromarray(image).save(tmp_path/'tile.png')
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path/'mask.png')
-    res = histodiff('restore', tmp_path/'tile.png', '--mask', tmp_path/'mask.png', '--out', tmp_path/'out.png',
-                    '--method', 'throwaway', env=plugin_env(throwaway_plugin))
+    Image.fromarray(image).save(tmp_path / 'tile.png')
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / 'mask.png')
+    res = histodiff(
+        'restore',
+        tmp_path / 'tile.png',
+        '--mask',
+        tmp_path / 'mask.png',
+        '--out',
+        tmp_path / 'out.png',
+        '--method',
+        'throwaway',
+        env=plugin_env(throwaway_plugin),
+    )
     assert res.returncode == 0, res.stderr
-    out = np.asarray(Image.open(tmp_path/'out.png'))
+    out = np.asarray(Image.open(tmp_path / 'out.png'))
     assert (out[~mask] == image[~mask]).all()
     assert (out[mask] == image.reshape(-1, 3).mean(0).round().astype(np.uint8)).all()
 
 
 def test_unknown_method_is_refused_without_the_plugin(tmp_path):
-    res = histodiff('restore', tmp_path/'tile.png', '--mask', tmp_path/'mask.png', '--out', tmp_path/'out.png',
-                    '--method', 'throwaway', env=plugin_env(tmp_path))
+    res = histodiff(
+        'restore',
+        tmp_path / 'tile.png',
+        '--mask',
+        tmp_path / 'mask.png',
+        '--out',
+        tmp_path / 'out.png',
+        '--method',
+        'throwaway',
+        env=plugin_env(tmp_path),
+    )
     assert res.returncode == 2 and "invalid choice: 'throwaway'" in res.stderr

@@ -1,5 +1,6 @@
 """Samplers built for regional restoration: trailing timesteps, the saved noise schedule (never a default one),
 x0 clipped in pixel space only; latents of augmented images. Tiny random models: runs in seconds on a CPU."""
+
 import warnings
 
 import numpy as np
@@ -16,7 +17,8 @@ from histodiff.train import DenoisingDiffusionModel, make_scheduler, make_unet
 
 @pytest.fixture(scope='module')
 def models(tmp_path_factory):
-    "A pixel model folder (saved with clip_sample=True), a latent one (saved the way the train_ldm stage does) and a VAE."
+    """A pixel model folder (saved with clip_sample=True), a latent one (saved the way the train_ldm stage does) and a
+    VAE."""
     d = tmp_path_factory.mktemp('models')
     DenoisingDiffusionModel(make_unet('tiny', 3, 16), make_scheduler(clip_sample=True)).save_pretrained(d / 'pixel')
     DenoisingDiffusionModel(make_unet('tiny', 4, 2), make_scheduler()).save_pretrained(d / 'ldm')
@@ -30,8 +32,10 @@ def test_few_step_samplers_start_at_pure_noise(name, models):
     s.set_timesteps(20)
     assert s.timesteps[0].item() == 999 and len(s.timesteps) == 20
     assert s.config.timestep_spacing == 'trailing'
-    for pipe in (load_regional_pipeline(models / 'pixel', scheduler=name),
-                 load_regional_pipeline(models / 'ldm', vae=models / 'vae', scheduler=name)):
+    for pipe in (
+        load_regional_pipeline(models / 'pixel', scheduler=name),
+        load_regional_pipeline(models / 'ldm', vae=models / 'vae', scheduler=name),
+    ):
         pipe.scheduler.set_timesteps(20)
         assert pipe.scheduler.timesteps[0].item() == 999
 
@@ -42,7 +46,10 @@ def test_sampler_keeps_the_training_schedule(models):
         s = load_regional_pipeline(models / 'ldm', vae=models / 'vae', scheduler=name).scheduler
         assert torch.allclose(s.alphas_cumprod, train.alphas_cumprod)
         assert s.config.prediction_type == 'epsilon'
-    assert load_regional_pipeline(models / 'ldm', vae=models / 'vae', scheduler='dpm').scheduler.config.algorithm_type == 'dpmsolver++'
+    assert (
+        load_regional_pipeline(models / 'ldm', vae=models / 'vae', scheduler='dpm').scheduler.config.algorithm_type
+        == 'dpmsolver++'
+    )
 
 
 def test_missing_scheduler_folder_is_an_error(models, tmp_path):
@@ -81,7 +88,8 @@ def test_saved_pixel_config_clips_and_latent_config_does_not(models):
 def test_wrong_clipping_warns(models):
     pipe = load_regional_pipeline(models / 'ldm', vae=models / 'vae', scheduler='ddim')
     img = np.random.default_rng(0).integers(60, 200, (16, 16, 3), dtype=np.uint8)
-    mask = np.zeros((16, 16), bool); mask[4:10, 4:10] = True
+    mask = np.zeros((16, 16), bool)
+    mask[4:10, 4:10] = True
     with warnings.catch_warnings():
         warnings.simplefilter('error', UserWarning)
         pipe.restore(img, mask, num_inference_steps=2)
@@ -97,6 +105,6 @@ def test_augmented_latents_are_encodings_of_augmented_images():
     assert z.shape == (DIHEDRAL * 3, 4, 2, 2)
     for v in range(DIHEDRAL):
         want = encode(vae, to_tensor(np.stack([dihedral(t, v) for t in tiles])))
-        torch.testing.assert_close(z[v * 3:(v + 1) * 3], want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(z[v * 3 : (v + 1) * 3], want, atol=1e-5, rtol=1e-5)
     z1 = encode_dataset(vae, tiles, progress=False).tensors['latents']
     torch.testing.assert_close(z[:3], z1)

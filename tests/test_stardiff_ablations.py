@@ -4,6 +4,7 @@ An oracle stands in for a UNet: the residual oracle returns the true residual, t
 x_t and the true residual, eps = (x_t - x_in - (abar_t - 1) I_res) / bbar_t. The missing prediction must be derived
 from x_t, x_in and the given one (never taken as 0), so every ablation recovers the target.
 """
+
 from types import SimpleNamespace
 
 import pytest
@@ -15,14 +16,17 @@ from histodiff.stardiff import StarDiffModel, StarDiffPipeline, StarDiffSchedule
 
 class Oracle(nn.Module):
     "A UNet stand-in fed `[x_t, x_in]` and t: the true residual (`kind='residual'`) or the implied noise (`'noise'`)."
+
     def __init__(self, scheduler, residual, kind):
         super().__init__()
         self.scheduler, self.residual, self.kind = scheduler, residual, kind
         self.dummy = nn.Parameter(torch.zeros(()))  # model.device / model.dtype read the parameters
 
     def forward(self, inp, t):
-        c = inp.shape[1] // 2; x_t, x_in = inp[:, :c], inp[:, c:]
-        if self.kind == 'residual': return SimpleNamespace(sample=self.residual.expand_as(x_t))
+        c = inp.shape[1] // 2
+        x_t, x_in = inp[:, :c], inp[:, c:]
+        if self.kind == 'residual':
+            return SimpleNamespace(sample=self.residual.expand_as(x_t))
         t = torch.as_tensor(t).cpu()
         a, b = self.scheduler.abar(t, x_t), self.scheduler.bbar(t, x_t)
         return SimpleNamespace(sample=(x_t - x_in - (a - 1) * self.residual) / b)
@@ -31,7 +35,7 @@ class Oracle(nn.Module):
 @pytest.fixture(scope='module')
 def data():
     g = torch.Generator().manual_seed(0)
-    x0 = torch.rand(2, 3, 16, 16, generator=g) * 1.2 - 0.95               # IHC target in [-0.95, 0.25]
+    x0 = torch.rand(2, 3, 16, 16, generator=g) * 1.2 - 0.95  # IHC target in [-0.95, 0.25]
     res = 0.5 + 0.25 * (torch.rand(2, 3, 16, 16, generator=g) * 2 - 1)  # mean 0.5 plus spatial variation
     return x0, x0 + res, res
 
@@ -72,12 +76,18 @@ def test_stochastic_sampling_lands_on_the_target(data, paths):
     x0, x_in, res = data
     out = oracle_pipe(paths, res).sample(x_in, 10, torch.Generator().manual_seed(2), eta=1.0)
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
-    torch.testing.assert_close(oracle_sample(StarDiffScheduler(), x0, x_in, 10, 1.0, torch.Generator().manual_seed(2), paths), x0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        oracle_sample(StarDiffScheduler(), x0, x_in, 10, 1.0, torch.Generator().manual_seed(2), paths),
+        x0,
+        atol=1e-4,
+        rtol=0,
+    )
 
 
 def test_first_step_from_T_is_finite_for_an_imperfect_noise_net(data):
     x0, x_in, res = data
-    sch = StarDiffScheduler(); sch.set_timesteps(10)
+    sch = StarDiffScheduler()
+    sch.set_timesteps(10)
     x_T = sch.start_sample(x_in, torch.Generator().manual_seed(3))
     e_hat = (x_T - x_in) / 0.1 + 0.01  # the best prediction at T, plus an error
     out = sch.step(None, e_hat, 1000, x_T, x_in)
@@ -87,10 +97,14 @@ def test_first_step_from_T_is_finite_for_an_imperfect_noise_net(data):
 
 def test_step_refuses_a_missing_prediction_without_x_in(data):
     x0, x_in, res = data
-    sch = StarDiffScheduler(); sch.set_timesteps(10)
-    with pytest.raises(ValueError, match='x_in'): sch.step(None, torch.zeros_like(x0), 1000, x_in)
-    with pytest.raises(ValueError, match='x_in'): sch.step(res, None, 1000, x_in)
-    with pytest.raises(ValueError, match='neither'): sch.step(None, None, 1000, x_in, x_in)
+    sch = StarDiffScheduler()
+    sch.set_timesteps(10)
+    with pytest.raises(ValueError, match='x_in'):
+        sch.step(None, torch.zeros_like(x0), 1000, x_in)
+    with pytest.raises(ValueError, match='x_in'):
+        sch.step(res, None, 1000, x_in)
+    with pytest.raises(ValueError, match='neither'):
+        sch.step(None, None, 1000, x_in, x_in)
 
 
 @pytest.mark.parametrize('paths', ['residual', 'noise'])
@@ -108,8 +122,9 @@ def test_single_path_models_save_and_load(tmp_path, paths):
     pipe = StarDiffPipeline(StarDiffModel(3, unet_config(16, (16, 32), 1, 8, attention=False), paths=paths).eval())
     he = (torch.rand(1, 16, 16, 3) * 255).to(torch.uint8).numpy()
     ref = pipe.stain(he, num_inference_steps=3, generator=0)
-    pipe.save_pretrained(tmp_path/'p'); pipe.model.save_pretrained(tmp_path/'m')
+    pipe.save_pretrained(tmp_path / 'p')
+    pipe.model.save_pretrained(tmp_path / 'm')
     for sub in ('p', 'm'):
-        loaded = StarDiffPipeline.from_pretrained(tmp_path/sub)
+        loaded = StarDiffPipeline.from_pretrained(tmp_path / sub)
         assert loaded.model.paths == paths
         assert (loaded.stain(he, num_inference_steps=3, generator=0) == ref).all()
