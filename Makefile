@@ -16,7 +16,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: install repro params dvc-yaml test test-notebooks test-pytest test-smoke export clean-nbs
+.PHONY: install repro params dvc-yaml lint test test-notebooks test-pytest test-smoke export clean-nbs
 
 $(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ repro: params
 	$(BIN)/dvc repro $(TARGETS_$(PROFILE))
 	$(AFTER_$(PROFILE))
 
-test: install test-notebooks test-pytest
+test: install lint test-notebooks test-pytest
+
+lint: install
+	# lines at most 120 characters, one statement a line (pyproject.toml [tool.ruff]); histodiff/ is exported from nbs/
+	$(BIN)/ruff format --check nbs scripts benchmarks tests
+	$(BIN)/ruff check nbs histodiff scripts benchmarks tests
 
 test-notebooks: install
 	# one torch thread per worker: two workers of two threads each on two cores spin-wait and run ~8x slower
