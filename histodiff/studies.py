@@ -905,23 +905,28 @@ class ReleasedEvaluation(StageSettings):
 
 
 def released_methods(cfg: ReleasedEvaluation) -> dict:
-    "Name -> restore(image, mask): the released UNet, corrected and as released, the baselines ({} without a source)."
-    from histodiff.artifacts import BASELINES
-    from histodiff.regional import load_regional_pipeline
+    """Name -> restorer of the registry: the released UNet, corrected and as released (one loaded pipeline), then the
+    classical baselines; {} without a source."""
+    from histodiff.restorers import LatentReleased, RestorerSettings, make_restorer
 
-    methods = {}
     if not cfg.unet_source:
-        return methods
-    pipe = load_regional_pipeline(
-        cfg.model_dir, vae=cfg.vae_dir, vae_subfolder=cfg.vae_subfolder or None, scheduler=cfg.scheduler
-    ).to(cfg.device)
-    kw = dict(num_inference_steps=cfg.num_inference_steps, generator=cfg.seed, progress=cfg.progress)
-    methods['released UNet, corrected regional'] = lambda im, m: pipe.restore(im, m, **kw)
-    methods['released UNet, released-code variant'] = lambda im, m: pipe.restore(
-        im, m, keep='clean', start='encoded', **kw
+        return {}
+    s = RestorerSettings(
+        model=cfg.model_dir,
+        vae=cfg.vae_dir,
+        vae_subfolder=cfg.vae_subfolder or None,
+        scheduler=cfg.scheduler,
+        steps=cfg.num_inference_steps,
+        seed=cfg.seed,
+        device=str(cfg.device),
+        progress=cfg.progress,
     )
-    methods.update(BASELINES)
-    return methods
+    corrected = make_restorer('latent', s)
+    methods = {
+        'released UNet, corrected regional': corrected,
+        'released UNet, released-code variant': LatentReleased(s, pipeline=corrected.pipeline),
+    }
+    return methods | {name: make_restorer(name) for name in ('telea', 'navier_stokes', 'biharmonic')}
 
 
 def released_study(
