@@ -14,8 +14,8 @@ from typing import Callable
 import histodiff
 
 # %% auto #0
-__all__ = ['COMMANDS', 'USER_ERRORS', 'SCHEDULERS', 'IMAGE_SUFFIXES', 'command', 'build_parser', 'at_least', 'fraction', 'main',
-           'restore_command', 'stain_command', 'sfs_command', 'restore_slide_command', 'convert_checkpoint_command']
+__all__ = ['COMMANDS', 'USER_ERRORS', 'SCHEDULERS', 'command', 'build_parser', 'at_least', 'fraction', 'main', 'restore_command',
+           'stain_command', 'sfs_command', 'restore_slide_command', 'convert_checkpoint_command']
 
 # %% ../nbs/12_cli.ipynb #835bd3bd
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -378,16 +378,6 @@ def stain_command(args):
     _say(args, f"{args.out}: virtual IHC {ihc.shape[0]}x{ihc.shape[1]} from {args.model} ({args.steps} steps)")
 
 # %% ../nbs/12_cli.ipynb #3f22f65f
-IMAGE_SUFFIXES = (
-    '.png',
-    '.jpg',
-    '.jpeg',
-    '.tif',
-    '.tiff',
-    '.bmp',
-)  # = histodiff.core.IMAGE_SUFFIXES, repeated so `--help` imports no torch
-
-
 def _sfs_arguments(p):
     p.add_argument('--real', required=True, metavar='DIR', help='folder of real IHC images')
     p.add_argument(
@@ -424,6 +414,9 @@ def _sfs_arguments(p):
 
 
 def _image_names(folder: Path) -> list[str]:
+    "The images in `folder` (the suffixes of `histodiff.core.IMAGE_SUFFIXES`), by name."
+    from histodiff.core import IMAGE_SUFFIXES  # here, so that `--help` imports no torch
+
     return sorted(f.name for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith('.'))
 
 # %% ../nbs/12_cli.ipynb #2e484f19
@@ -521,7 +514,7 @@ example:
                 --classifier models/classifier/sfs --json sfs.json"""
     import numpy as np
     from tqdm.auto import tqdm
-    from histodiff.core import read_image, atomic_path
+    from histodiff.core import IMAGE_SUFFIXES, read_image, atomic_path
     from histodiff.sfs import ImageClassifier, predict, sfs_report, binarize_her2
     from histodiff.modelfolder import default_model
 
