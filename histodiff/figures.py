@@ -18,10 +18,10 @@ import seaborn as sns
 from .core import atomic_path
 
 # %% auto #0
-__all__ = ['STAINING_TITLES', 'RESULT_TABLES', 'BENCHMARK_TABLES', 'FigureBook', 'figure_book', 'plot_restoration_grid',
-           'plot_restoration_by_kind', 'plot_restoration_metrics', 'plot_staining_grid', 'plot_staining_metrics',
-           'plot_sfs_ci', 'plot_robustness', 'plot_classifier_bias', 'plot_training_curves', 'slide_summary',
-           'write_results_page']
+__all__ = ['STAINING_TITLES', 'RESULT_TABLES', 'BENCHMARK_TABLES', 'FigureBook', 'figure_book', 'image_grid',
+           'plot_restoration_grid', 'plot_restoration_by_kind', 'plot_restoration_metrics', 'plot_staining_grid',
+           'plot_staining_metrics', 'plot_sfs_ci', 'plot_robustness', 'plot_classifier_bias', 'plot_training_curves',
+           'slide_summary', 'write_results_page']
 
 # %% ../nbs/17_figures.ipynb #a0d47f2c
 @dataclass
@@ -72,6 +72,22 @@ def figure_book(
     sns.set_theme(context='notebook', style='whitegrid')
     return book
 
+# %% ../nbs/17_figures.ipynb #2df20e99
+def image_grid(
+    rows: list,  # one list of images (H x W x 3, or H x W drawn in gray) per row, all of the same length
+    titles: list,  # the column titles, over the first row
+):
+    "A figure of images without ticks, 1.9 inches a cell."
+    fig, axs = plt.subplots(len(rows), len(titles), figsize=(1.9 * len(titles), 1.9 * len(rows) + 0.4), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, (ax, im) in enumerate(zip(axs[i], row)):
+            ax.imshow(im, cmap='gray' if im.ndim == 2 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(titles[j], fontsize=8)
+    return fig
+
 # %% ../nbs/17_figures.ipynb #a512a7ea
 def plot_restoration_grid(
     book: FigureBook,
@@ -84,16 +100,11 @@ def plot_restoration_grid(
     ex = np.load(res / 'restoration' / 'examples.npz')
     names = list(ex['methods'])
     k = min(examples, len(ex['artifact']))
-    cols = ['with artifact', 'mask'] + names + ['clean']
-    fig, axs = plt.subplots(k, len(cols), figsize=(1.9 * len(cols), 1.9 * k + 0.4), squeeze=False)
-    for i in range(k):
-        row = [ex['artifact'][i], ex['mask'][i]] + [ex[f'out{j}'][i] for j in range(len(names))] + [ex['clean'][i]]
-        for j, (ax, im) in enumerate(zip(axs[i], row)):
-            ax.imshow(im, cmap='gray' if im.ndim == 2 else None)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(cols[j], fontsize=8)
+    rows = [
+        [ex['artifact'][i], ex['mask'][i]] + [ex[f'out{j}'][i] for j in range(len(names))] + [ex['clean'][i]]
+        for i in range(k)
+    ]
+    fig = image_grid(rows, ['with artifact', 'mask'] + names + ['clean'])
     fig.suptitle(f'Artifact restoration ({profile} profile)', y=1.0)
     book.save(
         fig,
@@ -189,16 +200,8 @@ def plot_staining_grid(
     ex = np.load(res / 'staining' / 'examples.npz', allow_pickle=False)
     names = list(ex['methods'])
     k = min(examples, len(ex['he']))
-    cols = ['H&E input'] + names + ['real IHC']
-    fig, axs = plt.subplots(k, len(cols), figsize=(1.9 * len(cols), 1.9 * k + 0.4), squeeze=False)
-    for i in range(k):
-        row = [ex['he'][i]] + [ex[f'out{j}'][i] for j in range(len(names))] + [ex['ihc'][i]]
-        for j, (ax, im) in enumerate(zip(axs[i], row)):
-            ax.imshow(im)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(cols[j], fontsize=8)
+    rows = [[ex['he'][i]] + [ex[f'out{j}'][i] for j in range(len(names))] + [ex['ihc'][i]] for i in range(k)]
+    fig = image_grid(rows, ['H&E input'] + names + ['real IHC'])
     fig.suptitle(f'Virtual staining ({profile} profile)', y=1.0)
     book.save(fig, 'staining_grid', 'Virtual staining: H&E input, each method, the real IHC.')
 
