@@ -51,30 +51,11 @@ def coverage_mask(tissue: np.ndarray, coverage: float, seed: int = 0) -> np.ndar
 
 def tiny_latent_restorer(steps: int = 5, seed: int = 0):
     "The regional latent pipeline with tiny random weights (cost of the plumbing, not of a real model), batched."
-    import torch
-    from diffusers import AutoencoderKL, UNet2DModel
+    from histodiff.autoencoder import make_vae
     from histodiff.regional import RegionalLatentPipeline, sampling_scheduler
-    from histodiff.train import make_scheduler
+    from histodiff.train import make_scheduler, make_unet
 
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32, 32),
-        down_block_types=('DownEncoderBlock2D',) * 3,
-        up_block_types=('UpDecoderBlock2D',) * 3,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-    )
-    unet = UNet2DModel(
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=('DownBlock2D',) * 2,
-        up_block_types=('UpBlock2D',) * 2,
-        add_attention=False,
-    )
+    vae, unet = make_vae('f4', seed), make_unet('tiny', in_channels=4, sample_size=64, seed=seed)
     pipe = RegionalLatentPipeline(
         unet=unet, vae=vae, scheduler=sampling_scheduler(make_scheduler(), 'ddim')
     )  # latent: trailing DDIM, no clipping
