@@ -6,19 +6,23 @@ Docs: https://histodiff.github.io/histodiff/autoencoder.html.md"""
 
 # %% ../nbs/03_autoencoder.ipynb #a2681bb9
 from __future__ import annotations
+import json, time
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import to_tensor, make_generator, DIHEDRAL, dihedral, downsample_factor
+from .core import to_tensor, from_tensor, make_generator, DIHEDRAL, dihedral, downsample_factor
+from .core import atomic_dir, get_device, save_metrics
 from .modelfolder import load_folder
 from .train import TensorDictDataset
 from torch.utils.data import Dataset
 
 # %% auto #0
 __all__ = ['SD15_VAE', 'VAE_PRESETS', 'vae_config', 'make_vae', 'load_vae', 'encode', 'decode', 'compute_scaling_factor',
-           'set_scaling_factor', 'AutoencoderTrainer', 'crop_tiles', 'TileDataset', 'image_dataset', 'encode_dataset']
+           'set_scaling_factor', 'AutoencoderTrainer', 'crop_tiles', 'TileDataset', 'image_dataset', 'encode_dataset',
+           'tile_split', 'vae_stage_tiles', 'train_vae_stage', 'vae_stage_results', 'plot_reconstructions',
+           'diffusion_training_data']
 
 # %% ../nbs/03_autoencoder.ipynb #e983de46
 SD15_VAE = 'stable-diffusion-v1-5/stable-diffusion-v1-5'  # hub id of the paper's VAE (subfolder 'vae')
@@ -292,3 +296,145 @@ def encode_dataset(
         for v, i in tqdm(jobs, disable=not progress, desc='encode')
     ]
     return TensorDictDataset(latents=torch.cat(out))
+
+# %% ../nbs/03_autoencoder.ipynb #f1004fa9
+def tile_split(
+    tiles_dir: str | Path,  # the download stage's tile datasets (train/, test/)
+    split: str,  # 'train' or 'test'
+) -> np.ndarray:
+    "The tiles of one split of the download stage, N x H x W x 3 uint8."
+    from histodiff.data import load_tile_dataset, dataset_images
+
+    return dataset_images(load_tile_dataset(Path(tiles_dir) / split))
+
+
+def vae_stage_tiles(
+    s: dict,  # the train_vae stage's parameters (tiles_dir, max_test_tiles)
+) -> tuple[np.ndarray, np.ndarray]:
+    "The training and test tiles of the `train_vae` stage (test: the first `max_test_tiles`; 0: all)."
+    train = tile_split(s['tiles_dir'], 'train')
+    test = tile_split(s['tiles_dir'], 'test')
+    if s['max_test_tiles']:
+        test = test[: s['max_test_tiles']]
+    print(f'train tiles {train.shape}, test tiles {test.shape}')
+    return train, test
+
+
+def train_vae_stage(
+    s: dict,  # the train_vae stage's parameters (vae_source, preset, crop, max_steps, run_dir, out_dir, ...)
+    train: np.ndarray,  # the training tiles, N x H x W x 3 uint8
+) -> tuple:
+    """The stage's VAE, saved to `out_dir`: `vae_source` as it is, else one of `preset` trained by `fit` in `run_dir`
+    with its scaling factor measured on `train`. Returns (the VAE, facts for the metrics: seconds, ...)."""
+    from histodiff.train import fit, stage_train_config
+
+    t0 = time.time()
+    info = {}
+    if s['vae_source']:
+        vae = load_vae(s['vae_source'], subfolder=s['vae_subfolder'] or None)
+        Path(s['run_dir']).mkdir(parents=True, exist_ok=True)  # the stage's run folder says where the weights came from
+        (Path(s['run_dir']) / 'source.txt').write_text(
+            f"not trained here: the pretrained VAE {s['vae_source']} {s['vae_subfolder']}\n"
+        )
+    else:
+        vae = make_vae(s['preset'], seed=s['seed'])
+        cfg = stage_train_config(s)
+        fit(AutoencoderTrainer(vae, kl_weight=s['kl_weight']), image_dataset(crop_tiles(train, s['crop'])), cfg)
+        vae = load_vae(Path(s['run_dir']) / 'final')
+        info['scaling_factor_measured_on'] = f'{len(train)} training tiles'
+        set_scaling_factor(vae, to_tensor(train))
+    info['seconds'] = round(time.time() - t0, 1)
+    with atomic_dir(s['out_dir']) as tmp:
+        vae.save_pretrained(tmp)
+    print(f'scaling factor {vae.config.scaling_factor:.5f}, f = {downsample_factor(vae)}, {info["seconds"]} s')
+    return vae, info
+
+# %% ../nbs/03_autoencoder.ipynb #d8d43730
+def vae_stage_results(
+    s: dict,  # the train_vae stage's parameters (profile, vae_source, preset, max_steps, metrics_path, out_dir, ...)
+    vae,  # the stage's VAE (`train_vae_stage`)
+    train: np.ndarray,  # the training tiles (the latent std is measured on the first 64)
+    test: np.ndarray,  # the test tiles, reconstructed and scored
+    info: dict,  # facts of `train_vae_stage` (seconds, ...)
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Reconstruct the test tiles (posterior mean, decoded), score them (PSNR, data range 255), save the metrics to
+    `metrics_path` (timings to results/timings/) and the card's facts to `out_dir`. (metrics, reconstructions, PSNRs)"""
+    from histodiff.metrics import psnr
+    from histodiff.modelfolder import write_card
+
+    x = to_tensor(test)
+    rec = from_tensor(decode(vae, encode(vae, x, batch_size=8), batch_size=8))
+    p = np.array([psnr(r, t) for r, t in zip(rec, test)])
+    z = encode(vae, to_tensor(train[:64]), batch_size=8)
+    metrics = dict(
+        profile=s['profile'],
+        source=s['vae_source'] or f"trained ({s['preset']})",
+        psnr=float(p.mean()),
+        psnr_std=float(p.std()),
+        n_test_tiles=len(test),
+        scaling_factor=float(vae.config.scaling_factor),
+        latent_std_train=float(z.std()),
+        downsample_factor=downsample_factor(vae),
+        **info,
+    )
+    if not s['vae_source']:
+        loss = (Path(s['run_dir']) / 'dvclive' / 'plots' / 'metrics' / 'loss.tsv').read_text().splitlines()[1:]
+        metrics.update(
+            first_loss=float(loss[0].split('\t')[-1]), final_loss=float(loss[-1].split('\t')[-1]), steps=s['max_steps']
+        )
+    save_metrics(metrics, s['metrics_path'])  # timings go to results/timings/
+    print(json.dumps(metrics, indent=1))
+    steps = 0 if s['vae_source'] else s['max_steps']
+    write_card(s['out_dir'], 'vae', s['profile'], steps, info['seconds'], metrics, 'data/download.json')
+    return metrics, rec, p
+
+
+def plot_reconstructions(
+    test: np.ndarray,  # test tiles
+    rec: np.ndarray,  # their reconstructions
+    p: np.ndarray,  # the PSNR of each
+):
+    "The first four test tiles over their reconstructions (titled with the PSNR): a matplotlib figure."
+    import matplotlib.pyplot as plt
+
+    n = min(4, len(test))
+    fig, ax = plt.subplots(2, n, figsize=(3 * n, 6), squeeze=False)
+    for i in range(n):
+        ax[0, i].imshow(test[i])
+        ax[0, i].set_title('test tile')
+        ax[1, i].imshow(rec[i])
+        ax[1, i].set_title(f'reconstruction {p[i]:.1f} dB')
+    for a in ax.flat:
+        a.axis('off')
+    plt.tight_layout()
+    return fig
+
+# %% ../nbs/03_autoencoder.ipynb #7aafb570
+def diffusion_training_data(
+    s: dict,  # the train_ldm / train_pixel stage's parameters (space, tiles_dir, vae_dir, init_from, max_steps, ...)
+) -> tuple:
+    """The training samples of a diffusion stage as a dataset of `latents`: (the tiles used, the dataset, its samples
+    as tensors for the summary's statistics: latent, all of them; pixel,
+    without the flips/rotations)."""
+    t0 = time.time()
+    train = tile_split(s['tiles_dir'], 'train')
+    as_is = bool(s['init_from']) and not s['max_steps']  # the checkpoint as it is: 16 tiles, for the summary only
+    keep = 16 if as_is else s['max_train_tiles']
+    if keep:  # evenly over the sources
+        train = train[np.linspace(0, len(train) - 1, min(keep, len(train))).round().astype(int)]
+    augment = s['augment'] and not as_is
+    if s['space'] == 'latent':  # augment: the 8 flips/rotations of each tile in image space, then encoded (once)
+        vae = load_vae(s['vae_dir'], device=get_device())
+        data = encode_dataset(vae, train, batch_size=8, progress=s['progress'], augment=augment)
+        del vae
+        lat = data.tensors['latents']
+    elif s['space'] == 'pixel':  # whole tiles (crop = 0), the size the pixel UNet runs at; flips applied per item
+        data = image_dataset(crop_tiles(train, s['crop']), augment=augment, key='latents')
+        lat = to_tensor(crop_tiles(train, s['crop']))  # not augmented (same statistics): for the summary
+    else:
+        raise ValueError(f"space must be 'latent' or 'pixel', got {s['space']!r}")
+    print(
+        f"{s['space']}: {len(train)} tiles -> {len(data)} training samples of {tuple(lat.shape[1:])}, "
+        f'std {lat.std():.3f} ({time.time() - t0:.1f} s)'
+    )
+    return train, data, lat

@@ -6,8 +6,8 @@ Docs: https://histodiff.github.io/histodiff/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #da2036f2
 from __future__ import annotations
-import json, shutil, warnings
-from dataclasses import dataclass, asdict
+import json, shutil, time, warnings
+from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
 import torch
@@ -20,7 +20,8 @@ from .core import atomic_dir, atomic_path, sha256sum
 # %% auto #0
 __all__ = ['MANIFEST', 'UNET_PRESETS', 'TrainConfig', 'EpochSampler', 'collate_dict', 'TensorDictDataset', 'verify_checkpoint',
            'list_checkpoints', 'latest_checkpoint', 'fit', 'make_scheduler', 'record_sample_size', 'check_sample_size',
-           'DenoisingDiffusionModel', 'unet_config', 'make_unet']
+           'DenoisingDiffusionModel', 'unet_config', 'make_unet', 'stage_train_config', 'train_diffusion_stage',
+           'diffusion_stage_summary']
 
 # %% ../nbs/04_train.ipynb #cc3f7ba1
 @dataclass
@@ -700,3 +701,82 @@ def make_unet(preset: str = 'released', in_channels: int = 4, sample_size: int =
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return UNet2DModel(**cfg)
+
+# %% ../nbs/04_train.ipynb #1a3b22fc
+def stage_train_config(
+    s: dict,  # a training stage's parameters: run_dir, and any fields of `TrainConfig` (max_steps, batch_size, ...)
+    log_every: int = 10,  # log loss and lr to dvclive every N steps
+) -> TrainConfig:
+    "`fit`'s settings of a training stage: `output_dir = s['run_dir']` and every field of `TrainConfig` `s` names."
+    names = {f.name for f in fields(TrainConfig)} - {'output_dir', 'log_every'}
+    return TrainConfig(s['run_dir'], log_every=log_every, **{k: v for k, v in s.items() if k in names})
+
+
+def train_diffusion_stage(
+    s: dict,  # the train_ldm / train_pixel stage's parameters (space, preset, init_from, max_steps, out_dir, ...)
+    data: Dataset,  # the training samples, a dataset of `latents` (`diffusion_training_data`)
+    lat: torch.Tensor,  # samples N x C x H x W: the fresh UNet's channels and size
+) -> float:
+    """Fine-tune the checkpoint `init_from` (or train a fresh UNet of `preset`) `max_steps` steps in `run_dir` and save
+    it to `out_dir` (0 steps: the checkpoint as it is); the seconds it took."""
+    from histodiff.modelfolder import load_trainable
+
+    t0 = time.time()
+    if s['init_from']:  # fine-tune a checkpoint
+        model = load_trainable(DenoisingDiffusionModel, s['init_from'], s['space'], key='latents')
+    else:
+        unet = make_unet(s['preset'], in_channels=lat.shape[1], sample_size=lat.shape[-1], seed=s['seed'])
+        model = DenoisingDiffusionModel(unet, make_scheduler(clip_sample=s['space'] == 'pixel'), key='latents')
+    if s['max_steps']:
+        fit(model, data, stage_train_config(s))
+    seconds = round(time.time() - t0, 1)
+    with atomic_dir(s['out_dir']) as tmp:  # the trained model, or (max_steps = 0) the checkpoint as it is
+        if s['max_steps']:
+            shutil.copytree(Path(s['run_dir']) / 'final', tmp, dirs_exist_ok=True)
+        else:
+            model.save_pretrained(tmp)
+    if not s['max_steps']:  # the stage's run folder says where the weights came from
+        Path(s['run_dir']).mkdir(parents=True, exist_ok=True)
+        (Path(s['run_dir']) / 'source.txt').write_text(
+            f"not trained here: the checkpoint {s['init_from']}, used as it is\n"
+        )
+    return seconds
+
+# %% ../nbs/04_train.ipynb #f02ced0f
+def diffusion_stage_summary(
+    s: dict,  # the train_ldm / train_pixel stage's parameters (profile, space, out_dir, run_dir, metrics_path, ...)
+    n_tiles: int,  # the training tiles
+    data: Dataset,  # the training samples
+    lat: torch.Tensor,  # the samples as a tensor (`diffusion_training_data`): their shape and std
+    seconds: float,  # the training time
+) -> dict:
+    """The stage's summary, from the saved model and its loss curve: saved to `metrics_path` (timings to
+    results/timings/), printed, and the card's facts written to `out_dir`."""
+    from histodiff.core import save_metrics
+    from histodiff.modelfolder import write_card
+
+    m = DenoisingDiffusionModel.from_pretrained(s['out_dir'], key='latents')
+    log = Path(s['run_dir']) / 'dvclive' / 'plots' / 'metrics' / 'loss.tsv'
+    steps = s['max_steps']
+    loss = [float(l.split('\t')[-1]) for l in log.read_text().splitlines()[1:]] if steps else []  # 0: as it is
+    summary = dict(
+        profile=s['profile'],
+        space=s['space'],
+        preset=s['preset'],
+        init_from=s['init_from'],
+        n_tiles=n_tiles,
+        n_latents=len(data),
+        latent_shape=list(lat.shape[1:]),
+        latent_std=float(lat.std()),
+        parameters=sum(p.numel() for p in m.unet.parameters()),
+        steps=steps,
+        first_loss=loss[0] if loss else None,
+        final_loss=loss[-1] if loss else None,
+        min_loss=min(loss, default=None),
+        seconds=seconds,
+    )
+    save_metrics(summary, s['metrics_path'])  # timings go to results/timings/
+    print(json.dumps(summary, indent=1))
+    name = 'ldm' if s['space'] == 'latent' else 'pixel'
+    write_card(s['out_dir'], name, s['profile'], steps, seconds, summary, 'data/download.json')
+    return summary
