@@ -1,4 +1,4 @@
-"""Synthetic histology artifacts with exact masks, paired (artifact, mask, clean) sets, and classical inpainting baselines.
+"""Synthetic histology artifacts with exact masks, paired (artifact, mask, clean) sets, classical inpainting.
 
 Docs: https://histodiff.github.io/histodiff/artifacts.html.md"""
 

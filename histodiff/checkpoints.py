@@ -1,4 +1,4 @@
-"""The shipped checkpoints: every model of the project exported from `models/` as an fp16 diffusers / transformers folder with a model card, under a size budget, and found by the CLI when no model is named.
+"""The shipped checkpoints: every model exported from `models/` as an fp16 folder with its card, under a budget.
 
 Docs: https://histodiff.github.io/histodiff/checkpoints.html.md"""
 

@@ -1,4 +1,4 @@
-"""The `histodiff` command: restore an image or a whole slide, stain H&E into virtual IHC, score generated IHC with the SFS, and convert a released UNet's pickled weights to safetensors, from the shell.
+"""The `histodiff` command: restore images and slides, stain H&E into virtual IHC, score SFS, convert weights.
 
 Docs: https://histodiff.github.io/histodiff/cli.html.md"""
 
@@ -500,6 +500,39 @@ def _format_report(r: dict) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/12_cli.ipynb #aa19b342
+def _classify_pairs(
+    args,  # the command's options (batch size, device, quiet)
+    clf,
+    real: Path,
+    gen: Path,
+    names: list,  # the classifier, the two folders, the image names
+    score_dab: bool,  # also the DAB score of each real image (`--labels dab-score`)
+) -> tuple[list, list, list]:
+    "The classifier's predictions on the real and on the generated images, batch by batch, and the DAB scores."
+    import numpy as np
+    from tqdm.auto import tqdm
+    from histodiff.core import read_image
+    from histodiff.data import dab_score
+    from histodiff.sfs import predict
+
+    pred_real, pred_gen, dab = [], [], []
+    for i in tqdm(range(0, len(names), args.batch_size), desc='classify', disable=args.quiet):
+        chunk = names[i : i + args.batch_size]
+        ims_real, ims_gen = [read_image(real / n) for n in chunk], [read_image(gen / n) for n in chunk]
+        for n, a, b in zip(chunk, ims_real, ims_gen):
+            if a.shape != b.shape:
+                raise ValueError(
+                    f"{n}: the real image is {a.shape[0]}x{a.shape[1]}, the generated one {b.shape[0]}x{b.shape[1]}"
+                )
+        if score_dab:
+            dab += [dab_score(a) for a in ims_real]
+        for ims, preds in ((ims_real, pred_real), (ims_gen, pred_gen)):
+            if len({a.shape for a in ims}) > 1:
+                raise ValueError(f"images of different sizes among {chunk}; use --batch-size 1")
+            preds += predict(clf, np.stack(ims), batch_size=args.batch_size, device=args.device).tolist()
+    return pred_real, pred_gen, dab
+
+
 @command('sfs', 'Semantic Fidelity Score of generated against real IHC', _sfs_arguments)
 def sfs_command(args):
     """Score generated IHC against real IHC with the Semantic Fidelity Score (SFS, SPEC 4).
@@ -513,9 +546,8 @@ example:
   histodiff sfs --real BCI/IHC/test --generated out/ihc \\
                 --classifier models/classifier/sfs --json sfs.json"""
     import numpy as np
-    from tqdm.auto import tqdm
-    from histodiff.core import IMAGE_SUFFIXES, read_image, atomic_path
-    from histodiff.sfs import ImageClassifier, predict, sfs_report, binarize_her2
+    from histodiff.core import IMAGE_SUFFIXES, atomic_path
+    from histodiff.sfs import ImageClassifier, sfs_report, binarize_her2
     from histodiff.modelfolder import default_model
 
     real, gen = _folder(args.real, 'real image folder'), _folder(args.generated, 'generated image folder')
@@ -533,25 +565,9 @@ example:
     class_names = [str(clf.model.config.id2label[i]) for i in range(clf.num_classes)]
     source = args.labels if args.labels in ('from-filename', 'dab-score') else 'csv'
     table = _label_table(args.labels, class_names) if source == 'csv' else None
-    if source == 'dab-score':
-        from histodiff.data import dab_score
-    else:
+    if source != 'dab-score':
         labels = [_label_of(n, source, table) for n in names]  # refuse a bad name before classifying anything
-    pred_real, pred_gen, dab = [], [], []
-    for i in tqdm(range(0, len(names), args.batch_size), desc='classify', disable=args.quiet):
-        chunk = names[i : i + args.batch_size]
-        ims_real, ims_gen = [read_image(real / n) for n in chunk], [read_image(gen / n) for n in chunk]
-        for n, a, b in zip(chunk, ims_real, ims_gen):
-            if a.shape != b.shape:
-                raise ValueError(
-                    f"{n}: the real image is {a.shape[0]}x{a.shape[1]}, the generated one {b.shape[0]}x{b.shape[1]}"
-                )
-        if source == 'dab-score':
-            dab += [dab_score(a) for a in ims_real]
-        for ims, preds in ((ims_real, pred_real), (ims_gen, pred_gen)):
-            if len({a.shape for a in ims}) > 1:
-                raise ValueError(f"images of different sizes among {chunk}; use --batch-size 1")
-            preds += predict(clf, np.stack(ims), batch_size=args.batch_size, device=args.device).tolist()
+    pred_real, pred_gen, dab = _classify_pairs(args, clf, real, gen, names, source == 'dab-score')
     y, pr, pg = np.array(dab if source == 'dab-score' else labels), np.array(pred_real), np.array(pred_gen)
     if args.binary:
         y, pr, pg, class_names = binarize_her2(y), binarize_her2(pr), binarize_her2(pg), ['negative', 'positive']

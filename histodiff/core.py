@@ -18,9 +18,9 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 __all__ = ['IMAGE_SUFFIXES', 'DIHEDRAL', 'atomic_path', 'atomic_dir', 'stale_temporaries', 'sha256sum', 'is_timing',
            'split_timings', 'save_metrics', 'ImageError', 'as_rgb_uint8', 'read_image', 'check_image_suffix',
            'write_image', 'MaskError', 'as_mask', 'check_mask', 'read_mask', 'write_mask', 'EmptyMaskWarning',
-           'warn_empty_mask', 'to_tensor', 'from_tensor', 'mask_to_tensor', 'dihedral', 'downsample_factor',
-           'seed_everything', 'make_generator', 'get_device', 'get_dtype', 'tile_coords', 'extract_tiles',
-           'blend_weight', 'stitch_tiles']
+           'warn_empty_mask', 'as_rgb_batch', 'check_masks', 'to_tensor', 'from_tensor', 'mask_to_tensor', 'dihedral',
+           'downsample_factor', 'seed_everything', 'make_generator', 'get_device', 'get_dtype', 'tile_coords',
+           'extract_tiles', 'blend_weight', 'stitch_tiles']
 
 # %% ../nbs/00_core.ipynb #e0b1bad6
 def _umask() -> int:
@@ -414,6 +414,37 @@ def warn_empty_mask(
         EmptyMaskWarning,
         stacklevel=stacklevel,
     )
+
+# %% ../nbs/00_core.ipynb #7815bb2a
+def as_rgb_batch(images) -> np.ndarray:  # N x H x W x 3 array, a list of RGB images, or one image
+    "The images as one N x H x W x 3 uint8 array, each checked by `as_rgb_uint8`; they must share one size."
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if not len(images):
+        raise ImageError("no image given.")
+    u8 = [as_rgb_uint8(im, name=f'image {i}') for i, im in enumerate(images)]
+    if len({im.shape for im in u8}) > 1:
+        raise ImageError(f"images in a batch must share one size, got {sorted({im.shape for im in u8})}.")
+    return np.stack(u8)
+
+
+def check_masks(
+    masks,  # one mask per image: an n x H x W array or tensor, a list, or one mask
+    n: int,
+    shape: tuple,  # how many images, and their H x W
+) -> np.ndarray:
+    "One checked mask per image as an n x H x W bool array (empty allowed, full refused)."
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    if isinstance(masks, np.ndarray) and masks.ndim == 3:
+        masks = list(masks)
+    if not isinstance(masks, (list, tuple)):
+        masks = [masks]
+    if len(masks) != n:
+        raise MaskError(f"got {len(masks)} masks for {n} images; give one mask per image.")
+    return np.stack([check_mask(m, shape, allow_empty=True, name=f'mask {i}') for i, m in enumerate(masks)])
 
 # %% ../nbs/00_core.ipynb #9b376332
 def to_tensor(

@@ -1,4 +1,4 @@
-"""Artifact detection: a small segmentation UNet trained on synthesized artifacts, mask clean-up, tissue masks, Dice/IoU per kind.
+"""Artifact detection: a small segmentation UNet, mask clean-up, tissue masks, Dice/IoU per artifact kind.
 
 Docs: https://histodiff.github.io/histodiff/detect.html.md"""
 

@@ -1,4 +1,4 @@
-"""The results page: every figure of the evaluation stages and the `results/README.md` that shows them beside every table.
+"""The results page: every figure of the evaluation stages and the `results/README.md` that shows them.
 
 Docs: https://histodiff.github.io/histodiff/figures.html.md"""
 

@@ -182,28 +182,32 @@ class LogGaborBank:
     eps: float = 1e-4  # avoids division by zero
 
 
+def _log_gabor_radial(rows: int, cols: int, bank: LogGaborBank) -> tuple[list, torch.Tensor, torch.Tensor]:
+    "The radial log-Gabor filter of each scale (low-passed, zero DC) and the sine and cosine of each frequency's angle."
+    x, y = _centered_grid(rows, cols)
+    radius = torch.fft.ifftshift(torch.sqrt(x**2 + y**2))
+    theta = torch.fft.ifftshift(torch.atan2(-y, x))
+    radius[0, 0] = 1
+    lp = _lowpass(rows, cols)
+    log_gabor = []
+    for s in range(bank.nscale):
+        fo = 1.0 / (bank.min_wavelength * bank.mult**s)
+        lg = torch.exp(-((torch.log(radius / fo)) ** 2) / (2 * math.log(bank.sigma_onf) ** 2)) * lp
+        lg[0, 0] = 0
+        log_gabor.append(lg)
+    return log_gabor, torch.sin(theta), torch.cos(theta)
+
+
 def phase_congruency(
     im: torch.Tensor,  # N x H x W float64 luminance, 0-255
     bank: LogGaborBank = LogGaborBank(),  # the filters and the noise threshold
 ) -> torch.Tensor:
     "Phase congruency maps (Kovesi's `phasecong2`, the version shipped with FSIM), batched: N x H x W in [0, 1]."
-    nscale, norient, min_wavelength, mult = bank.nscale, bank.norient, bank.min_wavelength, bank.mult
-    sigma_onf, dtheta_on_sigma, k, eps = bank.sigma_onf, bank.dtheta_on_sigma, bank.k, bank.eps
+    nscale, norient, k, eps = bank.nscale, bank.norient, bank.k, bank.eps
     n, rows, cols = im.shape
-    theta_sigma = math.pi / norient / dtheta_on_sigma
+    theta_sigma = math.pi / norient / bank.dtheta_on_sigma
     imfft = torch.fft.fft2(im)
-    x, y = _centered_grid(rows, cols)
-    radius = torch.fft.ifftshift(torch.sqrt(x**2 + y**2))
-    theta = torch.fft.ifftshift(torch.atan2(-y, x))
-    radius[0, 0] = 1
-    sin_t, cos_t = torch.sin(theta), torch.cos(theta)
-    lp = _lowpass(rows, cols)
-    log_gabor = []
-    for s in range(nscale):
-        fo = 1.0 / (min_wavelength * mult**s)
-        lg = torch.exp(-((torch.log(radius / fo)) ** 2) / (2 * math.log(sigma_onf) ** 2)) * lp
-        lg[0, 0] = 0
-        log_gabor.append(lg)
+    log_gabor, sin_t, cos_t = _log_gabor_radial(rows, cols, bank)
     energy_all = torch.zeros_like(im)
     an_all = torch.zeros_like(im)
     for o in range(norient):

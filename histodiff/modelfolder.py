@@ -1,4 +1,4 @@
-"""Model folders read with a clear message: a folder that exists but cannot be loaded names the folder or file and the cause.
+"""Model folders read with a clear message, their digests, where the shipped checkpoints are, card facts.
 
 Docs: https://histodiff.github.io/histodiff/modelfolder.html.md"""
 

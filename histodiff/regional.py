@@ -1,4 +1,4 @@
-"""Regional denoising of artifact masks: LatentArtiFusion in the VAE latent space, and its pixel-space twin (ArtiFusion-like), sharing one loop.
+"""Regional denoising of artifact masks: LatentArtiFusion in latent space and its pixel-space twin, one loop.
 
 Docs: https://histodiff.github.io/histodiff/regional.html.md"""
 
@@ -6,9 +6,9 @@ Docs: https://histodiff.github.io/histodiff/regional.html.md"""
 
 # %% ../nbs/05_regional.ipynb #fb83a89e
 from __future__ import annotations
-import inspect, math, warnings
+import contextlib, inspect, math, warnings
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from histodiff.core import (
     ImageError,
     MaskError,
     as_rgb_uint8,
-    check_mask,
+    check_masks,
+    as_rgb_batch,
     to_tensor,
     from_tensor,
     make_generator,
@@ -326,6 +327,47 @@ class RegionalSettings:
     )
 
 
+def _check_sampling_args(st: RegionalSettings, scheduler, num_inference_steps: int) -> list[int]:
+    "Refuse settings the sampler cannot run; the RePaint level sequence for `num_inference_steps`."
+    if st.keep not in ('diffused', 'clean'):
+        raise ValueError(f"keep must be 'diffused' or 'clean', got {st.keep!r}.")
+    if st.start not in ('noise', 'encoded'):
+        raise ValueError(f"start must be 'noise' or 'encoded', got {st.start!r}.")
+    if num_inference_steps < 1:
+        raise ValueError("num_inference_steps must be >= 1.")
+    levels = repaint_levels(num_inference_steps, st.jump_length, st.jump_n_sample)
+    if len(levels) != num_inference_steps + 1 and hasattr(scheduler, '_step_index'):
+        raise ValueError(
+            f"RePaint jumps need a single-step scheduler without internal state (DDPM, DDIM); "
+            f"{type(scheduler).__name__} keeps a step index / history. Use jump_length=0."
+        )
+    return levels
+
+
+class _Known(NamedTuple):
+    "What a denoising step keeps of the input: the clean z0 outside the mask, noised ('diffused') or not ('clean')."
+
+    z0: torch.Tensor
+    mask: torch.Tensor
+    keep: str
+    generator: torch.Generator | None
+
+
+def _denoise_step(unet, scheduler, z, t, known: _Known, step_kw: dict) -> dict:
+    "One step down at timestep `t`: the known region from z0 (noised, or clean), the UNet, the scheduler."
+    z0, mask, eps = known.z0, known.mask, None
+    if known.keep == 'diffused':
+        eps = randn_tensor(z0.shape, generator=known.generator, device=z0.device, dtype=z0.dtype)
+        z_known = scheduler.add_noise(z0, eps, t.reshape(1).repeat(len(z0)))
+    else:
+        z_known = z0
+    z_in = mask * z + (1 - mask) * z_known
+    with torch.no_grad():
+        noise_pred = unet(scheduler.scale_model_input(z_in, t), t).sample
+    z = scheduler.step(noise_pred, t, z_in, **step_kw).prev_sample
+    return dict(z_in=z_in, eps=eps, z0=z0, mask=mask, noise_pred=noise_pred, z=z)
+
+
 def regional_sample(
     unet: torch.nn.Module,  # noise model, called as unet(z, t).sample
     scheduler,  # any diffusers scheduler
@@ -338,63 +380,34 @@ def regional_sample(
 ) -> torch.Tensor:
     "Regenerate the masked region of `z0` with a diffusion model, conditioning on the rest (SPEC 2, steps 3-5)."
     st = replace(settings or RegionalSettings(), **changes)
-    keep, start, jump_length, jump_n_sample, strength = st.keep, st.start, st.jump_length, st.jump_n_sample, st.strength
-    callback_on_step_end, progress_bar = st.callback_on_step_end, st.progress_bar
-    if keep not in ('diffused', 'clean'):
-        raise ValueError(f"keep must be 'diffused' or 'clean', got {keep!r}.")
-    if start not in ('noise', 'encoded'):
-        raise ValueError(f"start must be 'noise' or 'encoded', got {start!r}.")
-    if num_inference_steps < 1:
-        raise ValueError("num_inference_steps must be >= 1.")
-    levels = repaint_levels(num_inference_steps, jump_length, jump_n_sample)
-    if len(levels) != num_inference_steps + 1 and hasattr(scheduler, '_step_index'):
-        raise ValueError(
-            f"RePaint jumps need a single-step scheduler without internal state (DDPM, DDIM); "
-            f"{type(scheduler).__name__} keeps a step index / history. Use jump_length=0."
-        )
+    levels = _check_sampling_args(st, scheduler, num_inference_steps)
     device, dtype = z0.device, z0.dtype
-    ts = sampling_timesteps(scheduler, num_inference_steps, strength, device)
+    ts = sampling_timesteps(scheduler, num_inference_steps, st.strength, device)
     n = len(ts)
     if n != num_inference_steps:
-        levels = repaint_levels(n, jump_length, jump_n_sample)
+        levels = repaint_levels(n, st.jump_length, st.jump_n_sample)
     step_kw = {'generator': generator} if 'generator' in inspect.signature(scheduler.step).parameters else {}
     noise = randn_tensor(z0.shape, generator=generator, device=device, dtype=dtype)
-    encoded = start == 'encoded' or strength < 1
+    encoded = st.start == 'encoded' or st.strength < 1
     z = scheduler.add_noise(z0, noise, ts[:1].repeat(len(z0))) if encoded else noise * scheduler.init_noise_sigma
     mask = mask.to(device=device, dtype=dtype)
-    calls = unet_calls(levels)
-    ctx = progress_bar(total=calls) if progress_bar is not None else None
-    bar = ctx.__enter__() if ctx is not None else None
-    try:
+    known = _Known(z0, mask, st.keep, generator)
+    bar_ctx = st.progress_bar(total=unet_calls(levels)) if st.progress_bar is not None else contextlib.nullcontext()
+    with bar_ctx as bar:
         k = 0
         for a, b in zip(levels[:-1], levels[1:]):
             if b < a:  # one denoising step with timestep ts[n - a]
-                t = ts[n - a]
-                eps = None
-                if keep == 'diffused':
-                    eps = randn_tensor(z0.shape, generator=generator, device=device, dtype=dtype)
-                    z_known = scheduler.add_noise(z0, eps, t.reshape(1).repeat(len(z0)))
-                else:
-                    z_known = z0
-                z_in = mask * z + (1 - mask) * z_known
-                model_in = scheduler.scale_model_input(z_in, t)
-                with torch.no_grad():
-                    noise_pred = unet(model_in, t).sample
-                z = scheduler.step(noise_pred, t, z_in, **step_kw).prev_sample
-                if callback_on_step_end is not None:
-                    callback_on_step_end(k, t, dict(z_in=z_in, eps=eps, z0=z0, mask=mask, noise_pred=noise_pred, z=z))
+                out = _denoise_step(unet, scheduler, z, ts[n - a], known, step_kw)
+                z = out['z']
+                if st.callback_on_step_end is not None:
+                    st.callback_on_step_end(k, ts[n - a], out)
                 k += 1
                 if bar is not None:
                     bar.update()
             else:  # RePaint: re-noise from level a to level b = a + 1
-                ab_from = _alpha_bar(scheduler, ts[n - a]) if a >= 1 else 1.0
-                ab_to = _alpha_bar(scheduler, ts[n - b])
-                r = ab_to / ab_from
+                r = _alpha_bar(scheduler, ts[n - b]) / (_alpha_bar(scheduler, ts[n - a]) if a >= 1 else 1.0)
                 e = randn_tensor(z0.shape, generator=generator, device=device, dtype=dtype)
                 z = r**0.5 * z + (1 - r) ** 0.5 * e
-    finally:
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
     return mask * z + (1 - mask) * z0
 
 # %% ../nbs/05_regional.ipynb #0b8c1a4c
@@ -452,29 +465,7 @@ def _as_batch(images) -> torch.Tensor:
         if x.min() < -1.0001 or x.max() > 1.0001:
             raise ImageError("image tensor values must lie in [-1, 1].")
         return x.float()
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        images = list(images)
-    if not isinstance(images, (list, tuple)):
-        images = [images]
-    if not len(images):
-        raise ImageError("no image given.")
-    u8 = [as_rgb_uint8(im, name=f'image {i}') for i, im in enumerate(images)]
-    if len({im.shape for im in u8}) > 1:
-        raise ImageError(f"images in a batch must share one size, got {sorted({im.shape for im in u8})}.")
-    return torch.from_numpy(np.stack(u8))
-
-
-def _as_masks(masks, n: int, shape: tuple) -> np.ndarray:
-    "One checked mask per image as an n x H x W bool array (empty allowed, full refused)."
-    if isinstance(masks, torch.Tensor):
-        masks = masks.detach().cpu().numpy()
-    if isinstance(masks, np.ndarray) and masks.ndim == 3:
-        masks = list(masks)
-    if not isinstance(masks, (list, tuple)):
-        masks = [masks]
-    if len(masks) != n:
-        raise MaskError(f"got {len(masks)} masks for {n} images; give one mask per image.")
-    return np.stack([check_mask(m, shape, allow_empty=True, name=f'mask {i}') for i, m in enumerate(masks)])
+    return torch.from_numpy(as_rgb_batch(images))
 
 # %% ../nbs/05_regional.ipynb #34f27e73
 class RegionalPipelineBase(DiffusionPipeline):
@@ -586,7 +577,7 @@ class RegionalPipelineBase(DiffusionPipeline):
         x = _as_batch(images)
         u8 = x.dtype == torch.uint8
         N, H, W = x.shape[:3] if u8 else (x.shape[0], *x.shape[2:])
-        ms = _as_masks(masks, N, (H, W))
+        ms = check_masks(masks, N, (H, W))
         self.check_size(H, W)
         # 2. restore the images with a non-empty mask (encode, sample, decode, paste back); copy the others
         alpha, out = np.zeros((N, H, W), np.float32), (x.numpy().copy() if u8 else x.detach().cpu().clone())

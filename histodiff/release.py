@@ -1,4 +1,4 @@
-"""The papers' released weights and data: LatentArtiFusion's pretrained UNet converted once from pickles to safetensors, and small local mirrors of every release for tests and offline runs.
+"""The papers' released weights and data: LatentArtiFusion's UNet to safetensors once, local test mirrors.
 
 Docs: https://histodiff.github.io/histodiff/release.html.md"""
 

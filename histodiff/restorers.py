@@ -1,4 +1,4 @@
-"""Every restorer behind one interface, `restore(images, masks, generator) -> images`, and one registry: the CLI, the evaluation and slide stages, scripts and benchmarks build them by name.
+"""Every restorer behind one interface, `restore(images, masks, generator)`, and one registry by name.
 
 Docs: https://histodiff.github.io/histodiff/restorers.html.md"""
 
@@ -8,12 +8,11 @@ Docs: https://histodiff.github.io/histodiff/restorers.html.md"""
 from __future__ import annotations
 from dataclasses import dataclass, asdict, replace
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from .core import as_rgb_uint8, check_mask, warn_empty_mask
+from .core import as_rgb_batch, check_masks, warn_empty_mask
 
 # %% auto #0
 __all__ = ['RESTORERS', 'ENTRY_POINT_GROUP', 'RestorerSettings', 'Restorer', 'register', 'load_plugins', 'restorer_names',
@@ -39,31 +38,6 @@ class RestorerSettings:
     feather: float = 2.0  # px, Gaussian feather of the paste-back
     device: str | None = None  # 'cpu', 'cuda', ...; None: the best available
     progress: bool = False  # a progress bar over sampling steps
-
-# %% ../nbs/16_restorers.ipynb #950ea242
-def _as_images(images) -> np.ndarray:
-    "A batch N x H x W x 3 uint8 from an array, a list of images or one image."
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        images = list(images)
-    if not isinstance(images, (list, tuple)):
-        images = [images]
-    if not len(images):
-        raise ValueError("no image given.")
-    u8 = [as_rgb_uint8(im, name=f'image {i}') for i, im in enumerate(images)]
-    if len({im.shape for im in u8}) > 1:
-        raise ValueError(f"images in a batch must share one size, got {sorted({im.shape for im in u8})}.")
-    return np.stack(u8)
-
-
-def _as_masks(masks, n: int, shape: tuple) -> np.ndarray:
-    "One checked bool mask per image, n x H x W (empty allowed)."
-    if isinstance(masks, np.ndarray) and masks.ndim == 3:
-        masks = list(masks)
-    if not isinstance(masks, (list, tuple)):
-        masks = [masks]
-    if len(masks) != n:
-        raise ValueError(f"got {len(masks)} masks for {n} images; give one mask per image.")
-    return np.stack([check_mask(m, shape, allow_empty=True, name=f'mask {i}') for i, m in enumerate(masks)])
 
 # %% ../nbs/16_restorers.ipynb #51be15f0
 class Restorer:
@@ -101,8 +75,8 @@ class Restorer:
         generator=None,  # seed or torch.Generator of the sampling noise; None: `settings.seed`
     ) -> np.ndarray:
         "The restored images, N x H x W x 3 uint8; images with an empty mask are returned unchanged (warned)."
-        x = _as_images(images)
-        ms = _as_masks(masks, len(x), x.shape[1:3])
+        x = as_rgb_batch(images)
+        ms = check_masks(masks, len(x), x.shape[1:3])
         out, active = x.copy(), ms.reshape(len(x), -1).any(1)
         if not active.all():
             warn_empty_mask(f"{self.name} ({int((~active).sum())} of {len(x)} images)")

@@ -1,4 +1,4 @@
-"""The Semantic Fidelity Score: a classifier trained on real IHC, its predictions on real and generated images, SFS with bootstrap confidence intervals.
+"""The Semantic Fidelity Score: a classifier trained on real IHC, its predictions, SFS with bootstrap CIs.
 
 Docs: https://histodiff.github.io/histodiff/sfs.html.md"""
 

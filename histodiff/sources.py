@@ -1,4 +1,4 @@
-"""Where the data come from: demo files read out of pinned registry packages and checked by hash, the papers' hub datasets, Google Drive releases, and the loaders of the papers' datasets.
+"""Where the data come from: pinned registry packages checked by hash, hub datasets, Google Drive releases.
 
 Docs: https://histodiff.github.io/histodiff/sources.html.md"""
 

@@ -1,4 +1,4 @@
-"""One runner for every stage of the DVC pipeline: the stage's parameter groups from `params.yaml`, typed, into its Papermill notebook.
+"""One runner for every DVC stage: the stage's parameter groups from `params.yaml`, typed, into its notebook.
 
 Docs: https://histodiff.github.io/histodiff/stage.html.md"""
 

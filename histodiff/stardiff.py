@@ -1,4 +1,4 @@
-"""A diffusers-style scheduler, a two-UNet model, a (pixel or latent) pipeline and the Reinhard / Macenko baselines for H&E to IHC translation.
+"""Star-Diff: a diffusers-style scheduler, a two-UNet model, a pipeline, and the Reinhard / Macenko baselines.
 
 Docs: https://histodiff.github.io/histodiff/stardiff.html.md"""
 

@@ -1,4 +1,4 @@
-"""The papers' studies as functions: the restoration table, downstream classification, the staining table, SFS robustness to misalignment and to classifier bias, and tables that say where their numbers come from.
+"""The papers' studies and the pipeline's stages as functions, with tables that say where their numbers come from.
 
 Docs: https://histodiff.github.io/histodiff/studies.html.md"""
 

@@ -1,4 +1,4 @@
-"""The one training loop of histodiff (accelerate: EMA, checkpoints, exact resume, dvclive), the diffusion training model and UNet presets.
+"""The one training loop (accelerate: EMA, checkpoints, exact resume, dvclive), diffusion model, UNet presets.
 
 Docs: https://histodiff.github.io/histodiff/train.html.md"""
 

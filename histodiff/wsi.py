@@ -1,4 +1,4 @@
-"""Whole-slide restoration: read a slide at a level or resolution, find or take the artifact mask, restore only the tiles with artifacts, write a pyramidal TIFF.
+"""Whole-slide restoration: read a slide at a level, take or find the mask, restore its tiles, write a pyramid.
 
 Docs: https://histodiff.github.io/histodiff/wsi.html.md"""
 

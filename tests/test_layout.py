@@ -39,11 +39,8 @@ def _functions(path):
 
 
 def _body_lines(fn) -> int:
-    "Lines from the first statement after the docstring to the end."
-    body = fn.body
-    if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]
-    return fn.end_lineno - body[0].lineno + 1
+    "Lines of the whole function, from `def` to its last line."
+    return fn.end_lineno - fn.lineno + 1
 
 
 def _parameters(fn) -> int:
