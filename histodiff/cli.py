@@ -185,12 +185,12 @@ def _folder(
 
 def _method_arguments(g):
     "--method, its choices and help from the registry of `histodiff.restorers`."
-    from histodiff.restorers import restorer_names, restorer_table
+    from histodiff.restorers import DEFAULT_RESTORER, restorer_names, restorer_table
 
     g.add_argument(
         '--method',
         choices=restorer_names(),
-        default='latent',
+        default=DEFAULT_RESTORER,
         metavar='NAME',
         help=f"the restorer (default: %(default)s), one of:\n{restorer_table()}",
     )
@@ -206,7 +206,8 @@ def _restorer_arguments(p):
         metavar='DIR',
         default=None,
         help='trained diffusion model folder with unet/ and scheduler/, as the train_ldm stage writes '
-        f"(default: {_default_help('ldm')} for latent; {_default_help('pixel')} for pixel)",
+        f"(default: {_default_help('ldm')} for latent; {_default_help('pixel')} for pixel; "
+        f"{_default_help('restorer')} for residual)",
     )
     g.add_argument(
         '--vae',
@@ -220,8 +221,17 @@ def _restorer_arguments(p):
         metavar='NAME',
         help="the VAE's subfolder, e.g. vae in a Stable Diffusion repository",
     )
+    _sampling_arguments(g)
+
+
+def _sampling_arguments(g):
+    "Steps, sampler, seed and paste-back options of the diffusion restorers."
     g.add_argument(
-        '--steps', type=at_least(1), default=50, metavar='N', help='sampling steps (default: %(default)s, the paper)'
+        '--steps',
+        type=at_least(1),
+        default=None,
+        metavar='N',
+        help="sampling steps (default: the method's own: 50 for latent and pixel, the paper; a few for residual)",
     )
     g.add_argument(
         '--scheduler',

@@ -15,9 +15,9 @@ import numpy as np
 from .core import as_rgb_batch, check_masks, warn_empty_mask
 
 # %% auto #0
-__all__ = ['RESTORERS', 'ENTRY_POINT_GROUP', 'RestorerSettings', 'Restorer', 'register', 'load_plugins', 'restorer_names',
-           'make_restorer', 'restorer_from_spec', 'NoRestoration', 'Telea', 'NavierStokes', 'Biharmonic',
-           'LatentRegional', 'LatentReleased', 'PixelRegional', 'restorer_table']
+__all__ = ['RESTORERS', 'ENTRY_POINT_GROUP', 'DEFAULT_RESTORER', 'RestorerSettings', 'Restorer', 'register', 'load_plugins',
+           'restorer_names', 'make_restorer', 'restorer_from_spec', 'NoRestoration', 'Telea', 'NavierStokes',
+           'Biharmonic', 'LatentRegional', 'LatentReleased', 'PixelRegional', 'ConditionalResidual', 'restorer_table']
 
 # %% ../nbs/16_restorers.ipynb #a68323a8
 @dataclass
@@ -31,7 +31,7 @@ class RestorerSettings:
     vae_subfolder: str | None = None  # the VAE's subfolder, e.g. 'vae' in a Stable Diffusion repository
     models_dir: str = 'models'  # where trained models are looked for before the shipped checkpoints
     scheduler: str | None = None  # 'ddpm', 'ddim' or 'dpm'; None: DDPM, as trained
-    steps: int = 50  # sampling steps (the paper: DDPM 50)
+    steps: int | None = None  # sampling steps; None: the restorer's own (regional: 50, the paper; residual: validated)
     seed: int = 0  # the generator seed when `restore` is given none
     strength: float = 1.0  # diffusion: run the last `strength` of the schedule from the encoded image
     pixel_dilation: int = 8  # px; outside the mask dilated by this the input is kept byte for byte
@@ -195,6 +195,7 @@ class _Regional(Restorer):
     model_option: ClassVar[str] = '--ldm DIR (RestorerSettings.model)'  # how to name another, for the message
     latent: ClassVar[bool] = True  # needs a VAE
     call_options: ClassVar[dict] = {}  # options of the pipeline's __call__ fixed by the variant
+    default_steps: ClassVar[int] = 50  # sampling steps when the settings give none (the paper: DDPM 50)
 
     def __init__(self, settings: RestorerSettings | None = None, pipeline=None):
         super().__init__(settings)
@@ -202,7 +203,6 @@ class _Regional(Restorer):
 
     def _load(self):
         from histodiff.core import get_device
-        from histodiff.regional import load_regional_pipeline
         from histodiff.modelfolder import default_model
 
         s = self.settings
@@ -210,8 +210,19 @@ class _Regional(Restorer):
         self.vae = (
             default_model(s.vae, 'vae', '--vae DIR (RestorerSettings.vae)', s.models_dir) if self.latent else None
         )
-        pipe = load_regional_pipeline(self.model, vae=self.vae, vae_subfolder=s.vae_subfolder, scheduler=s.scheduler)
-        return pipe.to(get_device(s.device))
+        return self._pipeline().to(get_device(s.device))
+
+    def _pipeline(self):
+        "The pipeline of the model folders `self.model` and `self.vae`."
+        from histodiff.regional import load_regional_pipeline
+
+        s = self.settings
+        return load_regional_pipeline(self.model, vae=self.vae, vae_subfolder=s.vae_subfolder, scheduler=s.scheduler)
+
+    @property
+    def steps(self) -> int:
+        "The sampling steps: the settings', else the method's default."
+        return self.default_steps if self.settings.steps is None else int(self.settings.steps)
 
     @property
     def label(self) -> str:
@@ -219,14 +230,14 @@ class _Regional(Restorer):
         return self.title if s == 1 else f"{self.title.split(' (')[0]}, strength {s:g}"
 
     def describe(self) -> str:
-        return f"{self.label.split(' (')[0]} ({self.settings.steps} steps)"
+        return f"{self.label.split(' (')[0]} ({self.steps} steps)"
 
     def _restore(self, images, masks, generator):
         s = self.settings
         return self.pipeline(
             images,
             masks,
-            num_inference_steps=s.steps,
+            num_inference_steps=self.steps,
             generator=generator,
             output_type='np',
             pixel_dilation=s.pixel_dilation,
@@ -260,7 +271,7 @@ class LatentRegional(_Regional):
             vae_subfolder=s.vae_subfolder,
             vae_digest=_digest(vae),
             scheduler=s.scheduler,
-            steps=s.steps,
+            steps=self.steps,
             seed=s.seed,
             pixel_dilation=s.pixel_dilation,
             feather=s.feather,
@@ -283,6 +294,32 @@ class PixelRegional(LatentRegional):
 
     name, title, about = 'pixel', 'pixel regional', 'regional denoising in pixel space (ArtiFusion-like)'
     model_name, latent, model_option = 'pixel', False, '--model DIR (RestorerSettings.model)'
+
+# %% ../nbs/16_restorers.ipynb #e02d89eb
+DEFAULT_RESTORER = 'residual'  # the CLI's and the slide stage's default: it won on validation tiles
+
+
+@register
+class ConditionalResidual(LatentRegional):
+    "The conditional residual restorer (SPEC 8): RDDM restoration conditioned on the damaged tile and its mask."
+
+    name, title = 'residual', 'conditional residual (beyond the papers)'
+    about = 'RDDM restoration conditioned on the damaged pixels and their mask (SPEC 8; beyond both papers)'
+    model_name, latent, model_option = 'restorer', False, '--model DIR (RestorerSettings.model)'
+    default_steps = 2  # chosen on validation tiles (results/restorer_study/steps.md)
+
+    def _pipeline(self):
+        from histodiff.conditional import ConditionalRestorationPipeline
+
+        return ConditionalRestorationPipeline.from_pretrained(self.model)
+
+    @property
+    def label(self) -> str:
+        n = self.steps
+        return f"conditional residual, {n} step{'s' * (n > 1)}" + (' (regression)' if n == 1 else '')
+
+    def describe(self) -> str:
+        return self.label
 
 # %% ../nbs/16_restorers.ipynb #54054527
 def restorer_table() -> str:
