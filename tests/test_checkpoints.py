@@ -246,6 +246,8 @@ def test_cli_restore_with_no_model_uses_the_shipped_checkpoints(exported, tile, 
                 '--steps',
                 '2',
                 '-q',
+                '--method',
+                'latent',
             ]
         )
         == 0
@@ -264,7 +266,8 @@ def test_cli_restore_with_no_model_anywhere_says_what_to_do(tile, monkeypatch, c
     monkeypatch.chdir(cwd)
     monkeypatch.setenv('HISTODIFF_CHECKPOINTS', str(d / 'no_checkpoints'))
     assert shipped('ldm') is None
-    assert cli(['restore', str(d / 'tile.png'), '--mask', str(d / 'mask.png'), '--out', str(d / 'out.png')]) == 2
+    argv = ['restore', str(d / 'tile.png'), '--mask', str(d / 'mask.png'), '--out', str(d / 'out.png')]
+    assert cli([*argv, '--method', 'latent']) == 2
     err = capsys.readouterr().err
     assert (
         err.startswith('histodiff: error: no ldm model: models/ldm does not exist')
