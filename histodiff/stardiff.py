@@ -1,4 +1,4 @@
-"""Star-Diff: a diffusers-style scheduler, a two-UNet model, a pipeline, and the Reinhard / Macenko baselines.
+"""Star-Diff: a two-UNet model on the shared RDDM scheduler, a pipeline, and the Reinhard / Macenko baselines.
 
 Docs: https://histodiff.github.io/histodiff/stardiff.html.md"""
 
@@ -6,17 +6,12 @@ Docs: https://histodiff.github.io/histodiff/stardiff.html.md"""
 
 # %% ../nbs/06_stardiff.ipynb #d0ecac7f
 from __future__ import annotations
-import json, math, time, warnings
-from dataclasses import dataclass
+import json, time, warnings
 from pathlib import Path
 import numpy as np, torch
 from torch import nn
 import torch.nn.functional as F
 from diffusers import UNet2DModel, AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 from histodiff.core import (
     atomic_path,
     atomic_dir,
@@ -30,217 +25,21 @@ from histodiff.core import (
     downsample_factor,
 )
 from .modelfolder import ModelFolderError, load_folder, read_json_settings, load_float32, load_trainable
+from .residual import ResidualDiffusionScheduler, ResidualDiffusionSchedulerOutput
 
 # %% auto #0
-__all__ = ['PATHS', 'VARIANTS', 'StarDiffSchedulerOutput', 'StarDiffScheduler', 'oracle_sample', 'unet_config', 'StarDiffModel',
+__all__ = ['StarDiffSchedulerOutput', 'PATHS', 'VARIANTS', 'StarDiffScheduler', 'unet_config', 'StarDiffModel',
            'StarDiffPipeline', 'latent_pipeline', 'PairDataset', 'StainNormalizationError', 'tile_mosaic',
            'stained_pixels', 'StainNormalizer', 'fit_stain_baselines', 'save_stain_baselines', 'load_stain_baselines',
            'stage_config', 'stage_model', 'train_variant', 'quick_eval', 'train_stardiff_variants', 'sum_scale_study',
            'score_baselines', 'plot_loss_curves', 'plot_preview']
 
-# %% ../nbs/06_stardiff.ipynb #09056229
-@dataclass
-class StarDiffSchedulerOutput(BaseOutput):
-    "Output of `StarDiffScheduler.step`."
+# %% ../nbs/06_stardiff.ipynb #5c4ed002
+class StarDiffScheduler(ResidualDiffusionScheduler):
+    "`ResidualDiffusionScheduler` under Star-Diff's name, the `_class_name` of its saved `scheduler_config.json`."
 
-    prev_sample: torch.Tensor  # x_t' (the sample at the next, less noisy timestep)
-    pred_original_sample: torch.Tensor  # x0_hat = x_t - abar_t * r_hat - bbar_t * e_hat
-    pred_residual: torch.Tensor  # r_hat (in [-2, 2], never clamped; derived from e_hat for a noise-path-only model)
-    pred_noise: torch.Tensor  # e_hat (derived from r_hat for a residual-path-only model)
 
-# %% ../nbs/06_stardiff.ipynb #6bedf6ff
-class StarDiffScheduler(SchedulerMixin, ConfigMixin):
-    """RDDM residual + noise scheduler (SPEC 3): `x_t = x0 + abar_t * I_res + bbar_t * eps`, index 0 = x0,
-    index T = H&E + noise."""
-
-    config_name = 'scheduler_config.json'
-    order = 1
-
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,  # T: training timesteps (indices 1..T; 0 is x0)
-        sum_scale: float = 0.01,  # total noise variance bbar_T^2 (RDDM restoration value)
-        alpha_schedule: str = 'decreasing',  # 'decreasing' (RDDM: alpha_t linear, decreasing) or 'uniform'
-        beta_schedule: str = 'increasing',  # 'increasing' (RDDM: beta_t^2 linear, increasing) or 'uniform'
-        eta: float = 0.0,  # default stochasticity of `step` (0: deterministic)
-    ):
-        T = int(num_train_timesteps)
-        if T < 1:
-            raise ValueError(f"num_train_timesteps must be >= 1, got {T}.")
-        if not sum_scale > 0:
-            raise ValueError(f"sum_scale must be > 0, got {sum_scale}.")
-        t = torch.arange(1, T + 1, dtype=torch.float64)
-        tri = T * (T + 1) / 2
-        if alpha_schedule == 'decreasing':
-            alphas = (T + 1 - t) / tri
-        elif alpha_schedule == 'uniform':
-            alphas = torch.full_like(t, 1 / T)
-        else:
-            raise ValueError(f"alpha_schedule must be 'decreasing' or 'uniform', got {alpha_schedule!r}.")
-        if beta_schedule == 'increasing':
-            betas2 = t / tri * sum_scale
-        elif beta_schedule == 'uniform':
-            betas2 = torch.full_like(t, sum_scale / T)
-        else:
-            raise ValueError(f"beta_schedule must be 'increasing' or 'uniform', got {beta_schedule!r}.")
-        zero = torch.zeros(1, dtype=torch.float64)
-        self.alphas, self.betas2 = alphas, betas2
-        self.alphas_cumsum = torch.cat([zero, alphas.cumsum(0)])
-        self.alphas_cumsum[-1] = 1.0  # exact endpoints
-        self.betas2_cumsum = torch.cat([zero, betas2.cumsum(0)])
-        self.betas2_cumsum[-1] = sum_scale
-        self.num_inference_steps = None
-        self.timesteps = torch.arange(T, 0, -1)
-        self._prev = {int(s): int(s) - 1 for s in self.timesteps}
-
-    def __len__(self):
-        return self.config.num_train_timesteps
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int,  # sampling steps, 1..T
-        device: str | torch.device | None = None,
-    ):
-        "Evenly spaced timesteps from T down to (but excluding) 0; the last step lands on index 0 (x0)."
-        T = self.config.num_train_timesteps
-        if not 1 <= int(num_inference_steps) <= T:
-            raise ValueError(f"num_inference_steps must be in 1..{T}, got {num_inference_steps}.")
-        ts = np.unique(np.linspace(T, 0, int(num_inference_steps) + 1).round().astype(np.int64))[::-1]
-        self.num_inference_steps = len(ts) - 1
-        self.timesteps = torch.from_numpy(ts[:-1].copy()).to(device)
-        self._prev = {int(a): int(b) for a, b in zip(ts[:-1], ts[1:])}
-
-    def previous_timestep(self, timestep) -> int:
-        "The index the sampler jumps to from `timestep`."
-        t = int(timestep)
-        if t not in self._prev:
-            raise ValueError(f"timestep {t} is not in the current schedule {self.timesteps.tolist()[:5]}...")
-        return self._prev[t]
-
-    def _coef(self, table, timesteps, like):
-        t = torch.as_tensor(timesteps, device='cpu').long().reshape(-1)
-        if (t < 0).any() or (t > self.config.num_train_timesteps).any():
-            raise ValueError(f"timesteps must be in 0..{self.config.num_train_timesteps}, got {t.tolist()}.")
-        c = table[t].to(device=like.device, dtype=like.dtype)
-        return c.reshape(-1, *([1] * (like.ndim - 1)))
-
-    def abar(self, timesteps, like: torch.Tensor) -> torch.Tensor:
-        "abar_t broadcast against `like`."
-        return self._coef(self.alphas_cumsum, timesteps, like)
-
-    def bbar(self, timesteps, like: torch.Tensor) -> torch.Tensor:
-        "bbar_t = sqrt(sum beta_i^2) broadcast against `like`."
-        return self._coef(self.betas2_cumsum, timesteps, like).sqrt()
-
-    def add_noise(
-        self,
-        original_samples: torch.Tensor,  # x0 (the IHC target)
-        residual: torch.Tensor,  # I_res = x_in - x0
-        noise: torch.Tensor,  # eps ~ N(0, I)
-        timesteps,  # indices in 0..T (one per sample, or a scalar)
-    ) -> torch.Tensor:
-        "The forward process: x_t = x0 + abar_t * I_res + bbar_t * eps."
-        return (
-            original_samples
-            + self.abar(timesteps, original_samples) * residual
-            + self.bbar(timesteps, original_samples) * noise
-        )
-
-    def start_sample(
-        self,
-        x_in: torch.Tensor,  # the condition (H&E image or latent)
-        generator=None,
-    ) -> torch.Tensor:
-        "x_T = x_in + bbar_T * eps: where sampling starts."
-        eps = randn_tensor(x_in.shape, generator=generator, device=x_in.device, dtype=x_in.dtype)
-        return x_in + math.sqrt(self.config.sum_scale) * eps
-
-    def scale_model_input(self, sample, timestep=None):
-        return sample
-
-    def complete_predictions(
-        self,
-        residual_pred: torch.Tensor | None,  # r_hat (None: noise path only, derive it)
-        noise_pred: torch.Tensor | None,  # e_hat (None: residual path only, derive it)
-        timestep: int,  # current index t in 1..T
-        sample: torch.Tensor,  # x_t
-        x_in: torch.Tensor | None = None,  # the condition (needed when a prediction is None)
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r_hat, e_hat), the missing one derived from `x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps`; r_hat = 0 at
-        t = T."""
-        if residual_pred is not None and noise_pred is not None:
-            return residual_pred, noise_pred
-        if residual_pred is None and noise_pred is None:
-            raise ValueError("need a residual or a noise prediction, got neither.")
-        if x_in is None:
-            raise ValueError(
-                "a single-path model needs `x_in` to derive the missing prediction "
-                "(x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps)."
-            )
-        t = int(timestep)
-        if not 1 <= t <= self.config.num_train_timesteps:
-            raise ValueError(f"timestep must be in 1..{self.config.num_train_timesteps}, got {t}.")
-        a_t, b_t = self.alphas_cumsum[t].item(), self.betas2_cumsum[t].sqrt().item()
-        if noise_pred is None:
-            return residual_pred, (sample - x_in - (a_t - 1) * residual_pred) / b_t
-        if 1 - a_t <= 1e-12:
-            return torch.zeros_like(noise_pred), noise_pred  # t = T: x_T shows no residual (0/0); the ideal net's limit
-        return (sample - x_in - b_t * noise_pred) / (a_t - 1), noise_pred
-
-    def step(
-        self,
-        residual_pred: torch.Tensor | None,  # r_hat (None: noise path only, derived from e_hat and x_in)
-        noise_pred: torch.Tensor | None,  # e_hat (None: residual path only, derived from r_hat and x_in)
-        timestep: int,  # current index t (from `self.timesteps`)
-        sample: torch.Tensor,  # x_t
-        x_in: torch.Tensor | None = None,  # the condition (H&E); needed when a prediction is None
-        generator: torch.Generator | None = None,  # for z when sigma > 0
-        eta: float | None = None,  # stochasticity (default: config.eta)
-        return_dict: bool = True,
-    ):
-        """One sampling step t -> t' (SPEC 3 / paper Eq. 6); `sigma_t^2 = eta * (bbar_t^2 - bbar_t'^2) * bbar_t'^2 /
-        bbar_t^2`."""
-        eta = self.config.eta if eta is None else float(eta)
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}.")
-        t = int(timestep)
-        tp = self.previous_timestep(t)
-        r, e = self.complete_predictions(residual_pred, noise_pred, t, sample, x_in)
-        a_t, a_p = self.alphas_cumsum[t].item(), self.alphas_cumsum[tp].item()
-        b2_t, b2_p = self.betas2_cumsum[t].item(), self.betas2_cumsum[tp].item()
-        sigma2 = min(eta * (b2_t - b2_p) * b2_p / b2_t, b2_p)
-        prev = sample - (a_t - a_p) * r - (math.sqrt(b2_t) - math.sqrt(b2_p - sigma2)) * e
-        if sigma2 > 0:
-            prev = prev + math.sqrt(sigma2) * randn_tensor(
-                sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
-            )
-        x0_hat = sample - a_t * r - math.sqrt(b2_t) * e
-        if not return_dict:
-            return (prev, x0_hat, r, e)
-        return StarDiffSchedulerOutput(prev_sample=prev, pred_original_sample=x0_hat, pred_residual=r, pred_noise=e)
-
-# %% ../nbs/06_stardiff.ipynb #9115e4e1
-def oracle_sample(
-    scheduler: StarDiffScheduler,  # the scheduler to check
-    x0: torch.Tensor,
-    x_in: torch.Tensor,  # the target and the condition
-    num_inference_steps: int = 10,
-    eta: float = 0.0,
-    generator=None,
-    paths: str = 'both',  # true predictions given: 'both', 'residual' or 'noise' (the other one is derived)
-) -> torch.Tensor:
-    "Run the sampler with the true residual and/or the true noise (the one implied by x_t) at every step."
-    if paths not in ('both', 'residual', 'noise'):
-        raise ValueError(f"paths must be 'both', 'residual' or 'noise', got {paths!r}.")
-    scheduler.set_timesteps(num_inference_steps)
-    res = x_in - x0
-    x = scheduler.start_sample(x_in, generator)
-    for t in scheduler.timesteps:
-        eps = (x - x0 - scheduler.abar(t, x) * res) / scheduler.bbar(t, x)
-        r, e = (None if paths == 'noise' else res), (None if paths == 'residual' else eps)
-        x = scheduler.step(r, e, t, x, x_in, generator=generator, eta=eta).prev_sample
-    return x
+StarDiffSchedulerOutput = ResidualDiffusionSchedulerOutput  # the name of earlier versions
 
 # %% ../nbs/06_stardiff.ipynb #33ddb4f3
 def unet_config(

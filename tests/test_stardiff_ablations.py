@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from histodiff.stardiff import StarDiffModel, StarDiffPipeline, StarDiffScheduler, oracle_sample, unet_config
+from histodiff.residual import oracle_sample
+from histodiff.stardiff import StarDiffModel, StarDiffPipeline, StarDiffScheduler, unet_config
 
 
 class Oracle(nn.Module):
