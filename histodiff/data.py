@@ -493,7 +493,9 @@ def clean_validation_set(
     repeats: int = 2,  # each validation tile is used this many times (each time with another artifact)
     max_tiles: int = 0,  # keep at most this many tiles (0: all), after the repeats
 ) -> dict:
-    "The clean validation tiles as a set: {'validation': (tiles N x H x W x 3, source of each)}."
+    "The clean validation tiles as a set: {'validation': (tiles N x H x W x 3, source of each)}; {} for fraction 0."
+    if not fraction:
+        return {}
     ds = load_tile_dataset(Path(tiles_dir) / 'train')
     _, val = validation_split(ds['source'], fraction)
     ds = ds.select(val)
