@@ -16,11 +16,11 @@ from skimage.color import rgb2hed, hed2rgb
 from .core import as_rgb_uint8, check_mask, atomic_path, warn_empty_mask
 
 # %% auto #0
-__all__ = ['MASK_TOL', 'INK_COLOURS', 'ARTIFACT_KINDS', 'ARTIFACTS', 'BASELINES', 'ArtifactError', 'as_rng', 'finish',
+__all__ = ['MASK_TOL', 'INK_COLOURS', 'ARTIFACT_KINDS', 'ARTIFACTS', 'SEVERITY', 'BASELINES', 'ArtifactError', 'as_rng', 'finish',
            'ArtifactKind', 'sample_params', 'synthesize', 'tissue_fold', 'air_bubble', 'ink', 'pen_line', 'dust',
-           'blur', 'tear', 'stain_patch', 'compose', 'make_paired_set', 'save_paired_set', 'load_paired_set',
-           'restore_telea', 'restore_navier_stokes', 'restore_biharmonic', 'restore', 'synthesize_sets',
-           'check_paired_set', 'show_paired_set']
+           'blur', 'tear', 'stain_patch', 'Severity', 'synthesize_severity', 'compose', 'make_paired_set',
+           'save_paired_set', 'load_paired_set', 'restore_telea', 'restore_navier_stokes', 'restore_biharmonic',
+           'restore', 'synthesize_sets', 'check_paired_set', 'show_paired_set']
 
 # %% ../nbs/02_artifacts.ipynb #6a8f8c55
 MASK_TOL = 2  # a pixel belongs to the mask when some channel moved by more than this many grey levels
@@ -539,6 +539,59 @@ ARTIFACTS = {
     'tear': tear,
     'stain_patch': stain_patch,
 }
+
+# %% ../nbs/02_artifacts.ipynb #ff280f6a
+from dataclasses import field
+
+
+@dataclass(frozen=True)
+class Severity:
+    "The parameter that sets a kind's opacity or strength, and its range (the kind's sampler's)."
+
+    param: str  # a parameter of the kind's sampler
+    low: float  # its value at level 0
+    high: float  # its value at level 1
+    scaled: bool = False  # the range is for 256 px tiles and scales with the tile side, as in the sampler
+    linked: dict = field(default_factory=dict)  # other parameters moved with it: name -> (value at 0, value at 1)
+
+    def values(
+        self,
+        level: float,  # the severity in [0, 1]: 0 the low end of the range, 1 the high end
+        side: int = 256,  # the tile side (px), for a scaled range
+    ) -> dict:
+        "The parameter (and its linked ones) at `level`."
+        if not 0 <= level <= 1:
+            raise ArtifactError(f"severity level must be in [0, 1], got {level}.")
+        k = _scale(side) if self.scaled else 1.0
+        out = {self.param: round((self.low + level * (self.high - self.low)) * k, 4)}
+        return out | {n: round(lo + level * (hi - lo), 4) for n, (lo, hi) in self.linked.items()}
+
+
+SEVERITY = {
+    'tissue_fold': Severity('strength', 0.7, 1.0),
+    'air_bubble': Severity('brightness', 0.25, 0.5),
+    'ink': Severity('opacity', 0.35, 0.75),
+    'pen_line': Severity('opacity', 0.7, 0.95),
+    'dust': Severity('darkness', 0.8, 1.6),
+    'blur': Severity('sigma', 2.0, 5.0, scaled=True),
+    'tear': Severity('width', 3.0, 10.0, scaled=True),
+    'stain_patch': Severity('h_scale', 1.35, 1.9, linked={'e_scale': (1.2, 1.7)}),  # the over-staining branch
+}
+
+# %% ../nbs/02_artifacts.ipynb #79dd7302
+def synthesize_severity(
+    image,  # clean RGB uint8 tile, H x W x 3
+    kind: str,  # a key of SEVERITY (every artifact kind)
+    level: float,  # severity in [0, 1] along the kind's range (`SEVERITY[kind]`)
+    rng,  # an int seed (or a Generator): every other parameter is drawn from it as by `synthesize`
+    return_params: bool = False,  # also return the full parameter dict
+    **params,  # override any other drawn parameter
+):
+    "One artifact of `kind` at a severity level: (image, mask) or (image, mask, params), as `synthesize`."
+    image = as_rgb_uint8(image)
+    if kind not in SEVERITY:
+        raise ArtifactError(f"unknown artifact kind {kind!r}; choose from {list(SEVERITY)}.")
+    return synthesize(image, kind, rng, return_params, **(SEVERITY[kind].values(level, _side(image)) | params))
 
 # %% ../nbs/02_artifacts.ipynb #33a45be4
 def compose(

@@ -20,7 +20,8 @@ __all__ = ['DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'STAINING_FIELDS', 'open_slide'
            'tissue_fraction', 'grid_tiles', 'region_tiles', 'split_images', 'image_tiles', 'demo_images', 'demo_tiles',
            'hematoxylin_only', 'dab_fraction', 'dab_score', 'demo_staining_pairs', 'save_tile_dataset',
            'load_tile_dataset', 'dataset_images', 'save_demo_tiles', 'save_demo_staining', 'show_split_tiles',
-           'show_examples', 'save_folder_tiles', 'folder_tiles', 'clean_test_sets']
+           'show_examples', 'save_folder_tiles', 'folder_tiles', 'clean_test_sets', 'validation_split',
+           'clean_validation_set']
 
 # %% ../nbs/01_data.ipynb #88d212c9
 def open_slide(path: str | Path):
@@ -471,3 +472,32 @@ def clean_test_sets(
         names = [s for s, p in zip(sources, parts) for _ in range(len(p))]
         sets['test'] = (_cap(np.concatenate(parts), max_tiles), _cap(names, max_tiles))
     return sets
+
+# %% ../nbs/01_data.ipynb #e3a9362e
+def validation_split(
+    sources: Sequence[str],  # the source of each training tile, in data/tiles/train order
+    fraction: float = 0.1,  # share of each source's tiles held out for validation (at least one)
+) -> tuple[np.ndarray, np.ndarray]:
+    "(train indices, validation indices): the last `fraction` of each source's tiles, in order, are validation tiles."
+    sources = np.asarray(sources)
+    val = np.zeros(len(sources), bool)
+    for s in dict.fromkeys(sources):
+        idx = np.flatnonzero(sources == s)
+        val[idx[len(idx) - max(1, round(fraction * len(idx))) :]] = True
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+# %% ../nbs/01_data.ipynb #5893af9e
+def clean_validation_set(
+    tiles_dir: str | Path,  # the download stage's tiles (data/tiles): its `train` split is read
+    fraction: float = 0.1,  # share of each source's training tiles held out (`validation_split`)
+    repeats: int = 2,  # each validation tile is used this many times (each time with another artifact)
+    max_tiles: int = 0,  # keep at most this many tiles (0: all), after the repeats
+) -> dict:
+    "The clean validation tiles as a set: {'validation': (tiles N x H x W x 3, source of each)}; {} for fraction 0."
+    if not fraction:
+        return {}
+    ds = load_tile_dataset(Path(tiles_dir) / 'train')
+    _, val = validation_split(ds['source'], fraction)
+    ds = ds.select(val)
+    tiles, names = np.concatenate([dataset_images(ds)] * repeats), list(ds['source']) * repeats
+    return {'validation': (_cap(tiles, max_tiles), _cap(names, max_tiles))}

@@ -19,9 +19,9 @@ from .core import atomic_path
 
 # %% auto #0
 __all__ = ['STAINING_TITLES', 'RESULT_TABLES', 'BENCHMARK_TABLES', 'FigureBook', 'figure_book', 'image_grid',
-           'plot_restoration_grid', 'plot_restoration_by_kind', 'plot_restoration_metrics', 'plot_staining_grid',
-           'plot_staining_metrics', 'plot_sfs_ci', 'plot_robustness', 'plot_classifier_bias', 'plot_training_curves',
-           'slide_summary', 'write_results_page']
+           'plot_restoration_grid', 'plot_restoration_by_kind', 'plot_restoration_metrics', 'plot_severity',
+           'plot_staining_grid', 'plot_staining_metrics', 'plot_sfs_ci', 'plot_robustness', 'plot_classifier_bias',
+           'plot_training_curves', 'slide_summary', 'write_results_page']
 
 # %% ../nbs/17_figures.ipynb #a0d47f2c
 @dataclass
@@ -187,6 +187,41 @@ def plot_restoration_metrics(book: FigureBook):
     ax.invert_yaxis()
     ax.set_title(f'Inference time per tile ({profile}, this machine)')
     book.save(fig, 'seconds_per_tile', 'Seconds per tile on the machine that ran the pipeline (log scale).')
+
+# %% ../nbs/17_figures.ipynb #a03b7e48
+def plot_severity(book: FigureBook):
+    "Delta PSNR and FSIM inside the artifact against severity, a panel per kind, a curve per method (`severity.png`)."
+    t = book.table('restoration/severity.csv')
+    if t is None:
+        return
+    kinds, methods = list(dict.fromkeys(t.kind)), list(dict.fromkeys(t.method))
+    rows = [('delta_psnr_artifact', 'delta PSNR inside (dB)'), ('delta_fsim_artifact', 'delta FSIM inside')]
+    fig, axs = plt.subplots(2, len(kinds), figsize=(2.6 * len(kinds) + 1, 5.2), sharex=True, squeeze=False)
+    pal = dict(zip(methods, sns.color_palette('tab10', len(methods))))
+    for j, kind in enumerate(kinds):
+        k = t[t.kind == kind]
+        vals = k.drop_duplicates('level').value
+        for i, (col, label) in enumerate(rows):
+            ax = axs[i, j]
+            ax.axhline(0, color='black', lw=0.8)
+            for m in methods:
+                d = k[k.method == m]
+                ax.plot(d.level, d[col], marker='o', ms=3, color=pal[m], label=m)
+                ax.fill_between(d.level, d[f'{col}_lo'], d[f'{col}_hi'], color=pal[m], alpha=0.12, lw=0)
+            if i == 0:
+                ax.set_title(f"{kind}\n{k.param.iloc[0]} {vals.min():g}-{vals.max():g}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(label)
+            ax.set_xlabel('severity' if i == 1 else '')
+    axs[0, -1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
+    fig.suptitle(f'Severity sweep: change against no restoration inside the artifact ({book.profile})', y=1.01)
+    fig.tight_layout()
+    book.save(
+        fig,
+        'severity',
+        'Severity sweep: per artifact kind, the change of PSNR (top) and FSIM (bottom) inside the artifact against '
+        'no restoration as the kind\'s opacity or strength rises; one curve per method (mean, 95 % CI over tiles).',
+    )
 
 # %% ../nbs/17_figures.ipynb #73bde68d
 def plot_staining_grid(

@@ -16,7 +16,7 @@ from .core import as_rgb_uint8, ImageError, MaskError, as_mask
 # %% auto #0
 __all__ = ['PSNR_4095_OFFSET', 'SSIM_KWARGS', 'FSIM_T1', 'FSIM_T2', 'FSIM_T3', 'FSIM_T4', 'FSIM_LAMBDA', 'as_image_batch',
            'as_mask_batch', 'l2', 'mse_artifact', 'psnr', 'psnr_artifact', 'psnr_from_4095_peak', 'ssim',
-           'LogGaborBank', 'phase_congruency', 'fsim', 'restoration_metrics']
+           'LogGaborBank', 'phase_congruency', 'fsim', 'fsim_artifact', 'restoration_metrics']
 
 # %% ../nbs/07_metrics.ipynb #03ba247c
 def as_image_batch(
@@ -278,13 +278,8 @@ def _yiq(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum('nhwc,kc->nkhw', x, m)
 
 
-def fsim(
-    restored,  # RGB uint8 image or batch
-    clean,  # reference, same shape
-    chromatic: bool = True,  # FSIMc (True, the default) or luminance-only FSIM
-):
-    "FSIMc of Zhang et al. 2011 (phase congruency, Scharr gradient, YIQ chroma; downsampling of FeatureSIM.m)."
-    x, y, single = _pair(restored, clean)
+def _fsim_maps(x: np.ndarray, y: np.ndarray, chromatic: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
+    "FSIM's local similarity S_L and weight PC_m (N x h x w, after FeatureSIM.m's downsampling) and the factor."
     rows, cols = x.shape[1:3]
     f = max(1, _matlab_round(min(rows, cols) / 256))
     a = _box_downsample(_yiq(torch.from_numpy(x).double()), f)
@@ -301,10 +296,46 @@ def fsim(
         s_i = (2 * a[:, 1] * b[:, 1] + FSIM_T3) / (a[:, 1] ** 2 + b[:, 1] ** 2 + FSIM_T3)
         s_q = (2 * a[:, 2] * b[:, 2] + FSIM_T4) / (a[:, 2] ** 2 + b[:, 2] ** 2 + FSIM_T4)
         rest = rest * torch.pow((s_i * s_q).to(torch.complex128), FSIM_LAMBDA).real  # MATLAB real(z.^lambda)
-    den = pcm.sum((-1, -2))
-    # Two flat images have no phase congruency anywhere (MATLAB returns NaN): use the unweighted mean there.
-    score = torch.where(den > 0, (rest * pcm).sum((-1, -2)) / den.clamp_min(1e-300), rest.mean((-1, -2)))
-    return _out(score.numpy(), single)
+    return rest, pcm, f
+
+
+def _fsim_pool(rest: torch.Tensor, pcm: torch.Tensor, weight: torch.Tensor | None = None) -> np.ndarray:
+    "The PC_m-weighted mean of S_L, over the whole image or with a per-pixel `weight` (the artifact region)."
+    w = pcm if weight is None else pcm * weight
+    den = w.sum((-1, -2))
+    # No phase congruency anywhere (two flat images; MATLAB returns NaN): the unweighted mean there.
+    flat = rest.mean((-1, -2)) if weight is None else (rest * weight).sum((-1, -2)) / weight.sum((-1, -2))
+    return torch.where(den > 0, (rest * w).sum((-1, -2)) / den.clamp_min(1e-300), flat).numpy()
+
+
+def _fsim_scores(restored, clean, mask=None, chromatic: bool = True) -> tuple:
+    "FSIM(c) of the whole image and, with a mask, inside the artifact region (None without), from one set of maps."
+    x, y, single = _pair(restored, clean)
+    rest, pcm, f = _fsim_maps(x, y, chromatic)
+    inside = None
+    if mask is not None:
+        m = torch.from_numpy(as_mask_batch(mask, len(x), x.shape[1:3])[:, None].astype(np.float64))
+        inside = _out(_fsim_pool(rest, pcm, _box_downsample(m, f)[:, 0]), single)
+    return _out(_fsim_pool(rest, pcm), single), inside
+
+
+def fsim(
+    restored,  # RGB uint8 image or batch
+    clean,  # reference, same shape
+    chromatic: bool = True,  # FSIMc (True, the default) or luminance-only FSIM
+):
+    "FSIMc of Zhang et al. 2011 (phase congruency, Scharr gradient, YIQ chroma; downsampling of FeatureSIM.m)."
+    return _fsim_scores(restored, clean, None, chromatic)[0]
+
+
+def fsim_artifact(
+    restored,  # RGB uint8 image or batch
+    clean,  # reference, same shape
+    mask,  # bool artifact mask, H x W or N x H x W, True = artifact
+    chromatic: bool = True,  # FSIMc (True, the default) or luminance-only FSIM
+):
+    "FSIM(c) inside the artifact region: the maps of the whole image, their PC_m-weighted mean over the mask only."
+    return _fsim_scores(restored, clean, mask, chromatic)[1]
 
 # %% ../nbs/07_metrics.ipynb #44890cbc
 def restoration_metrics(
@@ -312,11 +343,11 @@ def restoration_metrics(
     clean,  # reference, same shape
     mask=None,  # bool artifact mask (True = artifact), or None to skip the region metrics
 ) -> dict:
-    "All restoration metrics of SPEC section 5: l2, mse_artifact, psnr, psnr_artifact, ssim, fsim."
-    out = dict(
-        l2=l2(restored, clean), psnr=psnr(restored, clean), ssim=ssim(restored, clean), fsim=fsim(restored, clean)
-    )
+    "All restoration metrics of SPEC section 5 (l2, psnr, ssim, fsim; mse_artifact, psnr_artifact, fsim_artifact)."
+    whole, inside = _fsim_scores(restored, clean, mask)
+    out = dict(l2=l2(restored, clean), psnr=psnr(restored, clean), ssim=ssim(restored, clean), fsim=whole)
     if mask is not None:
         out['mse_artifact'] = mse_artifact(restored, clean, mask)
         out['psnr_artifact'] = psnr_artifact(restored, clean, mask)
+        out['fsim_artifact'] = inside
     return out

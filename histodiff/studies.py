@@ -19,11 +19,13 @@ from tqdm.auto import tqdm
 from .core import atomic_path, as_rgb_uint8
 
 # %% auto #0
-__all__ = ['HER2_NOTE', 'PERTURBATIONS', 'ELASTIC_ALPHA', 'mean_ci', 'summarize', 'format_ci', 'write_table', 'restoration_study',
-           'downstream_study', 'staining_study', 'mean_sd', 'perturb', 'robustness_study', 'classifier_bias_study',
-           'StageSettings', 'start_study', 'RestorationEvaluation', 'load_test_sets', 'RestorationTiles',
-           'restoration_tiles', 'restoration_methods', 'score_restorers', 'write_restoration_tables',
-           'restoration_downstream', 'restoration_results', 'StainingEvaluation', 'StainingPairs', 'staining_pairs',
+__all__ = ['HER2_NOTE', 'PERTURBATIONS', 'ELASTIC_ALPHA', 'MIN_TILES_PER_KIND', 'BY_KIND_METRICS', 'RECOVERY_NOTE',
+           'SEVERITY_METRICS', 'mean_ci', 'summarize', 'format_ci', 'write_table', 'restoration_study',
+           'downstream_study', 'recovery_ci', 'staining_study', 'mean_sd', 'perturb', 'robustness_study',
+           'classifier_bias_study', 'StageSettings', 'start_study', 'RestorationEvaluation', 'load_test_sets',
+           'RestorationTiles', 'restoration_tiles', 'kind_counts', 'restoration_methods', 'score_restorers',
+           'write_restoration_tables', 'restoration_downstream', 'restoration_results', 'SeveritySweep', 'severity_set',
+           'severity_methods', 'score_severity', 'StainingEvaluation', 'StainingPairs', 'staining_pairs',
            'staining_classifier', 'staining_stainers', 'score_stainers', 'write_staining_tables', 'sum_scale_study',
            'staining_robustness', 'staining_classifier_bias', 'sfs_intervals', 'staining_results', 'ReleasedEvaluation',
            'released_methods', 'released_study', 'released_table']
@@ -155,18 +157,50 @@ def downstream_study(
     labels: np.ndarray,  # true class of each image
     n_boot: int = 1000,
     seed: int = 0,
+    recovery: bool = False,  # also the recovery of every condition but the first two (clean, damaged)
 ) -> pd.DataFrame:
-    "Accuracy (%) with a bootstrap 95 % interval for every classifier on every condition."
+    "Accuracy (%) with a bootstrap 95 % interval for every classifier on every condition (and the recovery)."
     labels = np.asarray(labels)
     rows = []
     for cname, predict in classifiers.items():
-        for cond, images in conditions.items():
-            correct = (np.asarray(predict(images)) == labels).astype(float) * 100
+        right = {}
+        for k, (cond, images) in enumerate(conditions.items()):
+            correct = right[cond] = (np.asarray(predict(images)) == labels).astype(float) * 100
             m, lo, hi = mean_ci(correct, n_boot, seed)
-            rows.append(
-                dict(classifier=cname, condition=cond, accuracy=m, accuracy_lo=lo, accuracy_hi=hi, n=len(labels))
-            )
+            row = dict(classifier=cname, condition=cond, accuracy=m, accuracy_lo=lo, accuracy_hi=hi, n=len(labels))
+            if recovery and k >= 2:
+                row |= recovery_ci(*list(right.values())[:2], correct, n_boot, seed)
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+def recovery_ci(
+    clean: Sequence,  # per tile: whether the classifier is right on the clean tile (0/1)
+    damaged: Sequence,  # ... on the damaged tile
+    restored: Sequence,  # ... on the restored tile
+    n_boot: int = 1000,  # bootstrap resamples of the tiles
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Recovery (acc_restored - acc_damaged) / (acc_clean - acc_damaged) with a paired percentile bootstrap interval:
+    the three accuracies of a resample are means over the same resampled tiles; a resample where acc_clean ==
+    acc_damaged has no recovery and is left out (`resamples` counts the others). NaN when the full set has none."""
+    c, d, r = (np.asarray(x, np.float64) for x in (clean, damaged, restored))
+    if not len(c) == len(d) == len(r) > 0:
+        raise ValueError("clean, damaged and restored need one value per tile, the same tiles")
+
+    def rec(c, d, r):  # the recovery of each row (resample) of tiles
+        den = c.mean(-1) - d.mean(-1)
+        return np.where(den != 0, (r.mean(-1) - d.mean(-1)) / np.where(den != 0, den, 1.0), np.nan)
+
+    idx = np.random.default_rng(seed).integers(0, len(c), (n_boot, len(c)))
+    boots = rec(c[idx], d[idx], r[idx])
+    boots = boots[np.isfinite(boots)]
+    value = float(rec(c, d, r))
+    if not np.isfinite(value) or not len(boots):
+        return dict(recovery=value, recovery_lo=np.nan, recovery_hi=np.nan, recovery_resamples=int(len(boots)))
+    lo, hi = np.percentile(boots, [50 * (1 - level), 50 * (1 + level)])
+    return dict(recovery=value, recovery_lo=float(lo), recovery_hi=float(hi), recovery_resamples=int(len(boots)))
 
 # %% ../nbs/09_studies.ipynb #e0f6697a
 HER2_NOTE = (
@@ -385,9 +419,13 @@ class RestorationEvaluation(StageSettings):
     tissue_labels: str = 'source'  # column of the test set holding the downstream class
     num_inference_steps: int = 20  # sampling steps of the regional pipelines
     scheduler: str = 'ddim'  # ddpm | ddim | dpm
-    max_tiles: int = 16  # at most this many tiles of each set (0: all)
+    max_tiles: int = 0  # at most this many tiles of each set (0: all)
     seed: int = 0  # sampling seed
     n_boot: int = 1000  # bootstrap resamples of the intervals
+    severity_restorers: list = field(default_factory=lambda: ['none'])  # the severity sweep's curves (as `restorers`)
+    severity_tiles: int = 3  # clean test tiles of the sweep, evenly spaced over the test set
+    severity_levels: int = 5  # severity levels of each kind, evenly over its range (`histodiff.artifacts.SEVERITY`)
+    severity_kinds: list = field(default_factory=list)  # artifact kinds of the sweep ([]: all)
     out_dir: str = 'results/restoration'  # tables, per-tile rows, examples
     metrics_path: str = 'results/metrics/restoration.json'
     progress: bool = False
@@ -440,20 +478,46 @@ def restoration_tiles(
         '| mean artifact coverage',
         round(float(mask.mean()), 3),
     )
+    kind_counts(list(ds['kind']))
     return RestorationTiles(parts, ds, set_of, artifact, mask, clean, list(ds['kind']))
 
-# %% ../nbs/09_studies.ipynb #59a8f048
-def restoration_methods(cfg: RestorationEvaluation) -> dict:
-    "Label -> restorer of `histodiff.restorers`, one per entry of `cfg.restorers`, in order, one `RestorerSettings`."
-    from histodiff.restorers import RestorerSettings, restorer_from_spec
 
-    settings = RestorerSettings(
+MIN_TILES_PER_KIND = 12  # fewer tiles of a kind than this and its per-kind rows are too noisy to read
+
+
+def kind_counts(
+    kinds: Sequence[str],  # the artifact kind of each tile
+    minimum: int = MIN_TILES_PER_KIND,  # warn for a kind with fewer tiles
+) -> dict:
+    "The number of tiles of each kind, printed; a warning names the kinds with fewer than `minimum`."
+    import warnings
+
+    counts = dict(pd.Series(list(kinds), dtype=object).value_counts(sort=False))
+    counts = {str(k): int(v) for k, v in counts.items()}
+    print('tiles per kind:', counts)
+    if few := {k: v for k, v in counts.items() if v < minimum}:
+        warnings.warn(f"fewer than {minimum} test tiles of {few}: their per-kind rows are noisy", stacklevel=2)
+    return counts
+
+# %% ../nbs/09_studies.ipynb #59a8f048
+def _restorer_settings(cfg: RestorationEvaluation):
+    "The `RestorerSettings` every restorer of the stage starts from."
+    from histodiff.restorers import RestorerSettings
+
+    return RestorerSettings(
         models_dir=cfg.models_dir,
         scheduler=cfg.scheduler,
         steps=cfg.num_inference_steps,
         seed=cfg.seed,
         progress=cfg.progress,
     )
+
+
+def restoration_methods(cfg: RestorationEvaluation) -> dict:
+    "Label -> restorer of `histodiff.restorers`, one per entry of `cfg.restorers`, in order, one `RestorerSettings`."
+    from histodiff.restorers import restorer_from_spec
+
+    settings = _restorer_settings(cfg)
     return {r.label: r for r in (restorer_from_spec(spec, settings) for spec in cfg.restorers)}
 
 
@@ -469,6 +533,9 @@ def score_restorers(
     per_tile['set'] = tiles.set_of[per_tile['index'].to_numpy()]
     per_tile.to_csv(Path(cfg.out_dir) / 'per_tile.csv', index=False)
     return per_tile, outputs, summarize(per_tile, 'method', n_boot=cfg.n_boot)
+
+
+BY_KIND_METRICS = ['psnr', 'psnr_artifact', 'ssim', 'fsim', 'fsim_artifact']  # the columns of the per-kind table
 
 
 def _restoration_notes(cfg: RestorationEvaluation, n: int) -> tuple[str, str]:
@@ -520,7 +587,7 @@ def write_restoration_tables(
     out, profile, n_boot = Path(cfg.out_dir), cfg.profile, cfg.n_boot
     data_note, peak_note = _restoration_notes(cfg, len(tiles.artifact))
     write_table(summary, out / 'table', 'Restoration (LatentArtiFusion Tables 1 and 2)', profile, data_note, peak_note)
-    by_kind = summarize(per_tile, ['kind', 'method'], metrics=['psnr', 'psnr_artifact', 'ssim'], n_boot=n_boot)
+    by_kind = summarize(per_tile, ['kind', 'method'], metrics=BY_KIND_METRICS, n_boot=n_boot)
     write_table(by_kind, out / 'by_kind', 'Restoration by artifact kind', profile, data_note, peak_note)
     _save_examples(out, tiles, outputs)
     if len(tiles.parts) > 1:  # the papers report each test set in its own table (Histology: Table 1, MoNuSAC: Table 2)
@@ -538,6 +605,14 @@ def write_restoration_tables(
     return out / 'table.md'
 
 # %% ../nbs/09_studies.ipynb #41d884c1
+RECOVERY_NOTE = (
+    "Recovery = (acc_restored - acc_damaged) / (acc_clean - acc_damaged): 1 recovers all the accuracy the artifacts "
+    "cost, 0 none. Its 95 % interval is a paired bootstrap over tiles (the three accuracies on the same resampled "
+    "tiles); resamples with acc_clean == acc_damaged have no recovery and are left out (`recovery_resamples` counts "
+    "the others); n/a when the artifacts cost no accuracy on the whole set."
+)
+
+
 def restoration_downstream(
     cfg: RestorationEvaluation,
     tiles: RestorationTiles,
@@ -566,7 +641,7 @@ def restoration_downstream(
         **{f'restored w/ {k}': v[keep] for k, v in outputs.items()},
     }
     downstream = downstream_study(
-        {'tissue classifier': lambda x: predict(clf, x)}, conditions, labels, n_boot=cfg.n_boot
+        {'tissue classifier': lambda x: predict(clf, x)}, conditions, labels, n_boot=cfg.n_boot, recovery=True
     )
     write_table(
         downstream,
@@ -574,6 +649,7 @@ def restoration_downstream(
         'Downstream classification (LatentArtiFusion Table 3)',
         cfg.profile,
         f"{keep.sum()} test tiles; classifier {cfg.tissue_classifier}",
+        RECOVERY_NOTE,
     )
     print((Path(cfg.out_dir) / 'downstream.md').read_text())
     return downstream
@@ -587,7 +663,7 @@ def restoration_results(
 ) -> dict:
     "The stage's metrics: each method's means (seconds go to the timings) and the downstream accuracies."
     best = summary.set_index('method')
-    keys = ('psnr', 'psnr_artifact', 'ssim', 'fsim', 'mse_artifact', 'l2', 'seconds')
+    keys = ('psnr', 'psnr_artifact', 'ssim', 'fsim', 'fsim_artifact', 'mse_artifact', 'l2', 'seconds')
     metrics = {
         'profile': cfg.profile,
         'tiles': int(len(tiles.artifact)),
@@ -595,7 +671,124 @@ def restoration_results(
     }
     if downstream is not None:
         metrics['downstream_accuracy'] = {r.condition: float(r.accuracy) for r in downstream.itertuples()}
+        metrics['downstream_recovery'] = _recovery_metrics(downstream)
     return metrics
+
+
+def _recovery_metrics(downstream: pd.DataFrame) -> dict:
+    "Method -> recovery, its interval and the resamples that define it (null where undefined) for the metrics."
+
+    def num(v):
+        return float(v) if np.isfinite(v) else None
+
+    rows = downstream[downstream.condition.str.startswith('restored w/ ')]
+    return {
+        r.condition.removeprefix('restored w/ '): dict(
+            recovery=num(r.recovery),
+            low=num(r.recovery_lo),
+            high=num(r.recovery_hi),
+            resamples=int(r.recovery_resamples),
+        )
+        for r in rows.itertuples()
+    }
+
+# %% ../nbs/09_studies.ipynb #4a5cfd86
+@dataclass
+class SeveritySweep:
+    "The tiles of the severity sweep: every kind at every level on the same clean tiles."
+
+    artifact: np.ndarray  # N x H x W x 3 uint8
+    mask: np.ndarray  # N x H x W bool
+    clean: np.ndarray  # N x H x W x 3 uint8
+    rows: pd.DataFrame  # per tile: kind, level, param, value (of the severity parameter), tile (test tile index)
+
+
+def _sweep_tile(clean: np.ndarray, kind: str, levels: np.ndarray, seed: Sequence[int], max_tries: int = 10) -> list:
+    "(artifact, mask, params) of `kind` at each level with one seed; redrawn while a level's mask is empty or full."
+    from histodiff.artifacts import synthesize_severity, ArtifactError
+
+    for attempt in range(max_tries):
+        s = int(np.random.SeedSequence([*seed, attempt]).generate_state(1)[0])
+        runs = [synthesize_severity(clean, kind, lv, s, return_params=True) for lv in levels]
+        if all(m.any() and not m.all() for _, m, _ in runs):
+            return runs
+    raise ArtifactError(f"no usable {kind} at every severity after {max_tries} seeds (is the tile blank glass?).")
+
+
+def severity_set(
+    cfg: RestorationEvaluation,
+    tiles: RestorationTiles,  # the test tiles: their clean column is used
+) -> SeveritySweep:
+    "Every kind of `cfg.severity_kinds` at `cfg.severity_levels` levels on `cfg.severity_tiles` clean test tiles."
+    from histodiff.artifacts import SEVERITY
+
+    kinds = list(cfg.severity_kinds or SEVERITY)
+    levels = np.linspace(0, 1, cfg.severity_levels) if cfg.severity_levels > 1 else np.ones(1)
+    picks = np.unique(np.linspace(0, len(tiles.clean) - 1, min(cfg.severity_tiles, len(tiles.clean))).round())
+    arts, masks, cleans, rows = [], [], [], []
+    for ki, kind in enumerate(kinds):
+        for t in picks.astype(int):
+            for lv, (a, m, p) in zip(levels, _sweep_tile(tiles.clean[t], kind, levels, (cfg.seed, ki, t))):
+                arts.append(a), masks.append(m), cleans.append(tiles.clean[t])
+                param = SEVERITY[kind].param
+                rows.append(dict(kind=kind, level=round(float(lv), 4), param=param, value=p[param], tile=t))
+    print(len(rows), 'sweep tiles:', len(kinds), 'kinds x', len(levels), 'levels x', len(picks), 'clean tiles')
+    return SeveritySweep(np.stack(arts), np.stack(masks), np.stack(cleans), pd.DataFrame(rows))
+
+
+def severity_methods(
+    cfg: RestorationEvaluation,
+    methods: Mapping[str, Callable] | None = None,  # the stage's restorers (from `restoration_methods`), reused
+) -> dict:
+    "Label -> restorer for each entry of `cfg.severity_restorers`; an entry also in `cfg.restorers` reuses its object."
+    from histodiff.restorers import restorer_from_spec
+
+    built = list((methods or {}).values())
+    out, settings = {}, _restorer_settings(cfg)
+    for spec in cfg.severity_restorers:
+        same = [i for i, s in enumerate(cfg.restorers) if s == spec and i < len(built)]
+        r = built[same[0]] if same else restorer_from_spec(spec, settings)
+        out[r.label] = r
+    return out
+
+# %% ../nbs/09_studies.ipynb #2b7b0b9e
+SEVERITY_METRICS = ['psnr_artifact', 'fsim_artifact']  # the sweep's metrics, inside the artifact region
+
+
+def score_severity(
+    cfg: RestorationEvaluation,
+    sweep: SeveritySweep,  # from `severity_set`
+    methods: Mapping[str, Callable],  # label -> restore(image, mask), from `severity_methods`
+) -> pd.DataFrame:
+    "Per (kind, level, method): the change against no restoration of PSNR and FSIM inside the artifact; written."
+    from histodiff.metrics import restoration_metrics
+
+    floor = pd.DataFrame([restoration_metrics(a, c, m) for a, c, m in zip(sweep.artifact, sweep.clean, sweep.mask)])
+    per_tile = restoration_study(
+        methods, sweep.artifact, sweep.mask, sweep.clean, list(sweep.rows.kind), progress=cfg.progress
+    )
+    info = sweep.rows.drop(columns='kind').iloc[per_tile['index']].reset_index(drop=True)
+    per_tile = pd.concat([per_tile, info], axis=1)
+    for m in SEVERITY_METRICS:
+        per_tile[f'delta_{m}'] = per_tile[m] - floor[m].to_numpy()[per_tile['index']]
+    out = Path(cfg.out_dir)
+    per_tile.to_csv(out / 'severity_per_tile.csv', index=False)
+    deltas = [f'delta_{m}' for m in SEVERITY_METRICS]
+    table = summarize(per_tile, ['kind', 'level', 'method'], metrics=deltas + SEVERITY_METRICS, n_boot=cfg.n_boot)
+    values = per_tile.groupby(['kind', 'level'], sort=False)[['param', 'value']].first().reset_index()
+    table = values.merge(table, on=['kind', 'level'])
+    write_table(
+        table,
+        out / 'severity',
+        'Severity sweep: change against no restoration inside the artifact',
+        cfg.profile,
+        f"{sweep.rows.tile.nunique()} clean test tiles x {sweep.rows.kind.nunique()} kinds x "
+        f"{sweep.rows.level.nunique()} severity levels ({cfg.synth_dir})",
+        "delta_m = m(restored) - m(damaged tile), inside the artifact mask (PSNR in dB, peak 255; FSIMc pooled over "
+        "the mask). `level` runs over the range of each kind's opacity or strength parameter `param` (its value in "
+        "`value`; histodiff.artifacts.SEVERITY); means and bootstrap 95 % intervals over the tiles.",
+    )
+    return table
 
 # %% ../nbs/09_studies.ipynb #05e66617
 @dataclass
