@@ -246,9 +246,10 @@ def _sampling_arguments(g):
     g.add_argument(
         '--pixel-dilation',
         type=at_least(0),
-        default=8,
+        default=None,
         metavar='PX',
-        help='outside the mask dilated by this much the input is kept byte for byte (default: %(default)s)',
+        help="outside the mask dilated by this much the input is kept byte for byte (default: the method's own: 8 for "
+        'latent and pixel, fewer for residual)',
     )
     g.add_argument(
         '--feather',

@@ -19,12 +19,12 @@ from .artifacts import ARTIFACT_KINDS, compose
 from .core import DIHEDRAL, atomic_dir, dihedral, make_generator
 from .modelfolder import ModelFolderError, load_folder, read_json_settings
 from .regional import RegionalPipelineBase, _pad_to, _to_host, dilate_disk, paste_back
-from .stardiff import StarDiffScheduler
+from .residual import ResidualDiffusionScheduler
 from .train import fit, stage_train_config, unet_config
 
 # %% auto #0
 __all__ = ['IN_CHANNELS', 'OUT_CHANNELS', 'predict', 'RestorationPairs', 'ResidualRestorerModel', 'residual_sample',
-           'ConditionalRestorationPipeline', 'validation_split', 'train_restorer_stage', 'restorer_stage_summary']
+           'ConditionalRestorationPipeline', 'train_restorer_stage', 'restorer_stage_summary']
 
 # %% ../nbs/18_conditional.ipynb #025cd8de
 IN_CHANNELS, OUT_CHANNELS = 7, 6  # [x_t, damaged, mask] -> [residual, noise]
@@ -105,7 +105,7 @@ class ResidualRestorerModel(nn.Module):
     def __init__(
         self,
         unet: UNet2DModel,  # 7 channels in, 6 out (`make` builds one)
-        scheduler: StarDiffScheduler | None = None,  # the RDDM scheduler (default: sum_scale 0.01)
+        scheduler: ResidualDiffusionScheduler | None = None,  # the RDDM scheduler (default: sum_scale 0.01)
         mask_weight: float = 10.0,  # the loss weight inside the dilated mask is 1 + mask_weight
         weight_dilation: int = 8,  # px the mask is dilated by for the loss weight
     ):
@@ -117,7 +117,7 @@ class ResidualRestorerModel(nn.Module):
             )
         if mask_weight < 0 or weight_dilation < 0:
             raise ValueError(f"mask_weight and weight_dilation must be >= 0, got {mask_weight}, {weight_dilation}.")
-        self.unet, self.scheduler = unet, scheduler or StarDiffScheduler()
+        self.unet, self.scheduler = unet, scheduler or ResidualDiffusionScheduler()
         self.mask_weight, self.weight_dilation = float(mask_weight), int(weight_dilation)
 
     @classmethod
@@ -135,7 +135,7 @@ class ResidualRestorerModel(nn.Module):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             unet = UNet2DModel(**cfg)
-        return cls(unet, StarDiffScheduler(sum_scale=sum_scale), **kwargs)
+        return cls(unet, ResidualDiffusionScheduler(sum_scale=sum_scale), **kwargs)
 
     def forward(self, x_t, damaged, mask, t):
         "(r_hat, e_hat), as `predict`."
@@ -178,7 +178,7 @@ class ResidualRestorerModel(nn.Module):
             raise FileNotFoundError(f"{cf} not found: not a conditional restorer folder.")
         cfg = read_json_settings(cf, dict(mask_weight=(int, float), weight_dilation=int))
         unet = load_folder(UNet2DModel.from_pretrained, path / 'unet', 'restorer UNet', use_safetensors=True)
-        sch = load_folder(StarDiffScheduler.from_pretrained, path / 'scheduler', 'restorer scheduler')
+        sch = load_folder(ResidualDiffusionScheduler.from_pretrained, path / 'scheduler', 'restorer scheduler')
         try:
             return cls(unet, sch, **cfg).eval()
         except ValueError as e:
@@ -187,7 +187,7 @@ class ResidualRestorerModel(nn.Module):
 # %% ../nbs/18_conditional.ipynb #69cda56c
 def residual_sample(
     unet: UNet2DModel,  # 7 channels in, 6 out
-    scheduler: StarDiffScheduler,
+    scheduler: ResidualDiffusionScheduler,
     damaged: torch.Tensor,  # N x 3 x H x W in [-1, 1]
     mask: torch.Tensor,  # N x 1 x H x W in {0, 1}
     num_inference_steps: int = 1,  # 1-10: one step is a regression
@@ -211,7 +211,7 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
     def __init__(
         self,
         unet: UNet2DModel,  # 7 channels in ([x_t, damaged, mask]), 6 out (residual, noise)
-        scheduler: StarDiffScheduler,  # the RDDM scheduler it was trained with
+        scheduler: ResidualDiffusionScheduler,  # the RDDM scheduler it was trained with
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
@@ -238,26 +238,13 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
         out, alpha = paste_back(y, x, ms, st.pixel_dilation, st.feather)
         return _to_host(out[:, :H, :W] if out.dtype == torch.uint8 else out[..., :H, :W], alpha[:, :H, :W])
 
-# %% ../nbs/18_conditional.ipynb #fa40acdd
-def validation_split(
-    sources,  # the source of each training tile, in the dataset's order
-    fraction: float = 0.1,  # share of each source's tiles held out (at least one)
-) -> tuple[np.ndarray, np.ndarray]:
-    "(train indices, validation indices): the last `fraction` of each source's training tiles are held out."
-    sources = np.asarray(sources)
-    val = np.zeros(len(sources), bool)
-    for s in dict.fromkeys(sources):
-        idx = np.flatnonzero(sources == s)
-        val[idx[len(idx) - max(1, round(fraction * len(idx))) :]] = True
-    return np.flatnonzero(~val), np.flatnonzero(val)
-
 # %% ../nbs/18_conditional.ipynb #771c274c
 def train_restorer_stage(
     s: dict,  # the stage's parameters: tiles_dir, init_from, preset, sum_scale, crop, max_steps, out_dir, run_dir, ...
 ) -> float:
     """Fine-tune `init_from` (or train a fresh model of `preset`) `max_steps` steps on synthesized pairs and save it
     to `out_dir`; the seconds it took."""
-    from histodiff.data import dataset_images, load_tile_dataset
+    from histodiff.data import dataset_images, load_tile_dataset, validation_split
     from histodiff.modelfolder import load_trainable
 
     t0 = time.time()

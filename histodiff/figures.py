@@ -114,7 +114,7 @@ def plot_restoration_grid(
 
 
 def plot_restoration_by_kind(book: FigureBook):
-    "One large artifact of each kind, every panel at full resolution (`restoration_by_kind.png`)."
+    "One artifact of each kind, before and after, every panel at full resolution (`restoration_by_kind.png`)."
     res = book.results_dir
     if not book.need(res / 'restoration' / 'examples_by_kind.npz'):
         return
@@ -125,8 +125,8 @@ def plot_restoration_by_kind(book: FigureBook):
     if not len(ex['kinds']):  # the stage's output exists either way
         fig, ax = plt.subplots(figsize=(4, 1))
         ax.axis('off')
-        ax.text(0.5, 0.5, 'no large artifact in the test set', ha='center')
-        book.save(fig, 'restoration_by_kind', 'No fold, bubble, stain patch or blur in the evaluated test tiles.')
+        ax.text(0.5, 0.5, 'no artifact in the test set', ha='center')
+        book.save(fig, 'restoration_by_kind', 'No artifact in the evaluated test tiles.')
         return
     fig, axs = plt.subplots(
         len(ex['kinds']),
@@ -150,7 +150,7 @@ def plot_restoration_by_kind(book: FigureBook):
     book.save(
         fig,
         'restoration_by_kind',
-        'Large artifacts (fold, bubble, stain patch, blur), each at full resolution: damaged '
+        'One artifact of each kind, each at full resolution: damaged '
         '(artifact outlined), ' + ', '.join(names) + ', clean.',
         dpi=100,
         bbox_inches=None,

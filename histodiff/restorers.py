@@ -34,7 +34,7 @@ class RestorerSettings:
     steps: int | None = None  # sampling steps; None: the restorer's own (regional: 50, the paper; residual: validated)
     seed: int = 0  # the generator seed when `restore` is given none
     strength: float = 1.0  # diffusion: run the last `strength` of the schedule from the encoded image
-    pixel_dilation: int = 8  # px; outside the mask dilated by this the input is kept byte for byte
+    pixel_dilation: int | None = None  # px; outside the mask dilated by this the input is kept (None: the method's)
     feather: float = 2.0  # px, Gaussian feather of the paste-back
     device: str | None = None  # 'cpu', 'cuda', ...; None: the best available
     progress: bool = False  # a progress bar over sampling steps
@@ -196,6 +196,7 @@ class _Regional(Restorer):
     latent: ClassVar[bool] = True  # needs a VAE
     call_options: ClassVar[dict] = {}  # options of the pipeline's __call__ fixed by the variant
     default_steps: ClassVar[int] = 50  # sampling steps when the settings give none (the paper: DDPM 50)
+    default_pixel_dilation: ClassVar[int] = 8  # px of the paste-back ring when the settings give none
 
     def __init__(self, settings: RestorerSettings | None = None, pipeline=None):
         super().__init__(settings)
@@ -225,6 +226,12 @@ class _Regional(Restorer):
         return self.default_steps if self.settings.steps is None else int(self.settings.steps)
 
     @property
+    def pixel_dilation(self) -> int:
+        "The paste-back ring (px): the settings', else the method's default."
+        d = self.settings.pixel_dilation
+        return self.default_pixel_dilation if d is None else int(d)
+
+    @property
     def label(self) -> str:
         s = self.settings.strength
         return self.title if s == 1 else f"{self.title.split(' (')[0]}, strength {s:g}"
@@ -240,7 +247,7 @@ class _Regional(Restorer):
             num_inference_steps=self.steps,
             generator=generator,
             output_type='np',
-            pixel_dilation=s.pixel_dilation,
+            pixel_dilation=self.pixel_dilation,
             feather=s.feather,
             strength=s.strength,
             progress=s.progress,
@@ -273,7 +280,7 @@ class LatentRegional(_Regional):
             scheduler=s.scheduler,
             steps=self.steps,
             seed=s.seed,
-            pixel_dilation=s.pixel_dilation,
+            pixel_dilation=self.pixel_dilation,
             feather=s.feather,
             strength=s.strength,
             **self.call_options,
@@ -307,6 +314,7 @@ class ConditionalResidual(LatentRegional):
     about = 'RDDM restoration conditioned on the damaged pixels and their mask (SPEC 8; beyond both papers)'
     model_name, latent, model_option = 'restorer', False, '--model DIR (RestorerSettings.model)'
     default_steps = 2  # chosen on validation tiles (results/restorer_study/steps.md)
+    default_pixel_dilation = 2  # chosen on validation tiles too
 
     def _pipeline(self):
         from histodiff.conditional import ConditionalRestorationPipeline

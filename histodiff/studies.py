@@ -561,10 +561,11 @@ def _save_examples(out: Path, tiles: RestorationTiles, outputs: dict):
         methods=np.array(list(outputs)),
         **{f'out{i}': o[:6] for i, o in enumerate(outputs.values())},
     )
-    # the first tile of each large artifact kind, at full resolution, for the figure of the `figures` stage (issue 12)
-    large = [k for k in ('tissue_fold', 'air_bubble', 'stain_patch', 'blur') if k in kinds]
+    # the first tile of each artifact kind, at full resolution, for the before/after figure of the `figures` stage
+    large = list(dict.fromkeys(kinds))
     first = [kinds.index(k) for k in large]
-    shown = [m for m in ('telea', 'biharmonic', 'latent regional (ours)') if m in outputs]
+    ours = [m for m in outputs if m.startswith('conditional residual') and 'regression' not in m][:1]
+    shown = ours + [m for m in ('telea', 'biharmonic', 'latent regional (ours)') if m in outputs]
     np.savez_compressed(
         out / 'examples_by_kind.npz',
         kinds=np.array(large),

@@ -29,6 +29,7 @@ from histodiff.modelfolder import shipped, write_card
 from histodiff.cli import main as cli
 from histodiff.core import write_image, write_mask
 from histodiff.detect import ArtifactDetector, train_detector
+from histodiff.conditional import RestorationPairs, ResidualRestorerModel
 from histodiff import stardiff as sd
 from histodiff.sfs import ImageClassifier, train_classifier, save_classifier
 from histodiff.train import DenoisingDiffusionModel, TensorDictDataset, TrainConfig, fit, make_scheduler, make_unet
@@ -68,6 +69,8 @@ def trained(tmp_path_factory):
     model = sd.StarDiffModel(4, sd.unet_config(4, (8, 16), 1, 4, False))
     fit(model, sd.PairDataset(torch.randn(4, 4, 4, 4), torch.randn(4, 4, 4, 4), False), cfg(runs / 'latent'))
     sd.latent_pipeline(model, vae).save_pretrained(m / 'stardiff' / 'latent')
+    rm = ResidualRestorerModel.make('tiny', 64)
+    fit(rm, RestorationPairs(tiles(4, 64), variants=1), cfg(runs / 'restorer')).save_pretrained(m / 'restorer')
     for name, k in (('sfs', 4), ('tissue', 2)):
         clf = train_classifier(tiles(8, 16), np.arange(8) % k, cfg(runs / name, batch=4), arch='tiny', num_classes=k)
         save_classifier(clf, m / 'classifier' / name)
@@ -102,6 +105,9 @@ def outputs(model, name):
         if name in ('ldm', 'pixel'):
             c, s = model.unet.config.in_channels, model.unet.config.sample_size
             return model.unet(torch.randn(1, c, s, s, generator=g), torch.tensor([500])).sample
+        if name == 'restorer':
+            s = model.unet.config.sample_size
+            return torch.cat(model(*torch.randn(2, 1, 3, s, s, generator=g), torch.ones(1, 1, s, s), 5))
         if name == 'detector':
             return model(torch.rand(1, 3, 16, 16, generator=g) * 2 - 1)
         if name.startswith('stardiff'):
@@ -205,7 +211,7 @@ def test_export_command(trained, tmp_path):
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    assert 'checkpoints/vae:' in r.stdout and 'of 80 MB' in r.stdout
+    assert 'checkpoints/vae:' in r.stdout and 'of 100 MB' in r.stdout
     assert (tmp_path / 'checkpoints' / 'vae' / 'README.md').exists()
     r = subprocess.run(
         [sys.executable, '-m', 'histodiff.checkpoints', 'export', '--models', 'nowhere'],
