@@ -2,7 +2,7 @@
 `--help` lists it and `restore --method` runs it. (The evaluation table of the smoke profile:
 tests/test_pipeline.py.)"""
 
-import subprocess, sys
+import os, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +62,28 @@ def test_unknown_method_is_refused_without_the_plugin(tmp_path):
         env=plugin_env(tmp_path),
     )
     assert res.returncode == 2 and "invalid choice: 'throwaway'" in res.stderr
+
+
+def test_default_method_is_the_shipped_conditional_restorer(tmp_path):
+    """`restore` with no --method runs the conditional residual restorer of checkpoints/restorer (issue 23), and keeps
+    every pixel outside its paste-back ring."""
+    import skimage.data
+    from histodiff.artifacts import synthesize
+    from histodiff.regional import dilate_disk
+    from histodiff.restorers import DEFAULT_RESTORER, ConditionalResidual
+    import torch
+
+    assert DEFAULT_RESTORER == 'residual'
+    clean = np.ascontiguousarray(skimage.data.immunohistochemistry()[:64, :64])
+    damaged, mask = synthesize(clean, 'ink', 3)
+    Image.fromarray(damaged).save(tmp_path / 'tile.png')
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / 'mask.png')
+    env = {**os.environ, 'HISTODIFF_CHECKPOINTS': str(Path(__file__).parents[1] / 'checkpoints')}
+    res = histodiff(
+        'restore', tmp_path / 'tile.png', '--mask', tmp_path / 'mask.png', '--out', tmp_path / 'o.png', env=env
+    )
+    assert res.returncode == 0, res.stderr
+    out = np.asarray(Image.open(tmp_path / 'o.png'))
+    ring = dilate_disk(torch.from_numpy(mask), ConditionalResidual.default_pixel_dilation).numpy()
+    assert (out[~ring] == damaged[~ring]).all()
+    assert (out[mask] != damaged[mask]).any()
