@@ -263,6 +263,9 @@ def train_restorer_stage(
             seed=s['seed'],
         )  # fmt: skip
         model = fit(model, pairs, stage_train_config(s))
+    else:  # the stage's run folder says where the weights came from
+        Path(s['run_dir']).mkdir(parents=True, exist_ok=True)
+        (Path(s['run_dir']) / 'source.txt').write_text(f"not trained here: {s['init_from']}, used as it is\n")
     model.save_pretrained(s['out_dir'])
     return round(time.time() - t0, 1)
 
