@@ -18,7 +18,7 @@ from diffusers import UNet2DModel
 from .artifacts import ARTIFACT_KINDS, compose
 from .core import DIHEDRAL, atomic_dir, dihedral, make_generator
 from .modelfolder import ModelFolderError, load_folder, read_json_settings
-from .regional import RegionalPipelineBase, _pad_to, _to_host, dilate_disk, paste_back
+from .regional import RegionalPipelineBase, dilate_disk
 from .residual import ResidualDiffusionScheduler
 from .train import fit, stage_train_config, unet_config
 
@@ -225,18 +225,12 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
         model = ResidualRestorerModel.from_pretrained(path)
         return cls(model.unet, model.scheduler)
 
-    def _restore_batch(self, x, ms, num_inference_steps, generator, st) -> list[np.ndarray]:
-        "Sample and paste back on the model's device; [output, alpha] on the host."
-        device, dtype = self.unet.device, self.unet.dtype
-        H, W = ms.shape[1:]
-        x, ms = _pad_to(x.to(device), ms, self.size_multiple)  # cropped back below
-        xf = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x
-        m = torch.from_numpy(ms).to(device)[:, None].to(dtype)
+    def _generate(self, xf, ms, num_inference_steps, generator, st) -> torch.Tensor:
+        "Residual sampling conditioned on the (padded) tiles and their masks: the restored tiles, unclipped."
+        m = torch.from_numpy(ms).to(xf.device)[:, None].to(xf.dtype)
         self.set_progress_bar_config(disable=not st.progress)
         gen = make_generator(generator)
-        y = residual_sample(self.unet, self.scheduler, xf.to(dtype), m, num_inference_steps, gen, self.progress_bar)
-        out, alpha = paste_back(y, x, ms, st.pixel_dilation, st.feather)
-        return _to_host(out[:, :H, :W] if out.dtype == torch.uint8 else out[..., :H, :W], alpha[:, :H, :W])
+        return residual_sample(self.unet, self.scheduler, xf, m, num_inference_steps, gen, self.progress_bar)
 
 # %% ../nbs/18_conditional.ipynb #771c274c
 def train_restorer_stage(

@@ -530,14 +530,20 @@ class RegionalPipelineBase(DiffusionPipeline):
         generator,  # as in `__call__`
         st: RegionalSettings,  # the call's settings
     ) -> list[np.ndarray]:
-        "Encode, sample, decode and paste back on the model's device; [output, alpha] on the host in one transfer."
-        device, dtype = self.unet.device, self.unet.dtype
+        "Pad, generate (`_generate`) and paste back on the model's device; [output, alpha] on the host in one transfer."
         H, W = ms.shape[1:]
-        x, ms = _pad_to(x.to(device), ms, self.size_multiple)  # cropped back below
+        x, ms = _pad_to(x.to(self.unet.device), ms, self.size_multiple)  # cropped back below
         xf = (
             x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x
         )  # `to_tensor`'s arithmetic
-        z0 = self.encode(xf.to(dtype))
+        gen = self._generate(xf.to(self.unet.dtype), ms, num_inference_steps, generator, st)
+        out, alpha = paste_back(gen, x, ms, st.pixel_dilation, st.feather)
+        return _to_host(out[:, :H, :W] if out.dtype == torch.uint8 else out[..., :H, :W], alpha[:, :H, :W])
+
+    def _generate(self, xf, ms, num_inference_steps, generator, st) -> torch.Tensor:
+        "Encode, sample regionally and decode: the generated images in [-1, 1] (padded, N x 3 x H x W)."
+        device = self.unet.device
+        z0 = self.encode(xf)
         self.check_sampling(z0)
         ld = self.default_latent_dilation if st.latent_dilation is None else st.latent_dilation
         m_lat = latent_mask(torch.from_numpy(ms).to(device)[:, None].float(), self.downsample_factor, ld).to(z0.dtype)
@@ -552,8 +558,7 @@ class RegionalPipelineBase(DiffusionPipeline):
             st,
             progress_bar=self.progress_bar,
         )
-        out, alpha = paste_back(self.decode(z), x, ms, st.pixel_dilation, st.feather)
-        return _to_host(out[:, :H, :W] if out.dtype == torch.uint8 else out[..., :H, :W], alpha[:, :H, :W])
+        return self.decode(z)
 
     @torch.no_grad()
     def __call__(
