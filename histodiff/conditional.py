@@ -23,25 +23,50 @@ from .residual import ResidualDiffusionScheduler
 from .train import fit, stage_train_config, unet_config
 
 # %% auto #0
-__all__ = ['IN_CHANNELS', 'OUT_CHANNELS', 'predict', 'RestorationPairs', 'ResidualRestorerModel', 'residual_sample',
-           'ConditionalRestorationPipeline', 'train_restorer_stage', 'restorer_stage_summary']
+__all__ = ['IN_CHANNELS', 'OUT_CHANNELS', 'GAIN_CHANNELS', 'SAMPLING_PATHS', 'predict', 'add_gain_head', 'RestorationPairs',
+           'ResidualRestorerModel', 'residual_sample', 'ConditionalRestorationPipeline', 'train_restorer_stage',
+           'restorer_stage_summary']
 
 # %% ../nbs/18_conditional.ipynb #025cd8de
 IN_CHANNELS, OUT_CHANNELS = 7, 6  # [x_t, damaged, mask] -> [residual, noise]
+GAIN_CHANNELS = 3  # an optional head: a per-pixel gain g, the part of the residual proportional to the damaged pixels
 
 
 def predict(
-    unet: UNet2DModel,  # 7 channels in, 6 out
+    unet: UNet2DModel,  # 7 channels in, 6 out (or 9: with the gain head)
     x_t: torch.Tensor,  # N x 3 x H x W, the sample at step t
     damaged: torch.Tensor,  # N x 3 x H x W in [-1, 1], the condition x_in
     mask: torch.Tensor,  # N x 1 x H x W in {0, 1}, the artifact mask
     t,  # the timestep (one, or one per sample)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    "(r_hat, e_hat): the UNet fed `[x_t, damaged, 2 * mask - 1]` and t, its output split into residual and noise."
+    """(r_hat, e_hat): the UNet fed `[x_t, damaged, 2 * mask - 1]` and t, its output split into residual and noise;
+    with the gain head, r_hat = r + g * (damaged + 1)."""
     inp = torch.cat([x_t, damaged, mask.to(x_t.dtype) * 2 - 1], 1)
     t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-    r, e = unet(inp, t).sample.chunk(2, dim=1)
+    out = unet(inp, t).sample
+    r, e = out[:, :3], out[:, 3:OUT_CHANNELS]
+    if out.shape[1] == OUT_CHANNELS + GAIN_CHANNELS:  # translucent damage scales the tissue under it
+        r = r + out[:, OUT_CHANNELS:] * (damaged + 1)
     return r, e
+
+# %% ../nbs/18_conditional.ipynb #5fafb955
+def add_gain_head(
+    unet: UNet2DModel,  # a restorer's UNet with the plain head (6 output channels)
+) -> UNet2DModel:
+    "The same UNet with `GAIN_CHANNELS` more output channels, zero-initialised: its predictions are unchanged."
+    if unet.config.out_channels != OUT_CHANNELS:
+        raise ValueError(
+            f"add_gain_head needs a UNet with {OUT_CHANNELS} output channels, got {unet.config.out_channels}."
+        )
+    cfg = dict(unet.config)
+    cfg['out_channels'] = OUT_CHANNELS + GAIN_CHANNELS
+    new = UNet2DModel.from_config(cfg).to(unet.device, unet.dtype)
+    state = unet.state_dict()
+    for k in ('conv_out.weight', 'conv_out.bias'):
+        w = state[k]
+        state[k] = torch.cat([w, w.new_zeros((GAIN_CHANNELS, *w.shape[1:]))])
+    new.load_state_dict(state)
+    return new
 
 # %% ../nbs/18_conditional.ipynb #d6d146f7
 class RestorationPairs(torch.utils.data.Dataset):
@@ -104,15 +129,16 @@ class ResidualRestorerModel(nn.Module):
 
     def __init__(
         self,
-        unet: UNet2DModel,  # 7 channels in, 6 out (`make` builds one)
+        unet: UNet2DModel,  # 7 channels in, 6 out or 9 with the gain head (`make` builds one)
         scheduler: ResidualDiffusionScheduler | None = None,  # the RDDM scheduler (default: sum_scale 0.01)
         mask_weight: float = 10.0,  # the loss weight inside the dilated mask is 1 + mask_weight
         weight_dilation: int = 8,  # px the mask is dilated by for the loss weight
     ):
         super().__init__()
-        if (unet.config.in_channels, unet.config.out_channels) != (IN_CHANNELS, OUT_CHANNELS):
+        outs = (OUT_CHANNELS, OUT_CHANNELS + GAIN_CHANNELS)
+        if unet.config.in_channels != IN_CHANNELS or unet.config.out_channels not in outs:
             raise ValueError(
-                f"the restorer's UNet needs {IN_CHANNELS} -> {OUT_CHANNELS} channels, "
+                f"the restorer's UNet needs {IN_CHANNELS} -> {OUT_CHANNELS} channels ({outs[1]} with the gain head), "
                 f"got {unet.config.in_channels} -> {unet.config.out_channels}."
             )
         if mask_weight < 0 or weight_dilation < 0:
@@ -127,11 +153,12 @@ class ResidualRestorerModel(nn.Module):
         sample_size: int = 256,  # the tile side it runs at
         sum_scale: float = 0.01,  # the scheduler's bbar_T^2
         seed: int = 0,  # the weights' seed
+        gain: bool = False,  # with the gain head
         **kwargs,  # mask_weight, weight_dilation
     ):
         "A fresh model of a preset."
         cfg = unet_config(preset, 3, sample_size)
-        cfg.update(in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS)
+        cfg.update(in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS + GAIN_CHANNELS * bool(gain))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             unet = UNet2DModel(**cfg)
@@ -193,14 +220,22 @@ def residual_sample(
     num_inference_steps: int = 1,  # 1-10: one step is a regression
     generator: torch.Generator | None = None,  # the starting noise
     iterate=iter,  # wraps the timesteps, e.g. a pipeline's `progress_bar`
+    paths: str = 'both',  # 'both' predictions, or the 'residual' path only (e_hat derived: x_0 = damaged - r_hat)
 ) -> torch.Tensor:
     "Deterministic RDDM sampling from `damaged + bbar_T * eps` to x_0: the restored tiles, unclipped."
+    if paths not in ('both', 'residual'):
+        raise ValueError(f"paths must be 'both' or 'residual', got {paths!r}.")
     scheduler.set_timesteps(num_inference_steps, device=damaged.device)
     x = scheduler.start_sample(damaged, generator)
     for t in iterate(scheduler.timesteps):
         r, e = predict(unet, x, damaged, mask, t)
-        x = scheduler.step(r, e, t, x, damaged, eta=0.0).prev_sample
+        x = scheduler.step(r, e if paths == 'both' else None, t, x, damaged, eta=0.0).prev_sample
     return x
+
+# %% ../nbs/18_conditional.ipynb #d9675d2d
+SAMPLING_PATHS = (
+    'residual'  # the pipeline's default `paths`, chosen on validation tiles (results/restorer_study/paths.md)
+)
 
 # %% ../nbs/18_conditional.ipynb #d9e225c5
 class ConditionalRestorationPipeline(RegionalPipelineBase):
@@ -212,9 +247,11 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
         self,
         unet: UNet2DModel,  # 7 channels in ([x_t, damaged, mask]), 6 out (residual, noise)
         scheduler: ResidualDiffusionScheduler,  # the RDDM scheduler it was trained with
+        paths: str = SAMPLING_PATHS,  # `residual_sample`'s paths: 'residual' (chosen on validation tiles) or 'both'
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self.paths = paths
 
     @classmethod
     def from_pretrained(
@@ -223,14 +260,16 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
         **kwargs,
     ):
         model = ResidualRestorerModel.from_pretrained(path)
-        return cls(model.unet, model.scheduler)
+        return cls(model.unet, model.scheduler, **kwargs)
 
     def _generate(self, xf, ms, num_inference_steps, generator, st) -> torch.Tensor:
         "Residual sampling conditioned on the (padded) tiles and their masks: the restored tiles, unclipped."
         m = torch.from_numpy(ms).to(xf.device)[:, None].to(xf.dtype)
         self.set_progress_bar_config(disable=not st.progress)
         gen = make_generator(generator)
-        return residual_sample(self.unet, self.scheduler, xf, m, num_inference_steps, gen, self.progress_bar)
+        return residual_sample(
+            self.unet, self.scheduler, xf, m, num_inference_steps, gen, self.progress_bar, self.paths
+        )  # fmt: skip
 
 # %% ../nbs/18_conditional.ipynb #771c274c
 def train_restorer_stage(
