@@ -273,10 +273,10 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
 
 # %% ../nbs/18_conditional.ipynb #771c274c
 def train_restorer_stage(
-    s: dict,  # the stage's parameters: tiles_dir, init_from, preset, sum_scale, crop, max_steps, out_dir, run_dir, ...
+    s: dict,  # the stage's parameters: tiles_dir, init_from, preset, sum_scale, crop, max_steps, gain_steps, out_dir, ...
 ) -> float:
-    """Fine-tune `init_from` (or train a fresh model of `preset`) `max_steps` steps on synthesized pairs and save it
-    to `out_dir`; the seconds it took."""
+    """Fine-tune `init_from` (or train a fresh model of `preset`) `max_steps` steps on synthesized pairs, then with
+    the gain head `gain_steps` more, and save it to `out_dir`; the seconds it took."""
     from histodiff.data import dataset_images, load_tile_dataset, validation_split
     from histodiff.modelfolder import load_trainable
 
@@ -288,14 +288,20 @@ def train_restorer_stage(
             s['preset'], s['tile'], s['sum_scale'], s['seed'], mask_weight=s['mask_weight'],
             weight_dilation=s['weight_dilation'],
         )  # fmt: skip
-    if s['max_steps']:
+    if s['max_steps'] or s['gain_steps']:
         ds = load_tile_dataset(s['tiles_dir'])
         train, _ = validation_split(ds['source'], s['validation_fraction'])
         pairs = RestorationPairs(
             dataset_images(ds)[train], s['crop'], max_artifacts=s['max_artifacts'], p_clean=s['p_clean'],
             seed=s['seed'],
         )  # fmt: skip
-        model = fit(model, pairs, stage_train_config(s))
+        if s['max_steps']:
+            model = fit(model, pairs, stage_train_config(s))
+        if s['gain_steps']:  # then the gain head, zero-initialised, and more steps in a run folder of their own
+            if model.unet.config.out_channels == OUT_CHANNELS:
+                model.unet = add_gain_head(model.unet)
+            gs = {**s, 'max_steps': s['gain_steps'], 'seed': s['seed'] + 1, 'run_dir': f"{s['run_dir']}/gain"}
+            model = fit(model.train(), pairs, stage_train_config(gs))
     else:  # the stage's run folder says where the weights came from
         Path(s['run_dir']).mkdir(parents=True, exist_ok=True)
         (Path(s['run_dir']) / 'source.txt').write_text(f"not trained here: {s['init_from']}, used as it is\n")
@@ -312,18 +318,20 @@ def restorer_stage_summary(
     from histodiff.modelfolder import write_card
 
     m = ResidualRestorerModel.from_pretrained(s['out_dir'])
-    log = Path(s['run_dir']) / 'dvclive' / 'plots' / 'metrics' / 'loss.tsv'
-    loss = [float(l.split('\t')[-1]) for l in log.read_text().splitlines()[1:]] if s['max_steps'] else []
+    runs = [Path(s['run_dir'])] * bool(s['max_steps']) + [Path(s['run_dir']) / 'gain'] * bool(s['gain_steps'])
+    logs = [r / 'dvclive' / 'plots' / 'metrics' / 'loss.tsv' for r in runs]
+    loss = [float(l.split('\t')[-1]) for log in logs for l in log.read_text().splitlines()[1:]]
     summary = dict(
         profile=s['profile'],
         init_from=s['init_from'],
         parameters=sum(p.numel() for p in m.unet.parameters()),
         sum_scale=m.scheduler.config.sum_scale,
-        steps=s['max_steps'],
+        steps=s['max_steps'] + s['gain_steps'],
+        gain_head=m.unet.config.out_channels > OUT_CHANNELS,
         first_loss=loss[0] if loss else None,
         final_loss=loss[-1] if loss else None,
         seconds=seconds,
     )
     save_metrics(summary, s['metrics_path'])  # timings go to results/timings/
-    write_card(s['out_dir'], 'restorer', s['profile'], s['max_steps'], seconds, summary, 'data/download.json')
+    write_card(s['out_dir'], 'restorer', s['profile'], summary['steps'], seconds, summary, 'data/download.json')
     return summary
