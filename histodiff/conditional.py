@@ -23,9 +23,9 @@ from .residual import ResidualDiffusionScheduler
 from .train import fit, stage_train_config, unet_config
 
 # %% auto #0
-__all__ = ['IN_CHANNELS', 'OUT_CHANNELS', 'GAIN_CHANNELS', 'SAMPLING_PATHS', 'predict', 'add_gain_head', 'RestorationPairs',
-           'ResidualRestorerModel', 'residual_sample', 'ConditionalRestorationPipeline', 'train_restorer_stage',
-           'restorer_stage_summary']
+__all__ = ['IN_CHANNELS', 'OUT_CHANNELS', 'GAIN_CHANNELS', 'SAMPLING_PATHS', 'SAMPLING_START', 'predict', 'add_gain_head',
+           'RestorationPairs', 'ResidualRestorerModel', 'residual_sample', 'ConditionalRestorationPipeline',
+           'train_restorer_stage', 'restorer_stage_summary']
 
 # %% ../nbs/18_conditional.ipynb #025cd8de
 IN_CHANNELS, OUT_CHANNELS = 7, 6  # [x_t, damaged, mask] -> [residual, noise]
@@ -221,12 +221,15 @@ def residual_sample(
     generator: torch.Generator | None = None,  # the starting noise
     iterate=iter,  # wraps the timesteps, e.g. a pipeline's `progress_bar`
     paths: str = 'both',  # 'both' predictions, or the 'residual' path only (e_hat derived: x_0 = damaged - r_hat)
+    start: str = 'noise',  # x_T: 'noise' (`damaged + bbar_T * eps`, as trained) or 'mean' (`damaged`: no noise at all)
 ) -> torch.Tensor:
-    "Deterministic RDDM sampling from `damaged + bbar_T * eps` to x_0: the restored tiles, unclipped."
+    "Deterministic RDDM sampling from x_T (`start`) to x_0: the restored tiles, unclipped."
     if paths not in ('both', 'residual'):
         raise ValueError(f"paths must be 'both' or 'residual', got {paths!r}.")
+    if start not in ('noise', 'mean'):
+        raise ValueError(f"start must be 'noise' or 'mean', got {start!r}.")
     scheduler.set_timesteps(num_inference_steps, device=damaged.device)
-    x = scheduler.start_sample(damaged, generator)
+    x = scheduler.start_sample(damaged, generator) if start == 'noise' else damaged.clone()
     for t in iterate(scheduler.timesteps):
         r, e = predict(unet, x, damaged, mask, t)
         x = scheduler.step(r, e if paths == 'both' else None, t, x, damaged, eta=0.0).prev_sample
@@ -236,6 +239,7 @@ def residual_sample(
 SAMPLING_PATHS = (
     'residual'  # the pipeline's default `paths`, chosen on validation tiles (results/restorer_study/paths.md)
 )
+SAMPLING_START = 'mean'  # the pipeline's default `start`, chosen on validation tiles (results/restorer_study/paths.md)
 
 # %% ../nbs/18_conditional.ipynb #d9e225c5
 class ConditionalRestorationPipeline(RegionalPipelineBase):
@@ -248,10 +252,11 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
         unet: UNet2DModel,  # 7 channels in ([x_t, damaged, mask]), 6 out (residual, noise)
         scheduler: ResidualDiffusionScheduler,  # the RDDM scheduler it was trained with
         paths: str = SAMPLING_PATHS,  # `residual_sample`'s paths: 'residual' (chosen on validation tiles) or 'both'
+        start: str = SAMPLING_START,  # `residual_sample`'s start: 'mean' (chosen on validation tiles) or 'noise'
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.paths = paths
+        self.paths, self.start = paths, start
 
     @classmethod
     def from_pretrained(
@@ -268,12 +273,12 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
         self.set_progress_bar_config(disable=not st.progress)
         gen = make_generator(generator)
         return residual_sample(
-            self.unet, self.scheduler, xf, m, num_inference_steps, gen, self.progress_bar, self.paths
+            self.unet, self.scheduler, xf, m, num_inference_steps, gen, self.progress_bar, self.paths, self.start
         )  # fmt: skip
 
 # %% ../nbs/18_conditional.ipynb #771c274c
 def train_restorer_stage(
-    s: dict,  # the stage's parameters: tiles_dir, init_from, preset, sum_scale, crop, max_steps, gain_steps, out_dir, ...
+    s: dict,  # the stage's parameters: tiles_dir, init_from, preset, sum_scale, crop, max_steps, gain_steps, ...
 ) -> float:
     """Fine-tune `init_from` (or train a fresh model of `preset`) `max_steps` steps on synthesized pairs, then with
     the gain head `gain_steps` more, and save it to `out_dir`; the seconds it took."""

@@ -3,14 +3,15 @@
 Validation tiles: the last 10 % of each source's training tiles (`histodiff.data.validation_split`), which the
 restorer never trains on, each used twice with one synthesized artifact (the eight kinds round-robin, the synthesize
 stage's validation_seed): the set the synthesize stage writes to data/synth/validation. Rows: "no restoration",
-Telea, biharmonic, then the restorer of each --models folder at each --steps, --pixel-dilations and --paths. Writes a
-table with 95 % bootstrap intervals (overall and per kind) to --out (Markdown and CSV).
+Telea, biharmonic, then the restorer of each --models folder at each --steps, --pixel-dilations, --paths and
+--starts. Writes a table with 95 % bootstrap intervals (overall and per kind) to --out (Markdown and CSV).
 
 Usage:
   python scripts/restorer_study.py --models checkpoints/restorer --steps 1 2 4 10 --out results/restorer_study/steps
   python scripts/restorer_study.py --models runs/ss001 runs/ss1 --labels 'sum_scale 0.01' 'sum_scale 1' \\
       --steps 1 4 --out results/restorer_study/sum_scale
-  python scripts/restorer_study.py --steps 1 2 --paths both residual --out results/restorer_study/paths
+  python scripts/restorer_study.py --steps 1 2 --paths both residual --starts noise mean \\
+      --out results/restorer_study/paths
 """
 
 import argparse
@@ -30,11 +31,13 @@ def methods(a) -> dict:
     rows = {r.label: r for r in rows.values()}
     for model, label in zip(a.models, a.labels or a.models):
         first = make_restorer('residual', RestorerSettings(model=model, seed=0))
-        for paths in a.paths:  # one loaded UNet, other settings
-            pipe = ConditionalRestorationPipeline(first.pipeline.unet, first.pipeline.scheduler, paths=paths)
+        for paths, start in product(a.paths, a.starts):  # one loaded UNet, other settings
+            pipe = ConditionalRestorationPipeline(first.pipeline.unet, first.pipeline.scheduler, paths, start)
             for n, d in product(a.steps, a.pixel_dilations):
                 r = type(first)(replace(first.settings, steps=n, pixel_dilation=d), pipeline=pipe)
-                rows[f'{label}, {n} step{"s" * (n > 1)}, dilation {d}' + f', {paths} path{"s" * (paths == "both")}'] = r
+                rows[
+                    f'{label}, {n} step{"s" * (n > 1)}, dilation {d}, {paths} path{"s" * (paths == "both")}, {start}'
+                ] = r
     return rows
 
 
@@ -47,6 +50,8 @@ def main():
     ap.add_argument('--pixel-dilations', type=int, nargs='+', default=[0])
     ap.add_argument('--paths', nargs='+', default=['residual'], choices=['both', 'residual'],
                     help="sample with both predictions or the residual path only")  # fmt: skip
+    ap.add_argument('--starts', nargs='+', default=['mean'], choices=['noise', 'mean'],
+                    help="start from the damaged tile plus noise (as trained) or from the damaged tile")  # fmt: skip
     ap.add_argument('--n-boot', type=int, default=1000)
     ap.add_argument('--out', default='results/restorer_study/steps')
     a = ap.parse_args()
