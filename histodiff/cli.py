@@ -725,7 +725,13 @@ def _convert_arguments(p):
     p.add_argument(
         'dst',
         metavar='DST',
-        help='model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically',
+        help='model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically when '
+        'histodiff wrote it (never a folder holding SRC or the current folder)',
+    )
+    p.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='replace an existing DST that histodiff did not write (default: refuse)',
     )
 
 
@@ -748,5 +754,5 @@ example:
             --vae stable-diffusion-v1-5/stable-diffusion-v1-5 --vae-subfolder vae"""
     from histodiff.release import convert_checkpoint
 
-    out = convert_checkpoint(args.src, args.dst)
+    out = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite)
     _say(args, f"{out}: unet/ (safetensors), scheduler/ and README.md written from {args.src}")
