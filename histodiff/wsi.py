@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections, contextlib, dataclasses, functools, hashlib, io, json, os, shutil, warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 import numpy as np
 import tifffile
 from histodiff.core import (
@@ -20,6 +20,7 @@ from histodiff.core import (
     read_image,
     read_mask,
     atomic_path,
+    check_output,
     stale_temporaries,
     tile_coords,
     blend_weight,
@@ -894,12 +895,29 @@ def _mask_for(slide: Path, masks: Path) -> Path:
     return found[0]
 
 
+def _slide_masks(slides: list, masks, single: bool) -> list:
+    "The mask of each slide (None each without `masks`): one mask image for a single slide, or a folder of masks."
+    if masks is None:
+        return [None] * len(slides)
+    masks = Path(masks)
+    if masks.is_dir():
+        return [_mask_for(s, masks) for s in slides]
+    if not single:
+        raise ValueError(
+            f"one mask image ({masks.name}) for {len(slides)} slides; give a folder of masks named like the slides."
+        )
+    if not masks.is_file():
+        raise FileNotFoundError(f"mask not found: {masks}")
+    return [masks]
+
+
 def slide_jobs(
     inputs: list,  # slide files and/or folders of slides
     out: str | Path,  # the output file (.tif) of a single slide, else a folder (`<out>/<stem>.tif`)
     masks: str | Path | None = None,  # a mask image (single slide) or a folder of masks named like the slides
+    others: Sequence = (),  # other paths the run reads (detector, models): no output may be one of them either
 ) -> list[tuple]:
-    "(slide, output, mask or None) for every slide, checked before any work."
+    "(slide, output, mask or None) for every slide, checked before any work: no output is an input (`check_output`)."
     slides, out = _expand_slides(inputs), Path(out)
     single = len(slides) == 1 and not Path(inputs[0]).is_dir() and out.suffix != '' and not out.is_dir()
     if not single and out.suffix != '' and not out.is_dir():
@@ -907,23 +925,14 @@ def slide_jobs(
     outs = [out] if single else [out / f"{s.stem}.tif" for s in slides]
     seen = {}
     for s, o in zip(slides, outs):
-        if o.resolve() == s.resolve():
-            raise ValueError(f"the output {o} would overwrite its slide; choose another --out.")
         if o in seen:
             raise ValueError(f"{seen[o].name} and {s.name} would both be written to {o}; restore them separately.")
         seen[o] = s
-    if masks is None:
-        return [(s, o, None) for s, o in zip(slides, outs)]
-    masks = Path(masks)
-    if masks.is_dir():
-        return [(s, o, _mask_for(s, masks)) for s, o in zip(slides, outs)]
-    if not single:
-        raise ValueError(
-            f"one mask image ({masks.name}) for {len(slides)} slides; give a folder of masks named like the slides."
-        )
-    if not masks.is_file():
-        raise FileNotFoundError(f"mask not found: {masks}")
-    return [(slides[0], out, masks)]
+    jobs = list(zip(slides, outs, _slide_masks(slides, masks, single)))
+    read = [*slides, *(m for *_, m in jobs), *others]
+    for o in outs:
+        check_output(o, read)  # a slide, a mask or a model: through symbolic and hard links too
+    return jobs
 
 # %% ../nbs/11_wsi.ipynb #8fc4da49
 def damage_slide(

@@ -487,3 +487,37 @@ def test_one_bad_slide_does_not_stop_the_others(slide):
     )
     assert rc == 2 and 'b.svs' in err and '1 of 2 slides failed' in err, err
     assert (slide / 'out' / 'a.tif').exists() and not (slide / 'out' / 'b.tif').exists()
+
+
+# Issue 25, item 2: an output never replaces an input (image, mask, model), through symbolic and hard links too
+def test_restore_refuses_to_write_over_its_inputs(slide):
+    img, mask = slide / 'slide.png', slide / 'mask.png'
+    before = {p: p.read_bytes() for p in (img, mask)}
+    (slide / 'link.png').symlink_to(img)
+    os.link(mask, slide / 'hard.png')
+    for out in (img, mask, slide / 'link.png', slide / 'hard.png', slide / '.' / 'slide.png'):
+        rc, _, err = cli('restore', img, '--mask', mask, '--out', out, '--method', 'telea', '-q')
+        assert rc == 2 and 'is the input' in err and str(out) in err, (out, err)
+    assert {p: p.read_bytes() for p in (img, mask)} == before
+    rc, _, err = cli('restore', img, '--mask', mask, '--out', slide / 'restored.png', '--method', 'telea', '-q')
+    assert rc == 0 and (slide / 'restored.png').is_file(), err
+
+
+def test_restore_slide_refuses_to_write_over_its_inputs(slide):
+    write_mask(art_mask(), slide / 'm.tif')
+    before = (slide / 'm.tif').read_bytes()
+    base = ['restore-slide', slide / 'slide.png', *SLIDE_ARGS, '--method', 'telea', '--overwrite']
+    rc, _, err = cli(*base, '--mask', slide / 'm.tif', '--out', slide / 'm.tif')
+    assert rc == 2 and 'is the input' in err and str(slide / 'm.tif') in err, err
+    assert (slide / 'm.tif').read_bytes() == before and leftovers(slide, 'm') == []
+
+
+def test_stain_and_sfs_refuse_to_write_over_their_inputs(slide):
+    he = slide / 'slide.png'
+    before = he.read_bytes()
+    rc, _, err = cli('stain', he, '--out', he, '--model', slide / 'no_model', '-q')
+    assert rc == 2 and 'is the input' in err and he.read_bytes() == before, err
+    (slide / 'labels.csv').write_text('name,label\nslide.png,0\n')
+    sfs = ['sfs', '--real', slide, '--generated', slide, '--classifier', slide / 'no_classifier', '-q']
+    rc, _, err = cli(*sfs, '--labels', slide / 'labels.csv', '--json', slide / 'labels.csv')
+    assert rc == 2 and 'is the input' in err and (slide / 'labels.csv').read_text().startswith('name,label'), err
