@@ -866,6 +866,7 @@ def restore_slide(
     s, out = _settings(settings, overrides), Path(out)
     if out.suffix.lower() not in ('.tif', '.tiff'):
         raise ValueError(f"output must be a .tif or .tiff file, got {out.name}.")
+    check_output(out, [path, mask if isinstance(mask, (str, Path)) else None])  # never over the slide or its mask
     if mask is None and detector is None:
         raise ValueError("restore_slide needs a `mask` or a `detector` to know where the artifacts are.")
     run, main, work = as_batch_restorer(restorer, s.batched), PartialState().is_main_process, WorkFolder(out)
