@@ -344,7 +344,7 @@ def train_vae_stage(
         info['scaling_factor_measured_on'] = f'{len(train)} training tiles'
         set_scaling_factor(vae, to_tensor(train))
     info['seconds'] = round(time.time() - t0, 1)
-    with atomic_dir(s['out_dir']) as tmp:
+    with atomic_dir(s['out_dir'], overwrite=True) as tmp:  # the stage's output
         vae.save_pretrained(tmp)
     print(f'scaling factor {vae.config.scaling_factor:.5f}, f = {downsample_factor(vae)}, {info["seconds"]} s')
     return vae, info

@@ -307,7 +307,7 @@ def export_checkpoint(
     it back."""
     src, dst = Path(src), Path(dst)
     files = model_files(src)
-    with atomic_dir(dst) as tmp:
+    with atomic_dir(dst, inputs=[src]) as tmp:  # an existing dst: one histodiff wrote (card.json)
         for f in files:
             out = tmp / f.relative_to(src)
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -321,9 +321,10 @@ def restore_command(args):
       histodiff restore tile.png --mask mask.png --out out.png --scheduler ddim --steps 20
       histodiff restore tile.png --mask mask.png --out out.png --method telea
       histodiff restore tile.png --mask mask.png --out out.png --method none     # the floor every table starts from"""
-    from histodiff.core import read_image, read_mask, write_image, check_image_suffix, warn_empty_mask
+    from histodiff.core import read_image, read_mask, write_image, check_image_suffix, check_output, warn_empty_mask
 
     check_image_suffix(args.out)  # before any work
+    check_output(args.out, [args.image, args.mask, args.model, args.vae])
     image = read_image(args.image)
     mask = read_mask(args.mask, image.shape, allow_empty=True, allow_full=False)
     if mask.any():
@@ -369,10 +370,11 @@ def stain_command(args):
 
     example:
       histodiff stain he.png --out ihc.png --model models/stardiff/both --steps 10"""
-    from histodiff.core import read_image, write_image, get_device
+    from histodiff.core import read_image, write_image, get_device, check_output
     from histodiff.stardiff import StarDiffPipeline
     from histodiff.modelfolder import default_model
 
+    check_output(args.out, [args.he, args.model])
     he = read_image(args.he)
     args.model = default_model(args.model, 'stardiff/both', '--model DIR')
     pipe = StarDiffPipeline.from_pretrained(_folder(args.model, 'Star-Diff model folder')).to(get_device(args.device))
@@ -557,10 +559,13 @@ example:
   histodiff sfs --real BCI/IHC/test --generated out/ihc \\
                 --classifier models/classifier/sfs --json sfs.json"""
     import numpy as np
-    from histodiff.core import IMAGE_SUFFIXES, atomic_path
+    from histodiff.core import IMAGE_SUFFIXES, atomic_path, check_output
     from histodiff.sfs import ImageClassifier, sfs_report, binarize_her2
     from histodiff.modelfolder import default_model
 
+    source = args.labels if args.labels in ('from-filename', 'dab-score') else 'csv'
+    if args.json:
+        check_output(args.json, [args.real, args.generated, args.classifier, args.labels if source == 'csv' else None])
     real, gen = _folder(args.real, 'real image folder'), _folder(args.generated, 'generated image folder')
     names = _image_names(real)
     if not names:
@@ -574,7 +579,6 @@ example:
     args.classifier = default_model(args.classifier, 'classifier/sfs', '--classifier DIR')
     clf = ImageClassifier.from_pretrained(_folder(args.classifier, 'classifier folder'))
     class_names = [str(clf.model.config.id2label[i]) for i in range(clf.num_classes)]
-    source = args.labels if args.labels in ('from-filename', 'dab-score') else 'csv'
     table = _label_table(args.labels, class_names) if source == 'csv' else None
     if source != 'dab-score':
         labels = [_label_of(n, source, table) for n in names]  # refuse a bad name before classifying anything
@@ -685,7 +689,7 @@ example:
         progress=not args.quiet,
         keep_work=args.keep_work,
     )  # checked before a model is loaded
-    jobs = slide_jobs(args.slide, args.out, args.mask)  # every slide and mask found before any work
+    jobs = slide_jobs(args.slide, args.out, args.mask, [args.detector, args.model, args.vae])  # before any work
     detector = None
     if args.mask is None:  # no mask: the detector named, else models/detector, else the shipped one
         from histodiff.detect import ArtifactDetector
@@ -725,7 +729,13 @@ def _convert_arguments(p):
     p.add_argument(
         'dst',
         metavar='DST',
-        help='model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically',
+        help='model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically when '
+        'histodiff wrote it (never a folder holding SRC or the current folder)',
+    )
+    p.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='replace an existing DST that histodiff did not write (default: refuse)',
     )
 
 
@@ -748,5 +758,5 @@ example:
             --vae stable-diffusion-v1-5/stable-diffusion-v1-5 --vae-subfolder vae"""
     from histodiff.release import convert_checkpoint
 
-    out = convert_checkpoint(args.src, args.dst)
+    out = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite)
     _say(args, f"{out}: unet/ (safetensors), scheduler/ and README.md written from {args.src}")

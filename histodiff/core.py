@@ -15,12 +15,13 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'DIHEDRAL', 'atomic_path', 'atomic_dir', 'stale_temporaries', 'sha256sum', 'is_timing',
-           'split_timings', 'save_metrics', 'ImageError', 'as_rgb_uint8', 'read_image', 'check_image_suffix',
-           'write_image', 'MaskError', 'as_mask', 'check_mask', 'read_mask', 'write_mask', 'EmptyMaskWarning',
-           'warn_empty_mask', 'as_rgb_batch', 'check_masks', 'to_tensor', 'from_tensor', 'mask_to_tensor', 'dihedral',
-           'downsample_factor', 'seed_everything', 'make_generator', 'get_device', 'get_dtype', 'tile_coords',
-           'extract_tiles', 'blend_weight', 'stitch_tiles']
+__all__ = ['OUTPUT_MARKER', 'IMAGE_SUFFIXES', 'DIHEDRAL', 'atomic_path', 'check_output', 'written_by_histodiff',
+           'check_output_dir', 'atomic_dir', 'stale_temporaries', 'sha256sum', 'is_timing', 'split_timings',
+           'save_metrics', 'ImageError', 'as_rgb_uint8', 'read_image', 'check_image_suffix', 'write_image', 'MaskError',
+           'as_mask', 'check_mask', 'read_mask', 'write_mask', 'EmptyMaskWarning', 'warn_empty_mask', 'as_rgb_batch',
+           'check_masks', 'to_tensor', 'from_tensor', 'mask_to_tensor', 'dihedral', 'downsample_factor',
+           'seed_everything', 'make_generator', 'get_device', 'get_dtype', 'tile_coords', 'extract_tiles',
+           'blend_weight', 'stitch_tiles']
 
 # %% ../nbs/00_core.ipynb #e0b1bad6
 def _umask() -> int:
@@ -56,6 +57,73 @@ def atomic_path(
         if tmp.exists():
             tmp.unlink()
 
+# %% ../nbs/00_core.ipynb #589d24df
+def _same(a: Path, b: Path) -> bool:
+    "Do `a` and `b` name the same file or folder: the same resolved path, or (both existing) the same inode?"
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(
+    out: str | Path,  # a path a command writes: a file, or a folder it replaces whole
+    inputs: Sequence = (),  # the paths it reads (images, masks, models); None entries are skipped
+    folder: bool = False,  # `out` is a folder replaced whole: it may not hold an input, nor the current folder
+) -> Path:
+    """`out` as a Path; a ValueError naming both paths when writing it would overwrite an input
+    (through symbolic and hard links too)."""
+    out = Path(out)
+    for inp in (Path(p) for p in inputs if p is not None):
+        if _same(out, inp):
+            raise ValueError(
+                f"the output {out} is the input {inp}: writing it would destroy the input; choose another output."
+            )
+        if folder and out.resolve() in inp.resolve().parents:
+            raise ValueError(
+                f"the output folder {out} holds the input {inp}: replacing it would delete the input; "
+                "choose another folder."
+            )
+    cwd = Path.cwd().resolve()
+    if folder and (out.resolve() == cwd or out.resolve() in cwd.parents):
+        raise ValueError(
+            f"the output folder {out} is (or holds) the current folder {cwd}: replacing it would delete it; "
+            "choose a new folder."
+        )
+    return out
+
+# %% ../nbs/00_core.ipynb #20c972a2
+OUTPUT_MARKER = '.histodiff-output'  # written into every folder `atomic_dir` writes: histodiff may replace that folder
+
+
+def written_by_histodiff(
+    path: str | Path,  # an existing folder
+) -> bool:
+    """May `atomic_dir` replace the folder `path`: is it empty, or written by histodiff (its `OUTPUT_MARKER`, or the
+    `card.json` of a model folder written before the marker)?"""
+    p = Path(path)
+    return not any(p.iterdir()) or (p / OUTPUT_MARKER).is_file() or (p / 'card.json').is_file()
+
+
+def check_output_dir(
+    path: str | Path,  # a folder to replace whole
+    inputs: Sequence = (),  # the paths the command reads: `path` may not be, nor hold, one of them
+    overwrite: bool = False,  # replace an existing folder histodiff did not write (never an input, nor the cwd)
+) -> Path:
+    """`path` as a Path; refuses (ValueError, FileExistsError) a folder holding an input or the current folder, a file
+    or link, and without `overwrite` a non-empty folder histodiff did not write."""
+    path = check_output(path, inputs, folder=True)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise FileExistsError(f"{path} exists and is not a folder: remove it or choose another output folder.")
+    if path.is_dir() and not overwrite and not written_by_histodiff(path):
+        raise FileExistsError(
+            f"{path} exists and holds files histodiff did not write; writing it would delete them: choose a new or "
+            "empty folder, or remove it (or pass overwrite=True, --overwrite on the command line, to replace it)."
+        )
+    return path
+
 # %% ../nbs/00_core.ipynb #e3f29177
 def _normal_modes(root: Path):
     "Give `root` and everything in it the modes mkdir/open would give (mkdtemp's 0700; safetensors writes files 0600)."
@@ -68,20 +136,24 @@ def _normal_modes(root: Path):
 
 @contextlib.contextmanager
 def atomic_dir(
-    path: str | Path,  # final folder of the output (replaced whole if it exists)
+    path: str | Path,  # final folder of the output (replaced whole if it exists and histodiff wrote it)
+    overwrite: bool = False,  # also replace an existing folder histodiff did not write (see `check_output_dir`)
+    inputs: Sequence = (),  # the paths the caller reads: `path` may not be, nor hold, one of them
 ):
-    """Yield a temporary folder beside `path`; on success it replaces `path` (mode `0o777 & ~umask`),
-    on error it is deleted."""
+    """Yield a temporary folder beside `path`; on success it gets `OUTPUT_MARKER` and replaces `path` (mode
+    `0o777 & ~umask`), on error it is deleted. Refuses what `check_output_dir` refuses, before and after the block."""
     import shutil
 
-    path = Path(path)
+    path = check_output_dir(path, inputs, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if tmp.is_dir():
+            (tmp / OUTPUT_MARKER).write_text('written by histodiff, which may replace this folder whole\n')
             _normal_modes(tmp)
-        if path.exists():
+        if path.exists() or path.is_symlink():
+            check_output_dir(path, inputs, overwrite)  # again: the folder may have appeared meanwhile
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:

@@ -13,7 +13,7 @@ from pickle import UnpicklingError
 import numpy as np
 import torch
 
-from .core import atomic_dir, sha256sum
+from .core import atomic_dir, check_output_dir, sha256sum
 from .archives import ARCHIVE_SUFFIXES, DataIntegrityError, _archive_stem, _extract
 from .sources import GDRIVE_RELEASES, _hidden, download_gdrive
 
@@ -354,12 +354,14 @@ def convert_checkpoint(
     src: str
     | Path,  # a diffusers UNet folder (config.json + weights), a zip of one, or a weights file beside its config.json
     dst: str | Path,  # the model folder to write: unet/ (safetensors), scheduler/, README.md; replaced atomically
+    overwrite: bool = False,  # replace an existing `dst` histodiff did not write (never one holding `src`)
 ) -> Path:
     """Convert a downloaded UNet to a safetensors model folder `load_regional_pipeline` loads; pickles read with
     `weights_only=True`."""
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise FileNotFoundError(f"checkpoint not found: {src}")
+    check_output_dir(dst, [src], overwrite)  # before any work
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent) as t:
         unet_dir, weights = _unpack(src, Path(t))
@@ -369,7 +371,7 @@ def convert_checkpoint(
         rel = weights.relative_to(
             Path(t) if weights.is_relative_to(t) else src if src.is_dir() else src.parent
         ).as_posix()
-        with atomic_dir(dst) as out:
+        with atomic_dir(dst, overwrite, inputs=[src]) as out:
             unet = _save_unet(config, sd, out / 'unet')
             scheduler = _save_scheduler(unet_dir, out / 'scheduler')
             (out / 'README.md').write_text(_model_card(src, weights, rel, unet, scheduler))
@@ -384,13 +386,14 @@ def fetch_released_unet(
     | None = None,  # keep the extracted download here; None: beside out_dir, deleted afterwards
     sha256: str | None = None,  # expected sha256 of the downloaded zip, checked if given
     quiet: bool = False,  # no download progress bars
+    overwrite: bool = False,  # replace an existing `out_dir` histodiff did not write
 ) -> Path:
     "Download LatentArtiFusion's released UNet (or take a local copy) and convert it to a safetensors model folder."
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir, overwrite=overwrite)  # before the download
     src = Path(download_dir) if download_dir else out_dir.parent / f'.{out_dir.name}.source'
     download_gdrive(source, src, sha256=sha256, quiet=quiet)
     try:
-        return convert_checkpoint(src, out_dir)
+        return convert_checkpoint(src, out_dir, overwrite)
     finally:
         if download_dir is None:
             shutil.rmtree(src, ignore_errors=True)
@@ -404,9 +407,9 @@ def released_unet_folder(
 ) -> Path:
     "The `released` stage's model folder: the fetched, converted UNet, or without a source a note (for DVC's output)."
     if source:
-        fetch_released_unet(model_dir, source, sha256=sha256, quiet=quiet)
+        fetch_released_unet(model_dir, source, sha256=sha256, quiet=quiet, overwrite=True)  # the stage's output
     else:
-        with atomic_dir(model_dir) as d:
+        with atomic_dir(model_dir, overwrite=True) as d:
             (d / 'README.md').write_text(
                 "Not fetched: the stage `released` ran with an empty `released.unet_source` "
                 "(only `make repro PROFILE=released` sets it).\n"

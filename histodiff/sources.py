@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .core import atomic_path, atomic_dir, sha256sum
+from .core import atomic_path, atomic_dir, check_output_dir, sha256sum
 from histodiff.archives import (
     DataIntegrityError,
     MAX_EXTRACT_BYTES,
@@ -571,7 +571,7 @@ def _materialize(
         raise DataIntegrityError(
             f"{src.name}: sha256 {got}, expected {sha256}: the download is corrupt or the file changed."
         )
-    with atomic_dir(out_dir) as final:
+    with atomic_dir(out_dir, inputs=[src]) as final:  # only a folder histodiff wrote is replaced
         if src.is_dir():
             shutil.copytree(src, final, dirs_exist_ok=True, copy_function=_link_or_copy if link else shutil.copy2)
         else:
@@ -599,9 +599,9 @@ def download_gdrive(
 ) -> Path:
     """Download a Google Drive archive or folder with gdown (resuming) or take a local copy, extract every archive,
     check, write atomically."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     local = Path(source).expanduser()
+    out_dir = check_output_dir(out_dir, [local] if local.exists() else [])  # before the download; see `atomic_dir`
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f'.{out_dir.name}.download'  # kept when a run fails: the next one resumes from it
     src = local if local.exists() else _gdrive_fetch(*gdrive_source(source, kind), staging, quiet)
     try:
@@ -806,7 +806,7 @@ def fetch_paper_data(
         for name, folder in p['artifusion_sets'].items():
             found = find_named_dir(art, folder)
             print(f'{name}: {check_images(found, recursive=True)} images in {found}')
-            with atomic_dir(paper / 'test_sets' / name) as d:
+            with atomic_dir(paper / 'test_sets' / name, overwrite=True, inputs=[found]) as d:
                 shutil.copytree(found, d, dirs_exist_ok=True)
     if not p['gdrive_latentartifusion']:
         return None

@@ -412,7 +412,7 @@ def _save_checkpoint(r: _Run):
     "Write the checkpoint of step `r.step` (manifest last, folder renamed when complete) and delete the oldest ones."
     r.acc.wait_for_everyone()
     if r.acc.is_main_process:
-        with atomic_dir(r.out / 'checkpoints' / _ckpt_name(r.step)) as tmp:
+        with atomic_dir(r.out / 'checkpoints' / _ckpt_name(r.step), overwrite=True) as tmp:  # the run's own
             r.acc.save_state(str(tmp), safe_serialization=True)
             if r.ema is not None:
                 _save_ema(r.ema, tmp / 'ema.safetensors')
@@ -489,7 +489,7 @@ def _finish(r: _Run) -> nn.Module:
     if r.ema is not None:
         r.ema.copy_to(model.parameters())
     if r.acc.is_main_process:
-        with atomic_dir(r.out / 'final') as tmp:
+        with atomic_dir(r.out / 'final', overwrite=True) as tmp:  # the run's own
             if callable(getattr(model, 'save_pretrained', None)):
                 model.save_pretrained(tmp)
             else:
@@ -730,7 +730,7 @@ def train_diffusion_stage(
     if s['max_steps']:
         fit(model, data, stage_train_config(s))
     seconds = round(time.time() - t0, 1)
-    with atomic_dir(s['out_dir']) as tmp:  # the trained model, or (max_steps = 0) the checkpoint as it is
+    with atomic_dir(s['out_dir'], overwrite=True) as tmp:  # the stage's model, or (max_steps = 0) the checkpoint
         if s['max_steps']:
             shutil.copytree(Path(s['run_dir']) / 'final', tmp, dirs_exist_ok=True)
         else:

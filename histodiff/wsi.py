@@ -6,10 +6,10 @@ Docs: https://histodiff.github.io/histodiff/wsi.html.md"""
 
 # %% ../nbs/11_wsi.ipynb #8949b7bc
 from __future__ import annotations
-import collections, contextlib, dataclasses, functools, hashlib, io, json, os, shutil, warnings
+import collections, contextlib, dataclasses, errno, functools, hashlib, io, json, os, shutil, warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 import numpy as np
 import tifffile
 from histodiff.core import (
@@ -20,6 +20,7 @@ from histodiff.core import (
     read_image,
     read_mask,
     atomic_path,
+    check_output,
     stale_temporaries,
     tile_coords,
     blend_weight,
@@ -27,12 +28,12 @@ from histodiff.core import (
 from .modelfolder import file_digest, model_digest
 
 # %% auto #0
-__all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'SlideSource', 'fit_mask', 'as_batch_restorer', 'blend_tile', 'half_level',
-           'pyramid_levels', 'write_pyramid', 'check_compression', 'SlideSettings', 'restorer_identity',
+__all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'SPACE_MARGIN', 'SlideSource', 'fit_mask', 'as_batch_restorer', 'blend_tile',
+           'half_level', 'pyramid_levels', 'write_pyramid', 'check_compression', 'SlideSettings', 'restorer_identity',
            'SlideBusyError', 'output_lock', 'sigterm_as_interrupt', 'WorkFolder', 'ResumeMismatchError', 'check_resume',
-           'prefetched', 'keep_context_frame', 'SlidePlan', 'tissue_region', 'detect_slide', 'run_settings',
-           'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide', 'slide_jobs', 'damage_slide',
-           'restore_detected', 'slide_scores', 'slide_metrics', 'show_slide_restoration']
+           'prefetched', 'keep_context_frame', 'SlidePlan', 'reserve_blocks', 'work_memmap', 'tissue_region',
+           'detect_slide', 'run_settings', 'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide',
+           'slide_jobs', 'damage_slide', 'restore_detected', 'slide_scores', 'slide_metrics', 'show_slide_restoration']
 
 # %% ../nbs/11_wsi.ipynb #64e1b7de
 SLIDE_SUFFIXES = {'.svs', '.ndpi', '.mrxs', '.vms', '.vmu', '.scn', '.bif', '.svslide', '.tif', '.tiff'}
@@ -573,6 +574,60 @@ class SlidePlan:
         y, x, t, _ = self.window(i)
         return keep_context_frame(self.mask[y : y + t, x : x + t], self.overlap)
 
+# %% ../nbs/11_wsi.ipynb #8e3bbb65
+SPACE_MARGIN = 32 * 2**20  # bytes a run keeps free beyond its work files (meta, logs, the mask)
+
+
+def _no_space(folder: Path, need: int, what: str) -> OSError:
+    "The ENOSPC error of a work file that does not fit: names the folder, the space needed and the space free."
+    free = shutil.disk_usage(folder).free
+    return OSError(
+        errno.ENOSPC,
+        f"not enough disk space in {folder} for {what}: {need / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free; "
+        "free some space (or restore a smaller level, --level / --mpp) and run again",
+    )
+
+
+def reserve_blocks(
+    path: Path,  # an existing work file, e.g. a sparse one left by an older run
+):
+    """Allocate every block of `path` now (`os.posix_fallocate` where the system has it), so that writing it through a
+    memory map cannot meet a full disk; a full disk is an OSError (ENOSPC) naming the folder."""
+    if not hasattr(os, 'posix_fallocate'):
+        return
+    with open(path, 'r+b') as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_space(path.parent, size, path.name) from None
+            # another errno: a filesystem that cannot reserve; the free-space check is all there is
+
+
+def work_memmap(
+    path: Path,  # the .npy work file to create
+    dtype,  # its dtype and shape
+    shape: tuple,
+    later: int = 0,  # bytes the run will write in the same folder afterwards (checked now, not reserved)
+) -> np.memmap:
+    """Create the memory-mapped .npy work file `path` after checking the free space, its blocks reserved on disk: a
+    full disk is an OSError (ENOSPC) now, not a SIGBUS when a page is written."""
+    path = Path(path)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if shutil.disk_usage(path.parent).free < nbytes + later + SPACE_MARGIN:
+        raise _no_space(
+            path.parent, nbytes + later + SPACE_MARGIN, path.name + (' and the rest of the run' if later else '')
+        )
+    arr = np.lib.format.open_memmap(path, 'w+', dtype, shape)
+    try:
+        reserve_blocks(path)
+    except OSError:
+        del arr
+        path.unlink(missing_ok=True)
+        raise
+    return arr
+
 # %% ../nbs/11_wsi.ipynb #23e34d6a
 def tissue_region(
     thumb: np.ndarray,  # RGB uint8 thumbnail of the slide level
@@ -623,11 +678,7 @@ def detect_slide(
             int(c[1] * tx) : max(int(np.ceil((c[1] + t) * tx)), int(c[1] * tx) + 1),
         ].any()
     ]
-    acc = (
-        np.lib.format.open_memmap(Path(work) / 'prob.npy', 'w+', np.float32, (h, w))
-        if work
-        else np.zeros((h, w), np.float32)
-    )
+    acc = work_memmap(Path(work) / 'prob.npy', np.float32, (h, w)) if work else np.zeros((h, w), np.float32)
     wgt = blend_weight(t, ov)
     wsum = np.zeros((h, w), np.float32)
     for i in tqdm(range(0, len(keep), batch_size), desc='detect', disable=not progress):
@@ -712,9 +763,8 @@ def prepare_work(
     plan = SlidePlan.make(m if m is not None else np.load(work.path / 'mask.npy'), s)
     if main and fresh:
         if plan.todo:
-            np.lib.format.open_memmap(
-                work.path / 'tiles.npy', 'w+', np.uint8, (len(plan.todo), plan.tile, plan.tile, 3)
-            ).flush()
+            shape = (len(plan.todo), plan.tile, plan.tile, 3)
+            work_memmap(work.path / 'tiles.npy', np.uint8, shape, later=3 * src.shape[0] * src.shape[1]).flush()
         work.write_meta(meta)  # last: a work folder with settings is complete
     PartialState().wait_for_everyone()
     return plan, fresh
@@ -737,6 +787,7 @@ def restore_tiles(
     if not remaining:
         return 0, len(done)
     slot, n_calls = plan.slot, 0
+    reserve_blocks(work.path / 'tiles.npy')  # a sparse file of an older run would SIGBUS on a full disk
     store = np.lib.format.open_memmap(work.path / 'tiles.npy', 'r+')
     with (
         state.split_between_processes(remaining) as mine,
@@ -775,7 +826,7 @@ def write_restored(
 
     h, w = src.shape
     t = plan.tile
-    canvas = np.lib.format.open_memmap(work.path / 'out.npy', 'w+', np.uint8, (h, w, 3))
+    canvas = work_memmap(work.path / 'out.npy', np.uint8, (h, w, 3))
     for r0 in range(0, h, 1024):
         canvas[r0 : r0 + 1024] = src.read(r0, 0, min(1024, h - r0), w)
     if plan.todo:
@@ -815,6 +866,7 @@ def restore_slide(
     s, out = _settings(settings, overrides), Path(out)
     if out.suffix.lower() not in ('.tif', '.tiff'):
         raise ValueError(f"output must be a .tif or .tiff file, got {out.name}.")
+    check_output(out, [path, mask if isinstance(mask, (str, Path)) else None])  # never over the slide or its mask
     if mask is None and detector is None:
         raise ValueError("restore_slide needs a `mask` or a `detector` to know where the artifacts are.")
     run, main, work = as_batch_restorer(restorer, s.batched), PartialState().is_main_process, WorkFolder(out)
@@ -894,12 +946,29 @@ def _mask_for(slide: Path, masks: Path) -> Path:
     return found[0]
 
 
+def _slide_masks(slides: list, masks, single: bool) -> list:
+    "The mask of each slide (None each without `masks`): one mask image for a single slide, or a folder of masks."
+    if masks is None:
+        return [None] * len(slides)
+    masks = Path(masks)
+    if masks.is_dir():
+        return [_mask_for(s, masks) for s in slides]
+    if not single:
+        raise ValueError(
+            f"one mask image ({masks.name}) for {len(slides)} slides; give a folder of masks named like the slides."
+        )
+    if not masks.is_file():
+        raise FileNotFoundError(f"mask not found: {masks}")
+    return [masks]
+
+
 def slide_jobs(
     inputs: list,  # slide files and/or folders of slides
     out: str | Path,  # the output file (.tif) of a single slide, else a folder (`<out>/<stem>.tif`)
     masks: str | Path | None = None,  # a mask image (single slide) or a folder of masks named like the slides
+    others: Sequence = (),  # other paths the run reads (detector, models): no output may be one of them either
 ) -> list[tuple]:
-    "(slide, output, mask or None) for every slide, checked before any work."
+    "(slide, output, mask or None) for every slide, checked before any work: no output is an input (`check_output`)."
     slides, out = _expand_slides(inputs), Path(out)
     single = len(slides) == 1 and not Path(inputs[0]).is_dir() and out.suffix != '' and not out.is_dir()
     if not single and out.suffix != '' and not out.is_dir():
@@ -907,23 +976,14 @@ def slide_jobs(
     outs = [out] if single else [out / f"{s.stem}.tif" for s in slides]
     seen = {}
     for s, o in zip(slides, outs):
-        if o.resolve() == s.resolve():
-            raise ValueError(f"the output {o} would overwrite its slide; choose another --out.")
         if o in seen:
             raise ValueError(f"{seen[o].name} and {s.name} would both be written to {o}; restore them separately.")
         seen[o] = s
-    if masks is None:
-        return [(s, o, None) for s, o in zip(slides, outs)]
-    masks = Path(masks)
-    if masks.is_dir():
-        return [(s, o, _mask_for(s, masks)) for s, o in zip(slides, outs)]
-    if not single:
-        raise ValueError(
-            f"one mask image ({masks.name}) for {len(slides)} slides; give a folder of masks named like the slides."
-        )
-    if not masks.is_file():
-        raise FileNotFoundError(f"mask not found: {masks}")
-    return [(slides[0], out, masks)]
+    jobs = list(zip(slides, outs, _slide_masks(slides, masks, single)))
+    read = [*slides, *(m for *_, m in jobs), *others]
+    for o in outs:
+        check_output(o, read)  # a slide, a mask or a model: through symbolic and hard links too
+    return jobs
 
 # %% ../nbs/11_wsi.ipynb #8fc4da49
 def damage_slide(

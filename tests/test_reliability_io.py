@@ -2,6 +2,7 @@
 
 Defects 5 (truncated PNG read as black rows), 4 (decompression bomb escapes), 11 (outputs 0600 / folders 0700),
 14 (unknown suffix written as PNG), 3 (odd sizes crash in the UNet), 12 (an empty mask handled two ways).
+Issue 25, item 1: a folder output replaces only a folder histodiff wrote, never an input or the current folder.
 Tiny inputs and tiny random models: seconds on a CPU.
 """
 
@@ -178,3 +179,115 @@ def test_empty_mask_pipeline(pipes):
     with warnings.catch_warnings():  # the batched call stays quiet (slides have many empty tiles)
         warnings.simplefilter('error', core.EmptyMaskWarning)
         pipes[0]([img, img], [np.zeros((16, 16), bool)] * 2, num_inference_steps=1, progress=False)
+
+
+# Issue 25, item 1: a command replaces only a folder it wrote itself, never one holding its input or the current folder
+def test_atomic_dir_replaces_only_what_histodiff_wrote(tmp_path, monkeypatch):
+    theirs = tmp_path / 'theirs'
+    theirs.mkdir()
+    (theirs / 'thesis.tex').write_text('years of work')
+    with pytest.raises(FileExistsError) as e:
+        with atomic_dir(theirs) as t:
+            (t / 'weights').write_text('w')
+    assert str(theirs) in str(e.value) and 'did not write' in str(e.value) and 'overwrite' in str(e.value)
+    assert (theirs / 'thesis.tex').read_text() == 'years of work' and core.stale_temporaries(theirs) == []
+    for _ in range(2):  # its own output (the marker) is replaced again and again
+        with atomic_dir(tmp_path / 'ours') as t:
+            (t / 'weights').write_text('w')
+    assert sorted(p.name for p in (tmp_path / 'ours').iterdir()) == [core.OUTPUT_MARKER, 'weights']
+    legacy = tmp_path / 'legacy'  # a model folder written before the marker: its card.json says histodiff wrote it
+    legacy.mkdir()
+    (legacy / 'card.json').write_text('{}')
+    with atomic_dir(legacy) as t:
+        (t / 'weights').write_text('w')
+    with atomic_dir(theirs, overwrite=True) as t:  # asked for: replaced
+        (t / 'weights').write_text('w')
+    assert not (theirs / 'thesis.tex').exists()
+    late = tmp_path / 'late'  # a folder that appears while the block runs is not replaced either
+    with pytest.raises(FileExistsError, match='did not write'):
+        with atomic_dir(late) as t:
+            late.mkdir()
+            (late / 'notes').write_text('keep')
+    assert (late / 'notes').read_text() == 'keep' and core.stale_temporaries(late) == []
+
+
+def test_atomic_dir_never_replaces_an_input_or_the_current_folder(tmp_path, monkeypatch):
+    src = tmp_path / 'download' / 'unet' / 'weights.bin'
+    src.parent.mkdir(parents=True)
+    src.write_text('w')
+    (tmp_path / 'link').symlink_to(tmp_path / 'download')
+    for out in (src.parent, tmp_path / 'download', tmp_path, tmp_path / 'link'):
+        with pytest.raises(ValueError, match='input') as e:
+            with atomic_dir(out, overwrite=True, inputs=[src]):
+                pass
+        assert str(out) in str(e.value) and str(src) in str(e.value)
+    monkeypatch.chdir(src.parent)
+    for out in ('.', src.parent, tmp_path):
+        with pytest.raises(ValueError, match='current folder'):
+            with atomic_dir(out, overwrite=True):
+                pass
+    assert src.read_text() == 'w'
+
+
+@pytest.fixture(scope='module')
+def unet_src(tmp_path_factory):
+    "A downloaded UNet folder (config.json + pickled weights) alone in its folder, as the release unpacks."
+    from histodiff.release import write_released_unet
+
+    return write_released_unet(tmp_path_factory.mktemp('download') / 'unet', (8, 8, 16, 16, 32, 32), 8)
+
+
+def test_convert_checkpoint_keeps_folders_it_did_not_write(unet_src, tmp_path, monkeypatch, capsys):
+    from histodiff.cli import main
+
+    def convert(dst, *more):
+        rc = main(['convert-checkpoint', str(unet_src), str(dst), '-q', *more])
+        return rc, capsys.readouterr().err
+
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / 'notes.txt').write_text('mine')
+    monkeypatch.chdir(work)
+    for more in ((), ('--overwrite',)):  # DST . : the current folder is never emptied
+        rc, err = convert('.', *more)
+        assert rc == 2 and 'current folder' in err and (work / 'notes.txt').read_text() == 'mine'
+    other = tmp_path / 'other'  # an unrelated folder keeps its files
+    other.mkdir()
+    (other / 'thesis.tex').write_text('years')
+    rc, err = convert(other)
+    assert rc == 2 and str(other) in err and 'did not write' in err and '--overwrite' in err
+    assert (other / 'thesis.tex').read_text() == 'years' and sorted(p.name for p in other.iterdir()) == ['thesis.tex']
+    for dst in (unet_src.parent, unet_src):  # the folder holding SRC, or SRC itself: refused even with --overwrite
+        rc, err = convert(dst, '--overwrite')
+        assert rc == 2 and 'input' in err and str(unet_src) in err
+    assert (unet_src / 'config.json').is_file() and (unet_src / 'diffusion_pytorch_model.bin').is_file()
+    assert convert(tmp_path / 'model')[0] == 0 and convert(tmp_path / 'model')[0] == 0  # its own output: replaced
+    assert convert(other, '--overwrite')[0] == 0 and (other / 'unet').is_dir() and not (other / 'thesis.tex').exists()
+
+
+def test_download_and_export_keep_folders_they_did_not_write(tmp_path):
+    import shutil
+    from pathlib import Path
+    from histodiff.checkpoints import export_checkpoint, read_card
+    from histodiff.sources import download_gdrive
+
+    src = tmp_path / 'drive' / 'histology'
+    write_image(_noise(8, 8), src / 'a.png')
+    for out in (tmp_path / 'drive', src):
+        with pytest.raises(ValueError, match='input'):
+            download_gdrive(str(src), out)
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'notes.txt').write_text('keep')
+    with pytest.raises(FileExistsError, match='did not write'):
+        download_gdrive(str(src), tmp_path / 'mine')
+    assert (src / 'a.png').is_file() and (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep'
+    for _ in range(2):
+        assert (download_gdrive(str(src), tmp_path / 'copy') / 'a.png').is_file()
+    # a shipped checkpoint (card.json, no marker) is exported again over its copy; never over its own source
+    shipped = Path(__file__).resolve().parents[1] / 'checkpoints' / 'vae'
+    ck = tmp_path / 'checkpoints' / 'vae'
+    shutil.copytree(shipped, ck)
+    assert export_checkpoint(shipped, ck, read_card(shipped, 'vae')) == ck and (ck / core.OUTPUT_MARKER).is_file()
+    with pytest.raises(ValueError, match='is the input'):
+        export_checkpoint(ck, ck, read_card(ck, 'vae'))
+    assert (ck / 'card.json').is_file()

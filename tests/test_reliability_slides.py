@@ -487,3 +487,70 @@ def test_one_bad_slide_does_not_stop_the_others(slide):
     )
     assert rc == 2 and 'b.svs' in err and '1 of 2 slides failed' in err, err
     assert (slide / 'out' / 'a.tif').exists() and not (slide / 'out' / 'b.tif').exists()
+
+
+# Issue 25, item 2: an output never replaces an input (image, mask, model), through symbolic and hard links too
+def test_restore_refuses_to_write_over_its_inputs(slide):
+    img, mask = slide / 'slide.png', slide / 'mask.png'
+    before = {p: p.read_bytes() for p in (img, mask)}
+    (slide / 'link.png').symlink_to(img)
+    os.link(mask, slide / 'hard.png')
+    for out in (img, mask, slide / 'link.png', slide / 'hard.png', slide / '.' / 'slide.png'):
+        rc, _, err = cli('restore', img, '--mask', mask, '--out', out, '--method', 'telea', '-q')
+        assert rc == 2 and 'is the input' in err and str(out) in err, (out, err)
+    assert {p: p.read_bytes() for p in (img, mask)} == before
+    rc, _, err = cli('restore', img, '--mask', mask, '--out', slide / 'restored.png', '--method', 'telea', '-q')
+    assert rc == 0 and (slide / 'restored.png').is_file(), err
+
+
+def test_restore_slide_refuses_to_write_over_its_inputs(slide):
+    write_mask(art_mask(), slide / 'm.tif')
+    before = (slide / 'm.tif').read_bytes()
+    base = ['restore-slide', slide / 'slide.png', *SLIDE_ARGS, '--method', 'telea', '--overwrite']
+    rc, _, err = cli(*base, '--mask', slide / 'm.tif', '--out', slide / 'm.tif')
+    assert rc == 2 and 'is the input' in err and str(slide / 'm.tif') in err, err
+    assert (slide / 'm.tif').read_bytes() == before and leftovers(slide, 'm') == []
+
+
+def test_stain_and_sfs_refuse_to_write_over_their_inputs(slide):
+    he = slide / 'slide.png'
+    before = he.read_bytes()
+    rc, _, err = cli('stain', he, '--out', he, '--model', slide / 'no_model', '-q')
+    assert rc == 2 and 'is the input' in err and he.read_bytes() == before, err
+    (slide / 'labels.csv').write_text('name,label\nslide.png,0\n')
+    sfs = ['sfs', '--real', slide, '--generated', slide, '--classifier', slide / 'no_classifier', '-q']
+    rc, _, err = cli(*sfs, '--labels', slide / 'labels.csv', '--json', slide / 'labels.csv')
+    assert rc == 2 and 'is the input' in err and (slide / 'labels.csv').read_text().startswith('name,label'), err
+
+
+# Issue 25, item 3: a disk too full for the work files is a clear error (exit 2), not a SIGBUS; the next run recovers
+def test_full_disk_is_a_clear_error_and_the_next_run_recovers(slide, monkeypatch):
+    import errno, shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, 'disk_usage', lambda p: real(p)._replace(free=1 << 20))
+    base = ['restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'out.tif']
+    rc, _, err = cli(*base, *SLIDE_ARGS, '--method', 'telea')
+    assert rc == 2 and 'not enough disk space in' in err and 'MiB needed, 1 MiB free' in err, err
+    assert not (slide / 'out.tif').exists() and leftovers(slide) == [] and not (slide / '.out.tif.lock').exists()
+    monkeypatch.setattr(shutil, 'disk_usage', real)
+    rc, _, err = cli(*base, *SLIDE_ARGS, '--method', 'telea')
+    assert rc == 0 and (slide / 'out.tif').is_file() and leftovers(slide) == [], err
+
+    from histodiff.wsi import reserve_blocks, work_memmap
+
+    def fallocate(errno_):  # the free-space check passed, then the disk filled up (or cannot reserve at all)
+        def f(fd, offset, length):
+            raise OSError(errno_, os.strerror(errno_))
+
+        return f
+
+    monkeypatch.setattr(os, 'posix_fallocate', fallocate(errno.ENOSPC), raising=False)
+    with pytest.raises(OSError, match='not enough disk space') as e:
+        work_memmap(slide / 'w.npy', np.uint8, (64, 64, 3))
+    assert e.value.errno == errno.ENOSPC and not (slide / 'w.npy').exists()
+    np.lib.format.open_memmap(slide / 'old.npy', 'w+', np.uint8, (64, 64, 3)).flush()  # sparse, as older runs left
+    with pytest.raises(OSError, match='not enough disk space'):
+        reserve_blocks(slide / 'old.npy')
+    monkeypatch.setattr(os, 'posix_fallocate', fallocate(errno.EOPNOTSUPP), raising=False)
+    assert work_memmap(slide / 'w.npy', np.uint8, (64, 64, 3)).shape == (64, 64, 3)
