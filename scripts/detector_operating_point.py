@@ -36,6 +36,7 @@ def main():
     ap.add_argument('--validation', default='data/synth/validation')
     ap.add_argument('--detector', default='checkpoints/detector')
     ap.add_argument('--method', default='residual', help='the restorer the operating point is chosen for')
+    ap.add_argument('--model', default=None, help="the restorer's model folder (default: the method's own)")
     ap.add_argument('--thresholds', type=float, nargs='+', default=[0.5, 0.7, 0.9, 0.95])
     ap.add_argument('--min-sizes', type=int, nargs='+', default=[16, 256, 1024])
     ap.add_argument('--max-tiles', type=int, default=0, help='the first N validation tiles (0: all)')
@@ -47,7 +48,7 @@ def main():
     art, clean, true = dataset_images(ds, 'artifact'), dataset_images(ds, 'clean'), dataset_images(ds, 'mask')
     det = ArtifactDetector.from_pretrained(a.detector)
     prob = predict_proba(det, art)
-    restorer = make_restorer(a.method, RestorerSettings(seed=0))
+    restorer = make_restorer(a.method, RestorerSettings(model=a.model, seed=0))
     rows = [dict(threshold='true mask', min_size='', **scores(restorer, art, clean, true))]
     rows.append(dict(threshold='no restoration', min_size='', **scores(restorer, art, clean, np.zeros_like(true))))
     for t in a.thresholds:
