@@ -5,8 +5,11 @@ cost tissue: the regional restorers regenerate whatever the mask covers. The con
 clean tissue nearly as it is, so a missed artifact (dust and tears are smaller than 1024 px) now costs more than a
 false alarm. For each (threshold, min_size) this detects masks on the validation tiles of the synthesize stage
 (data/synth/validation: never trained on by the restorer, never the test tiles), restores them with the restorer and
-scores the PSNR and FSIM of the restored tile against the clean one; the best PSNR is the operating point. Writes
-a Markdown table and, with --write, the chosen values into the detector folder's detector.json.
+scores the PSNR and FSIM of the restored tile against the clean one; the best PSNR is the operating point. Each
+validation tile is scored twice, damaged and clean (its clean twin, with an empty true mask), so a false alarm on
+clean tissue costs what it costs on a slide: a first run on the damaged tiles alone (--damaged-only) chose threshold
+0.9 and regions of 16 px, which flagged 93 % of the clean test tiles and lowered the demo slide's PSNR. Writes a
+Markdown table and, with --write, the chosen values into the detector folder's detector.json.
 
 Usage: python scripts/detector_operating_point.py --detector checkpoints/detector --out results/restorer_study/detector
 """
@@ -42,10 +45,13 @@ def main():
     ap.add_argument('--max-tiles', type=int, default=0, help='the first N validation tiles (0: all)')
     ap.add_argument('--out', default='results/restorer_study/detector')
     ap.add_argument('--write', action='store_true', help="write the chosen values into the detector's detector.json")
+    ap.add_argument('--damaged-only', action='store_true', help='score the damaged tiles only, not their clean twins')
     a = ap.parse_args()
     ds = load_tile_dataset(a.validation)
     ds = ds.select(range(min(a.max_tiles, len(ds)))) if a.max_tiles else ds
     art, clean, true = dataset_images(ds, 'artifact'), dataset_images(ds, 'clean'), dataset_images(ds, 'mask')
+    if not a.damaged_only:  # each tile once damaged and once clean: a slide is mostly clean tissue, false alarms count
+        art, clean, true = (np.concatenate(x) for x in ([art, clean], [clean, clean], [true, np.zeros_like(true)]))
     det = ArtifactDetector.from_pretrained(a.detector)
     prob = predict_proba(det, art)
     restorer = make_restorer(a.method, RestorerSettings(model=a.model, seed=0))
