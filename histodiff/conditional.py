@@ -7,6 +7,7 @@ Docs: https://histodiff.github.io/histodiff/conditional.html.md"""
 # %% ../nbs/18_conditional.ipynb #1bd3cd5e
 from __future__ import annotations
 import json
+from dataclasses import dataclass
 import time
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from .train import fit, stage_train_config, unet_config
 
 # %% auto #0
 __all__ = ['IN_CHANNELS', 'OUT_CHANNELS', 'GAIN_CHANNELS', 'SAMPLING_PATHS', 'SAMPLING_START', 'predict', 'add_gain_head',
-           'RestorationPairs', 'ResidualRestorerModel', 'residual_sample', 'ConditionalRestorationPipeline',
-           'train_restorer_stage', 'restorer_stage_summary']
+           'RestorationPairs', 'ResidualRestorerModel', 'SamplingOptions', 'residual_sample',
+           'ConditionalRestorationPipeline', 'train_restorer_stage', 'restorer_stage_summary']
 
 # %% ../nbs/18_conditional.ipynb #025cd8de
 IN_CHANNELS, OUT_CHANNELS = 7, 6  # [x_t, damaged, mask] -> [residual, noise]
@@ -212,6 +213,14 @@ class ResidualRestorerModel(nn.Module):
             raise ModelFolderError(f"{path}: {e}") from e
 
 # %% ../nbs/18_conditional.ipynb #69cda56c
+@dataclass(frozen=True)
+class SamplingOptions:
+    "How `residual_sample` samples."
+
+    paths: str = 'both'  # 'both' predictions, or the 'residual' path only (e_hat derived: x_0 = damaged - r_hat)
+    start: str = 'noise'  # x_T: 'noise' (`damaged + bbar_T * eps`, as trained) or 'mean' (`damaged`: no noise at all)
+
+
 def residual_sample(
     unet: UNet2DModel,  # 7 channels in, 6 out
     scheduler: ResidualDiffusionScheduler,
@@ -220,10 +229,10 @@ def residual_sample(
     num_inference_steps: int = 1,  # 1-10: one step is a regression
     generator: torch.Generator | None = None,  # the starting noise
     iterate=iter,  # wraps the timesteps, e.g. a pipeline's `progress_bar`
-    paths: str = 'both',  # 'both' predictions, or the 'residual' path only (e_hat derived: x_0 = damaged - r_hat)
-    start: str = 'noise',  # x_T: 'noise' (`damaged + bbar_T * eps`, as trained) or 'mean' (`damaged`: no noise at all)
+    how: SamplingOptions = SamplingOptions(),  # which paths, and where x_T starts
 ) -> torch.Tensor:
-    "Deterministic RDDM sampling from x_T (`start`) to x_0: the restored tiles, unclipped."
+    "Deterministic RDDM sampling from x_T (`how.start`) to x_0: the restored tiles, unclipped."
+    paths, start = how.paths, how.start
     if paths not in ('both', 'residual'):
         raise ValueError(f"paths must be 'both' or 'residual', got {paths!r}.")
     if start not in ('noise', 'mean'):
@@ -273,7 +282,8 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
         self.set_progress_bar_config(disable=not st.progress)
         gen = make_generator(generator)
         return residual_sample(
-            self.unet, self.scheduler, xf, m, num_inference_steps, gen, self.progress_bar, self.paths, self.start
+            self.unet, self.scheduler, xf, m, num_inference_steps, gen, self.progress_bar,
+            SamplingOptions(self.paths, self.start),
         )  # fmt: skip
 
 # %% ../nbs/18_conditional.ipynb #771c274c
