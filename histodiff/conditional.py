@@ -265,7 +265,7 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.paths, self.start = paths, start
+        self.how = SamplingOptions(paths, start)  # how `residual_sample` samples
 
     @classmethod
     def from_pretrained(
@@ -283,7 +283,7 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
         gen = make_generator(generator)
         return residual_sample(
             self.unet, self.scheduler, xf, m, num_inference_steps, gen, self.progress_bar,
-            SamplingOptions(self.paths, self.start),
+            self.how,
         )  # fmt: skip
 
 # %% ../nbs/18_conditional.ipynb #771c274c
