@@ -134,6 +134,7 @@ class ResidualRestorerModel(nn.Module):
         scheduler: ResidualDiffusionScheduler | None = None,  # the RDDM scheduler (default: sum_scale 0.01)
         mask_weight: float = 10.0,  # the loss weight inside the dilated mask is 1 + mask_weight
         weight_dilation: int = 8,  # px the mask is dilated by for the loss weight
+        noise_free: float = 0.0,  # share of training items with eps = 0: the states sampling from the mean visits
     ):
         super().__init__()
         outs = (OUT_CHANNELS, OUT_CHANNELS + GAIN_CHANNELS)
@@ -144,8 +145,11 @@ class ResidualRestorerModel(nn.Module):
             )
         if mask_weight < 0 or weight_dilation < 0:
             raise ValueError(f"mask_weight and weight_dilation must be >= 0, got {mask_weight}, {weight_dilation}.")
+        if not 0 <= noise_free <= 1:
+            raise ValueError(f"noise_free must be in [0, 1], got {noise_free}.")
         self.unet, self.scheduler = unet, scheduler or ResidualDiffusionScheduler()
         self.mask_weight, self.weight_dilation = float(mask_weight), int(weight_dilation)
+        self.noise_free = float(noise_free)
 
     @classmethod
     def make(
@@ -155,7 +159,7 @@ class ResidualRestorerModel(nn.Module):
         sum_scale: float = 0.01,  # the scheduler's bbar_T^2
         seed: int = 0,  # the weights' seed
         gain: bool = False,  # with the gain head
-        **kwargs,  # mask_weight, weight_dilation
+        **kwargs,  # mask_weight, weight_dilation, noise_free
     ):
         "A fresh model of a preset."
         cfg = unet_config(preset, 3, sample_size)
@@ -170,11 +174,14 @@ class ResidualRestorerModel(nn.Module):
         return predict(self.unet, x_t, damaged, mask, t)
 
     def training_loss(self, batch: dict) -> torch.Tensor:
-        "Mask-weighted L1 of the residual and of the noise, summed, at a random t in 1..T (global torch RNG)."
+        """Mask-weighted L1 of the residual and of the noise, summed, at a random t in 1..T (global torch RNG); a share
+        `noise_free` of the items has eps = 0."""
         y, x0, m = batch['damaged'], batch['clean'], batch['mask']
         T = self.scheduler.config.num_train_timesteps
         t = torch.randint(1, T + 1, (len(x0),))
         eps = torch.randn(x0.shape).to(x0)
+        if self.noise_free:  # x_t = x0 + abar_t * res: where deterministic sampling from the mean goes
+            eps = eps * (torch.rand(len(x0)) >= self.noise_free).to(x0)[:, None, None, None]
         res = y - x0
         x_t = self.scheduler.add_noise(x0, res, eps, t)
         r, e = self(x_t, y, m, t.to(x0.device))
@@ -189,7 +196,7 @@ class ResidualRestorerModel(nn.Module):
         with atomic_dir(save_directory) as tmp:
             self.unet.save_pretrained(tmp / 'unet')
             self.scheduler.save_pretrained(tmp / 'scheduler')
-            cfg = dict(mask_weight=self.mask_weight, weight_dilation=self.weight_dilation)
+            cfg = dict(mask_weight=self.mask_weight, weight_dilation=self.weight_dilation, noise_free=self.noise_free)
             (tmp / self.config_name).write_text(json.dumps(cfg, indent=1))
         return Path(save_directory)
 
@@ -204,7 +211,7 @@ class ResidualRestorerModel(nn.Module):
         cf = path / cls.config_name
         if not cf.exists():
             raise FileNotFoundError(f"{cf} not found: not a conditional restorer folder.")
-        cfg = read_json_settings(cf, dict(mask_weight=(int, float), weight_dilation=int))
+        cfg = read_json_settings(cf, dict(mask_weight=(int, float), weight_dilation=int, noise_free=(int, float)))
         unet = load_folder(UNet2DModel.from_pretrained, path / 'unet', 'restorer UNet', use_safetensors=True)
         sch = load_folder(ResidualDiffusionScheduler.from_pretrained, path / 'scheduler', 'restorer scheduler')
         try:
@@ -291,7 +298,8 @@ def train_restorer_stage(
     s: dict,  # the stage's parameters: tiles_dir, init_from, preset, sum_scale, crop, max_steps, gain_steps, ...
 ) -> float:
     """Fine-tune `init_from` (or train a fresh model of `preset`) `max_steps` steps on synthesized pairs, then with
-    the gain head `gain_steps` more, and save it to `out_dir`; the seconds it took."""
+    the gain head `gain_steps` more, then `tune_steps` with a share `noise_free` of the items noise-free, and save it
+    to `out_dir`; the seconds it took."""
     from histodiff.data import dataset_images, load_tile_dataset, validation_split
     from histodiff.modelfolder import load_trainable
 
@@ -303,20 +311,24 @@ def train_restorer_stage(
             s['preset'], s['tile'], s['sum_scale'], s['seed'], mask_weight=s['mask_weight'],
             weight_dilation=s['weight_dilation'],
         )  # fmt: skip
-    if s['max_steps'] or s['gain_steps']:
+    if s['max_steps'] or s['gain_steps'] or s['tune_steps']:
         ds = load_tile_dataset(s['tiles_dir'])
         train, _ = validation_split(ds['source'], s['validation_fraction'])
-        pairs = RestorationPairs(
-            dataset_images(ds)[train], s['crop'], max_artifacts=s['max_artifacts'], p_clean=s['p_clean'],
-            seed=s['seed'],
+        pairs = lambda seed: RestorationPairs(
+            dataset_images(ds)[train], s['crop'], max_artifacts=s['max_artifacts'], p_clean=s['p_clean'], seed=seed,
         )  # fmt: skip
         if s['max_steps']:
-            model = fit(model, pairs, stage_train_config(s))
+            model = fit(model, pairs(s['seed']), stage_train_config(s))
         if s['gain_steps']:  # then the gain head, zero-initialised, and more steps in a run folder of their own
             if model.unet.config.out_channels == OUT_CHANNELS:
                 model.unet = add_gain_head(model.unet)
             gs = {**s, 'max_steps': s['gain_steps'], 'seed': s['seed'] + 1, 'run_dir': f"{s['run_dir']}/gain"}
-            model = fit(model.train(), pairs, stage_train_config(gs))
+            model = fit(model.train(), pairs(s['seed']), stage_train_config(gs))
+        if s['tune_steps']:  # then tuning with a share `noise_free` of the items noise-free, at its own rate
+            model.noise_free = s['noise_free']
+            ts = {**s, 'max_steps': s['tune_steps'], 'seed': s['seed'] + 2, 'run_dir': f"{s['run_dir']}/tune"}
+            ts['learning_rate'] = s['tune_learning_rate']
+            model = fit(model.train(), pairs(s['seed'] + 2), stage_train_config(ts))
     else:  # the stage's run folder says where the weights came from
         Path(s['run_dir']).mkdir(parents=True, exist_ok=True)
         (Path(s['run_dir']) / 'source.txt').write_text(f"not trained here: {s['init_from']}, used as it is\n")
@@ -333,7 +345,8 @@ def restorer_stage_summary(
     from histodiff.modelfolder import write_card
 
     m = ResidualRestorerModel.from_pretrained(s['out_dir'])
-    runs = [Path(s['run_dir'])] * bool(s['max_steps']) + [Path(s['run_dir']) / 'gain'] * bool(s['gain_steps'])
+    phases = dict(zip(('', 'gain', 'tune'), (s['max_steps'], s['gain_steps'], s['tune_steps'])))
+    runs = [Path(s['run_dir']) / sub for sub, n in phases.items() if n]
     logs = [r / 'dvclive' / 'plots' / 'metrics' / 'loss.tsv' for r in runs]
     loss = [float(l.split('\t')[-1]) for log in logs for l in log.read_text().splitlines()[1:]]
     summary = dict(
@@ -341,8 +354,9 @@ def restorer_stage_summary(
         init_from=s['init_from'],
         parameters=sum(p.numel() for p in m.unet.parameters()),
         sum_scale=m.scheduler.config.sum_scale,
-        steps=s['max_steps'] + s['gain_steps'],
+        steps=sum(phases.values()),
         gain_head=m.unet.config.out_channels > OUT_CHANNELS,
+        noise_free=m.noise_free,
         first_loss=loss[0] if loss else None,
         final_loss=loss[-1] if loss else None,
         seconds=seconds,
