@@ -43,6 +43,8 @@ class ResidualDiffusionScheduler(SchedulerMixin, ConfigMixin):
         alpha_schedule: str = 'decreasing',  # 'decreasing' (RDDM: alpha_t linear, decreasing) or 'uniform'
         beta_schedule: str = 'increasing',  # 'increasing' (RDDM: beta_t^2 linear, increasing) or 'uniform'
         eta: float = 0.0,  # default stochasticity of `step` (0: deterministic)
+        clip_sample: bool = True,  # noise path only: clip the x0_hat the noise prediction implies (images; not latents)
+        clip_sample_range: float = 1.0,  # ... to [-clip_sample_range, clip_sample_range]
     ):
         T = int(num_train_timesteps)
         if T < 1:
@@ -147,7 +149,7 @@ class ResidualDiffusionScheduler(SchedulerMixin, ConfigMixin):
         x_in: torch.Tensor | None = None,  # the condition (needed when a prediction is None)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(r_hat, e_hat), the missing one derived from `x_t = x_in + (abar_t - 1) * I_res + bbar_t * eps`; r_hat = 0 at
-        t = T."""
+        t = T, and `x_in - r_hat` clipped when `clip_sample`."""
         if residual_pred is not None and noise_pred is not None:
             return residual_pred, noise_pred
         if residual_pred is None and noise_pred is None:
@@ -165,7 +167,10 @@ class ResidualDiffusionScheduler(SchedulerMixin, ConfigMixin):
             return residual_pred, (sample - x_in - (a_t - 1) * residual_pred) / b_t
         if 1 - a_t <= 1e-12:
             return torch.zeros_like(noise_pred), noise_pred  # t = T: x_T shows no residual (0/0); the ideal net's limit
-        return (sample - x_in - b_t * noise_pred) / (a_t - 1), noise_pred
+        x0 = (sample - a_t * x_in - b_t * noise_pred) / (1 - a_t)  # x0_hat; r_hat = x_in - x0_hat
+        if self.config.clip_sample:  # e_hat's error is multiplied by bbar_t / (1 - abar_t): bound what it can do
+            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        return x_in - x0, noise_pred
 
     def step(
         self,
