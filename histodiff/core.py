@@ -58,9 +58,14 @@ def atomic_path(
             tmp.unlink()
 
 # %% ../nbs/00_core.ipynb #589d24df
+def _real(p: Path) -> Path:
+    "`p` resolved as far as it goes: a looping symbolic link does not raise (it is refused where it is read)."
+    return Path(os.path.realpath(p))
+
+
 def _same(a: Path, b: Path) -> bool:
     "Do `a` and `b` name the same file or folder: the same resolved path, or (both existing) the same inode?"
-    if a.resolve() == b.resolve():
+    if _real(a) == _real(b):
         return True
     try:
         return os.path.samefile(a, b)
@@ -81,13 +86,13 @@ def check_output(
             raise ValueError(
                 f"the output {out} is the input {inp}: writing it would destroy the input; choose another output."
             )
-        if folder and out.resolve() in inp.resolve().parents:
+        if folder and _real(out) in _real(inp).parents:
             raise ValueError(
                 f"the output folder {out} holds the input {inp}: replacing it would delete the input; "
                 "choose another folder."
             )
     cwd = Path.cwd().resolve()
-    if folder and (out.resolve() == cwd or out.resolve() in cwd.parents):
+    if folder and (_real(out) == cwd or _real(out) in cwd.parents):
         raise ValueError(
             f"the output folder {out} is (or holds) the current folder {cwd}: replacing it would delete it; "
             "choose a new folder."
@@ -485,11 +490,11 @@ def check_image_suffix(
 
 @functools.cache
 def _lossy_formats() -> frozenset[str]:
-    """The PIL formats of `_writable_suffixes` that do not give a noise image back exactly (JPEG, GIF, WebP, ...) or
-    cannot read back what they wrote (each tried once on a 16 x 16 image)."""
+    """The PIL formats of `_writable_suffixes` that do not give a noise image back exactly (JPEG, GIF's 256 colours,
+    WebP, ...) or cannot read back what they wrote (each tried once on a 32 x 32 image of 1024 colours)."""
     import io
 
-    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     lossy = set()
     for fmt in set(_writable_suffixes().values()):
         buf = io.BytesIO()
