@@ -268,6 +268,9 @@ def test_exif_orientation_is_applied_to_image_and_mask(tmp_path):
     assert (out[m] != shown[m]).any()
     Image.fromarray(box_mask().astype(np.uint8) * 255).save(tmp_path / 'turned_mask.png', exif=exif)
     np.testing.assert_array_equal(read_mask(tmp_path / 'turned_mask.png'), np.rot90(box_mask(), -1))
+    tifffile.imwrite(tmp_path / 'turned.tif', tissue(), photometric='rgb', extratags=[(274, 3, 1, 6, True)])
+    rc, _, err = restore_slide(tmp_path, '--mask', tmp_path / 'mask.png', image='turned.tif')  # tifffile: refused
+    refused(rc, err, 'turned.tif', 'orientation 6')
 
 
 # Item 6: a PNG whose image data ends (cleanly) before its last rows ------------------------------------------------
