@@ -14,8 +14,9 @@ from typing import Callable
 import histodiff
 
 # %% auto #0
-__all__ = ['COMMANDS', 'USER_ERRORS', 'SCHEDULERS', 'command', 'build_parser', 'at_least', 'fraction', 'main', 'restore_command',
-           'stain_command', 'sfs_command', 'restore_slide_command', 'convert_checkpoint_command']
+__all__ = ['COMMANDS', 'SEED', 'USER_ERRORS', 'SCHEDULERS', 'MAX_RESTORE_PIXELS', 'command', 'build_parser', 'at_least', 'number',
+           'fraction', 'main', 'restore_command', 'stain_command', 'sfs_command', 'restore_slide_command',
+           'convert_checkpoint_command']
 
 # %% ../nbs/12_cli.ipynb #835bd3bd
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -75,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/12_cli.ipynb #8d579628
 def at_least(
     low: int,  # the smallest value allowed
+    high: int | None = None,  # the largest value allowed (None: no bound)
 ):
-    "An argparse `type`: an integer >= `low`, refused by argparse (usage, status 2) otherwise."
+    "An argparse `type`: an integer in [`low`, `high`], refused by argparse (usage, status 2) otherwise."
 
     def integer(text):
         try:
@@ -85,9 +87,37 @@ def at_least(
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if v < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        if high is not None and v > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {v}")
         return v
 
     return integer
+
+
+SEED = at_least(0, 2**64 - 1)  # an argparse `type`: what torch's and numpy's generators take
+
+
+def number(
+    low: float,  # the smallest value allowed
+    high: float = math.inf,  # the largest value allowed
+    open_low: bool = False,  # `low` itself is refused (a positive number: number(0, open_low=True))
+    open_high: bool = False,  # `high` itself is refused
+):
+    """An argparse `type`: a finite number in [`low`, `high`] (or an open end); nan, inf and anything else are
+    refused by argparse (usage, status 2)."""
+
+    def real(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v) or not low <= v <= high or (open_low and v == low) or (open_high and v == high):
+            lo, hi = f"{'(' if open_low else '['}{low:g}", f"{high:g}{')' if open_high else ']'}"
+            hi = hi if math.isfinite(high) else 'inf)'
+            raise argparse.ArgumentTypeError(f"must be a finite number in {lo}, {hi}, got {text}")
+        return v
+
+    return real
 
 
 def fraction(text: str) -> float:
@@ -96,7 +126,7 @@ def fraction(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < v <= 1:
+    if not 0 < v <= 1:  # nan is refused too
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {v}")
     return v
 
@@ -124,9 +154,11 @@ def _silence():
 
 
 @contextlib.contextmanager
-def _notes():
+def _notes(
+    quiet: bool = False,  # `--quiet`: other libraries' warnings are not shown at all
+):
     """histodiff's own warnings (e.g. an empty mask: the input is returned) as one `histodiff: note: ...` line each on
-    stderr."""
+    stderr; other libraries' warnings as they are, or not at all with `quiet`."""
     import warnings
 
     with warnings.catch_warnings():
@@ -135,7 +167,7 @@ def _notes():
         def note(message, category, filename, lineno, file=None, line=None):
             if category.__module__.startswith('histodiff'):
                 print(f"histodiff: note: {message}", file=sys.stderr)
-            else:
+            elif not quiet:
                 show(message, category, filename, lineno, file, line)
 
         warnings.showwarning = note
@@ -153,7 +185,11 @@ def main(
     from histodiff.wsi import sigterm_as_interrupt
 
     try:
-        with _notes(), sigterm_as_interrupt():
+        with _notes(args.quiet), sigterm_as_interrupt():
+            if args.device is not None:  # a device this torch cannot use is refused before any model loads
+                from histodiff.core import get_device
+
+                get_device(args.device)
             return int(args.run(args) or 0)
     except USER_ERRORS as e:
         if args.traceback:
@@ -241,22 +277,22 @@ def _sampling_arguments(g):
         '(default: DDPM, as trained)',
     )
     g.add_argument(
-        '--seed', type=int, default=0, help='sampling seed: same seed, same bytes on CPU (default: %(default)s)'
+        '--seed', type=SEED, default=0, help='sampling seed: same seed, same bytes on CPU (default: %(default)s)'
     )
     g.add_argument(
         '--pixel-dilation',
         type=at_least(0),
         default=None,
         metavar='PX',
-        help="outside the mask dilated by this much the input is kept byte for byte (default: the method's own: 8 for "
-        'latent and pixel, fewer for residual)',
+        help="outside the mask dilated by this much the input is kept byte for byte, at most the image's (the tile's) "
+        "side (default: the method's own: 8 for latent and pixel, fewer for residual)",
     )
     g.add_argument(
         '--feather',
-        type=float,
+        type=number(0),
         default=2.0,
         metavar='PX',
-        help='Gaussian feather of the paste-back (default: %(default)s)',
+        help="Gaussian feather of the paste-back, at most the image's (the tile's) side (default: %(default)s)",
     )
     g.add_argument(
         '--strength',
@@ -267,6 +303,17 @@ def _sampling_arguments(g):
         "artifact region keeps the damaged image's structure (mild artifacts: blur, a light stain) "
         "(default: %(default)s)",
     )
+
+
+def _check_paste_back(
+    args,  # parsed options of `_sampling_arguments`
+    side: int,  # the longest side the restorer sees: the image's (`restore`) or the tile's (`restore-slide`)
+    what: str,  # what `side` is, for the message
+):
+    "A ValueError when --pixel-dilation or --feather exceeds `side`: a larger one changes nothing but the run time."
+    for name, v in (('--pixel-dilation', args.pixel_dilation), ('--feather', args.feather)):
+        if v is not None and v > side:
+            raise ValueError(f"{name} {v:g} px is larger than {what} ({side} px); use at most {side}.")
 
 # %% ../nbs/12_cli.ipynb #288f72f0
 def _restorer(
@@ -299,8 +346,43 @@ def _restore_arguments(p):
         required=True,
         help='artifact mask of the same size: white (255) or 1 = artifact, black = tissue to keep',
     )
-    p.add_argument('--out', required=True, help='restored image, written atomically; the format follows the suffix')
+    p.add_argument(
+        '--out',
+        required=True,
+        help='restored image, written atomically; the format follows the suffix (lossless: .png, .tif, .bmp)',
+    )
+    p.add_argument(
+        '--lossy',
+        action='store_true',
+        help='allow a lossy --out format (.jpg, .gif, .webp, ...), which changes pixels outside the mask too',
+    )
     _restorer_arguments(p)
+
+
+MAX_RESTORE_PIXELS = 2048 * 2048  # `restore` holds the whole image (and the model's activations) in memory
+
+
+def _check_restore_output(args):
+    "`--out`'s format: writable, and lossless unless `--lossy` (a lossy one changes the pixels outside the mask)."
+    from histodiff.core import ImageError, check_image_suffix, lossy_format
+
+    fmt = check_image_suffix(args.out)
+    if lossy_format(args.out) and not args.lossy:
+        raise ImageError(
+            f"cannot write {args.out}: {fmt} is lossy, every pixel outside the mask would change too; "
+            "write .png or .tif, or pass --lossy to accept it."
+        )
+
+
+def _check_restore_size(image, args):
+    "A ValueError for an image over `MAX_RESTORE_PIXELS` (go to `restore-slide`), or options larger than the image."
+    h, w = image.shape[:2]
+    if h * w > MAX_RESTORE_PIXELS:
+        raise ValueError(
+            f"{args.image} is {h}x{w} pixels, more than `restore` takes ({MAX_RESTORE_PIXELS} pixels, e.g. 2048x2048): "
+            f"restore it tile by tile with `histodiff restore-slide {args.image} --mask {args.mask} --out OUT.tif`."
+        )
+    _check_paste_back(args, max(h, w), 'the image')
 
 
 @command('restore', 'restore the artifact region of one image', _restore_arguments)
@@ -310,7 +392,8 @@ def restore_command(args):
     Only the masked region (dilated by --pixel-dilation px and feathered) is
     regenerated; every other pixel is copied byte for byte (classical methods: every
     pixel outside the mask). The image must be RGB, the mask the same size and not all
-    artifact; an empty mask gives the image unchanged (with a note). For large images
+    artifact; an empty mask gives the image unchanged (with a note). A lossy --out
+    (.jpg, .gif, .webp) is refused unless --lossy. For images over 2048x2048 pixels
     use `histodiff restore-slide`. With no --ldm / --vae, models/ldm and models/vae
     are used when they exist, else the shipped checkpoints (checkpoints/, or the
     folder $HISTODIFF_CHECKPOINTS names).
@@ -321,11 +404,12 @@ def restore_command(args):
       histodiff restore tile.png --mask mask.png --out out.png --scheduler ddim --steps 20
       histodiff restore tile.png --mask mask.png --out out.png --method telea
       histodiff restore tile.png --mask mask.png --out out.png --method none     # the floor every table starts from"""
-    from histodiff.core import read_image, read_mask, write_image, check_image_suffix, check_output, warn_empty_mask
+    from histodiff.core import read_image, read_mask, write_image, check_output, warn_empty_mask
 
-    check_image_suffix(args.out)  # before any work
+    _check_restore_output(args)  # before any work
     check_output(args.out, [args.image, args.mask, args.model, args.vae])
     image = read_image(args.image)
+    _check_restore_size(image, args)
     mask = read_mask(args.mask, image.shape, allow_empty=True, allow_full=False)
     if mask.any():
         out = _restorer(args, progress=not args.quiet)(image, mask)
@@ -348,13 +432,16 @@ def _stain_arguments(p):
         help=f"Star-Diff pipeline or model folder (default: {_default_help('stardiff/both')})",
     )
     p.add_argument('--steps', type=at_least(1), default=10, metavar='N', help='sampling steps (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='sampling seed (default: %(default)s)')
+    p.add_argument('--seed', type=SEED, default=0, help='sampling seed (default: %(default)s)')
     p.add_argument(
-        '--eta', type=float, default=0.0, help='stochasticity of the sampler, 0 = deterministic (default: %(default)s)'
+        '--eta',
+        type=number(0, 1),
+        default=0.0,
+        help='stochasticity of the sampler, in [0, 1], 0 = deterministic (default: %(default)s)',
     )
     p.add_argument(
         '--overlap',
-        type=int,
+        type=at_least(0),
         default=None,
         metavar='PX',
         help="overlap of the tiles of a large image (default: a quarter tile)",
@@ -370,10 +457,11 @@ def stain_command(args):
 
     example:
       histodiff stain he.png --out ihc.png --model models/stardiff/both --steps 10"""
-    from histodiff.core import read_image, write_image, get_device, check_output
+    from histodiff.core import read_image, write_image, get_device, check_output, check_image_suffix
     from histodiff.stardiff import StarDiffPipeline
     from histodiff.modelfolder import default_model
 
+    check_image_suffix(args.out)  # every option before the model loads and samples
     check_output(args.out, [args.he, args.model])
     he = read_image(args.he)
     args.model = default_model(args.model, 'stardiff/both', '--model DIR')
@@ -414,8 +502,13 @@ def _sfs_arguments(p):
     p.add_argument(
         '--n-boot', type=at_least(1), default=1000, metavar='N', help='bootstrap resamples (default: %(default)s)'
     )
-    p.add_argument('--level', type=float, default=0.95, help='confidence level (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the bootstrap (default: %(default)s)')
+    p.add_argument(
+        '--level',
+        type=number(0, 1, open_low=True, open_high=True),
+        default=0.95,
+        help='confidence level, in (0, 1) (default: %(default)s)',
+    )
+    p.add_argument('--seed', type=SEED, default=0, help='seed of the bootstrap (default: %(default)s)')
     p.add_argument(
         '--batch-size',
         type=at_least(1),
@@ -546,6 +639,18 @@ def _classify_pairs(
     return pred_real, pred_gen, dab
 
 
+def _check_her2_classes(args, class_names: list, source: str):
+    "A ValueError when the labels are HER2 scores (BCI names, DAB score, --binary) but the classifier's classes are not."
+    from histodiff.sources import HER2_CLASSES
+
+    if (source != 'csv' or args.binary) and class_names != list(HER2_CLASSES):
+        raise ValueError(
+            f"{args.classifier} classifies {class_names}, not the HER2 scores {list(HER2_CLASSES)} that "
+            f"{'--binary' if source == 'csv' else f'--labels {source}'} gives: pass a classifier trained on HER2 IHC "
+            "(e.g. checkpoints/classifier/sfs), or --labels FILE.csv with its own classes."
+        )
+
+
 @command('sfs', 'Semantic Fidelity Score of generated against real IHC', _sfs_arguments)
 def sfs_command(args):
     """Score generated IHC against real IHC with the Semantic Fidelity Score (SFS, SPEC 4).
@@ -579,6 +684,7 @@ example:
     args.classifier = default_model(args.classifier, 'classifier/sfs', '--classifier DIR')
     clf = ImageClassifier.from_pretrained(_folder(args.classifier, 'classifier folder'))
     class_names = [str(clf.model.config.id2label[i]) for i in range(clf.num_classes)]
+    _check_her2_classes(args, class_names, source)
     table = _label_table(args.labels, class_names) if source == 'csv' else None
     if source != 'dab-score':
         labels = [_label_of(n, source, table) for n in names]  # refuse a bad name before classifying anything
@@ -634,12 +740,18 @@ def _slide_arguments(p):
         f'default without --mask: {_default_help("detector")})',
     )
     p.add_argument(
-        '--threshold', type=float, default=None, help="detector probability threshold (default: the detector's own)"
+        '--threshold',
+        type=number(0, 1),
+        default=None,
+        help="detector probability threshold, in [0, 1]; not with --mask (default: the detector's own)",
     )
     g = p.add_argument_group('slide')
     g.add_argument('--level', type=at_least(0), default=0, help='pyramid level to restore (default: %(default)s)')
     g.add_argument(
-        '--mpp', type=float, default=None, help='microns per pixel to work at: picks the level instead of --level'
+        '--mpp',
+        type=number(0, open_low=True),
+        default=None,
+        help='microns per pixel to work at: picks the level instead of --level',
     )
     g.add_argument('--tile', type=at_least(16), default=256, help='tile side in px (default: %(default)s)')
     g.add_argument('--overlap', type=at_least(0), default=32, help='overlap between tiles in px (default: %(default)s)')
@@ -654,6 +766,24 @@ def _slide_arguments(p):
         '--compression', default='zlib', help='TIFF compression: zlib, lzw, jpeg, zstd or none (default: %(default)s)'
     )
     _restorer_arguments(p)
+
+
+def _slide_jobs(args) -> list:
+    """`histodiff.wsi.slide_jobs` of the options, and every check that needs no model: the outputs' suffixes, their
+    locks (another run on the same output), --threshold without a detector, the paste-back options against the tile."""
+    from histodiff.wsi import slide_jobs, output_lock
+
+    if args.mask is not None and args.threshold is not None:
+        raise ValueError("--threshold is the detector's; with --mask there is no detector: drop one of them.")
+    _check_paste_back(args, args.tile, 'the tile')
+    jobs = slide_jobs(args.slide, args.out, args.mask, [args.detector, args.model, args.vae])
+    for _, out, _ in jobs:
+        if out.suffix.lower() not in ('.tif', '.tiff'):
+            raise ValueError(f"output must be a .tif or .tiff file (a pyramidal TIFF), got {out}.")
+        if out.parent.is_dir():
+            with output_lock(out):  # busy: refused now, not after the models load
+                pass
+    return jobs
 
 
 @command('restore-slide', 'restore the artifacts of a whole slide into a pyramidal TIFF', _slide_arguments)
@@ -676,7 +806,7 @@ example:
   histodiff restore-slide slide.svs --out restored.tif --mask mask.png --method telea
   histodiff restore-slide slides/ more/s7.svs --out restored/ --detector models/detector"""
     from histodiff.core import get_device
-    from histodiff.wsi import restore_slide, SlideSettings, WorkFolder, slide_jobs
+    from histodiff.wsi import restore_slide, SlideSettings, WorkFolder
 
     settings = SlideSettings(
         level=args.level,
@@ -689,7 +819,7 @@ example:
         progress=not args.quiet,
         keep_work=args.keep_work,
     )  # checked before a model is loaded
-    jobs = slide_jobs(args.slide, args.out, args.mask, [args.detector, args.model, args.vae])  # before any work
+    jobs = _slide_jobs(args)  # before any work
     detector = None
     if args.mask is None:  # no mask: the detector named, else models/detector, else the shipped one
         from histodiff.detect import ArtifactDetector

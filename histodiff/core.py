@@ -6,22 +6,22 @@ Docs: https://histodiff.github.io/histodiff/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #04bee47f
 from __future__ import annotations
-import hashlib, os, re, random, tempfile, threading, contextlib, functools, warnings
+import errno, hashlib, os, re, random, struct, tempfile, threading, contextlib, functools, warnings, zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['OUTPUT_MARKER', 'IMAGE_SUFFIXES', 'DIHEDRAL', 'atomic_path', 'check_output', 'written_by_histodiff',
            'check_output_dir', 'atomic_dir', 'stale_temporaries', 'sha256sum', 'is_timing', 'split_timings',
-           'save_metrics', 'ImageError', 'as_rgb_uint8', 'read_image', 'check_image_suffix', 'write_image', 'MaskError',
-           'as_mask', 'check_mask', 'read_mask', 'write_mask', 'EmptyMaskWarning', 'warn_empty_mask', 'as_rgb_batch',
-           'check_masks', 'to_tensor', 'from_tensor', 'mask_to_tensor', 'dihedral', 'downsample_factor',
-           'seed_everything', 'make_generator', 'get_device', 'get_dtype', 'tile_coords', 'extract_tiles',
-           'blend_weight', 'stitch_tiles']
+           'save_metrics', 'ImageError', 'as_rgb_uint8', 'check_exists', 'cmyk_to_rgb', 'read_image',
+           'check_image_suffix', 'lossy_format', 'write_image', 'MaskError', 'as_mask', 'check_mask', 'read_mask',
+           'write_mask', 'EmptyMaskWarning', 'warn_empty_mask', 'as_rgb_batch', 'check_masks', 'to_tensor',
+           'from_tensor', 'mask_to_tensor', 'dihedral', 'downsample_factor', 'seed_everything', 'make_generator',
+           'check_device', 'get_device', 'get_dtype', 'tile_coords', 'extract_tiles', 'blend_weight', 'stitch_tiles']
 
 # %% ../nbs/00_core.ipynb #e0b1bad6
 def _umask() -> int:
@@ -58,9 +58,14 @@ def atomic_path(
             tmp.unlink()
 
 # %% ../nbs/00_core.ipynb #589d24df
+def _real(p: Path) -> Path:
+    "`p` resolved as far as it goes: a looping symbolic link does not raise (it is refused where it is read)."
+    return Path(os.path.realpath(p))
+
+
 def _same(a: Path, b: Path) -> bool:
     "Do `a` and `b` name the same file or folder: the same resolved path, or (both existing) the same inode?"
-    if a.resolve() == b.resolve():
+    if _real(a) == _real(b):
         return True
     try:
         return os.path.samefile(a, b)
@@ -81,13 +86,13 @@ def check_output(
             raise ValueError(
                 f"the output {out} is the input {inp}: writing it would destroy the input; choose another output."
             )
-        if folder and out.resolve() in inp.resolve().parents:
+        if folder and _real(out) in _real(inp).parents:
             raise ValueError(
                 f"the output folder {out} holds the input {inp}: replacing it would delete the input; "
                 "choose another folder."
             )
     cwd = Path.cwd().resolve()
-    if folder and (out.resolve() == cwd or out.resolve() in cwd.parents):
+    if folder and (_real(out) == cwd or _real(out) in cwd.parents):
         raise ValueError(
             f"the output folder {out} is (or holds) the current folder {cwd}: replacing it would delete it; "
             "choose a new folder."
@@ -298,26 +303,103 @@ def _strict_loading():
                 ImageFile.LOAD_TRUNCATED_IMAGES = _STRICT['saved']
 
 # %% ../nbs/00_core.ipynb #6a244b55
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+_ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)  # x0 y0 dx dy
+
+
+def _png_data_size(
+    path: Path,  # a PNG file
+) -> tuple[int, int]:
+    """(bytes its IDAT stream inflates to, bytes its IHDR needs): a second decoder, since PIL fills the rows missing
+    from a complete but short zlib stream with black and raises nothing."""
+    data, pos, z, got, ihdr = path.read_bytes(), 8, zlib.decompressobj(), 0, None
+    while pos + 8 <= len(data):
+        n, kind = struct.unpack('>I4s', data[pos : pos + 8])
+        if kind == b'IHDR':
+            ihdr = struct.unpack('>IIBBBBB', data[pos + 8 : pos + 21])
+        elif kind == b'IDAT':
+            got += len(z.decompress(data[pos + 8 : pos + 8 + n]))
+        elif kind == b'IEND':
+            break
+        pos += 12 + n
+    w, h, depth, ctype, _, _, interlace = ihdr
+    row = lambda pw: (pw * _PNG_CHANNELS.get(ctype, 1) * depth + 7) // 8 + 1 if pw > 0 else 0  # + its filter byte
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    need = sum(row((w - x0 + dx - 1) // dx) * max(0, (h - y0 + dy - 1) // dy) for x0, y0, dx, dy in passes)
+    return got, need
+
+
+def _raw_bits(
+    im: Image.Image,  # opened, not yet loaded
+) -> str | None:
+    "The decoder's raw mode when it holds 16 bits per sample (e.g. 'RGB;16B', which PIL cuts to 8 bits), else None."
+    for t in im.tile:
+        raw = t.args if isinstance(t.args, str) else (t.args[0] if t.args else '')
+        if isinstance(raw, str) and ';16' in raw:
+            return raw
+    return None
+
+
 def _load_image(
     path: Path,  # an existing image file
     what: str = 'image',  # 'image' or 'mask image', for messages
     err: type = ImageError,  # the error class to raise
+    eight_bits: bool = False,  # refuse 16 bits per sample, which PIL would cut to 8 silently
 ) -> Image.Image:
-    "Open and fully decode `path` with PIL, never accepting truncated data; errors name the file."
+    """Open and fully decode `path` with PIL, never accepting truncated data (nor a PNG with rows missing), turned as
+    its EXIF orientation says; errors name the file."""
     try:
         with _strict_loading(), Image.open(path) as im:  # some libraries switch truncated loading on: not for this read
+            raw = _raw_bits(im)
+            if eight_bits and raw:
+                raise err(
+                    f"{path} is a 16-bit image, 16 bits per channel (mode {im.mode}, stored as {raw}); histodiff reads 8-bit RGB "
+                    "(as `restore-slide` does): convert it to 8 bits explicitly, e.g. round(v / 257)."
+                )
             im.load()
-            return im
+            if im.format == 'PNG' and (size := _png_data_size(path))[0] < size[1]:
+                raise err(
+                    f"{path} is truncated or corrupt: its image data holds {size[0]} of the {size[1]} bytes its "
+                    f"header declares for {im.size[1]} rows (the missing rows would be black)."
+                )
+            return ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
     except Image.DecompressionBombError as e:
         raise err(
             f"{path} is {_claimed_size(path)} pixels, over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} "
             "pixels: this is a whole slide, not a tile. Restore it with `histodiff restore-slide`, or, trusting the "
             "file and having the memory, raise the limit knowingly (PIL.Image.MAX_IMAGE_PIXELS = None)."
         ) from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except err:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise  # a real I/O error (permission, ...), not bad data
         raise err(f"{path} is not a readable {what} (truncated or corrupt, or a format PIL cannot read): {e}") from e
+
+
+def check_exists(
+    path: Path,  # a file (or folder) a command reads
+    what: str,  # what it is, for the message: 'image', 'mask', ...
+):
+    """A FileNotFoundError `<what> not found: <path>` when `path` does not exist; a broken or looping symbolic link is
+    said to be one."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        link = f" (a symbolic link to {os.readlink(path)}, which does not exist)" if os.path.islink(path) else ''
+        raise FileNotFoundError(f"{what} not found: {path}{link}") from None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise OSError(f"{what} {path} cannot be opened: its symbolic links form a loop") from None
 
 # %% ../nbs/00_core.ipynb #789a5a0d
 IMAGE_SUFFIXES = (
@@ -330,24 +412,43 @@ IMAGE_SUFFIXES = (
 )  # files `read_image` is meant for (folders of tiles)
 
 
+def cmyk_to_rgb(
+    arr: np.ndarray,  # H x W x 4 (or more: extra samples are dropped) CMYK uint8
+    name: str = 'image',  # what to call it in error messages
+) -> np.ndarray:
+    "RGB uint8 of a CMYK image, as PIL converts it: (255 - C) (255 - K) / 255, rounded (`read_image` and slides alike)."
+    if arr.dtype != np.uint8:
+        return as_rgb_uint8(arr, name)  # refused: 16-bit, floats
+    if arr.ndim != 3 or arr.shape[-1] < 4:
+        raise ImageError(f"{name} is CMYK but has shape {arr.shape}; expected H x W x 4.")
+    c = arr[..., :4].astype(np.uint32)
+    return (((255 - c[..., :3]) * (255 - c[..., 3:]) + 127) // 255).astype(np.uint8)
+
+
 def read_image(
     path: str | Path,  # image file (PNG, JPEG, TIFF, ...)
 ) -> np.ndarray:
-    """Read an image file as RGB uint8 `H x W x 3`, with clear errors for missing, truncated, corrupt,
-    grayscale or 16-bit files."""
+    """Read an image file as RGB uint8 `H x W x 3`, turned as its EXIF orientation says; CMYK, YCbCr and palette images
+    are converted; clear errors for missing, truncated, corrupt, grayscale, 16-bit or other colour models (LAB, HSV)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image not found: {path}")
-    im = _load_image(path)
+    check_exists(path, 'image')
+    im = _load_image(path, eight_bits=True)
     mode = im.mode
     if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
         raise ImageError(f"{path} is a 16-bit image (mode {mode}); convert it to 8-bit RGB explicitly.")
     if mode in ('L', 'LA', '1'):
         raise ImageError(f"{path} is grayscale (mode {mode}); histodiff expects RGB.")
-    if mode == 'P':
+    if mode == 'CMYK':
+        return cmyk_to_rgb(np.asarray(im), str(path))
+    if mode in ('P', 'PA'):
         im = im.convert('RGBA')
-    if mode in ('CMYK', 'YCbCr'):
+    elif mode == 'YCbCr':
         im = im.convert('RGB')
+    elif mode not in ('RGB', 'RGBA', 'RGBX', 'RGBa'):
+        raise ImageError(
+            f"{path} is in the colour model {mode} (PIL mode); histodiff reads RGB (and converts CMYK, YCbCr and "
+            "palette images): convert it to RGB first."
+        )
     return as_rgb_uint8(np.asarray(im), name=str(path))
 
 # %% ../nbs/00_core.ipynb #3dd19354
@@ -385,6 +486,37 @@ def check_image_suffix(
             f"use one of {', '.join(IMAGE_SUFFIXES)} (PIL also writes {', '.join(others)})."
         )
     return fmt
+
+
+@functools.cache
+def _lossy_formats() -> frozenset[str]:
+    """The PIL formats of `_writable_suffixes` that do not give a noise image back exactly (JPEG, GIF's 256 colours,
+    WebP, ...) or cannot read back what they wrote (each tried once on a 32 x 32 image of 1024 colours)."""
+    import io
+
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    lossy = set()
+    for fmt in set(_writable_suffixes().values()):
+        buf = io.BytesIO()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                Image.fromarray(noise).save(buf, format=fmt)
+                buf.seek(0)
+                same = np.array_equal(np.asarray(Image.open(buf).convert('RGB')), noise)
+        except Exception:
+            same = False
+        if not same:
+            lossy.add(fmt)
+    return frozenset(lossy)
+
+
+def lossy_format(
+    path: str | Path,  # an output image file
+) -> str | None:
+    "The PIL format of `path`'s suffix when writing there changes pixels (JPEG, GIF, WebP, ...), else None."
+    fmt = check_image_suffix(path)
+    return fmt if fmt in _lossy_formats() else None
 
 
 def write_image(
@@ -457,8 +589,7 @@ def read_mask(
     """Read a mask file as a boolean artifact mask (True = artifact), checked with `check_mask`;
     truncated files are refused."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"mask not found: {path}")
+    check_exists(path, 'mask')
     im = _load_image(path, 'mask image', MaskError)
     arr = np.asarray(im.convert('L') if im.mode in ('RGB', 'RGBA', 'P', 'LA') else im)
     return check_mask(arr, shape, name=str(path), **{'allow_empty': True, 'allow_full': True, **kwargs})
@@ -600,12 +731,35 @@ def make_generator(
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def get_device(
-    prefer: str | None = None,  # 'cuda', 'mps', 'cpu' or None for the best available
+def check_device(
+    name: str | torch.device,  # 'cpu', 'cuda', 'cuda:1', 'mps', ...
 ) -> torch.device:
-    "The best available device (cuda, then mps, then cpu), or `prefer` if given."
+    "`name` as a torch.device; a ValueError saying why when this torch cannot run on it (before any model loads)."
+    try:
+        d = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {str(name)!r}: use cpu, cuda, cuda:N or mps.") from None
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
+    if d.type == 'cuda' and n == 0:
+        raise ValueError(f"device {str(name)!r}: this torch ({torch.__version__}) sees no CUDA GPU; use cpu.")
+    if d.type == 'cuda' and d.index is not None and d.index >= n:
+        raise ValueError(
+            f"device {str(name)!r}: there {'is 1 CUDA GPU' if n == 1 else f'are {n} CUDA GPUs'}, cuda:0..{n - 1}."
+        )
+    if (d.type == 'mps' and not mps) or d.type not in ('cpu', 'cuda', 'mps'):
+        raise ValueError(
+            f"device {str(name)!r} is not available here; use {'cuda, ' if n else ''}{'mps, ' if mps else ''}cpu."
+        )
+    return d
+
+
+def get_device(
+    prefer: str | torch.device | None = None,  # 'cuda', 'mps', 'cpu' or None for the best available
+) -> torch.device:
+    "The best available device (cuda, then mps, then cpu), or `prefer` if given (checked by `check_device`)."
     if prefer:
-        return torch.device(prefer)
+        return check_device(prefer)
     if torch.cuda.is_available():
         return torch.device('cuda')
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['ModelFolderError', 'read_json_settings', 'file_digest', 'model_digest', 'load_folder', 'checkpoints_root', 'shipped',
-           'default_model', 'load_float32', 'load_trainable', 'data_hashes', 'flat_numbers', 'training_device',
-           'write_card']
+__all__ = ['ModelFolderError', 'read_json_settings', 'file_digest', 'model_digest', 'load_folder', 'checkpoints_root',
+           'checkpoints_where', 'shipped', 'default_model', 'load_float32', 'load_trainable', 'data_hashes',
+           'flat_numbers', 'training_device', 'write_card']
 
 # %% ../nbs/00a_modelfolder.ipynb #e8c1abbe
 class ModelFolderError(ValueError):
@@ -152,6 +152,15 @@ def checkpoints_root() -> Path | None:
     return p if p.is_dir() else None
 
 
+def checkpoints_where(
+    name: str = '',  # a checkpoint's path under the checkpoints folder, e.g. 'ldm'
+) -> str:
+    "Where the shipped checkpoint `name` was looked for, for messages: the folder, and `$HISTODIFF_CHECKPOINTS`'s value."
+    env, root = os.environ.get('HISTODIFF_CHECKPOINTS'), checkpoints_root()
+    where = f"{root / name} does not exist" if root is not None else 'no checkpoints/ folder beside the package'
+    return f"{where}; $HISTODIFF_CHECKPOINTS={env!r}" if env else f"{where}; $HISTODIFF_CHECKPOINTS is not set"
+
+
 def shipped(
     name: str,  # the checkpoint's path under the checkpoints folder, e.g. 'ldm' or 'stardiff/both'
 ) -> Path | None:
@@ -179,8 +188,8 @@ def default_model(
     if (p := shipped(name)) is not None:
         return str(p)
     raise FileNotFoundError(
-        f"no {name} model: {local} does not exist and no checkpoint is shipped (checkpoints/{name}, or "
-        f"$HISTODIFF_CHECKPOINTS); run `make repro` to train the models, or pass {what}"
+        f"no {name} model: {local} does not exist and no checkpoint is shipped ({checkpoints_where(name)}); "
+        f"run `make repro` to train the models, or pass {what}"
     )
 
 # %% ../nbs/00a_modelfolder.ipynb #8425f616

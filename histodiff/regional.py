@@ -677,14 +677,13 @@ def load_regional_pipeline(
     from pathlib import Path
 
     if model_dir is None:  # the shipped checkpoints (histodiff.checkpoints.shipped)
-        from histodiff.modelfolder import shipped
+        from histodiff.modelfolder import shipped, checkpoints_where
 
         model_dir, vae = shipped('ldm'), vae if vae is not None else shipped('vae')
         if model_dir is None or vae is None:
             raise FileNotFoundError(
                 "no model folder given and no shipped checkpoints/ldm and checkpoints/vae "
-                "(nor $HISTODIFF_CHECKPOINTS): "
-                "pass model_dir and vae, or train them (make repro)."
+                f"({checkpoints_where('ldm')}): pass model_dir and vae, or train them (make repro)."
             )
     d = Path(model_dir)
     if not (d / 'unet' / 'config.json').exists():

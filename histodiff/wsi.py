@@ -16,6 +16,8 @@ from histodiff.core import (
     ImageError,
     EmptyMaskWarning,
     as_rgb_uint8,
+    check_exists,
+    cmyk_to_rgb,
     as_mask,
     read_image,
     read_mask,
@@ -51,6 +53,30 @@ def _tiff_mpp(page) -> float | None:
     return (1e4 if unit == 3 else 25400.0) * den / num
 
 
+def _tiff_rgb(
+    level,  # a tifffile series level
+    name: str,  # what to call it in messages
+) -> np.ndarray:
+    """A plain TIFF level as RGB uint8, the colour models as `read_image` takes them: RGB as is, CMYK converted
+    (`cmyk_to_rgb`), grayscale and 16-bit refused (`as_rgb_uint8`); LAB, palette, ... and a turned page (its
+    Orientation tag) refused, naming them."""
+    from tifffile import PHOTOMETRIC
+
+    page = level.keyframe
+    ph, turned = PHOTOMETRIC(page.photometric), int(page.tags[274].value) if 274 in page.tags else 1
+    if turned != 1:
+        raise ImageError(f"{name} has TIFF orientation {turned} (turned or flipped); save it upright (orientation 1).")
+    if ph == PHOTOMETRIC.SEPARATED:
+        return cmyk_to_rgb(level.asarray(), name)
+    jpeg_ycbcr = ph == PHOTOMETRIC.YCBCR and page.compression in (6, 7)  # decoded to RGB by the JPEG decoder
+    if ph not in (PHOTOMETRIC.RGB, PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.MINISWHITE) and not jpeg_ycbcr:
+        raise ImageError(
+            f"{name} is in the colour model {ph.name} (TIFF photometric {int(ph)}); histodiff reads RGB (and converts "
+            "CMYK): convert it to RGB first."
+        )
+    return as_rgb_uint8(level.asarray(), name)
+
+
 class SlideSource:
     "One level of a slide: `shape` (H, W), `mpp`, `level`, `downsample`, `read(y, x, h, w)`, `thumbnail(max_side)`."
 
@@ -61,8 +87,7 @@ class SlideSource:
         mpp: float | None = None,  # wanted microns per pixel: picks the best level instead of `level`
     ):
         self.path = path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"slide not found: {path}")
+        check_exists(path, 'slide')
         suf = path.suffix.lower()
         if suf not in SLIDE_SUFFIXES | PLAIN_SUFFIXES:
             raise ImageError(
@@ -96,7 +121,7 @@ class SlideSource:
             if suf in ('.tif', '.tiff'):
                 with tifffile.TiffFile(self.path) as tf:
                     s = tf.series[0]
-                    self._levels = [as_rgb_uint8(l.asarray(), f'{self.path} level {i}') for i, l in enumerate(s.levels)]
+                    self._levels = [_tiff_rgb(l, f'{self.path} level {i}') for i, l in enumerate(s.levels)]
                     self.mpp0 = _tiff_mpp(tf.pages[0])
             else:
                 self._levels, self.mpp0 = [read_image(self.path)], None
@@ -927,10 +952,9 @@ def _expand_slides(inputs: list) -> list[Path]:
                     f"no slide ({', '.join(sorted(SLIDE_SUFFIXES | PLAIN_SUFFIXES))}) in the folder {p}"
                 )
             slides += found
-        elif p.is_file():
-            slides.append(p)
         else:
-            raise FileNotFoundError(f"slide not found: {p}")
+            check_exists(p, 'slide')  # a dangling or looping link is said to be one
+            slides.append(p)
     return slides
 
 
@@ -957,8 +981,7 @@ def _slide_masks(slides: list, masks, single: bool) -> list:
         raise ValueError(
             f"one mask image ({masks.name}) for {len(slides)} slides; give a folder of masks named like the slides."
         )
-    if not masks.is_file():
-        raise FileNotFoundError(f"mask not found: {masks}")
+    check_exists(masks, 'mask')
     return [masks]
 
 
