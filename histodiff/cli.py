@@ -684,8 +684,7 @@ run (Ctrl-C, SIGTERM, a crash) resumes where it stopped when rerun with the same
 settings; other settings are refused until --no-resume. One run at a time per
 output (a lock). With no --ldm / --vae (and with neither --mask nor --detector):
 models/ when it holds them, else the shipped checkpoints. A summary per slide is
-printed as JSON (unless --quiet). Under `accelerate launch` (or `torchrun`) the
-slides are split between the processes (a single slide: its tiles are).
+printed as JSON (unless --quiet). `accelerate launch` splits the slides.
 
 example:
   histodiff restore-slide slide.svs --out restored.tif
@@ -877,5 +876,5 @@ example:
     _say(args, f"{out}: unet/ (safetensors), scheduler/ and README.md written from {args.src}")
 
 # %% ../nbs/12_cli.ipynb #909456e3
-if __name__ == '__main__' and 'ipykernel' not in sys.modules:  # python -m histodiff.cli (accelerate launch -m)
-    sys.exit(main())
+if __name__ == '__main__' and '__file__' in globals():
+    sys.exit(main())  # python -m histodiff.cli (accelerate launch -m), not a notebook kernel
