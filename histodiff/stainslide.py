@@ -151,7 +151,7 @@ def stainer(
         return from_tensor(torch.cat(outs))
 
     run.identity = dict(method='stardiff', weights=weights_digest(pipe), latent=pipe.vae is not None)
-    run.identity['paths'] = pipe.model.paths
+    run.identity['paths'], run.desc = pipe.model.paths, 'stain'  # desc: the progress bar's label
     return run
 
 # %% ../nbs/11b_stain_slide.ipynb #03ceea33
@@ -334,7 +334,7 @@ def seam_ratio(
     across = np.concatenate([gy[rows], gx[cols]]).mean()
     return float(across / np.concatenate([np.delete(gy, rows), np.delete(gx, cols)]).mean())
 
-# %% ../nbs/11b_stain_slide.ipynb #42225e01
+# %% ../nbs/11b_stain_slide.ipynb #09b397db
 class AloneState:
     "A stand-in for `accelerate.PartialState` in a process that works through its own slides alone."
 
@@ -351,7 +351,7 @@ class AloneState:
     def split_between_processes(self, inputs, apply_padding: bool = False):
         yield inputs
 
-# %% ../nbs/11b_stain_slide.ipynb #6d8d9166
+# %% ../nbs/11b_stain_slide.ipynb #032d4cd8
 @contextlib.contextmanager
 def one_process():
     "Within the block `accelerate.PartialState` is `AloneState`: the slide machinery sees this process alone."
@@ -361,7 +361,7 @@ def one_process():
     with mock.patch.object(accelerate, 'PartialState', AloneState):
         yield
 
-# %% ../nbs/11b_stain_slide.ipynb #5abf6f2f
+# %% ../nbs/11b_stain_slide.ipynb #9d092bdd
 def cohort_state():
     """accelerate's `PartialState` of this process; on CPU processes (gloo) when there is no GPU or `accelerate launch
     --cpu` asks for it (ACCELERATE_USE_CPU)."""
@@ -384,7 +384,7 @@ def cohort_device(
     state = cohort_state()
     return state.device if state.num_processes > 1 else get_device()
 
-# %% ../nbs/11b_stain_slide.ipynb #54784534
+# %% ../nbs/11b_stain_slide.ipynb #7fa9c710
 def run_cohort(
     jobs: list,  # (slide, output, ...) tuples, e.g. from `histodiff.wsi.slide_jobs`
     work: Callable,  # work(*job) -> a summary (dict or None), e.g. a partial of `stain_slide`
