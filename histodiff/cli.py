@@ -16,7 +16,7 @@ import histodiff
 # %% auto #0
 __all__ = ['COMMANDS', 'SEED', 'USER_ERRORS', 'SCHEDULERS', 'MAX_RESTORE_PIXELS', 'command', 'build_parser', 'at_least', 'number',
            'fraction', 'main', 'restore_command', 'stain_command', 'sfs_command', 'restore_slide_command',
-           'convert_checkpoint_command']
+           'stain_slide_command', 'convert_checkpoint_command']
 
 # %% ../nbs/12_cli.ipynb #835bd3bd
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -710,6 +710,23 @@ example:
         with atomic_path(args.json) as tmp:
             Path(tmp).write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False))
 
+# %% ../nbs/12_cli.ipynb #2ce8e22e
+def _report(
+    args,  # the command's options (--quiet)
+    slide,  # the slide
+    result,  # its summary (dict, or None when it was skipped), or the error it failed with
+):
+    "What `run_cohort` reports of one slide: its summary as JSON on stdout (unless --quiet), or its error on stderr."
+    if isinstance(result, BaseException):
+        print(f"histodiff: error: {slide}: {result}", file=sys.stderr)
+    elif result is not None and result.get('skipped'):
+        print(
+            f"histodiff: note: {result['out']} is this run's finished output; {Path(slide).name} skipped",
+            file=sys.stderr,
+        )
+    elif result is not None:
+        _say(args, json.dumps(result))
+
 # %% ../nbs/12_cli.ipynb #a1fcda20
 def _slide_arguments(p):
     p.add_argument(
@@ -771,6 +788,7 @@ def _slide_arguments(p):
 def _slide_jobs(args) -> list:
     """`histodiff.wsi.slide_jobs` of the options, and every check that needs no model: the outputs' suffixes, their
     locks (another run on the same output), --threshold without a detector, the paste-back options against the tile."""
+    from accelerate import PartialState
     from histodiff.wsi import slide_jobs, output_lock
 
     if args.mask is not None and args.threshold is not None:
@@ -780,7 +798,7 @@ def _slide_jobs(args) -> list:
     for _, out, _ in jobs:
         if out.suffix.lower() not in ('.tif', '.tiff'):
             raise ValueError(f"output must be a .tif or .tiff file (a pyramidal TIFF), got {out}.")
-        if out.parent.is_dir():
+        if out.parent.is_dir() and PartialState().num_processes == 1:  # (a cohort's processes lock their own)
             with output_lock(out):  # busy: refused now, not after the models load
                 pass
     return jobs
@@ -797,16 +815,18 @@ run (Ctrl-C, SIGTERM, a crash) resumes where it stopped when rerun with the same
 settings; other settings are refused until --no-resume. One run at a time per
 output (a lock). With no --ldm / --vae (and with neither --mask nor --detector):
 models/ when it holds them, else the shipped checkpoints. A summary per slide is
-printed as JSON (unless --quiet).
+printed as JSON (unless --quiet). `accelerate launch` splits the slides.
 
 example:
   histodiff restore-slide slide.svs --out restored.tif
   histodiff restore-slide slide.svs --out restored.tif --detector models/detector \\
                           --vae models/vae --ldm models/ldm
   histodiff restore-slide slide.svs --out restored.tif --mask mask.png --method telea
-  histodiff restore-slide slides/ more/s7.svs --out restored/ --detector models/detector"""
+  histodiff restore-slide slides/ more/s7.svs --out restored/ --detector models/detector
+  accelerate launch -m histodiff.cli restore-slide slides/ --out restored/   # one GPU a process"""
     from histodiff.core import get_device
     from histodiff.wsi import restore_slide, SlideSettings, WorkFolder
+    from histodiff.stainslide import run_cohort, cohort_device
 
     settings = SlideSettings(
         level=args.level,
@@ -820,6 +840,7 @@ example:
         keep_work=args.keep_work,
     )  # checked before a model is loaded
     jobs = _slide_jobs(args)  # before any work
+    args.device = str(cohort_device(args.device))  # in a cohort of processes: this process's own GPU
     detector = None
     if args.mask is None:  # no mask: the detector named, else models/detector, else the shipped one
         from histodiff.detect import ArtifactDetector
@@ -829,24 +850,118 @@ example:
         detector = ArtifactDetector.from_pretrained(_folder(path, 'detector folder')).to(get_device(args.device))
         if args.threshold is not None:
             detector.settings['threshold'] = args.threshold
-    restorer, failed = _restorer(args), []
-    for slide, out, mask in jobs:
+    restorer = _restorer(args)
+
+    def one(slide, out, mask):
         if out.exists() and not WorkFolder(out).path.exists() and not args.overwrite:
             print(
                 f"histodiff: note: {out} exists, {slide.name} skipped (--overwrite restores it again)", file=sys.stderr
             )
-            continue
-        try:
-            summary = restore_slide(slide, out, restorer, mask=mask, detector=detector, settings=settings)
-        except USER_ERRORS as e:
-            if len(jobs) == 1:
-                raise
-            print(f"histodiff: error: {slide}: {e}", file=sys.stderr)
-            failed.append(slide.name)
-            continue
-        _say(args, json.dumps(summary))
+            return None
+        return restore_slide(slide, out, restorer, mask=mask, detector=detector, settings=settings)
+
+    failed = run_cohort(
+        jobs, one, partial(_report, args)
+    )  # under accelerate launch: the slides split between processes
     if failed:
         raise ValueError(f"{len(failed)} of {len(jobs)} slides failed ({', '.join(failed)}); the others are restored")
+
+# %% ../nbs/12_cli.ipynb #1e44fc12
+def _stain_slide_arguments(p):
+    p.add_argument(
+        'slide', metavar='SLIDE', nargs='+', help='H&E slides (svs, ndpi, mrxs, tiff, ...; plain images) or folders'
+    )
+    p.add_argument(
+        '--out',
+        required=True,
+        help='output pyramidal TIFF (.tif or .tiff) of one slide, or a folder for several (<stem>.tif each); its '
+        'thumbnail (<stem>.thumb.png) and the record of the run (<stem>.stain.json) beside it; written atomically',
+    )
+    p.add_argument(
+        '--overwrite',
+        action='store_true',
+        help="replace an output that is not this run's (default: refuse it; this run's own is skipped)",
+    )
+    p.add_argument(
+        '--model',
+        metavar='DIR',
+        default=None,
+        help=f"Star-Diff pipeline or model folder (default: {_default_help('stardiff/both')}); its tile is the tile",
+    )
+    g = p.add_argument_group('slide')
+    g.add_argument('--level', type=at_least(0), default=0, help='pyramid level to stain (default: %(default)s)')
+    g.add_argument(
+        '--mpp', type=float, default=None, help='microns per pixel to work at: picks the level (not --level)'
+    )
+    g.add_argument(
+        '--overlap', type=at_least(0), default=None, metavar='PX', help="tile overlap (default: a quarter tile)"
+    )
+    g.add_argument(
+        '--batch-size', type=at_least(1), default=8, metavar='N', help='tiles a batch (default: %(default)s)'
+    )
+    g.add_argument(
+        '--batch-model',
+        action='store_true',
+        help="a batch's tiles through the model at once: faster on a GPU, but the bytes then depend on --batch-size",
+    )
+    g.add_argument('--no-resume', action='store_true', help='discard an unfinished run on the same --out')
+    g.add_argument('--keep-work', action='store_true', help='keep the work folder after success (debugging)')
+    g.add_argument('--compression', default='zlib', help='TIFF compression: zlib, lzw, jpeg, zstd or none')
+    _stain_sampling_arguments(p.add_argument_group('sampling'))
+
+
+def _stain_sampling_arguments(g):
+    g.add_argument('--steps', type=at_least(1), default=10, metavar='N', help='sampling steps (default: %(default)s)')
+    g.add_argument('--seed', type=int, default=0, help="with the level and a tile's corner, its noise's seed")
+    g.add_argument('--eta', type=float, default=0.0, help='stochasticity of the sampler, 0 = deterministic')
+
+# %% ../nbs/12_cli.ipynb #554b82c9
+@command('stain-slide', 'H&E slides to virtual IHC pyramidal TIFFs with Star-Diff', _stain_slide_arguments)
+def stain_slide_command(args):
+    """Stain the tissue of whole H&E slides into virtual IHC, as tiled pyramidal TIFFs.
+
+    Star-Diff runs on the tissue tiles only (the glass stays white), at --level or
+    --mpp. Tiles overlap (a quarter tile) and are blended seam-free; each tile's
+    noise is seeded from (--seed, level, corner), so the bytes do not depend on
+    --batch-size, the order or a resume. Beside each TIFF: a thumbnail
+    (<stem>.thumb.png) and the record of the run (<stem>.stain.json). A rerun skips
+    its own finished outputs and refuses other files under their names until
+    --overwrite; an interrupted run resumes. Several slides (or folders) go to a
+    folder, <stem>.tif each; a slide that fails is named, the others go on, and the
+    status is 2. Under `accelerate launch` or `torchrun` the slides are split
+    between the processes, one GPU each (a single slide: its tiles are).
+
+    example:
+      histodiff stain-slide he.svs --out ihc.tif --level 1
+      histodiff stain-slide he.svs --out ihc.tif --mpp 1.0 --steps 10 --model models/stardiff/both
+      accelerate launch -m histodiff.cli stain-slide slides/ --out ihc/"""
+    from histodiff.modelfolder import default_model
+    from histodiff.stardiff import StarDiffPipeline
+    from histodiff.stainslide import StainSettings, stain_slide, run_cohort, cohort_device
+    from histodiff.wsi import slide_jobs
+
+    settings = StainSettings(
+        level=args.level,
+        mpp=args.mpp,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        batch_model=args.batch_model,
+        compression=args.compression,
+        resume=not args.no_resume,
+        keep_work=args.keep_work,
+        progress=not args.quiet,
+        steps=args.steps,
+        seed=args.seed,
+        eta=args.eta,
+        overwrite=args.overwrite,
+    )  # checked before a model is loaded
+    args.model = default_model(args.model, 'stardiff/both', '--model DIR')
+    jobs = slide_jobs(args.slide, args.out, None, [args.model])  # no output is an input, no slide twice
+    pipe = StarDiffPipeline.from_pretrained(_folder(args.model, 'Star-Diff model folder'))
+    pipe = pipe.to(cohort_device(args.device))
+    failed = run_cohort(jobs, lambda slide, out, _: stain_slide(slide, out, pipe, settings), partial(_report, args))
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(jobs)} slides failed ({', '.join(failed)}); the others are stained")
 
 # %% ../nbs/12_cli.ipynb #5f34c620
 def _convert_arguments(p):
@@ -890,3 +1005,7 @@ example:
 
     out = convert_checkpoint(args.src, args.dst, overwrite=args.overwrite)
     _say(args, f"{out}: unet/ (safetensors), scheduler/ and README.md written from {args.src}")
+
+# %% ../nbs/12_cli.ipynb #909456e3
+if __name__ == '__main__' and '__file__' in globals():
+    sys.exit(main())  # python -m histodiff.cli (accelerate launch -m), not a notebook kernel

@@ -824,7 +824,9 @@ def restore_tiles(
             np.stack([src.read(*plan.window(i)) for i in ids]),
             np.stack([plan.tile_mask(i) for i in ids]),
         )
-        with tqdm(total=len(mine), desc='restore', disable=not (s.progress and state.is_main_process)) as bar:
+        with tqdm(
+            total=len(mine), desc=getattr(run, 'desc', 'restore'), disable=not (s.progress and state.is_main_process)
+        ) as bar:
             for ids, ims, ms in prefetched(read, batches, s.prefetch):
                 res = run(ims, ms)
                 n_calls += 1
