@@ -640,7 +640,7 @@ def _classify_pairs(
 
 
 def _check_her2_classes(args, class_names: list, source: str):
-    "A ValueError when the labels are HER2 scores (BCI names, DAB score, --binary) but the classifier's classes are not."
+    "A ValueError when the labels are HER2 scores (BCI names, DAB score, --binary) and the classifier's classes not."
     from histodiff.sources import HER2_CLASSES
 
     if (source != 'csv' or args.binary) and class_names != list(HER2_CLASSES):

@@ -361,7 +361,8 @@ def _load_image(
             raw = _raw_bits(im)
             if eight_bits and raw:
                 raise err(
-                    f"{path} is a 16-bit image, 16 bits per channel (mode {im.mode}, stored as {raw}); histodiff reads 8-bit RGB "
+                    f"{path} is a 16-bit image, 16 bits per channel (mode {im.mode}, stored as {raw}); "
+                    "histodiff reads 8-bit RGB "
                     "(as `restore-slide` does): convert it to 8 bits explicitly, e.g. round(v / 257)."
                 )
             im.load()

@@ -155,7 +155,7 @@ def checkpoints_root() -> Path | None:
 def checkpoints_where(
     name: str = '',  # a checkpoint's path under the checkpoints folder, e.g. 'ldm'
 ) -> str:
-    "Where the shipped checkpoint `name` was looked for, for messages: the folder, and `$HISTODIFF_CHECKPOINTS`'s value."
+    "Where the shipped checkpoint `name` was looked for, for messages: the folder and `$HISTODIFF_CHECKPOINTS`'s value."
     env, root = os.environ.get('HISTODIFF_CHECKPOINTS'), checkpoints_root()
     where = f"{root / name} does not exist" if root is not None else 'no checkpoints/ folder beside the package'
     return f"{where}; $HISTODIFF_CHECKPOINTS={env!r}" if env else f"{where}; $HISTODIFF_CHECKPOINTS is not set"

@@ -147,7 +147,7 @@ def test_sfs_refuses_a_classifier_of_other_classes(tmp_path, tissue_classifier):
         refused(rc, err, str(tissue_classifier), "'prostate'", 'HER2', "'2+'")
 
 
-# Item 17: every option is checked before a model loads -----------------------------------------------------------------
+# Item 17: every option is checked before a model loads ----------------------------------------------------------------
 
 
 def test_options_are_checked_before_models_load(tile, no_model_loads, monkeypatch):
