@@ -32,7 +32,7 @@ from histodiff.wsi import (
 # %% auto #0
 __all__ = ['cosine_weight', 'tile_seed', 'StainSettings', 'slide_tissue', 'StainPlan', 'weights_digest', 'stainer', 'blend_band',
            'stain_outputs', 'finished_before', 'write_stained', 'NoTissueWarning', 'stain_slide', 'seam_ratio',
-           'AloneState', 'one_process', 'cohort_state', 'cohort_device', 'run_cohort']
+           'show_virtual_slide', 'AloneState', 'one_process', 'cohort_state', 'cohort_device', 'run_cohort']
 
 # %% ../nbs/11b_stain_slide.ipynb #c3afda73
 def cosine_weight(
@@ -333,6 +333,41 @@ def seam_ratio(
     rows, cols = borders(set(co[:, 0].tolist()), h), borders(set(co[:, 1].tolist()), w)
     across = np.concatenate([gy[rows], gx[cols]]).mean()
     return float(across / np.concatenate([np.delete(gy, rows), np.delete(gx, cols)]).mean())
+
+# %% ../nbs/11b_stain_slide.ipynb #7fb27b941602401d91542211134fc71a
+def show_virtual_slide(
+    he: np.ndarray,  # the input region (hematoxylin only)
+    ihc: np.ndarray,  # the real IHC region
+    virtual: np.ndarray,  # the virtual IHC region
+    tile: int,  # the tiling it was stained with
+    overlap: int,
+    title: str = '',
+):
+    "Real IHC, input and virtual IHC at slide scale (top), and zoomed on a corner where four tiles blend (bottom)."
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    h, w = virtual.shape[:2]
+    step = tile - overlap
+    cy, cx = max(step, h // 2 // step * step), max(step, w // 2 // step * step)  # a tile corner near the middle
+    y0, x0 = min(max(cy - tile, 0), h - 2 * tile), min(max(cx - tile, 0), w - 2 * tile)
+    win = (slice(max(y0, 0), y0 + 2 * tile), slice(max(x0, 0), x0 + 2 * tile))
+    fig, ax = plt.subplots(2, 3, figsize=(12, 11), height_ratios=[h / w * 3, 2], layout='constrained')
+    for j, (name, img) in enumerate(
+        (('real IHC', ihc), ('input: hematoxylin', he), ('virtual IHC (Star-Diff)', virtual))
+    ):
+        ax[0, j].imshow(img)
+        ax[0, j].add_patch(Rectangle((win[1].start, win[0].start), 2 * tile, 2 * tile, fill=False, ec='cyan', lw=1.5))
+        ax[0, j].set_title(name)
+        ax[1, j].imshow(img[win])
+        for p in range(0, 2 * tile + 1, step):  # where tiles start (dashed): nothing should show there
+            ax[1, j].axvline(cx - win[1].start + p - tile, c='cyan', ls=':', lw=0.6)
+            ax[1, j].axhline(cy - win[0].start + p - tile, c='cyan', ls=':', lw=0.6)
+        ax[1, j].set_xlim(0, 2 * tile - 1), ax[1, j].set_ylim(2 * tile - 1, 0)
+    for a in ax.flat:
+        a.set_axis_off()
+    fig.suptitle(title)
+    return fig
 
 # %% ../nbs/11b_stain_slide.ipynb #09b397db
 class AloneState:

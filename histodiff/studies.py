@@ -27,8 +27,9 @@ __all__ = ['HER2_NOTE', 'PERTURBATIONS', 'ELASTIC_ALPHA', 'MIN_TILES_PER_KIND', 
            'write_restoration_tables', 'restoration_downstream', 'restoration_results', 'SeveritySweep', 'severity_set',
            'severity_methods', 'score_severity', 'StainingEvaluation', 'StainingPairs', 'staining_pairs',
            'staining_classifier', 'staining_stainers', 'score_stainers', 'write_staining_tables', 'sum_scale_study',
-           'staining_robustness', 'staining_classifier_bias', 'sfs_intervals', 'staining_results', 'ReleasedEvaluation',
-           'released_methods', 'released_study', 'released_table']
+           'staining_robustness', 'staining_classifier_bias', 'sfs_intervals', 'staining_results',
+           'VirtualSlideEvaluation', 'held_out_ihc', 'region_pairs', 'virtual_slide_study',
+           'write_virtual_slide_results', 'ReleasedEvaluation', 'released_methods', 'released_study', 'released_table']
 
 # %% ../nbs/09_studies.ipynb #d9bc0ce8
 def mean_ci(
@@ -1075,6 +1076,125 @@ def staining_results(
         'default_sum_scale': cfg.sum_scale,
         'skipped': skipped,
     }
+
+# %% ../nbs/09_studies.ipynb #acae54e37e7d407bbb7b55eff062a284
+@dataclass
+class VirtualSlideEvaluation(StageSettings):
+    "The settings of the `stain_slide` stage: a real IHC slide's held-out region, stained from its hematoxylin channel."
+
+    profile: str = 'demo'  # demo | smoke | paper
+    source: str = 'sana'  # a demo IHC pyramid (`histodiff.sources`), read at its registry level
+    test_fraction: float = 0.3  # the held-out share of its columns, as the demo's staining pairs split it
+    max_rows: int = 0  # stain at most this many rows of the region (0: all)
+    model_dir: str = 'models/stardiff/both'  # the Star-Diff pipeline
+    classifier_dir: str = 'models/classifier'  # its sfs/ classifier scores the tiles
+    baselines_path: str = 'models/stardiff/baselines.json'  # fitted Reinhard / Macenko parameters
+    steps: int = 10  # Star-Diff sampling steps
+    seed: int = 0  # with (level, y, x), each tile's noise
+    overlap: int | None = None  # tile overlap (px); None: a quarter tile
+    batch_size: int = 8  # tiles a model call
+    batch_model: bool = True  # tiles through the model together (faster; the bytes then depend on batch_size)
+    out_dir: str = 'data/stain_slide'  # he.tif (input), virtual.tif (+ thumbnail and record)
+    metrics_path: str = 'results/metrics/stain_slide.json'
+    progress: bool = False
+    device: str = 'cpu'  # where the model runs (the stage sets it from `start_study`)
+
+# %% ../nbs/09_studies.ipynb #9a63283cbaf04dbcab1f6479b197f3a8
+def held_out_ihc(
+    source: str = 'sana',  # a demo IHC pyramid of `histodiff.sources`
+    test_fraction: float = 0.3,  # the held-out share of its columns
+    max_rows: int = 0,  # at most this many rows (0: all)
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    "(hematoxylin-only input, real IHC, microns per pixel) of the held-out region of a demo IHC pyramid."
+    from histodiff.core import read_image
+    from histodiff.data import hematoxylin_only, open_slide, read_slide, split_columns
+    from histodiff.sources import demo_source, fetch_demo_data
+
+    spec, path = demo_source(source), fetch_demo_data(names=[source])[source]
+    file = path if path.is_file() else path / Path(next(iter(spec['files']))).name
+    slide = file.suffix.lower() in ('.tif', '.tiff', '.svs')
+    img, mpp = read_slide(file, spec.get('level', 0)) if slide else (read_image(file), None)
+    if mpp is None and spec.get('mpp'):  # the registry's level-0 resolution, scaled to the level read
+        mpp = spec['mpp'] * open_slide(file).dimensions[0] / img.shape[1]
+    ihc = np.ascontiguousarray(img[: max_rows or None, split_columns(img.shape[1], test_fraction) :])
+    return hematoxylin_only(ihc), ihc, mpp
+
+# %% ../nbs/09_studies.ipynb #8dd0d8092fe74a7c96281538738b07e2
+def region_pairs(
+    he: np.ndarray,  # the input region
+    ihc: np.ndarray,  # the real IHC region
+    virtual: np.ndarray,  # the virtual IHC region
+    tile: int,  # the scoring tile side (the model's)
+) -> dict:
+    "The region's tissue tiles (`grid_tiles`, at least half tissue) of input, real and virtual IHC, and their classes."
+    from histodiff.data import dab_score, grid_tiles
+
+    real, corners = grid_tiles(ihc, tile, tile, 0.5)
+    cut = lambda img: np.stack([img[y : y + tile, x : x + tile] for y, x in corners])
+    return dict(he=cut(he), ihc=real, virtual=cut(virtual), labels=np.array([dab_score(t) for t in real]))
+
+# %% ../nbs/09_studies.ipynb #8edb47106e1a46a883d545849b8ab81b
+def virtual_slide_study(
+    cfg: VirtualSlideEvaluation,
+) -> tuple[pd.DataFrame, dict]:
+    """Stain the held-out region of a real IHC slide from its hematoxylin channel as a slide, and score it with
+    Reinhard and Macenko on the same tiles: the table, and the facts (seam ratio, seconds per tissue tile, images)."""
+    import tifffile
+    from histodiff import stardiff
+    from histodiff.stainslide import seam_ratio, stain_slide
+    from histodiff.wsi import write_pyramid
+
+    he, ihc, mpp = held_out_ihc(cfg.source, cfg.test_fraction, cfg.max_rows)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_pyramid(he, out / 'he.tif', mpp)
+    pipe = stardiff.StarDiffPipeline.from_pretrained(cfg.model_dir).to(cfg.device)
+    summary = stain_slide(
+        out / 'he.tif', out / 'virtual.tif', pipe, steps=cfg.steps, seed=cfg.seed, overlap=cfg.overlap,
+        batch_size=cfg.batch_size, batch_model=cfg.batch_model, overwrite=True,  # the stage's own folder
+        progress=cfg.progress,
+    )  # fmt: skip
+    virtual, tile = tifffile.imread(out / 'virtual.tif'), pipe.tile_size
+    pairs = region_pairs(he, ihc, virtual, tile)
+    stainers = {'Star-Diff (both), whole slide': lambda x, s: pairs['virtual']}
+    for name, norm in stardiff.load_stain_baselines(cfg.baselines_path).items():
+        stainers[name] = (lambda n: lambda x, s: n.stain(x))(norm)
+    predict = staining_classifier(Path(cfg.classifier_dir) / 'sfs', cfg.device)
+    table, _ = staining_study(stainers, pairs['he'], pairs['ihc'], pairs['labels'], predict, seeds=(0,), progress=False)
+    overlap = tile // 4 if cfg.overlap is None else cfg.overlap
+    facts = dict(
+        seam_ratio=seam_ratio(virtual, tile, overlap), seconds_per_tile=summary['s_per_tile'], tiles=summary['tiles'],
+        stained=summary['stained'], score_tiles=len(pairs['labels']), tile=tile, overlap=overlap, mpp=mpp,
+        region=list(virtual.shape[:2]),
+    )  # fmt: skip
+    return table.drop(columns=['seed', 'seconds']), facts | dict(he=he, ihc=ihc, virtual=virtual)
+
+# %% ../nbs/09_studies.ipynb #8763a12b2bbd4a93a75aff182afb95dc
+def write_virtual_slide_results(
+    cfg: VirtualSlideEvaluation,
+    table: pd.DataFrame,  # `virtual_slide_study`'s table
+    facts: dict,  # and its facts
+    table_stem: str | Path,  # the table's path without suffix (.md and .csv)
+    figure: str | Path,  # the figure's PNG
+):
+    "Write the stage's table (printed), figure and metrics (timings apart); return the figure."
+    from histodiff.core import atomic_path, save_metrics
+    from histodiff.stainslide import show_virtual_slide
+
+    data = f"{facts['score_tiles']} tissue tiles of {facts['tile']} px in the held-out region of {cfg.source}"
+    note = 'Star-Diff stained the region as one slide (overlapping tiles, blended); the baselines stain each tile.'
+    title = 'Whole-slide virtual staining against a real IHC slide'
+    print(write_table(table, table_stem, title, cfg.profile, data, note).read_text())
+    fig = show_virtual_slide(
+        facts['he'], facts['ihc'], facts['virtual'], facts['tile'], facts['overlap'],
+        f"held-out region of {cfg.source}: virtual IHC (Star-Diff, {cfg.steps} steps) against the real IHC; "
+        f"seam ratio {facts['seam_ratio']:.3f}",
+    )  # fmt: skip
+    with atomic_path(figure) as tmp:
+        fig.savefig(tmp, dpi=90, format='png')
+    keep = {k: v for k, v in facts.items() if k not in ('he', 'ihc', 'virtual')}
+    save_metrics(keep | {'methods': table.set_index('method').to_dict('index')}, cfg.metrics_path)
+    return fig
 
 # %% ../nbs/09_studies.ipynb #fa48c6b2
 @dataclass
