@@ -619,7 +619,9 @@ def _slide_arguments(p):
         'written atomically',
     )
     p.add_argument(
-        '--overwrite', action='store_true', help='restore slides whose output already exists (default: skip them)'
+        '--overwrite',
+        action='store_true',
+        help='replace an existing output (default: skip it when this run wrote it, else refuse)',
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument(
@@ -662,7 +664,7 @@ def restore_slide_command(args):
 
 Only tiles with artifacts are restored; the others are copied byte for byte, and
 restored tiles are blended seam-free. Several slides (or folders of slides) go
-to a folder, one <stem>.tif each; existing outputs are skipped. An interrupted
+to a folder, one <stem>.tif each; outputs already done are skipped. An interrupted
 run (Ctrl-C, SIGTERM, a crash) resumes where it stopped when rerun with the same
 settings; other settings are refused until --no-resume. One run at a time per
 output (a lock). With no --ldm / --vae (and with neither --mask nor --detector):
@@ -676,7 +678,7 @@ example:
   histodiff restore-slide slide.svs --out restored.tif --mask mask.png --method telea
   histodiff restore-slide slides/ more/s7.svs --out restored/ --detector models/detector"""
     from histodiff.core import get_device
-    from histodiff.wsi import restore_slide, SlideSettings, WorkFolder, slide_jobs
+    from histodiff.wsi import restore_slide, SlideSettings, slide_jobs
 
     settings = SlideSettings(
         level=args.level,
@@ -688,6 +690,7 @@ example:
         resume=not args.no_resume,
         progress=not args.quiet,
         keep_work=args.keep_work,
+        overwrite=args.overwrite,
     )  # checked before a model is loaded
     jobs = slide_jobs(args.slide, args.out, args.mask, [args.detector, args.model, args.vae])  # before any work
     detector = None
@@ -699,13 +702,8 @@ example:
         detector = ArtifactDetector.from_pretrained(_folder(path, 'detector folder')).to(get_device(args.device))
         if args.threshold is not None:
             detector.settings['threshold'] = args.threshold
-    restorer, failed = _restorer(args), []
+    restorer, failed, n_done = _restorer(args), [], 0
     for slide, out, mask in jobs:
-        if out.exists() and not WorkFolder(out).path.exists() and not args.overwrite:
-            print(
-                f"histodiff: note: {out} exists, {slide.name} skipped (--overwrite restores it again)", file=sys.stderr
-            )
-            continue
         try:
             summary = restore_slide(slide, out, restorer, mask=mask, detector=detector, settings=settings)
         except USER_ERRORS as e:
@@ -714,9 +712,17 @@ example:
             print(f"histodiff: error: {slide}: {e}", file=sys.stderr)
             failed.append(slide.name)
             continue
+        if summary.get('skipped'):  # this run's finished output is there already
+            print(
+                f"histodiff: note: {out} is done, {slide.name} skipped (--overwrite restores it again)", file=sys.stderr
+            )
+            continue
+        n_done += 1
         _say(args, json.dumps(summary))
     if failed:
-        raise ValueError(f"{len(failed)} of {len(jobs)} slides failed ({', '.join(failed)}); the others are restored")
+        raise ValueError(
+            f"{len(failed)} of {len(jobs)} slides failed ({', '.join(failed)}); {n_done} restored in this run"
+        )
 
 # %% ../nbs/12_cli.ipynb #5f34c620
 def _convert_arguments(p):
