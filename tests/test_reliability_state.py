@@ -1,7 +1,7 @@
 """Issue 25: nothing a user owns is deleted or overwritten, no silent wrong result, no traceback. One test (or a few)
 per item; tiny slides, classical restorers or tiny random models: seconds each."""
 
-import json, os, subprocess, sys
+import json, os, re, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +65,83 @@ def test_keep_work_then_rerun_is_done_not_unfinished(slide):
     assert (out.stat().st_ino, out.stat().st_mtime_ns) == ino  # not rewritten
     rc, _, err = cli(*args[:-1], 'navier_stokes', '--overwrite')  # other settings, asked for: a fresh run
     assert rc == 0 and 'unfinished' not in err, err
+
+
+# --- 15, 13, 17: the stage runner ----------------------------------------------------------------------------------
+
+
+def toy_pipeline(root, cells=("import json; json.dump(steps, open('seen.json', 'w'))",)):
+    "A dvc.yaml, params.yaml and a notebook with `steps = 3`, `lr = 0.1`, `sources = ['a']` in `root`."
+    import nbformat, yaml
+
+    (root / 'nbs').mkdir(parents=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("steps = 3\nlr = 0.1\nsources = ['a']", metadata={'tags': ['parameters']}),
+        *map(nbformat.v4.new_code_cell, cells),
+    ]
+    nbformat.write(nb, root / 'nbs' / 'toy.ipynb')
+    stage = dict(cmd='python -m histodiff.stage toy', deps=['nbs/toy.ipynb'], params=['toy'])
+    stage['outs'] = [{'results/executed/toy.ipynb': {'cache': False}}]
+    (root / 'dvc.yaml').write_text(yaml.safe_dump({'stages': {'toy': stage}}))
+    (root / 'params.yaml').write_text(yaml.safe_dump({'toy': {'steps': 3, 'lr': 0.1, 'sources': ['a']}}))
+    return root
+
+
+def stage_main(root, monkeypatch, capsys, *argv):
+    from histodiff.stage import main
+
+    monkeypatch.chdir(root)
+    rc = main(['toy', *argv])
+    return rc, capsys.readouterr().err
+
+
+def test_failed_stage_keeps_the_tracked_executed_notebook(tmp_path, monkeypatch, capsys):
+    root = toy_pipeline(tmp_path, ["raise RuntimeError('boom')"])
+    tracked = root / 'results' / 'executed' / 'toy.ipynb'
+    tracked.parent.mkdir(parents=True)
+    tracked.write_text('the last good run')
+    rc, err = stage_main(root, monkeypatch, capsys)
+    failed = tracked.with_name('toy.failed.tmp.ipynb')
+    assert rc == 2 and 'RuntimeError: boom' in err and 'results/executed/toy.failed.tmp.ipynb' in err, err
+    assert tracked.read_text() == 'the last good run' and 'boom' in failed.read_text()
+    git = subprocess.run(
+        ['git', 'check-ignore', '-q', 'results/executed/toy.failed.tmp.ipynb'], cwd=Path(__file__).parent
+    )
+    assert git.returncode == 0  # untracked: ignored by the repository's .gitignore
+
+
+@pytest.mark.parametrize(
+    'params, msg', [('toy: {steps: [1\n', 'params.yaml is not valid YAML'), ('- a\n- b\n', 'mapping')]
+)
+def test_broken_params_yaml_is_refused_naming_it(tmp_path, monkeypatch, capsys, params, msg):
+    root = toy_pipeline(tmp_path)
+    (root / 'params.yaml').write_text(params)
+    rc, err = stage_main(root, monkeypatch, capsys)
+    assert rc == 2 and msg in err and 'Traceback' not in err, err
+
+
+def test_bad_override_is_refused(tmp_path, monkeypatch, capsys):
+    rc, err = stage_main(toy_pipeline(tmp_path), monkeypatch, capsys, 'steps=[1')
+    assert rc == 2 and "'steps=[1'" in err and 'not valid YAML' in err, err
+
+
+@pytest.mark.parametrize(
+    'value, msg',
+    [
+        (None, "steps=None (null, the notebook's default is int)"),
+        (-3, 'steps=-3 (negative'),
+        (['x', 'y'], None),
+    ],
+)
+def test_stage_type_check(value, msg):
+    from histodiff.stage import check_types, StageError
+
+    defaults = {'steps': 3, 'lr': 0.1, 'sources': ['a']}
+    if msg is None:  # a list of the wrong element type
+        with pytest.raises(StageError, match=r"sources=\[1, 2\] \(list of int"):
+            check_types({'sources': [1, 2]}, defaults)
+        check_types({'sources': value, 'lr': 1}, defaults)
+        return
+    with pytest.raises(StageError, match=re.escape(msg)):
+        check_types({'steps': value}, defaults)
