@@ -145,3 +145,23 @@ def test_stage_type_check(value, msg):
         return
     with pytest.raises(StageError, match=re.escape(msg)):
         check_types({'steps': value}, defaults)
+
+
+# --- 14: checkpoints export checks the budget before it replaces anything -----------------------------------------
+
+
+def test_export_over_budget_replaces_nothing(tmp_path, capsys):
+    from histodiff.autoencoder import make_vae
+    from histodiff.checkpoints import main
+
+    make_vae('tiny').save_pretrained(tmp_path / 'models' / 'vae')
+    args = ['export', '--models', tmp_path / 'models', '--out', tmp_path / 'ck', '--profile', 'smoke']
+    assert main([str(a) for a in args]) == 0
+    stamp = lambda: {p.relative_to(tmp_path / 'ck'): p.stat().st_mtime_ns for p in (tmp_path / 'ck').rglob('*')}
+    before = stamp()
+    capsys.readouterr()
+    assert main([str(a) for a in args] + ['--limit-mb', '0.001']) == 2
+    err = capsys.readouterr().err
+    assert 'budget' in err and 'nothing was replaced' in err, err
+    assert stamp() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # no staging folder left
