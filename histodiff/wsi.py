@@ -14,6 +14,7 @@ import numpy as np
 import tifffile
 from histodiff.core import (
     ImageError,
+    MaskError,
     EmptyMaskWarning,
     as_rgb_uint8,
     as_mask,
@@ -175,13 +176,21 @@ def fit_mask(
     mask,  # boolean mask (or a path to a mask image) at any resolution
     shape: tuple,  # (H, W) of the working level
 ) -> np.ndarray:
-    "Rescale an artifact mask to `shape`: nearest neighbour up, max (any) down, per axis."
+    """Rescale an artifact mask to `shape`: nearest neighbour up, max (any) down, per axis; a mask of another aspect
+    ratio (beyond rounding and 2 %) is refused, not stretched."""
     import cv2
 
     m = read_mask(mask) if isinstance(mask, (str, Path)) else as_mask(mask)
     h, w = shape
     if m.shape == (h, w):
         return m
+    want = m.shape[1] * h / w  # the mask's height at the level's aspect ratio
+    if abs(m.shape[0] - want) > 1 + m.shape[1] / w + 0.02 * want:
+        raise MaskError(
+            f"the mask is {m.shape[0]}x{m.shape[1]} px (aspect {m.shape[1] / m.shape[0]:.3f}) but the slide level "
+            f"is {h}x{w} px (aspect {w / h:.3f}): it would be stretched. Give a mask of the whole slide (any "
+            "resolution, same aspect ratio)."
+        )
     u = m.astype(np.uint8)
     if m.shape[0] < h or m.shape[1] < w:  # nearest up along the axes that grow
         u = cv2.resize(u, (max(w, m.shape[1]), max(h, m.shape[0])), interpolation=cv2.INTER_NEAREST)

@@ -165,3 +165,42 @@ def test_export_over_budget_replaces_nothing(tmp_path, capsys):
     assert 'budget' in err and 'nothing was replaced' in err, err
     assert stamp() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # no staging folder left
+
+
+# --- 10: a mask of another aspect ratio; a slide edited in the middle ---------------------------------------------
+
+
+def test_mask_of_another_aspect_ratio_is_refused(slide):
+    write_mask(np.zeros((100, 100), bool) | art_mask()[:100, :100], slide / 'square.png')
+    out = slide / 'out.tif'
+    rc, _, err = cli('restore-slide', slide / 'slide.png', '--mask', slide / 'square.png', '--out', out, *TELEA)
+    assert rc == 2 and 'aspect 1.000' in err and 'aspect 1.300' in err and not out.exists(), err
+    write_mask(art_mask()[::4, ::4], slide / 'thumb.png')  # 50x65: a thumbnail of the slide is fine
+    assert cli('restore-slide', slide / 'slide.png', '--mask', slide / 'thumb.png', '--out', out, *TELEA)[0] == 0
+
+
+def test_slide_edited_in_the_middle_is_not_resumed(tmp_path):
+    from histodiff.artifacts import restore_telea
+    from histodiff.wsi import restore_slide, ResumeMismatchError
+
+    img = np.tile(tissue(128, 128), (8, 8, 1))  # 1024 x 1024, uncompressed: 3 MiB
+    tifffile.imwrite(tmp_path / 's.tif', img, photometric='rgb')
+    mask = np.zeros((1024, 1024), bool)
+    mask[500:520, 100:900] = True
+    n = [0]
+
+    def crash_after_one(image, m):
+        if n[0]:
+            raise RuntimeError('crash')
+        n[0] += 1
+        return restore_telea(image, m)
+
+    kw = dict(mask=mask, tile=64, overlap=16, batch_size=1, progress=False, prefetch=0)
+    with pytest.raises(RuntimeError):
+        restore_slide(tmp_path / 's.tif', tmp_path / 'o.tif', crash_after_one, **kw)
+    size = (tmp_path / 's.tif').stat().st_size
+    img[512, 512] = 255 - img[512, 512]  # an edit in the middle: same size, same first and last MiB
+    tifffile.imwrite(tmp_path / 's.tif', img, photometric='rgb')
+    assert (tmp_path / 's.tif').stat().st_size == size
+    with pytest.raises(ResumeMismatchError, match='source_digest'):
+        restore_slide(tmp_path / 's.tif', tmp_path / 'o.tif', restore_telea, **kw)
