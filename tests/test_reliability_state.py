@@ -204,3 +204,35 @@ def test_slide_edited_in_the_middle_is_not_resumed(tmp_path):
     assert (tmp_path / 's.tif').stat().st_size == size
     with pytest.raises(ResumeMismatchError, match='source_digest'):
         restore_slide(tmp_path / 's.tif', tmp_path / 'o.tif', restore_telea, **kw)
+
+
+# --- 13: tracebacks: params_from_profile, model folders -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    'name, text, msg',
+    [
+        ('typo', 'train_ldmm: {max_steps: 3}\n', "'train_ldmm' does not exist"),
+        ('bad', 'train_ldm: {max_steps: [1\n', 'not valid YAML'),
+        ('alist', '- a\n- b\n', 'must be a mapping'),
+        ('../params', None, 'not a profile name'),
+    ],
+)
+def test_params_from_profile_refuses_without_traceback(tmp_path, name, text, msg):
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / 'scripts').mkdir()
+    shutil.copy(repo / 'scripts' / 'params_from_profile.py', tmp_path / 'scripts')
+    shutil.copytree(repo / 'profiles', tmp_path / 'profiles')
+    (tmp_path / 'params.yaml').write_text('mine')
+    if text is not None:
+        (tmp_path / 'profiles' / f'{name}.yaml').write_text(text)
+    else:
+        (tmp_path / 'params.yaml').write_text('stage: {}\n')  # ../params would read this as a profile
+    before = (tmp_path / 'params.yaml').read_text()
+    res = subprocess.run(
+        [sys.executable, 'scripts/params_from_profile.py', name], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert res.returncode == 2 and msg in res.stderr and 'Traceback' not in res.stderr, res.stderr
+    assert (tmp_path / 'params.yaml').read_text() == before
