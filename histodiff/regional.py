@@ -675,6 +675,7 @@ def load_regional_pipeline(
 ) -> RegionalPipelineBase:
     "A `RegionalLatentPipeline` (with `vae`) or a `PixelRegionalPipeline` from trained model folders."
     from pathlib import Path
+    from histodiff.modelfolder import load_folder, ModelFolderError
 
     if model_dir is None:  # the shipped checkpoints (histodiff.checkpoints.shipped)
         from histodiff.modelfolder import shipped
@@ -698,10 +699,17 @@ def load_regional_pipeline(
             f"with DenoisingDiffusionModel.save_pretrained; by hand, if trained with the default schedule: "
             f"histodiff.train.make_scheduler().save_pretrained('{d / 'scheduler'}')) or re-run the training stage."
         )
-    unet = UNet2DModel.from_pretrained(d / 'unet')
+    unet = load_folder(UNet2DModel.from_pretrained, d / 'unet', 'UNet')
     if scheduler is not None and scheduler not in SAMPLERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {list(SAMPLERS)}.")
-    sched = sampling_scheduler(DDPMScheduler.load_config(d / 'scheduler'), scheduler, clip=vae is None)
+    try:
+        sched = sampling_scheduler(
+            load_folder(DDPMScheduler.load_config, d / 'scheduler', 'noise scheduler'), scheduler, clip=vae is None
+        )
+    except (TypeError, KeyError, AttributeError) as e:  # valid JSON of the wrong shape
+        raise ModelFolderError(
+            f"{d / 'scheduler'}: not a usable noise scheduler ({e}); re-run the training stage."
+        ) from None
     if vae is None:
         if unet.config.in_channels != 3:
             raise ValueError(f"{d} holds a latent UNet ({unet.config.in_channels} channels): pass its VAE.")

@@ -236,3 +236,46 @@ def test_params_from_profile_refuses_without_traceback(tmp_path, name, text, msg
     )
     assert res.returncode == 2 and msg in res.stderr and 'Traceback' not in res.stderr, res.stderr
     assert (tmp_path / 'params.yaml').read_text() == before
+
+
+@pytest.fixture(scope='module')
+def ldm_folders(tmp_path_factory):
+    "A tiny random latent model folder (unet/, scheduler/) and its VAE."
+    from diffusers import UNet2DModel
+    from histodiff.autoencoder import make_vae
+    from histodiff.train import DenoisingDiffusionModel, make_scheduler, unet_config
+
+    d = tmp_path_factory.mktemp('ldm')
+    make_vae('tiny').save_pretrained(d / 'vae')
+    DenoisingDiffusionModel(UNet2DModel(**unet_config('tiny', 4, 16)), make_scheduler()).save_pretrained(d / 'ldm')
+    return d
+
+
+@pytest.mark.parametrize(
+    'damage, msg',
+    [
+        (('unet/config.json', '[1, 2]'), 'must hold a JSON object'),
+        (('unet/config.json', '{"in_channels": 4, "blo'), 'not valid JSON'),
+        (('scheduler/scheduler_config.json', '{"num_train_timesteps": "many"}'), 'scheduler'),
+        (('scheduler/scheduler_config.json', '"ddpm"'), 'must hold a JSON object'),
+        (None, 'holds a UNet2DModel, not a VAE'),  # the UNet folder given as --vae
+    ],
+)
+def test_bad_model_folder_is_refused_without_traceback(ldm_folders, tmp_path, slide, damage, msg):
+    import shutil
+    from histodiff.regional import load_regional_pipeline
+    from histodiff.modelfolder import ModelFolderError
+
+    model, vae = tmp_path / 'ldm', ldm_folders / 'vae'
+    shutil.copytree(ldm_folders / 'ldm', model)
+    if damage is None:
+        vae = model / 'unet'
+    else:
+        (model / damage[0]).write_text(damage[1])
+    with pytest.raises(ModelFolderError, match=re.escape(msg)):
+        load_regional_pipeline(model, vae)
+    rc, _, err = cli(
+        'restore', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', tmp_path / 'o.png',
+        '--method', 'latent', '--ldm', model, '--vae', vae, '--steps', 2, '-q',
+    )  # fmt: skip
+    assert rc == 2 and msg in err, err
