@@ -279,3 +279,67 @@ def test_bad_model_folder_is_refused_without_traceback(ldm_folders, tmp_path, sl
         '--method', 'latent', '--ldm', model, '--vae', vae, '--steps', 2, '-q',
     )  # fmt: skip
     assert rc == 2 and msg in err, err
+
+
+# --- 11: library arguments that were silently wrong ----------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def pixel_pipe():
+    from histodiff.regional import PixelRegionalPipeline, sampling_scheduler
+    from histodiff.train import make_scheduler, make_unet
+
+    return PixelRegionalPipeline(make_unet('tiny', 3, 16), sampling_scheduler(make_scheduler(), 'ddim', clip=True))
+
+
+def _tile_and_mask(h=32, w=32):
+    img = tissue(h, w)
+    m = np.zeros((h, w), np.float32)
+    m[8:16, 8:20] = 1.0
+    return img, m
+
+
+def test_nan_in_a_float_mask_is_refused(pixel_pipe):
+    from histodiff.core import as_mask, MaskError
+
+    img, m = _tile_and_mask()
+    m[:] = np.nan
+    with pytest.raises(MaskError, match='NaN'):
+        as_mask(m)
+    with pytest.raises(ValueError, match='NaN'):
+        pixel_pipe.restore(img, m, num_inference_steps=1)
+
+
+def test_nan_in_an_input_tensor_is_refused(pixel_pipe):
+    import torch
+
+    img, m = _tile_and_mask()
+    x = torch.zeros(1, 3, 32, 32)
+    x[0, 0, 3, 3] = float('nan')
+    with pytest.raises(ValueError, match='NaN'):
+        pixel_pipe(x, [m > 0], num_inference_steps=1, output_type='pt', progress=False)
+
+
+@pytest.mark.parametrize('seed', [0.9, 1.0, '3', True])
+def test_non_integer_seed_is_refused(pixel_pipe, seed):
+    from histodiff.restorers import RestorerSettings
+
+    img, m = _tile_and_mask()
+    with pytest.raises(ValueError, match='seed must be an integer'):
+        RestorerSettings(seed=seed)
+    with pytest.raises(ValueError, match='seed must be an integer'):
+        pixel_pipe.restore(img, m > 0, num_inference_steps=1, generator=seed)
+
+
+@pytest.mark.parametrize(
+    'change, msg', [({'latent_dilation': -1}, 'latent_dilation'), ({'pixel_dilation': 2.5}, 'pixel_dilation')]
+)
+def test_bad_dilations_are_a_clear_value_error(pixel_pipe, change, msg):
+    from histodiff.restorers import RestorerSettings
+
+    img, m = _tile_and_mask()
+    with pytest.raises(ValueError, match=f'{msg} must be a whole number of pixels >= 0'):
+        pixel_pipe.restore(img, m > 0, num_inference_steps=1, **change)
+    if 'pixel_dilation' in change:
+        with pytest.raises(ValueError, match='pixel_dilation must be an integer >= 0'):
+            RestorerSettings(**change)
