@@ -53,6 +53,22 @@ def _tiff_mpp(page) -> float | None:
     return (1e4 if unit == 3 else 25400.0) * den / num
 
 
+def _tiff_levels(path: Path) -> int:
+    "The pyramid levels tifffile finds in a TIFF (reduced-resolution pages or SubIFDs); 0 when it cannot read it."
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return len(tf.series[0].levels)
+    except Exception:
+        return 0
+
+
+def _palette_rgb(a: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    "A palette (indexed colour) image as RGB uint8, through its TIFF colormap (16 or 8 bits per channel)."
+    cm = np.asarray(colormap)
+    cm = (cm >> 8) if cm.max() > 255 else cm
+    return np.moveaxis(cm.astype(np.uint8)[:, a], 0, -1)
+
+
 class SlideSource:
     "One level of a slide: `shape` (H, W), `mpp`, `level`, `downsample`, `read(y, x, h, w)`, `thumbnail(max_side)`."
 
@@ -88,6 +104,10 @@ class SlideSource:
                     f"{self.path} is not a slide OpenSlide can read (corrupt or unsupported format): {e}"
                 ) from e
             return
+        if suf in PLAIN_SUFFIXES and _tiff_levels(self.path) > self.slide.level_count:
+            self.slide.close()  # a SubIFD pyramid: OpenSlide sees its first level only, tifffile all of them
+            self.slide = None
+            return
         self.level_dims = [(h, w) for w, h in self.slide.level_dimensions]
         self.downsamples = list(self.slide.level_downsamples)
         v = self.slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
@@ -97,9 +117,12 @@ class SlideSource:
         try:
             if suf in ('.tif', '.tiff'):
                 with tifffile.TiffFile(self.path) as tf:
-                    s = tf.series[0]
-                    self._levels = [as_rgb_uint8(l.asarray(), f'{self.path} level {i}') for i, l in enumerate(s.levels)]
-                    self.mpp0 = _tiff_mpp(tf.pages[0])
+                    s, page = tf.series[0], tf.pages[0]
+                    rgb = lambda a: _palette_rgb(a, page.colormap) if page.photometric == 3 else a  # 3: palette
+                    self._levels = [
+                        as_rgb_uint8(rgb(l.asarray()), f'{self.path} level {i}') for i, l in enumerate(s.levels)
+                    ]
+                    self.mpp0 = _tiff_mpp(page)
             else:
                 self._levels, self.mpp0 = [read_image(self.path)], None
         except ImageError:
@@ -865,7 +888,15 @@ def restore_tiles(
         )
         with tqdm(total=len(mine), desc='restore', disable=not (s.progress and state.is_main_process)) as bar:
             for ids, ims, ms in prefetched(read, batches, s.prefetch):
-                res = run(ims, ms)
+                try:
+                    res = run(ims, ms)
+                except ImageError as e:
+                    if plan.tile == s.tile:
+                        raise
+                    raise ImageError(
+                        f"{src.path.name}: level {src.level} is {src.shape[0]}x{src.shape[1]} px, so its tiles are "
+                        f"{plan.tile}x{plan.tile} px, not {s.tile}: {e}"
+                    ) from None
                 n_calls += 1
                 for i, r in zip(ids, res):
                     store[slot[i]] = r

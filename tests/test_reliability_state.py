@@ -343,3 +343,63 @@ def test_bad_dilations_are_a_clear_value_error(pixel_pipe, change, msg):
     if 'pixel_dilation' in change:
         with pytest.raises(ValueError, match='pixel_dilation must be an integer >= 0'):
             RestorerSettings(**change)
+
+
+# --- 18: slide messages ------------------------------------------------------------------------------------------
+
+
+def test_all_slides_failing_does_not_say_the_others_are_restored(slide):
+    (slide / 'in').mkdir()
+    (slide / 'masks').mkdir()
+    img = tissue()
+    for n in ('s1', 's2'):
+        write_image(img, slide / 'in' / f'{n}.png')
+        write_image(np.full((200, 260, 3), 7, np.uint8), slide / 'masks' / f'{n}.png')  # not a mask
+    rc, _, err = cli('restore-slide', slide / 'in', '--mask', slide / 'masks', '--out', slide / 'out', *TELEA)
+    assert rc == 2 and '2 of 2 slides failed' in err and 'others are restored' not in err, err
+    assert '0 restored' in err
+
+
+def test_one_slide_with_a_folder_out_takes_one_mask_file(slide):
+    rc, _, err = cli('restore-slide', slide / 'slide.png', '--mask', slide / 'mask.png', '--out', slide / 'res', *TELEA)
+    assert rc == 0 and (slide / 'res' / 'slide.tif').is_file(), err
+
+
+def test_subifd_pyramid_levels_are_seen(tmp_path):
+    from histodiff.wsi import SlideSource
+
+    a = tissue(512, 512)
+    with tifffile.TiffWriter(tmp_path / 'sub.tif') as t:
+        t.write(a, tile=(256, 256), photometric='rgb', subifds=1)
+        t.write(a[::2, ::2], tile=(256, 256), photometric='rgb', subfiletype=1)
+    with SlideSource(tmp_path / 'sub.tif', level=1) as s:
+        assert s.shape == (256, 256) and (s.read(0, 0, 256, 256) == a[::2, ::2]).all()
+
+
+def test_palette_tiff_is_read_as_rgb(tmp_path):
+    from histodiff.wsi import SlideSource
+
+    idx = np.random.default_rng(0).integers(0, 4, (64, 64), np.uint8)
+    cmap = np.random.default_rng(1).integers(0, 256, (3, 256), np.uint16) * 257  # 16-bit colormap
+    tifffile.imwrite(tmp_path / 'pal.tif', idx, photometric='palette', colormap=cmap)
+    with SlideSource(tmp_path / 'pal.tif') as s:
+        np.testing.assert_array_equal(s.read(0, 0, 64, 64), np.moveaxis((cmap >> 8).astype(np.uint8)[:, idx], 0, -1))
+
+
+def test_thin_slide_is_not_called_a_square_image(tmp_path):
+    from histodiff.core import ImageError
+    from histodiff.wsi import restore_slide
+
+    write_image(np.tile(tissue(12, 64), (1, 16, 1)), tmp_path / 'thin.png')  # 12 x 1024
+
+    def needs_16(images, masks):  # as a diffusion pipeline refuses an image below its size multiple
+        h, w = images.shape[1:3]
+        if min(h, w) < 16:
+            raise ImageError(f"image {h}x{w} is smaller than 16x16, the smallest the model takes")
+        return images
+
+    mask = np.zeros((12, 1024), bool)
+    mask[4:8, 100:200] = True
+    with pytest.raises(ImageError, match='is 12x1024 px, so its tiles are 12x12') as e:
+        restore_slide(tmp_path / 'thin.png', tmp_path / 'o.tif', needs_16, mask=mask, batched=True, progress=False)
+    assert 'image 12x12 is smaller than 16x16' in str(e.value)
