@@ -658,6 +658,15 @@ def _slide_arguments(p):
     _restorer_arguments(p)
 
 
+def _report_slide(args, slide: Path, out: Path, summary: dict) -> bool:
+    "Print a slide's summary, or the note that this run's output was there already; True when restored now."
+    if summary.get('skipped'):
+        print(f"histodiff: note: {out} is done, {slide.name} skipped (--overwrite restores it again)", file=sys.stderr)
+        return False
+    _say(args, json.dumps(summary))
+    return True
+
+
 @command('restore-slide', 'restore the artifacts of a whole slide into a pyramidal TIFF', _slide_arguments)
 def restore_slide_command(args):
     """Restore the artifact tiles of a whole slide and write a tiled, pyramidal TIFF.
@@ -712,13 +721,7 @@ example:
             print(f"histodiff: error: {slide}: {e}", file=sys.stderr)
             failed.append(slide.name)
             continue
-        if summary.get('skipped'):  # this run's finished output is there already
-            print(
-                f"histodiff: note: {out} is done, {slide.name} skipped (--overwrite restores it again)", file=sys.stderr
-            )
-            continue
-        n_done += 1
-        _say(args, json.dumps(summary))
+        n_done += _report_slide(args, slide, out, summary)
     if failed:
         raise ValueError(
             f"{len(failed)} of {len(jobs)} slides failed ({', '.join(failed)}); {n_done} restored in this run"

@@ -948,6 +948,22 @@ def _settings(settings: SlideSettings | None, overrides: dict) -> SlideSettings:
     return dataclasses.replace(settings or SlideSettings(), **overrides)
 
 
+def _summary(src: SlideSource, out: Path, plan: SlidePlan | None = None, n_calls: int = 0, resumed: int = 0) -> dict:
+    "What `restore_slide` returns; without a plan, the output was this run's already (skipped)."
+    head = dict(shape=src.shape, level=src.level, mpp=src.mpp)
+    if plan is None:
+        return dict(head, skipped=True, out=str(out))
+    return dict(
+        head,
+        tiles=len(plan.coords),
+        restored=len(plan.todo),
+        resumed=resumed,
+        restorer_calls=n_calls,
+        coverage=float(plan.mask.mean()),
+        out=str(out),
+    )
+
+
 def restore_slide(
     path: str | Path,  # slide (svs, ndpi, mrxs, tiff, ...) or plain TIFF/PNG image
     out: str | Path,  # output pyramidal TIFF (.tif / .tiff)
@@ -978,7 +994,7 @@ def restore_slide(
         m = None if mask is None else fit_mask(mask, src.shape)  # a bad mask fails here, before any work folder
         meta = run_settings(src, s, restorer, m, detector)
         if check_target(out, meta, s.overwrite):  # this run's finished output: nothing to do
-            return dict(shape=src.shape, level=src.level, mpp=src.mpp, skipped=True, out=str(out))
+            return _summary(src, out)
         had_work = work.path.exists()
         try:
             plan, fresh = prepare_work(src, work, meta, m, detector, s, main)
@@ -1001,17 +1017,7 @@ def restore_slide(
             else:
                 work.clear()
         PartialState().wait_for_everyone()
-        return dict(
-            shape=src.shape,
-            level=src.level,
-            mpp=src.mpp,
-            tiles=len(plan.coords),
-            restored=len(plan.todo),
-            resumed=resumed,
-            restorer_calls=n_calls,
-            coverage=float(plan.mask.mean()),
-            out=str(out),
-        )
+        return _summary(src, out, plan, n_calls, resumed)
 
 # %% ../nbs/11_wsi.ipynb #24fe1494
 def _expand_slides(inputs: list) -> list[Path]:
