@@ -187,14 +187,15 @@ def test_slide_edited_in_the_middle_is_not_resumed(tmp_path):
     tifffile.imwrite(tmp_path / 's.tif', img, photometric='rgb')
     mask = np.zeros((1024, 1024), bool)
     mask[500:520, 100:900] = True
-    n = [0]
+    calls = []
 
-    def crash_after_one(image, m):
-        if n[0]:
+    def crash_after_one(image, m):  # the same restorer both times: only the slide differs
+        if len(calls) == 1 and not crash_after_one.fixed:
             raise RuntimeError('crash')
-        n[0] += 1
+        calls.append(1)
         return restore_telea(image, m)
 
+    crash_after_one.fixed = False
     kw = dict(mask=mask, tile=64, overlap=16, batch_size=1, progress=False, prefetch=0)
     with pytest.raises(RuntimeError):
         restore_slide(tmp_path / 's.tif', tmp_path / 'o.tif', crash_after_one, **kw)
@@ -202,8 +203,9 @@ def test_slide_edited_in_the_middle_is_not_resumed(tmp_path):
     img[512, 512] = 255 - img[512, 512]  # an edit in the middle: same size, same first and last MiB
     tifffile.imwrite(tmp_path / 's.tif', img, photometric='rgb')
     assert (tmp_path / 's.tif').stat().st_size == size
+    crash_after_one.fixed = True
     with pytest.raises(ResumeMismatchError, match='source_digest'):
-        restore_slide(tmp_path / 's.tif', tmp_path / 'o.tif', restore_telea, **kw)
+        restore_slide(tmp_path / 's.tif', tmp_path / 'o.tif', crash_after_one, **kw)
 
 
 # --- 13: tracebacks: params_from_profile, model folders -----------------------------------------------------------
