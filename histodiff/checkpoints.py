@@ -6,12 +6,12 @@ Docs: https://histodiff.github.io/histodiff/checkpoints.html.md"""
 
 # %% ../nbs/15_checkpoints.ipynb #ca6c19eb
 from __future__ import annotations
-import argparse, json, re, shutil, sys
+import argparse, json, os, re, shutil, sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from .core import atomic_dir
+from .core import atomic_dir, check_output_dir
 from .modelfolder import load_float32, load_trainable
 from .autoencoder import load_vae
 from .train import DenoisingDiffusionModel
@@ -358,6 +358,20 @@ def check_budget(
     return total
 
 # %% ../nbs/15_checkpoints.ipynb #2e7345ca
+def _check_staged_budget(out: Path, staged: Path, limit_mb: float):
+    "Refuse (CheckpointError) when `out` with its checkpoints replaced by those in `staged` would exceed `limit_mb`."
+    new = {p.name: _mb(p) for p in staged.iterdir() if p.is_dir()}
+    total = (
+        (_mb(out) if out.is_dir() else 0.0) - sum(_mb(out / n) for n in new if (out / n).is_dir()) + sum(new.values())
+    )
+    if total > limit_mb:
+        big = ', '.join(f'{n} {s:.1f} MB' for n, s in sorted(new.items(), key=lambda kv: -kv[1])[:3])
+        raise CheckpointError(
+            f"the export would leave {out} with {total:.1f} MB of checkpoints, over the {limit_mb:g} MB budget "
+            f"(exported: {big}); nothing was replaced. Choose smaller models in profiles/pretrain.yaml."
+        )
+
+
 def export_all(
     models_dir: str | Path = 'models',  # the pipeline's trained models
     out: str | Path = 'checkpoints',  # where the checkpoints go
@@ -366,24 +380,36 @@ def export_all(
     device: str | None = None,  # what trained the models (None: what each card.json says)
     limit_mb: float = 100,  # the size budget of all checkpoints
 ) -> dict[str, Path]:
-    "Export each trained model of `models_dir` listed in SHIPPED to `out/<name>` with its card; then check the budget."
-    models_dir, done = Path(models_dir), {}
-    for name, s in SHIPPED.items():
-        if not (models_dir / s.models).is_dir():
-            continue
-        card = read_card(models_dir / s.models, name)
-        given = dict(profile=profile, device=device, **((cards or {}).get(name) or {}))
-        for k, v in given.items():
-            if v is not None:
-                setattr(card, k, v)
-        done[name] = export_checkpoint(models_dir / s.models, Path(out) / name, card)
-    if not done:
+    """Export each trained model of `models_dir` listed in SHIPPED to `out/<name>` with its card: all are exported
+    and the budget checked first, then the checkpoints replaced (over the budget, nothing is)."""
+    import tempfile
+
+    models_dir, out = Path(models_dir), Path(out)
+    srcs = {n: models_dir / s.models for n, s in SHIPPED.items() if (models_dir / s.models).is_dir()}
+    if not srcs:
         raise FileNotFoundError(
             f"no trained model under {models_dir} (expected e.g. {models_dir / 'ldm'}): "
             "run `make repro PROFILE=pretrain` first."
         )
-    check_budget(out, limit_mb)
-    return done
+    for name, src in srcs.items():
+        check_output_dir(out / name, [src])  # a folder histodiff did not write: refused before any work
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix='.tmp', dir=out.parent))
+    try:
+        for name, src in srcs.items():
+            card = read_card(src, name)
+            given = dict(profile=profile, device=device, **((cards or {}).get(name) or {}))
+            for k, v in given.items():
+                if v is not None:
+                    setattr(card, k, v)
+            export_checkpoint(src, staged / name, card)
+        _check_staged_budget(out, staged, limit_mb)
+        for name, src in srcs.items():
+            with atomic_dir(out / name, inputs=[src]) as tmp:
+                os.replace(staged / name, tmp)  # tmp is an empty folder: renamed over
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return {name: out / name for name in srcs}
 
 # %% ../nbs/15_checkpoints.ipynb #1f354aa2
 def main(argv: list[str] | None = None) -> int:

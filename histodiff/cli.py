@@ -721,7 +721,7 @@ def _report(
         print(f"histodiff: error: {slide}: {result}", file=sys.stderr)
     elif result is not None and result.get('skipped'):
         print(
-            f"histodiff: note: {result['out']} is this run's finished output; {Path(slide).name} skipped",
+            f"histodiff: note: {result.get('out', slide)} is this run's finished output; {Path(slide).name} skipped",
             file=sys.stderr,
         )
     elif result is not None:
@@ -742,7 +742,9 @@ def _slide_arguments(p):
         'written atomically',
     )
     p.add_argument(
-        '--overwrite', action='store_true', help='restore slides whose output already exists (default: skip them)'
+        '--overwrite',
+        action='store_true',
+        help='replace an existing output (default: skip it when this run wrote it, else refuse)',
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument(
@@ -810,7 +812,7 @@ def restore_slide_command(args):
 
 Only tiles with artifacts are restored; the others are copied byte for byte, and
 restored tiles are blended seam-free. Several slides (or folders of slides) go
-to a folder, one <stem>.tif each; existing outputs are skipped. An interrupted
+to a folder, one <stem>.tif each; outputs already done are skipped. An interrupted
 run (Ctrl-C, SIGTERM, a crash) resumes where it stopped when rerun with the same
 settings; other settings are refused until --no-resume. One run at a time per
 output (a lock). With no --ldm / --vae (and with neither --mask nor --detector):
@@ -825,7 +827,7 @@ example:
   histodiff restore-slide slides/ more/s7.svs --out restored/ --detector models/detector
   accelerate launch -m histodiff.cli restore-slide slides/ --out restored/   # one GPU a process"""
     from histodiff.core import get_device
-    from histodiff.wsi import restore_slide, SlideSettings, WorkFolder
+    from histodiff.wsi import restore_slide, SlideSettings
     from histodiff.stainslide import run_cohort, cohort_device
 
     settings = SlideSettings(
@@ -838,6 +840,7 @@ example:
         resume=not args.no_resume,
         progress=not args.quiet,
         keep_work=args.keep_work,
+        overwrite=args.overwrite,
     )  # checked before a model is loaded
     jobs = _slide_jobs(args)  # before any work
     args.device = str(cohort_device(args.device))  # in a cohort of processes: this process's own GPU
@@ -850,21 +853,20 @@ example:
         detector = ArtifactDetector.from_pretrained(_folder(path, 'detector folder')).to(get_device(args.device))
         if args.threshold is not None:
             detector.settings['threshold'] = args.threshold
-    restorer = _restorer(args)
+    restorer, done = _restorer(args), []
 
     def one(slide, out, mask):
-        if out.exists() and not WorkFolder(out).path.exists() and not args.overwrite:
-            print(
-                f"histodiff: note: {out} exists, {slide.name} skipped (--overwrite restores it again)", file=sys.stderr
-            )
-            return None
         return restore_slide(slide, out, restorer, mask=mask, detector=detector, settings=settings)
 
-    failed = run_cohort(
-        jobs, one, partial(_report, args)
-    )  # under accelerate launch: the slides split between processes
+    def report(slide, result):  # and count what this run restored
+        _report(args, slide, result)
+        done.extend([slide] * (isinstance(result, dict) and not result.get('skipped')))
+
+    failed = run_cohort(jobs, one, report)  # under accelerate launch: the slides split between processes
     if failed:
-        raise ValueError(f"{len(failed)} of {len(jobs)} slides failed ({', '.join(failed)}); the others are restored")
+        raise ValueError(
+            f"{len(failed)} of {len(jobs)} slides failed ({', '.join(failed)}); {len(done)} restored in this run"
+        )
 
 # %% ../nbs/12_cli.ipynb #1e44fc12
 def _stain_slide_arguments(p):

@@ -553,8 +553,8 @@ def as_mask(
     if m.dtype == bool:
         return m
     if m.dtype.kind == 'f':
-        if m.min() < 0 or m.max() > 1:
-            raise MaskError(f"{name} is float outside [0, 1].")
+        if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+            raise MaskError(f"{name} is float outside [0, 1] (or NaN).")
         return m >= 0.5
     vals = np.unique(m)
     if not set(vals.tolist()) <= {0, 1, 255}:
@@ -729,6 +729,8 @@ def make_generator(
     "A `torch.Generator` on `device` from a seed; generators pass through; None stays None."
     if seed is None or isinstance(seed, torch.Generator):
         return seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"a seed must be an integer, got {seed!r}.")
     return torch.Generator(device=device).manual_seed(int(seed))
 
 

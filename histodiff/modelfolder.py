@@ -109,6 +109,17 @@ def _chain(e: BaseException) -> list:
     return out
 
 
+def _check_class(load, folder: Path, what: str):
+    "Refuse a folder whose config.json names another diffusers class than `load`'s (a UNet given as the VAE)."
+    import diffusers
+
+    cls, cfg = getattr(load, '__self__', None), folder / 'config.json'
+    found = read_json_settings(cfg).get('_class_name') if cfg.is_file() and isinstance(cls, type) else None
+    other = getattr(diffusers, found, None) if isinstance(found, str) else None
+    if isinstance(other, type) and not (issubclass(other, cls) or issubclass(cls, other)):
+        raise ModelFolderError(f"{folder} holds a {found}, not a {what} ({cls.__name__}): is it the right folder?")
+
+
 def load_folder(
     load,  # a `from_pretrained`, called as `load(str(folder), **kwargs)`
     folder: str | Path,  # the local model folder it reads
@@ -124,6 +135,7 @@ def load_folder(
         raise FileNotFoundError(f"{what} folder not found: {folder}")
     for f in sorted(folder.glob('*.json')):
         read_json_settings(f)  # a garbage config: name the file
+    _check_class(load, folder, what)
     try:
         return load(str(folder), **kwargs)
     except (MemoryError, torch.OutOfMemoryError):

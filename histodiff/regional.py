@@ -327,6 +327,17 @@ class RegionalSettings:
     )
 
 
+def _check_paste_args(st: RegionalSettings):
+    "Refuse dilations that are not whole non-negative numbers of pixels and a negative feather."
+    for name, v in (('pixel_dilation', st.pixel_dilation), ('latent_dilation', st.latent_dilation)):
+        if name == 'latent_dilation' and v is None:
+            continue  # the pipeline's default
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{name} must be a whole number of pixels >= 0, got {v!r}.")
+    if not st.feather >= 0:
+        raise ValueError(f"feather must be >= 0, got {st.feather!r}.")
+
+
 def _check_sampling_args(st: RegionalSettings, scheduler, num_inference_steps: int) -> list[int]:
     "Refuse settings the sampler cannot run; the RePaint level sequence for `num_inference_steps`."
     if st.keep not in ('diffused', 'clean'):
@@ -462,6 +473,8 @@ def _as_batch(images) -> torch.Tensor:
             raise ImageError(f"image tensor has shape {tuple(images.shape)}; expected N x 3 x H x W.")
         if not x.is_floating_point():
             raise ImageError("image tensor must be float in [-1, 1]; pass uint8 images as numpy arrays.")
+        if not torch.isfinite(x).all():
+            raise ImageError("image tensor holds NaN or infinite values; expected floats in [-1, 1].")
         if x.min() < -1.0001 or x.max() > 1.0001:
             raise ImageError("image tensor values must lie in [-1, 1].")
         return x.float()
@@ -577,8 +590,7 @@ class RegionalPipelineBase(DiffusionPipeline):
         # 1. check the arguments, the images and the masks
         if output_type not in ('pil', 'np', 'pt'):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        if st.pixel_dilation < 0 or st.feather < 0:
-            raise ValueError("pixel_dilation and feather must be >= 0.")
+        _check_paste_args(st)
         x = _as_batch(images)
         u8 = x.dtype == torch.uint8
         N, H, W = x.shape[:3] if u8 else (x.shape[0], *x.shape[2:])
@@ -675,6 +687,7 @@ def load_regional_pipeline(
 ) -> RegionalPipelineBase:
     "A `RegionalLatentPipeline` (with `vae`) or a `PixelRegionalPipeline` from trained model folders."
     from pathlib import Path
+    from histodiff.modelfolder import load_folder, ModelFolderError
 
     if model_dir is None:  # the shipped checkpoints (histodiff.checkpoints.shipped)
         from histodiff.modelfolder import shipped, checkpoints_where
@@ -697,10 +710,17 @@ def load_regional_pipeline(
             f"with DenoisingDiffusionModel.save_pretrained; by hand, if trained with the default schedule: "
             f"histodiff.train.make_scheduler().save_pretrained('{d / 'scheduler'}')) or re-run the training stage."
         )
-    unet = UNet2DModel.from_pretrained(d / 'unet')
+    unet = load_folder(UNet2DModel.from_pretrained, d / 'unet', 'UNet')
     if scheduler is not None and scheduler not in SAMPLERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {list(SAMPLERS)}.")
-    sched = sampling_scheduler(DDPMScheduler.load_config(d / 'scheduler'), scheduler, clip=vae is None)
+    try:
+        sched = sampling_scheduler(
+            load_folder(DDPMScheduler.load_config, d / 'scheduler', 'noise scheduler'), scheduler, clip=vae is None
+        )
+    except (TypeError, KeyError, AttributeError) as e:  # valid JSON of the wrong shape
+        raise ModelFolderError(
+            f"{d / 'scheduler'}: not a usable noise scheduler ({e}); re-run the training stage."
+        ) from None
     if vae is None:
         if unet.config.in_channels != 3:
             raise ValueError(f"{d} holds a latent UNet ({unet.config.in_channels} channels): pass its VAE.")

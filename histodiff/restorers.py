@@ -39,6 +39,13 @@ class RestorerSettings:
     device: str | None = None  # 'cpu', 'cuda', ...; None: the best available
     progress: bool = False  # a progress bar over sampling steps
 
+    def __post_init__(self):  # checked when made: 0.9 is not seed 0, 2.5 px is not 2 px
+        whole = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+        for name, low, none_ok in (('seed', None, False), ('pixel_dilation', 0, True), ('steps', 1, True)):
+            v = getattr(self, name)
+            if not (v is None and none_ok) and not (whole(v) and (low is None or v >= low)):
+                raise ValueError(f"{name} must be an integer{'' if low is None else f' >= {low}'}, got {v!r}.")
+
 # %% ../nbs/16_restorers.ipynb #51be15f0
 class Restorer:
     "One restoration method: `restore(images, masks, generator) -> images`, batched, uint8 in and out."

@@ -6,13 +6,13 @@ Docs: https://histodiff.github.io/histodiff/stage.html.md"""
 
 # %% ../nbs/13_stage.ipynb #db3f00c6
 from __future__ import annotations
-import ast, sys
+import ast, os, sys
 from pathlib import Path
 
 import yaml
 
 # %% auto #0
-__all__ = ['RUNNER_SET', 'StageError', 'stage_spec', 'stage_notebooks', 'stage_parameters', 'parse_overrides',
+__all__ = ['RUNNER_SET', 'StageError', 'read_yaml', 'stage_spec', 'stage_notebooks', 'stage_parameters', 'parse_overrides',
            'notebook_defaults', 'check_types', 'stage_call', 'run_stage', 'main']
 
 # %% ../nbs/13_stage.ipynb #4e9ddc7a
@@ -20,12 +20,25 @@ class StageError(ValueError):
     "A stage cannot run: unknown stage, missing parameter, parameter of the wrong type."
 
 
+def read_yaml(
+    path: str | Path,  # dvc.yaml, params.yaml
+) -> dict:
+    "The mapping in a YAML file; a `StageError` naming the file when it is not valid YAML or not a mapping."
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise StageError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise StageError(f"{path} must hold a mapping of names to values, not {type(data).__name__}")
+    return data
+
+
 def stage_spec(
     name: str,  # the stage, e.g. 'train_ldm'
     dvc_file: str | Path = 'dvc.yaml',  # the pipeline file
 ) -> dict:
     "The entry of stage `name` in `dvc_file`."
-    stages = yaml.safe_load(Path(dvc_file).read_text()).get('stages', {})
+    stages = read_yaml(dvc_file).get('stages') or {}
     if name not in stages:
         raise StageError(f"no stage {name!r} in {dvc_file}; stages: {', '.join(stages)}")
     return stages[name]
@@ -94,7 +107,10 @@ def parse_overrides(
         key, sep, value = item.partition('=')
         if not sep or not key.isidentifier():
             raise StageError(f"expected key=value with a Python name as key, got {item!r}")
-        out[key] = yaml.safe_load(value) if value else ''
+        try:
+            out[key] = yaml.safe_load(value) if value else ''
+        except yaml.YAMLError as e:
+            raise StageError(f"{item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
     return out
 
 # %% ../nbs/13_stage.ipynb #7f0d8e3f
@@ -117,13 +133,34 @@ def notebook_defaults(
 
 # %% ../nbs/13_stage.ipynb #e865ce30
 def _same_kind(value, default) -> bool:
-    if value is None or default is None:
+    "Can `value` stand for the notebook's `default`? (any value for a None default; an int for a float)"
+    if default is None:
         return True
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(value, bool) and isinstance(default, bool)
     if isinstance(default, float):
         return isinstance(value, (int, float))
+    if isinstance(default, list) and default and isinstance(value, list):  # each element like one of the default's
+        return all(any(_same_kind(v, d) for d in default) for v in value)
     return isinstance(value, type(default))
+
+
+def _kind(v) -> str:
+    if v is None:
+        return 'null'
+    if isinstance(v, list) and v:
+        return f"list of {'/'.join(sorted({_kind(x) for x in v}))}"
+    return type(v).__name__
+
+
+def _problem(value, default) -> str | None:
+    "Why `value` cannot be passed for `default` (its kind, or 'negative' for a number whose default is not), or None."
+    if not _same_kind(value, default):
+        return _kind(value)
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if number(default) and default >= 0 and value < 0:
+        return 'negative'
+    return None
 
 
 def check_types(
@@ -134,9 +171,9 @@ def check_types(
     "Raise `StageError` naming every parameter unknown to the notebook or of another type than its default."
     bad = [f"{k} (not a parameter of {notebook})" for k in parameters if k not in defaults]
     bad += [
-        f"{k}={v!r} ({type(v).__name__}, the notebook's default is {type(defaults[k]).__name__})"
+        f"{k}={v!r} ({_problem(v, defaults[k])}, the notebook's default is {_kind(defaults[k])})"
         for k, v in parameters.items()
-        if k in defaults and not _same_kind(v, defaults[k])
+        if k in defaults and _problem(v, defaults[k])
     ]
     if bad:
         raise StageError("bad stage parameters: " + '; '.join(bad))
@@ -154,7 +191,7 @@ def stage_call(
     root = Path(root)
     spec = stage_spec(name, root / 'dvc.yaml')
     src, dst = stage_notebooks(spec)
-    params = yaml.safe_load((root / 'params.yaml').read_text())
+    params = read_yaml(root / 'params.yaml')
     parameters = stage_parameters(spec, params, overrides)
     defaults = notebook_defaults(root / src)
     parameters.update({k: v for k, v in RUNNER_SET.items() if k in defaults and k not in parameters})
@@ -170,19 +207,29 @@ def run_stage(
 ) -> Path:
     "Execute stage `name`'s notebook with Papermill and typed parameters; return the executed notebook."
     import papermill as pm
+    from histodiff.core import atomic_path
 
     src, dst, parameters = stage_call(name, overrides, root)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(
-        str(src),
-        str(dst),
-        parameters=parameters,
-        cwd=str(Path(root)),
-        progress_bar=False,
-        kernel_name=kernel_name,
-        language='python',
-        log_output=False,
-    )
+    failed = dst.with_name(f"{dst.stem}.failed.tmp{dst.suffix}")  # untracked: .gitignore has *.tmp.*
+    failed.unlink(missing_ok=True)  # an earlier failure of this stage
+    with atomic_path(dst) as tmp:  # dst is replaced only by a notebook that ran through
+        try:
+            pm.execute_notebook(
+                str(src),
+                str(tmp),
+                parameters=parameters,
+                cwd=str(Path(root)),
+                progress_bar=False,
+                kernel_name=kernel_name,
+                language='python',
+                log_output=False,
+            )
+        except Exception as e:
+            if tmp.is_file() and tmp.stat().st_size:
+                os.replace(tmp, failed)
+            why = f"{e.ename}: {e.evalue}" if hasattr(e, 'ename') else f"{type(e).__name__}: {e}"
+            kept = f"the failed notebook is {failed}" if failed.exists() else "no notebook was written"
+            raise StageError(f"stage {name} failed ({why}); {dst} is left as it was, {kept}") from None
     return dst
 
 # %% ../nbs/13_stage.ipynb #3d304cf2
@@ -196,9 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         run_stage(args.stage, parse_overrides(args.overrides))
-    except (StageError, OSError) as e:  # a bad stage or parameter, a missing dvc.yaml / params.yaml / notebook
+    except (StageError, OSError) as e:  # a bad stage, parameter or YAML file, a missing file, a failed notebook
         print(f"histodiff.stage: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("histodiff.stage: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import tifffile
 from histodiff.core import (
     ImageError,
+    MaskError,
     EmptyMaskWarning,
     as_rgb_uint8,
     check_exists,
@@ -30,12 +31,13 @@ from histodiff.core import (
 from .modelfolder import file_digest, model_digest
 
 # %% auto #0
-__all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'SPACE_MARGIN', 'SlideSource', 'fit_mask', 'as_batch_restorer', 'blend_tile',
-           'half_level', 'pyramid_levels', 'write_pyramid', 'check_compression', 'SlideSettings', 'restorer_identity',
-           'SlideBusyError', 'output_lock', 'sigterm_as_interrupt', 'WorkFolder', 'ResumeMismatchError', 'check_resume',
-           'prefetched', 'keep_context_frame', 'SlidePlan', 'reserve_blocks', 'work_memmap', 'tissue_region',
-           'detect_slide', 'run_settings', 'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide',
-           'slide_jobs', 'damage_slide', 'restore_detected', 'slide_scores', 'slide_metrics', 'show_slide_restoration']
+__all__ = ['SLIDE_SUFFIXES', 'PLAIN_SUFFIXES', 'RECORD_PREFIX', 'SPACE_MARGIN', 'SlideSource', 'fit_mask', 'as_batch_restorer',
+           'blend_tile', 'half_level', 'pyramid_levels', 'write_pyramid', 'check_compression', 'SlideSettings',
+           'restorer_identity', 'SlideBusyError', 'output_lock', 'sigterm_as_interrupt', 'WorkFolder',
+           'ResumeMismatchError', 'differences', 'check_resume', 'output_record', 'check_target', 'prefetched',
+           'keep_context_frame', 'SlidePlan', 'reserve_blocks', 'work_memmap', 'tissue_region', 'detect_slide',
+           'run_settings', 'prepare_work', 'restore_tiles', 'write_restored', 'restore_slide', 'slide_jobs',
+           'damage_slide', 'restore_detected', 'slide_scores', 'slide_metrics', 'show_slide_restoration']
 
 # %% ../nbs/11_wsi.ipynb #64e1b7de
 SLIDE_SUFFIXES = {'.svs', '.ndpi', '.mrxs', '.vms', '.vmu', '.scn', '.bif', '.svslide', '.tif', '.tiff'}
@@ -53,13 +55,29 @@ def _tiff_mpp(page) -> float | None:
     return (1e4 if unit == 3 else 25400.0) * den / num
 
 
+def _tiff_levels(path: Path) -> int:
+    "The pyramid levels tifffile finds in a TIFF (reduced-resolution pages or SubIFDs); 0 when it cannot read it."
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return len(tf.series[0].levels)
+    except Exception:
+        return 0
+
+
+def _palette_rgb(a: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    "A palette (indexed colour) image as RGB uint8, through its TIFF colormap (16 or 8 bits per channel)."
+    cm = np.asarray(colormap)
+    cm = (cm >> 8) if cm.max() > 255 else cm
+    return np.moveaxis(cm.astype(np.uint8)[:, a], 0, -1)
+
+
 def _tiff_rgb(
     level,  # a tifffile series level
     name: str,  # what to call it in messages
 ) -> np.ndarray:
     """A plain TIFF level as RGB uint8, the colour models as `read_image` takes them: RGB as is, CMYK converted
-    (`cmyk_to_rgb`), grayscale and 16-bit refused (`as_rgb_uint8`); LAB, palette, ... and a turned page (its
-    Orientation tag) refused, naming them."""
+    (`cmyk_to_rgb`), palette through its colormap; grayscale and 16-bit refused (`as_rgb_uint8`); LAB, ... and a
+    turned page (its Orientation tag) refused, naming them."""
     from tifffile import PHOTOMETRIC
 
     page = level.keyframe
@@ -68,6 +86,8 @@ def _tiff_rgb(
         raise ImageError(f"{name} has TIFF orientation {turned} (turned or flipped); save it upright (orientation 1).")
     if ph == PHOTOMETRIC.SEPARATED:
         return cmyk_to_rgb(level.asarray(), name)
+    if ph == PHOTOMETRIC.PALETTE:  # indexed colour: through its colormap
+        return _palette_rgb(level.asarray(), page.colormap)
     jpeg_ycbcr = ph == PHOTOMETRIC.YCBCR and page.compression in (6, 7)  # decoded to RGB by the JPEG decoder
     if ph not in (PHOTOMETRIC.RGB, PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.MINISWHITE) and not jpeg_ycbcr:
         raise ImageError(
@@ -110,6 +130,10 @@ class SlideSource:
                 raise ImageError(
                     f"{self.path} is not a slide OpenSlide can read (corrupt or unsupported format): {e}"
                 ) from e
+            return
+        if suf in PLAIN_SUFFIXES and _tiff_levels(self.path) > self.slide.level_count:
+            self.slide.close()  # a SubIFD pyramid: OpenSlide sees its first level only, tifffile all of them
+            self.slide = None
             return
         self.level_dims = [(h, w) for w, h in self.slide.level_dimensions]
         self.downsamples = list(self.slide.level_downsamples)
@@ -199,13 +223,21 @@ def fit_mask(
     mask,  # boolean mask (or a path to a mask image) at any resolution
     shape: tuple,  # (H, W) of the working level
 ) -> np.ndarray:
-    "Rescale an artifact mask to `shape`: nearest neighbour up, max (any) down, per axis."
+    """Rescale an artifact mask to `shape`: nearest neighbour up, max (any) down, per axis; a mask of another aspect
+    ratio (beyond rounding and 2 %) is refused, not stretched."""
     import cv2
 
     m = read_mask(mask) if isinstance(mask, (str, Path)) else as_mask(mask)
     h, w = shape
     if m.shape == (h, w):
         return m
+    want = m.shape[1] * h / w  # the mask's height at the level's aspect ratio
+    if abs(m.shape[0] - want) > 1 + m.shape[1] / w + 0.02 * want:
+        raise MaskError(
+            f"the mask is {m.shape[0]}x{m.shape[1]} px (aspect {m.shape[1] / m.shape[0]:.3f}) but the slide level "
+            f"is {h}x{w} px (aspect {w / h:.3f}): it would be stretched. Give a mask of the whole slide (any "
+            "resolution, same aspect ratio)."
+        )
     u = m.astype(np.uint8)
     if m.shape[0] < h or m.shape[1] < w:  # nearest up along the axes that grow
         u = cv2.resize(u, (max(w, m.shape[1]), max(h, m.shape[0])), interpolation=cv2.INTER_NEAREST)
@@ -304,6 +336,7 @@ def write_pyramid(
     tile: int = 256,  # TIFF tile side (multiple of 16)
     compression: str = 'zlib',  # 'zlib' (deflate) or anything tifffile can encode here (`check_compression`)
     min_side: int = 256,  # smallest pyramid level
+    description: str | None = None,  # ImageDescription of the full-resolution page (what made it)
 ) -> Path:
     "Write a tiled pyramidal TIFF (levels as reduced-resolution pages), atomically; one level in memory at a time."
     path = Path(path)
@@ -320,6 +353,8 @@ def write_pyramid(
                 compression=compression,
                 photometric='rgb',
                 software='histodiff',
+                description=None if k else description,
+                metadata=None,
                 **res,
             )
             if min(lv.shape[:2]) // 2 < min_side:
@@ -363,6 +398,7 @@ class SlideSettings:
     )
     resume: bool = True  # continue an interrupted run from its work folder (False: discard it and start over)
     keep_work: bool = False  # keep the work folder after success (debugging)
+    overwrite: bool = False  # replace an existing output that is not this run's finished output
     progress: bool = True  # tqdm bars
     batched: bool | None = None  # see `as_batch_restorer`
     prefetch: int = 2  # batches read ahead of the restorer by a reader thread (0: read in the loop)
@@ -500,12 +536,28 @@ class WorkFolder:
                     pass  # a line cut by the interruption
         return done
 
+    @property
+    def finished(self) -> bool:
+        "Kept after a finished run (`keep_work`): nothing to resume."
+        return (self.path / 'finished').exists()
+
     def clear(self):
         shutil.rmtree(self.path, ignore_errors=True)
 
 # %% ../nbs/11_wsi.ipynb #f262e5b3
 class ResumeMismatchError(ValueError):
     "The work folder of an unfinished run holds other settings than this run's."
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    "`key: old -> new` for every (nested, dotted) setting that differs."
+    flat = lambda d, pre='': {
+        k2: v2
+        for k, v in d.items()
+        for k2, v2 in (flat(v, f'{pre}{k}.') if isinstance(v, dict) else {f'{pre}{k}': v}).items()
+    }
+    old, new = flat(old), flat(new)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def check_resume(
@@ -515,19 +567,53 @@ def check_resume(
     n_done: int = 0,  # tiles it restored
 ):
     "Refuse to mix two runs: name every setting that differs and say how to start over."
-    flat = lambda d, pre='': {
-        k2: v2
-        for k, v in d.items()
-        for k2, v2 in (flat(v, f'{pre}{k}.') if isinstance(v, dict) else {f'{pre}{k}': v}).items()
-    }
-    old, new = flat(old), flat(new)
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    diff = differences(old, new)
     if diff:
         raise ResumeMismatchError(
             f"{work} holds an unfinished run with other settings ({'; '.join(diff)}). Rerun with the "
             f"same settings to resume it, or with resume=False (--no-resume) to discard its {n_done} "
             "restored tiles and start over."
         )
+
+# %% ../nbs/11_wsi.ipynb #f8889ca9
+RECORD_PREFIX = 'histodiff restore_slide: '  # the ImageDescription of an output: this, then `run_settings` as JSON
+
+
+def output_record(
+    path: str | Path,  # any file
+) -> dict | None:
+    "The settings `restore_slide` recorded in the TIFF it wrote; None for any other file."
+    path = Path(path)
+    if path.suffix.lower() not in ('.tif', '.tiff') or not path.is_file():
+        return None
+    try:
+        with tifffile.TiffFile(path) as tf:
+            desc = tf.pages[0].description
+        rec = json.loads(desc[len(RECORD_PREFIX) :]) if desc.startswith(RECORD_PREFIX) else None
+    except Exception:  # not a TIFF, a damaged record: not an output of ours
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def check_target(
+    out: Path,  # this run's output
+    meta: dict,  # `run_settings` of this run
+    overwrite: bool = False,  # replace whatever is there
+) -> bool:
+    "True when `out` is already this run's finished output (skip it), False when it may be written; else refuse."
+    if overwrite or not (out.exists() or out.is_symlink()):
+        return False
+    old = output_record(out)
+    if old == meta:
+        return True
+    why = (
+        f"is a histodiff output of another run ({'; '.join(differences(old, meta))})"
+        if old is not None
+        else "exists and was not written by histodiff restore-slide"
+    )
+    raise FileExistsError(
+        f"{out} {why}; it is left as it is. Choose another output, or pass overwrite=True (--overwrite) to replace it."
+    )
 
 # %% ../nbs/11_wsi.ipynb #2b196ad6
 def prefetched(
@@ -733,7 +819,7 @@ def run_settings(
     "Everything that changes the output of a run, as recorded in its work folder (JSON-able)."
     meta = dict(
         source=str(src.path.resolve()),
-        source_digest=file_digest(src.path, quick=True),
+        source_digest=file_digest(src.path),  # all its bytes: an edit in the middle is another slide
         working_level=src.level,
         shape=list(src.shape),
         **s.recorded(),
@@ -773,7 +859,7 @@ def prepare_work(
 
     fresh = True
     if main:
-        if not s.resume:
+        if not s.resume or work.finished:  # kept by a finished run (keep_work): nothing to resume
             work.clear()
         old = work.read_meta()
         if old is not None:
@@ -828,7 +914,15 @@ def restore_tiles(
             total=len(mine), desc=getattr(run, 'desc', 'restore'), disable=not (s.progress and state.is_main_process)
         ) as bar:
             for ids, ims, ms in prefetched(read, batches, s.prefetch):
-                res = run(ims, ms)
+                try:
+                    res = run(ims, ms)
+                except ImageError as e:
+                    if plan.tile == s.tile:
+                        raise
+                    raise ImageError(
+                        f"{src.path.name}: level {src.level} is {src.shape[0]}x{src.shape[1]} px, so its tiles are "
+                        f"{plan.tile}x{plan.tile} px, not {s.tile}: {e}"
+                    ) from None
                 n_calls += 1
                 for i, r in zip(ids, res):
                     store[slot[i]] = r
@@ -847,6 +941,7 @@ def write_restored(
     work: WorkFolder,
     s: SlideSettings,
     out: Path,  # the output TIFF
+    record: dict | None = None,  # `run_settings`, kept in the output's ImageDescription (see `output_record`)
 ) -> Path:
     "The source with the restored tiles blended in, assembled in a memory-mapped canvas and written as a pyramid."
     from tqdm.auto import tqdm
@@ -866,7 +961,8 @@ def write_restored(
                 i, plan.coords, restored, t, plan.overlap, canvas[y : y + t, x : x + t]
             )
     canvas.flush()
-    write_pyramid(canvas, out, src.mpp, compression=s.compression)
+    desc = RECORD_PREFIX + json.dumps(record) if record is not None else None
+    write_pyramid(canvas, out, src.mpp, compression=s.compression, description=desc)
     del canvas
     return out
 
@@ -876,6 +972,22 @@ def _settings(settings: SlideSettings | None, overrides: dict) -> SlideSettings:
     if unknown:
         raise TypeError(f"restore_slide got unknown settings {sorted(unknown)}; see SlideSettings.")
     return dataclasses.replace(settings or SlideSettings(), **overrides)
+
+
+def _summary(src: SlideSource, out: Path, plan: SlidePlan | None = None, n_calls: int = 0, resumed: int = 0) -> dict:
+    "What `restore_slide` returns; without a plan, the output was this run's already (skipped)."
+    head = dict(shape=src.shape, level=src.level, mpp=src.mpp)
+    if plan is None:
+        return dict(head, skipped=True, out=str(out))
+    return dict(
+        head,
+        tiles=len(plan.coords),
+        restored=len(plan.todo),
+        resumed=resumed,
+        restorer_calls=n_calls,
+        coverage=float(plan.mask.mean()),
+        out=str(out),
+    )
 
 
 def restore_slide(
@@ -906,9 +1018,12 @@ def restore_slide(
             for f in stale_temporaries(out):
                 f.unlink(missing_ok=True)  # left by a killed run: we hold the lock
         m = None if mask is None else fit_mask(mask, src.shape)  # a bad mask fails here, before any work folder
+        meta = run_settings(src, s, restorer, m, detector)
+        if check_target(out, meta, s.overwrite):  # this run's finished output: nothing to do
+            return _summary(src, out)
         had_work = work.path.exists()
         try:
-            plan, fresh = prepare_work(src, work, run_settings(src, s, restorer, m, detector), m, detector, s, main)
+            plan, fresh = prepare_work(src, work, meta, m, detector, s, main)
             if not plan.mask.any():
                 warnings.warn(
                     f"{src.path.name}: the mask has no artifact pixel; the slide is copied unchanged",
@@ -922,32 +1037,27 @@ def restore_slide(
             raise
         PartialState().wait_for_everyone()
         if main:
-            write_restored(src, plan, work, s, out)
-            if not s.keep_work:
+            write_restored(src, plan, work, s, out, meta)
+            if s.keep_work:
+                (work.path / 'finished').write_text(f"{out}\n")
+            else:
                 work.clear()
         PartialState().wait_for_everyone()
-        return dict(
-            shape=src.shape,
-            level=src.level,
-            mpp=src.mpp,
-            tiles=len(plan.coords),
-            restored=len(plan.todo),
-            resumed=resumed,
-            restorer_calls=n_calls,
-            coverage=float(plan.mask.mean()),
-            out=str(out),
-        )
+        return _summary(src, out, plan, n_calls, resumed)
 
 # %% ../nbs/11_wsi.ipynb #24fe1494
 def _expand_slides(inputs: list) -> list[Path]:
-    "Slide files as given, folders replaced by their slides (sorted, hidden files skipped)."
+    "Slide files as given, folders replaced by their slides (sorted; hidden files and restored outputs skipped)."
     slides = []
     for p in map(Path, inputs):
         if p.is_dir():
             found = sorted(
                 f
                 for f in p.iterdir()
-                if f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES | PLAIN_SUFFIXES and not f.name.startswith('.')
+                if f.is_file()
+                and f.suffix.lower() in SLIDE_SUFFIXES | PLAIN_SUFFIXES
+                and not f.name.startswith('.')
+                and output_record(f) is None  # a restored output (--out may be the slides' folder)
             )
             if not found:
                 raise FileNotFoundError(
@@ -1004,7 +1114,7 @@ def slide_jobs(
         if o in seen:
             raise ValueError(f"{seen[o].name} and {s.name} would both be written to {o}; restore them separately.")
         seen[o] = s
-    jobs = list(zip(slides, outs, _slide_masks(slides, masks, single)))
+    jobs = list(zip(slides, outs, _slide_masks(slides, masks, len(slides) == 1)))
     read = [*slides, *(m for *_, m in jobs), *others]
     for o in outs:
         check_output(o, read)  # a slide, a mask or a model: through symbolic and hard links too
