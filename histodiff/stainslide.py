@@ -31,8 +31,9 @@ from histodiff.wsi import (
 
 # %% auto #0
 __all__ = ['cosine_weight', 'tile_seed', 'StainSettings', 'slide_tissue', 'StainPlan', 'weights_digest', 'stainer', 'blend_band',
-           'stain_outputs', 'finished_before', 'write_stained', 'NoTissueWarning', 'stain_slide', 'seam_ratio',
-           'show_virtual_slide', 'AloneState', 'one_process', 'cohort_state', 'cohort_device', 'run_cohort']
+           'stain_outputs', 'finished_before', 'write_stained', 'NoTissueWarning', 'IHCInputWarning', 'looks_like_ihc',
+           'stain_slide', 'seam_ratio', 'show_virtual_slide', 'AloneState', 'one_process', 'cohort_state',
+           'cohort_device', 'run_cohort']
 
 # %% ../nbs/11b_stain_slide.ipynb #c3afda73
 def cosine_weight(
@@ -238,6 +239,26 @@ def write_stained(
 class NoTissueWarning(UserWarning):
     "A slide (at the level stained) has no tissue: its output is white."
 
+# %% ../nbs/11b_stain_slide.ipynb #8dd0d8092fe74a7c96281538738b07e2
+class IHCInputWarning(UserWarning):
+    "The slide given to `stain_slide` looks stained for IHC already (DAB, no eosin), not with H&E."
+
+
+def looks_like_ihc(
+    image: np.ndarray,  # RGB uint8, e.g. a slide's thumbnail
+    min_dab: float = 0.1,  # at least this share of the tissue pixels DAB-positive (`DAB_POSITIVE_OD`)
+    max_eosin: float = 0.005,  # and at most this mean eosin optical density over tissue
+) -> bool:
+    "Does an image look stained for IHC (DAB, almost no eosin, by `rgb2hed`'s stain vectors) rather than with H&E?"
+    from skimage.color import rgb2hed
+    from histodiff.data import DAB_POSITIVE_OD
+
+    tissue = np.asarray(image, np.int32).sum(-1) < 600  # not glass
+    if tissue.sum() < 16:
+        return False
+    hed = rgb2hed(np.asarray(image))[tissue]
+    return bool((hed[:, 2] > DAB_POSITIVE_OD).mean() >= min_dab and hed[:, 1].mean() <= max_eosin)
+
 # %% ../nbs/11b_stain_slide.ipynb #531cf6d1
 def _stain_tiles(src, run, tissue, work, s, meta, main) -> tuple:
     "Start or resume the work folder, stain the tissue tiles not yet done: (plan, model calls, tiles resumed)."
@@ -297,6 +318,9 @@ def stain_slide(
                 f"{s.tile} px tile; choose a lower level."
             )
         tissue, run = slide_tissue(src), stainer(pipe, s, src.level)
+        if looks_like_ihc(src.thumbnail(512)):
+            msg = f"{src.path.name} looks stained for IHC already (DAB, no eosin), not H&E: Star-Diff stains H&E"
+            warnings.warn(msg, IHCInputWarning, stacklevel=2)
         meta = run_settings(src, s, run, tissue, None)
         if finished_before(out, meta, s.overwrite):
             return dict(out=str(out), skipped=True)

@@ -131,3 +131,14 @@ def test_a_slide_without_tissue_gives_white_and_a_note(cohort, tmp_path, capsys)
     assert one_process('stain-slide', tmp_path / 'glass.tif', '--out', tmp_path / 'o.tif', *stain_args(cohort)) == 0
     assert 'histodiff: note:' in capsys.readouterr().err
     assert (tifffile.imread(tmp_path / 'o.tif') == 255).all()
+
+
+def test_an_ihc_slide_given_as_he_is_warned(cohort, tmp_path, capsys):
+    from histodiff.data import demo_images
+    from histodiff.wsi import write_pyramid
+
+    ihc = next(iter(demo_images('ihc').values()))[:64, :64]  # scikit-image's IHC field: DAB, no eosin
+    write_pyramid(ihc, tmp_path / 'ihc.tif', 0.5, tile=16)
+    assert one_process('stain-slide', tmp_path / 'ihc.tif', '--out', tmp_path / 'o.tif', *stain_args(cohort)) == 0
+    assert 'looks stained for IHC' in capsys.readouterr().err
+    assert (tmp_path / 'o.tif').exists()  # a warning: the user decides
