@@ -787,6 +787,19 @@ def _slide_arguments(p):
     _restorer_arguments(p)
 
 
+def _slide_settings(
+    cls,  # `histodiff.wsi.SlideSettings` or `histodiff.stainslide.StainSettings`
+    args,  # the command's options
+    **more,  # the fields only this command has
+):
+    "The slide commands' shared options (level, resolution, tiling, output, resume) as `cls`, with `more`."
+    return cls(
+        level=args.level, mpp=args.mpp, overlap=args.overlap, batch_size=args.batch_size,
+        compression=args.compression, resume=not args.no_resume, progress=not args.quiet, keep_work=args.keep_work,
+        overwrite=args.overwrite, **more,
+    )  # fmt: skip
+
+
 def _slide_jobs(args) -> list:
     """`histodiff.wsi.slide_jobs` of the options, and every check that needs no model: the outputs' suffixes, their
     locks (another run on the same output), --threshold without a detector, the paste-back options against the tile."""
@@ -830,18 +843,7 @@ example:
     from histodiff.wsi import restore_slide, SlideSettings
     from histodiff.stainslide import run_cohort, cohort_device
 
-    settings = SlideSettings(
-        level=args.level,
-        mpp=args.mpp,
-        tile=args.tile,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        compression=args.compression,
-        resume=not args.no_resume,
-        progress=not args.quiet,
-        keep_work=args.keep_work,
-        overwrite=args.overwrite,
-    )  # checked before a model is loaded
+    settings = _slide_settings(SlideSettings, args, tile=args.tile)  # checked before a model is loaded
     jobs = _slide_jobs(args)  # before any work
     args.device = str(cohort_device(args.device))  # in a cohort of processes: this process's own GPU
     detector = None
@@ -942,20 +944,8 @@ def stain_slide_command(args):
     from histodiff.stainslide import StainSettings, stain_slide, run_cohort, cohort_device
     from histodiff.wsi import slide_jobs
 
-    settings = StainSettings(
-        level=args.level,
-        mpp=args.mpp,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        batch_model=args.batch_model,
-        compression=args.compression,
-        resume=not args.no_resume,
-        keep_work=args.keep_work,
-        progress=not args.quiet,
-        steps=args.steps,
-        seed=args.seed,
-        eta=args.eta,
-        overwrite=args.overwrite,
+    settings = _slide_settings(
+        StainSettings, args, batch_model=args.batch_model, steps=args.steps, seed=args.seed, eta=args.eta
     )  # checked before a model is loaded
     args.model = default_model(args.model, 'stardiff/both', '--model DIR')
     jobs = slide_jobs(args.slide, args.out, None, [args.model])  # no output is an input, no slide twice

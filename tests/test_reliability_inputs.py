@@ -3,7 +3,7 @@ PNGs with rows missing, 16-bit RGB, out-of-range options, lossy outputs, sizes, 
 model loads, messages. Every command exits 0 (done) or 2 (refused, naming the problem), never 1 with a traceback.
 Tiny images, classical restorers and tiny random models: seconds on a CPU."""
 
-import contextlib, io, os, struct, subprocess, sys, warnings, zlib
+import os, struct, subprocess, sys, warnings, zlib
 
 import numpy as np
 import pytest
@@ -12,21 +12,10 @@ import torch
 from PIL import Image, ImageOps
 
 from histodiff import core
-from histodiff.cli import main
 from histodiff.core import ImageError, read_image, read_mask, write_image, write_mask
+from test_reliability_slides import cli  # the CLI in-process: (status, stdout, stderr)
 
 CPU_ONLY = not torch.cuda.is_available()
-
-
-def cli(*argv):
-    "Run the CLI in-process: (status, stdout, stderr)."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def refused(rc, err, *words):
