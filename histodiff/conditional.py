@@ -73,6 +73,8 @@ def add_gain_head(
 class RestorationPairs(torch.utils.data.Dataset):
     "(damaged, clean, mask) triplets synthesized on the fly from clean tiles; item j is the same in every epoch."
 
+    augment = True  # a random flip/rotation of each clean tile (a subclass may turn it off)
+
     def __init__(
         self,
         tiles: np.ndarray,  # clean RGB tiles, N x H x W x 3 uint8
@@ -80,9 +82,9 @@ class RestorationPairs(torch.utils.data.Dataset):
         kinds=None,  # artifact kinds to draw from (default: all of ARTIFACT_KINDS)
         max_artifacts: int = 3,  # at most this many artifacts a tile (1..number of kinds)
         p_clean: float = 0.1,  # share of items left clean, with an empty mask
+        p_false_alarm: float = 0.0,  # share of items whose mask also covers undamaged tissue (one more kind's shape)
         variants: int = 64,  # items per tile
         seed: int = 0,
-        augment: bool = True,  # a random flip/rotation of the clean tile
     ):
         self.tiles = np.asarray(tiles)
         if self.tiles.ndim != 4 or self.tiles.shape[-1] != 3 or self.tiles.dtype != np.uint8 or not len(self.tiles):
@@ -90,12 +92,13 @@ class RestorationPairs(torch.utils.data.Dataset):
         self.kinds = list(kinds or ARTIFACT_KINDS)
         if not 1 <= max_artifacts <= len(self.kinds):
             raise ValueError(f"max_artifacts must be in 1..{len(self.kinds)}, got {max_artifacts}.")
-        if not 0 <= p_clean <= 1:
-            raise ValueError(f"p_clean must be in [0, 1], got {p_clean}.")
+        if not (0 <= p_clean <= 1 and 0 <= p_false_alarm <= 1):
+            raise ValueError(f"p_clean and p_false_alarm must be in [0, 1], got {p_clean}, {p_false_alarm}.")
         if not 0 <= crop <= min(self.tiles.shape[1:3]):
             raise ValueError(f"crop must be in 0..{min(self.tiles.shape[1:3])}, got {crop}.")
         self.crop, self.max_artifacts, self.p_clean = int(crop), int(max_artifacts), float(p_clean)
-        self.variants, self.seed, self.augment = int(variants), int(seed), bool(augment)
+        self.p_false_alarm = float(p_false_alarm)
+        self.variants, self.seed = int(variants), int(seed)
 
     def __len__(self):
         return len(self.tiles) * self.variants
@@ -111,6 +114,8 @@ class RestorationPairs(torch.utils.data.Dataset):
             damaged, mask = compose(clean, [self.kinds[i] for i in rng.permutation(len(self.kinds))[:n]], rng)
         else:
             damaged, mask = clean, np.zeros(clean.shape[:2], bool)
+        if self.p_false_alarm and rng.random() < self.p_false_alarm:  # a false alarm: its pixels stay clean
+            mask = mask | compose(clean, [self.kinds[int(rng.integers(len(self.kinds)))]], rng)[1]
         if self.crop and self.crop < clean.shape[0]:
             y, x = rng.integers(0, clean.shape[0] - self.crop + 1, 2)
             sl = (slice(y, y + self.crop), slice(x, x + self.crop))
@@ -315,7 +320,8 @@ def train_restorer_stage(
         ds = load_tile_dataset(s['tiles_dir'])
         train, _ = validation_split(ds['source'], s['validation_fraction'])
         pairs = lambda seed: RestorationPairs(
-            dataset_images(ds)[train], s['crop'], max_artifacts=s['max_artifacts'], p_clean=s['p_clean'], seed=seed,
+            dataset_images(ds)[train], s['crop'], max_artifacts=s['max_artifacts'], p_clean=s['p_clean'],
+            p_false_alarm=s['p_false_alarm'], seed=seed,
         )  # fmt: skip
         if s['max_steps']:
             model = fit(model, pairs(s['seed']), stage_train_config(s))
