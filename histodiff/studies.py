@@ -26,8 +26,8 @@ __all__ = ['HER2_NOTE', 'PERTURBATIONS', 'ELASTIC_ALPHA', 'MIN_TILES_PER_KIND', 
            'RestorationTiles', 'restoration_tiles', 'kind_counts', 'restoration_methods', 'score_restorers',
            'write_restoration_tables', 'restoration_downstream', 'restoration_results', 'SeveritySweep', 'severity_set',
            'severity_methods', 'score_severity', 'StainingEvaluation', 'StainingPairs', 'staining_pairs',
-           'staining_classifier', 'staining_stainers', 'score_stainers', 'write_staining_tables', 'sum_scale_study',
-           'staining_robustness', 'staining_classifier_bias', 'sfs_intervals', 'staining_results',
+           'staining_classifier', 'baseline_stainers', 'staining_stainers', 'score_stainers', 'write_staining_tables',
+           'sum_scale_study', 'staining_robustness', 'staining_classifier_bias', 'sfs_intervals', 'staining_results',
            'VirtualSlideEvaluation', 'held_out_ihc', 'region_pairs', 'virtual_slide_study',
            'write_virtual_slide_results', 'ReleasedEvaluation', 'released_methods', 'released_study', 'released_table']
 
@@ -877,6 +877,17 @@ def staining_classifier(
     return lambda x: predict(clf, x, device=device)
 
 # %% ../nbs/09_studies.ipynb #283d5631
+def baseline_stainers(
+    path: str | Path,  # the fitted stain baselines (`stardiff.save_stain_baselines`)
+) -> dict:
+    "The stain-normalisation baselines as stainers `stain(he, seed)` (the seed unused), by name."
+    from histodiff import stardiff
+
+    return {
+        name: (lambda n: lambda x, s: n.stain(x))(norm) for name, norm in stardiff.load_stain_baselines(path).items()
+    }
+
+
 def staining_stainers(cfg: StainingEvaluation) -> tuple[dict, list, dict]:
     "The stainers `stain(he, seed)` (Star-Diff, sum_scale models, baselines), missing variants, sum_scale -> name."
     from histodiff import stardiff
@@ -902,8 +913,7 @@ def staining_stainers(cfg: StainingEvaluation) -> tuple[dict, list, dict]:
         stainers[name] = star_diff(path)
     if 'Star-Diff (both)' in stainers:
         scale_names = {cfg.sum_scale: 'Star-Diff (both)', **scale_names}
-    for name, norm in stardiff.load_stain_baselines(cfg.baselines_path).items():
-        stainers[name] = (lambda n: lambda x, s: n.stain(x))(norm)
+    stainers |= baseline_stainers(cfg.baselines_path)
     print('stainers', list(stainers), '| missing', skipped)
     return stainers, skipped, scale_names
 
@@ -1106,16 +1116,9 @@ def held_out_ihc(
     max_rows: int = 0,  # at most this many rows (0: all)
 ) -> tuple[np.ndarray, np.ndarray, float | None]:
     "(hematoxylin-only input, real IHC, microns per pixel) of the held-out region of a demo IHC pyramid."
-    from histodiff.core import read_image
-    from histodiff.data import hematoxylin_only, open_slide, read_slide, split_columns
-    from histodiff.sources import demo_source, fetch_demo_data
+    from histodiff.data import demo_files, hematoxylin_only, read_demo_file, split_columns
 
-    spec, path = demo_source(source), fetch_demo_data(names=[source])[source]
-    file = path if path.is_file() else path / Path(next(iter(spec['files']))).name
-    slide = file.suffix.lower() in ('.tif', '.tiff', '.svs')
-    img, mpp = read_slide(file, spec.get('level', 0)) if slide else (read_image(file), None)
-    if mpp is None and spec.get('mpp'):  # the registry's level-0 resolution, scaled to the level read
-        mpp = spec['mpp'] * open_slide(file).dimensions[0] / img.shape[1]
+    img, mpp = read_demo_file(demo_files(source)[0], source)
     ihc = np.ascontiguousarray(img[: max_rows or None, split_columns(img.shape[1], test_fraction) :])
     return hematoxylin_only(ihc), ihc, mpp
 
@@ -1156,9 +1159,7 @@ def virtual_slide_study(
     )  # fmt: skip
     virtual, tile = tifffile.imread(out / 'virtual.tif'), pipe.tile_size
     pairs = region_pairs(he, ihc, virtual, tile)
-    stainers = {'Star-Diff (both), whole slide': lambda x, s: pairs['virtual']}
-    for name, norm in stardiff.load_stain_baselines(cfg.baselines_path).items():
-        stainers[name] = (lambda n: lambda x, s: n.stain(x))(norm)
+    stainers = {'Star-Diff (both), whole slide': lambda x, s: pairs['virtual']} | baseline_stainers(cfg.baselines_path)
     predict = staining_classifier(Path(cfg.classifier_dir) / 'sfs', cfg.device)
     table, _ = staining_study(stainers, pairs['he'], pairs['ihc'], pairs['labels'], predict, seeds=(0,), progress=False)
     overlap = tile // 4 if cfg.overlap is None else cfg.overlap
