@@ -252,8 +252,9 @@ def looks_like_ihc(
     "Does an image look stained for IHC (DAB, almost no eosin, by `rgb2hed`'s stain vectors) rather than with H&E?"
     from skimage.color import rgb2hed
     from histodiff.data import DAB_POSITIVE_OD
+    from histodiff.detect import tissue_mask
 
-    tissue = np.asarray(image, np.int32).sum(-1) < 600  # not glass
+    tissue = tissue_mask(np.asarray(image))  # the slides' own tissue mask (saturation, Otsu)
     if tissue.sum() < 16:
         return False
     hed = rgb2hed(np.asarray(image))[tissue]
