@@ -24,9 +24,9 @@ from .residual import ResidualDiffusionScheduler
 from .train import fit, stage_train_config, unet_config
 
 # %% auto #0
-__all__ = ['IN_CHANNELS', 'OUT_CHANNELS', 'GAIN_CHANNELS', 'SAMPLING_PATHS', 'SAMPLING_START', 'predict', 'add_gain_head',
-           'RestorationPairs', 'ResidualRestorerModel', 'SamplingOptions', 'residual_sample',
-           'ConditionalRestorationPipeline', 'train_restorer_stage', 'restorer_stage_summary']
+__all__ = ['IN_CHANNELS', 'OUT_CHANNELS', 'GAIN_CHANNELS', 'SAMPLING_PATHS', 'SAMPLING_START', 'PHASE_KEYS', 'predict',
+           'add_gain_head', 'RestorationPairs', 'ResidualRestorerModel', 'SamplingOptions', 'residual_sample',
+           'ConditionalRestorationPipeline', 'restorer_phases', 'train_restorer_stage', 'restorer_stage_summary']
 
 # %% ../nbs/18_conditional.ipynb #025cd8de
 IN_CHANNELS, OUT_CHANNELS = 7, 6  # [x_t, damaged, mask] -> [residual, noise]
@@ -298,13 +298,40 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
             self.how,
         )  # fmt: skip
 
+# %% ../nbs/18_conditional.ipynb #085aa74a
+PHASE_KEYS = ('steps', 'crop', 'batch_size', 'p_false_alarm', 'seed', 'learning_rate', 'lr_warmup_steps')
+
+
+def restorer_phases(
+    s: dict,  # the stage's parameters
+) -> list[dict]:
+    """The stage's training phases in turn, those with steps: the plain head (`max_steps`), the gain head
+    (`gain_steps`), noise-free tuning (`tune_steps`), then each entry of `phases`: a dict of `steps` and any of
+    `PHASE_KEYS`, tuned as the tuning is (its noise_free and learning rate) unless it says otherwise. Each is the
+    stage's parameters with its own `max_steps`, `seed`, run sub-folder `sub` and data seed `pairs_seed`."""
+    tune = dict(tune=True, learning_rate=s['tune_learning_rate'])
+    out = [
+        {**s, 'sub': '', 'pairs_seed': s['seed']},
+        {**s, 'max_steps': s['gain_steps'], 'seed': s['seed'] + 1, 'sub': 'gain', 'gain': 1, 'pairs_seed': s['seed']},
+        {**s, **tune, 'max_steps': s['tune_steps'], 'seed': s['seed'] + 2, 'sub': 'tune', 'pairs_seed': s['seed'] + 2},
+    ]  # fmt: skip
+    for i, ph in enumerate(s.get('phases') or []):
+        if not isinstance(ph, dict) or 'steps' not in ph or set(ph) - set(PHASE_KEYS):
+            raise ValueError(f"phases[{i}] must be a dict of 'steps' and any of {PHASE_KEYS[1:]}, got {ph!r}.")
+        own = {k: v for k, v in ph.items() if k != 'steps'}
+        seed = int(ph.get('seed', s['seed'] + 3 + i))
+        out.append(
+            {**s, **tune, **own, 'max_steps': ph['steps'], 'seed': seed, 'pairs_seed': seed, 'sub': f'phase{i + 1}'}
+        )
+    return [p for p in out if p['max_steps']]
+
 # %% ../nbs/18_conditional.ipynb #771c274c
 def train_restorer_stage(
     s: dict,  # the stage's parameters: tiles_dir, init_from, preset, sum_scale, crop, max_steps, gain_steps, ...
 ) -> float:
-    """Fine-tune `init_from` (or train a fresh model of `preset`) `max_steps` steps on synthesized pairs, then with
-    the gain head `gain_steps` more, then `tune_steps` with a share `noise_free` of the items noise-free, and save it
-    to `out_dir`; the seconds it took."""
+    """Fine-tune `init_from` (or train a fresh model of `preset`) through `restorer_phases` on synthesized pairs
+    (the gain head added before its phase, noise_free set from the tuning on) and save it to `out_dir`; the seconds
+    it took."""
     from histodiff.data import dataset_images, load_tile_dataset, validation_split
     from histodiff.modelfolder import load_trainable
 
@@ -316,26 +343,23 @@ def train_restorer_stage(
             s['preset'], s['tile'], s['sum_scale'], s['seed'], mask_weight=s['mask_weight'],
             weight_dilation=s['weight_dilation'],
         )  # fmt: skip
-    if s['max_steps'] or s['gain_steps'] or s['tune_steps']:
+    plan = restorer_phases(s)
+    if plan:
         ds = load_tile_dataset(s['tiles_dir'])
         train, _ = validation_split(ds['source'], s['validation_fraction'])
-        pairs = lambda seed: RestorationPairs(
-            dataset_images(ds)[train], s['crop'], max_artifacts=s['max_artifacts'], p_clean=s['p_clean'],
-            p_false_alarm=s['p_false_alarm'], seed=seed,
-        )  # fmt: skip
-        if s['max_steps']:
-            model = fit(model, pairs(s['seed']), stage_train_config(s))
-        if s['gain_steps']:  # then the gain head, zero-initialised, and more steps in a run folder of their own
-            if model.unet.config.out_channels == OUT_CHANNELS:
-                model.unet = add_gain_head(model.unet)
-            gs = {**s, 'max_steps': s['gain_steps'], 'seed': s['seed'] + 1, 'run_dir': f"{s['run_dir']}/gain"}
-            model = fit(model.train(), pairs(s['seed']), stage_train_config(gs))
-        if s['tune_steps']:  # then tuning with a share `noise_free` of the items noise-free, at its own rate
+        images = dataset_images(ds)[train]
+    for p in plan:
+        if p.get('gain') and model.unet.config.out_channels == OUT_CHANNELS:  # zero-initialised
+            model.unet = add_gain_head(model.unet)
+        if p.get('tune'):  # a share `noise_free` of the items noise-free
             model.noise_free = s['noise_free']
-            ts = {**s, 'max_steps': s['tune_steps'], 'seed': s['seed'] + 2, 'run_dir': f"{s['run_dir']}/tune"}
-            ts['learning_rate'] = s['tune_learning_rate']
-            model = fit(model.train(), pairs(s['seed'] + 2), stage_train_config(ts))
-    else:  # the stage's run folder says where the weights came from
+        pairs = RestorationPairs(
+            images, p['crop'], max_artifacts=p['max_artifacts'], p_clean=p['p_clean'],
+            p_false_alarm=p['p_false_alarm'], seed=p['pairs_seed'],
+        )  # fmt: skip
+        cfg = stage_train_config({**p, 'run_dir': f"{s['run_dir']}/{p['sub']}".rstrip('/')})
+        model = fit(model.train(), pairs, cfg)
+    if not plan:  # the stage's run folder says where the weights came from
         Path(s['run_dir']).mkdir(parents=True, exist_ok=True)
         (Path(s['run_dir']) / 'source.txt').write_text(f"not trained here: {s['init_from']}, used as it is\n")
     model.save_pretrained(s['out_dir'])
@@ -351,8 +375,8 @@ def restorer_stage_summary(
     from histodiff.modelfolder import write_card
 
     m = ResidualRestorerModel.from_pretrained(s['out_dir'])
-    phases = dict(zip(('', 'gain', 'tune'), (s['max_steps'], s['gain_steps'], s['tune_steps'])))
-    runs = [Path(s['run_dir']) / sub for sub, n in phases.items() if n]
+    phases = restorer_phases(s)
+    runs = [Path(s['run_dir']) / p['sub'] for p in phases]
     logs = [r / 'dvclive' / 'plots' / 'metrics' / 'loss.tsv' for r in runs]
     loss = [float(l.split('\t')[-1]) for log in logs for l in log.read_text().splitlines()[1:]]
     summary = dict(
@@ -360,7 +384,7 @@ def restorer_stage_summary(
         init_from=s['init_from'],
         parameters=sum(p.numel() for p in m.unet.parameters()),
         sum_scale=m.scheduler.config.sum_scale,
-        steps=sum(phases.values()),
+        steps=sum(p['max_steps'] for p in phases),
         gain_head=m.unet.config.out_channels > OUT_CHANNELS,
         noise_free=m.noise_free,
         first_loss=loss[0] if loss else None,
