@@ -174,6 +174,14 @@ def _notes(
         yield
 
 
+def _end_process_group():
+    "Tear down the torch.distributed group a cohort run started: a gloo group left to the interpreter's exit can abort."
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(
     argv: list[str] | None = None,  # arguments after the program name (default: sys.argv[1:])
 ) -> int:
@@ -199,6 +207,8 @@ def main(
     except KeyboardInterrupt as e:
         print(f"histodiff: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 130
+    finally:
+        _end_process_group()
 
 # %% ../nbs/12_cli.ipynb #feccdb51
 SCHEDULERS = ('ddpm', 'ddim', 'dpm')
