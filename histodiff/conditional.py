@@ -1,4 +1,4 @@
-"""The conditional residual restorer: RDDM's restoration mode, conditioned on the damaged tile and its artifact mask (SPEC 8).
+"""The conditional restorer (SPEC 8): RDDM's restoration mode, conditioned on the damaged tile and its mask.
 
 Docs: https://histodiff.github.io/histodiff/conditional.html.md"""
 

@@ -1,4 +1,4 @@
-"""Whole-slide virtual staining: Star-Diff over the tissue tiles of an H&E slide, blended seam-free into a pyramidal TIFF; cohorts of slides split between processes.
+"""Whole-slide virtual staining: Star-Diff over an H&E slide's tissue tiles, blended into a pyramidal TIFF; cohorts.
 
 Docs: https://histodiff.github.io/histodiff/stain_slide.html.md"""
 
