@@ -25,8 +25,9 @@ from .train import fit, stage_train_config, unet_config
 
 # %% auto #0
 __all__ = ['IN_CHANNELS', 'OUT_CHANNELS', 'GAIN_CHANNELS', 'SAMPLING_PATHS', 'SAMPLING_START', 'PHASE_KEYS', 'predict',
-           'add_gain_head', 'RestorationPairs', 'ResidualRestorerModel', 'SamplingOptions', 'residual_sample',
-           'ConditionalRestorationPipeline', 'restorer_phases', 'train_restorer_stage', 'restorer_stage_summary']
+           'add_gain_head', 'RestorationPairs', 'DetectorFalseAlarmPairs', 'detector_false_alarms',
+           'ResidualRestorerModel', 'SamplingOptions', 'residual_sample', 'ConditionalRestorationPipeline',
+           'restorer_phases', 'phase_pairs', 'train_restorer_stage', 'restorer_stage_summary']
 
 # %% ../nbs/18_conditional.ipynb #025cd8de
 IN_CHANNELS, OUT_CHANNELS = 7, 6  # [x_t, damaged, mask] -> [residual, noise]
@@ -107,25 +108,71 @@ class RestorationPairs(torch.utils.data.Dataset):
         "(damaged, clean, mask) of item j, uint8 / uint8 / bool."
         rng = np.random.default_rng([self.seed, j])
         clean = self.tiles[j % len(self.tiles)]
-        if self.augment:
-            clean = dihedral(clean, int(rng.integers(DIHEDRAL)))
+        v = int(rng.integers(DIHEDRAL)) if self.augment else 0  # the flip/rotation of the clean tile
+        clean = dihedral(clean, v)
         n = 0 if rng.random() < self.p_clean else int(rng.integers(1, self.max_artifacts + 1))
         if n:
             damaged, mask = compose(clean, [self.kinds[i] for i in rng.permutation(len(self.kinds))[:n]], rng)
         else:
             damaged, mask = clean, np.zeros(clean.shape[:2], bool)
         if self.p_false_alarm and rng.random() < self.p_false_alarm:  # a false alarm: its pixels stay clean
-            mask = mask | compose(clean, [self.kinds[int(rng.integers(len(self.kinds)))]], rng)[1]
+            mask = mask | self.false_alarm(j, v, clean, rng)
         if self.crop and self.crop < clean.shape[0]:
             y, x = rng.integers(0, clean.shape[0] - self.crop + 1, 2)
             sl = (slice(y, y + self.crop), slice(x, x + self.crop))
             clean, damaged, mask = clean[sl], damaged[sl], mask[sl]
         return damaged, clean, mask
 
+    def false_alarm(
+        self,
+        j: int,  # the item
+        v: int,  # the flip/rotation its clean tile was turned by
+        clean: np.ndarray,  # that turned clean tile
+        rng: np.random.Generator,  # the item's generator
+    ) -> np.ndarray:
+        "The mask of item j's false alarm: one more kind's shape over the clean tile."
+        return compose(clean, [self.kinds[int(rng.integers(len(self.kinds)))]], rng)[1]
+
     def __getitem__(self, j):
         damaged, clean, mask = self.pair(j)
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 127.5 - 1
         return dict(damaged=t(damaged), clean=t(clean), mask=torch.from_numpy(mask)[None].float())
+
+# %% ../nbs/18_conditional.ipynb #acae54e37e7d407bbb7b55eff062a284
+class DetectorFalseAlarmPairs(RestorationPairs):
+    "`RestorationPairs` whose false alarms are, half the time, a detector's own on the clean tile: hard negatives."
+
+    def __init__(
+        self,
+        tiles: np.ndarray,  # clean RGB tiles, N x H x W x 3 uint8
+        false_alarms: np.ndarray,  # a detector's masks on those clean tiles, N x H x W bool (`detector_false_alarms`)
+        **kwargs,  # `RestorationPairs`'s other parameters (crop, p_false_alarm, seed, ...)
+    ):
+        super().__init__(tiles, **kwargs)
+        self.false_alarms = np.asarray(false_alarms, bool)
+        if self.false_alarms.shape != self.tiles.shape[:3]:
+            raise ValueError(
+                f"false_alarms must be N x H x W masks {self.tiles.shape[:3]}, got {self.false_alarms.shape}."
+            )
+
+    def false_alarm(self, j, v, clean, rng):
+        "The detector's mask on item j's tile (turned with it) half the time, if it has one; else a kind's shape."
+        fa = self.false_alarms[j % len(self.tiles)]
+        if fa.any() and rng.random() < 0.5:
+            return dihedral(fa[..., None], v)[..., 0]
+        return super().false_alarm(j, v, clean, rng)
+
+# %% ../nbs/18_conditional.ipynb #9a63283cbaf04dbcab1f6479b197f3a8
+def detector_false_alarms(
+    detector_dir: str | Path,  # a saved `histodiff.detect.ArtifactDetector` (e.g. checkpoints/detector)
+    tiles: np.ndarray,  # clean RGB tiles, N x H x W x 3 uint8
+    batch_size: int = 8,  # tiles per forward pass
+) -> np.ndarray:
+    "The masks a detector draws, at its own operating point, on clean tiles: all of them false alarms."
+    from histodiff.detect import ArtifactDetector, predict_mask
+
+    detector = ArtifactDetector.from_pretrained(detector_dir).eval()
+    return predict_mask(detector, tiles, batch_size)
 
 # %% ../nbs/18_conditional.ipynb #6c4ff61e
 class ResidualRestorerModel(nn.Module):
@@ -299,7 +346,9 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
         )  # fmt: skip
 
 # %% ../nbs/18_conditional.ipynb #085aa74a
-PHASE_KEYS = ('steps', 'crop', 'batch_size', 'p_false_alarm', 'seed', 'learning_rate', 'lr_warmup_steps')
+PHASE_KEYS = (
+    'steps', 'crop', 'batch_size', 'p_false_alarm', 'false_alarms', 'seed', 'learning_rate', 'lr_warmup_steps'
+)  # fmt: skip
 
 
 def restorer_phases(
@@ -324,6 +373,21 @@ def restorer_phases(
             {**s, **tune, **own, 'max_steps': ph['steps'], 'seed': seed, 'pairs_seed': seed, 'sub': f'phase{i + 1}'}
         )
     return [p for p in out if p['max_steps']]
+
+# %% ../nbs/18_conditional.ipynb #72eea5119410473aa328ad9291626812
+def phase_pairs(
+    images: np.ndarray,  # the clean training tiles, N x H x W x 3 uint8
+    p: dict,  # one of `restorer_phases`: crop, max_artifacts, p_clean, p_false_alarm, pairs_seed, false_alarms
+) -> RestorationPairs:
+    """A phase's training pairs: `RestorationPairs`, or `DetectorFalseAlarmPairs` when the phase names a detector
+    folder in `false_alarms` (its masks on the clean tiles are computed here)."""
+    kw = dict(
+        crop=p['crop'], max_artifacts=p['max_artifacts'], p_clean=p['p_clean'], p_false_alarm=p['p_false_alarm'],
+        seed=p['pairs_seed'],
+    )  # fmt: skip
+    if p.get('false_alarms'):
+        return DetectorFalseAlarmPairs(images, detector_false_alarms(p['false_alarms'], images), **kw)
+    return RestorationPairs(images, **kw)
 
 # %% ../nbs/18_conditional.ipynb #771c274c
 def train_restorer_stage(
@@ -353,10 +417,7 @@ def train_restorer_stage(
             model.unet = add_gain_head(model.unet)
         if p.get('tune'):  # a share `noise_free` of the items noise-free
             model.noise_free = s['noise_free']
-        pairs = RestorationPairs(
-            images, p['crop'], max_artifacts=p['max_artifacts'], p_clean=p['p_clean'],
-            p_false_alarm=p['p_false_alarm'], seed=p['pairs_seed'],
-        )  # fmt: skip
+        pairs = phase_pairs(images, p)
         cfg = stage_train_config({**p, 'run_dir': f"{s['run_dir']}/{p['sub']}".rstrip('/')})
         model = fit(model.train(), pairs, cfg)
     if not plan:  # the stage's run folder says where the weights came from
