@@ -13,7 +13,9 @@ twins' squared error is weighted by --clean-share, the share of a slide's tissue
 most tiles of a slide are clean; 0.5 weighs the twins as the damaged tiles). Writes a Markdown table and, with
 --write, the chosen values into the detector folder's detector.json.
 
-Usage: python scripts/detector_operating_point.py --detector checkpoints/detector --out results/restorer_study/detector
+Usage (results/restorer_study/detector.md, whose choice is in checkpoints/detector/detector.json):
+  python scripts/detector_operating_point.py --detector checkpoints/detector --max-tiles 32 --write \\
+      --out results/restorer_study/detector
 """
 
 import argparse, json
@@ -43,8 +45,8 @@ def main():
     ap.add_argument('--detector', default='checkpoints/detector')
     ap.add_argument('--method', default='residual', help='the restorer the operating point is chosen for')
     ap.add_argument('--model', default=None, help="the restorer's model folder (default: the method's own)")
-    ap.add_argument('--thresholds', type=float, nargs='+', default=[0.5, 0.7, 0.9, 0.95])
-    ap.add_argument('--min-sizes', type=int, nargs='+', default=[16, 256, 1024])
+    ap.add_argument('--thresholds', type=float, nargs='+', default=[0.95, 0.98, 0.99, 0.995])
+    ap.add_argument('--min-sizes', type=int, nargs='+', default=[16, 256, 1024, 4096])
     ap.add_argument('--max-tiles', type=int, default=0, help='the first N validation tiles (0: all)')
     ap.add_argument('--out', default='results/restorer_study/detector')
     ap.add_argument('--write', action='store_true', help="write the chosen values into the detector's detector.json")
