@@ -16,8 +16,8 @@ from .core import as_rgb_uint8, ImageError, MaskError, as_mask
 
 # %% auto #0
 __all__ = ['PSNR_4095_OFFSET', 'SSIM_KWARGS', 'FSIM_T1', 'FSIM_T2', 'FSIM_T3', 'FSIM_T4', 'FSIM_LAMBDA', 'as_image_batch',
-           'as_mask_batch', 'l2', 'mse_artifact', 'psnr', 'psnr_artifact', 'psnr_from_4095_peak', 'ssim',
-           'LogGaborBank', 'phase_congruency', 'fsim', 'fsim_artifact', 'restoration_metrics']
+           'as_mask_batch', 'l2', 'mse_artifact', 'psnr_from_mse', 'psnr', 'psnr_artifact', 'psnr_from_4095_peak',
+           'ssim', 'LogGaborBank', 'phase_congruency', 'fsim', 'fsim_artifact', 'restoration_metrics']
 
 # %% ../nbs/07_metrics.ipynb #03ba247c
 def as_image_batch(
@@ -93,12 +93,15 @@ def mse_artifact(
     se = ((_f(x) - _f(y)) ** 2).sum(-1)  # N x H x W, summed over channels
     return _out((se * m).reshape(len(x), -1).sum(1) / (3 * m.reshape(len(x), -1).sum(1)), single)
 
-# %% ../nbs/07_metrics.ipynb #0cee28da
-def _psnr_from_mse(mse):
+# %% ../nbs/07_metrics.ipynb #a1f0c3d2psnrmse
+def psnr_from_mse(
+    mse,  # mean squared error(s) in 8-bit units (0-255 scale), e.g. pooled over many tiles
+):
+    "`10 log10(255^2 / mse)` in dB, as an array (`inf` where mse is 0)."
     with np.errstate(divide='ignore'):
         return 10 * np.log10(255.0**2 / np.asarray(mse, np.float64))
 
-
+# %% ../nbs/07_metrics.ipynb #0cee28da
 def psnr(
     restored,  # RGB uint8 image or batch
     clean,  # reference, same shape
@@ -106,7 +109,7 @@ def psnr(
     "Peak signal-to-noise ratio in dB, data range 255, over the whole image (`inf` for identical images)."
     x, y, single = _pair(restored, clean)
     mse = ((x.astype(np.float64) - y) ** 2).reshape(len(x), -1).mean(1)
-    return _out(_psnr_from_mse(mse), single)
+    return _out(psnr_from_mse(mse), single)
 
 
 def psnr_artifact(
@@ -116,7 +119,7 @@ def psnr_artifact(
 ):
     "PSNR in dB (data range 255) over the artifact region only."
     return _out(
-        _psnr_from_mse(np.atleast_1d(mse_artifact(restored, clean, mask)) * 255.0**2), np.asarray(restored).ndim == 3
+        psnr_from_mse(np.atleast_1d(mse_artifact(restored, clean, mask)) * 255.0**2), np.asarray(restored).ndim == 3
     )
 
 # %% ../nbs/07_metrics.ipynb #7eb429e8

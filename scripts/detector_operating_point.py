@@ -26,7 +26,7 @@ import pandas as pd
 
 from histodiff.data import dataset_images, load_tile_dataset
 from histodiff.detect import ArtifactDetector, clean_mask, predict_proba
-from histodiff.metrics import fsim
+from histodiff.metrics import fsim, psnr_from_mse
 from histodiff.restorers import RestorerSettings, make_restorer
 from histodiff.studies import write_table
 
@@ -36,7 +36,7 @@ def scores(restorer, art, clean, masks, weights) -> dict:
     twin left as it is has an infinite PSNR of its own) and mean FSIM of the restored tiles against the clean ones."""
     out = [restorer(a, m) if m.any() else a for a, m in zip(art, masks)]
     mse = np.average([((o.astype(float) - c) ** 2).mean() for o, c in zip(out, clean)], weights=weights)
-    return dict(psnr=float(10 * np.log10(255**2 / mse)), fsim=float(np.mean([fsim(o, c) for o, c in zip(out, clean)])))
+    return dict(psnr=float(psnr_from_mse(mse)), fsim=float(np.mean([fsim(o, c) for o, c in zip(out, clean)])))
 
 
 def main():
