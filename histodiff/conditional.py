@@ -187,6 +187,7 @@ class ResidualRestorerModel(nn.Module):
         mask_weight: float = 10.0,  # the loss weight inside the dilated mask is 1 + mask_weight
         weight_dilation: int = 8,  # px the mask is dilated by for the loss weight
         noise_free: float = 0.0,  # share of training items with eps = 0: the states sampling from the mean visits
+        colour_weight: float = 0.0,  # weight of the colour term: |mean error over the mask|, per item and channel
     ):
         super().__init__()
         outs = (OUT_CHANNELS, OUT_CHANNELS + GAIN_CHANNELS)
@@ -197,11 +198,13 @@ class ResidualRestorerModel(nn.Module):
             )
         if mask_weight < 0 or weight_dilation < 0:
             raise ValueError(f"mask_weight and weight_dilation must be >= 0, got {mask_weight}, {weight_dilation}.")
+        if colour_weight < 0:
+            raise ValueError(f"colour_weight must be >= 0, got {colour_weight}.")
         if not 0 <= noise_free <= 1:
             raise ValueError(f"noise_free must be in [0, 1], got {noise_free}.")
         self.unet, self.scheduler = unet, scheduler or ResidualDiffusionScheduler()
         self.mask_weight, self.weight_dilation = float(mask_weight), int(weight_dilation)
-        self.noise_free = float(noise_free)
+        self.noise_free, self.colour_weight = float(noise_free), float(colour_weight)
 
     @classmethod
     def make(
@@ -211,7 +214,7 @@ class ResidualRestorerModel(nn.Module):
         sum_scale: float = 0.01,  # the scheduler's bbar_T^2
         seed: int = 0,  # the weights' seed
         gain: bool = False,  # with the gain head
-        **kwargs,  # mask_weight, weight_dilation, noise_free
+        **kwargs,  # mask_weight, weight_dilation, noise_free, colour_weight
     ):
         "A fresh model of a preset."
         cfg = unet_config(preset, 3, sample_size)
@@ -227,7 +230,8 @@ class ResidualRestorerModel(nn.Module):
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         """Mask-weighted L1 of the residual and of the noise, summed, at a random t in 1..T (global torch RNG); a share
-        `noise_free` of the items has eps = 0."""
+        `noise_free` of the items has eps = 0; plus `colour_weight` times the mean |bias| of the residual over each
+        item's mask, per channel (the restored region's mean colour against the clean one's)."""
         y, x0, m = batch['damaged'], batch['clean'], batch['mask']
         T = self.scheduler.config.num_train_timesteps
         t = torch.randint(1, T + 1, (len(x0),))
@@ -238,7 +242,11 @@ class ResidualRestorerModel(nn.Module):
         x_t = self.scheduler.add_noise(x0, res, eps, t)
         r, e = self(x_t, y, m, t.to(x0.device))
         w = 1 + self.mask_weight * dilate_disk(m, self.weight_dilation)
-        return ((r - res).abs() * w).mean() + ((e - eps).abs() * w).mean()
+        loss = ((r - res).abs() * w).mean() + ((e - eps).abs() * w).mean()
+        if self.colour_weight:  # L1 follows the median: under doubt its region's mean colour drifts
+            bias = ((r - res) * m).sum((2, 3)) / m.sum((2, 3)).clamp(min=1)
+            loss = loss + self.colour_weight * bias.abs().mean()
+        return loss
 
     def save_pretrained(
         self,
@@ -249,6 +257,7 @@ class ResidualRestorerModel(nn.Module):
             self.unet.save_pretrained(tmp / 'unet')
             self.scheduler.save_pretrained(tmp / 'scheduler')
             cfg = dict(mask_weight=self.mask_weight, weight_dilation=self.weight_dilation, noise_free=self.noise_free)
+            cfg['colour_weight'] = self.colour_weight  # folders saved before it lack it: 0
             (tmp / self.config_name).write_text(json.dumps(cfg, indent=1))
         return Path(save_directory)
 
@@ -263,7 +272,9 @@ class ResidualRestorerModel(nn.Module):
         cf = path / cls.config_name
         if not cf.exists():
             raise FileNotFoundError(f"{cf} not found: not a conditional restorer folder.")
-        cfg = read_json_settings(cf, dict(mask_weight=(int, float), weight_dilation=int, noise_free=(int, float)))
+        cfg = read_json_settings(
+            cf, dict(mask_weight=(int, float), weight_dilation=int, noise_free=(int, float), colour_weight=(int, float))
+        )
         unet = load_folder(UNet2DModel.from_pretrained, path / 'unet', 'restorer UNet', use_safetensors=True)
         sch = load_folder(ResidualDiffusionScheduler.from_pretrained, path / 'scheduler', 'restorer scheduler')
         try:
@@ -347,7 +358,8 @@ class ConditionalRestorationPipeline(RegionalPipelineBase):
 
 # %% ../nbs/18_conditional.ipynb #085aa74a
 PHASE_KEYS = (
-    'steps', 'crop', 'batch_size', 'p_false_alarm', 'false_alarms', 'seed', 'learning_rate', 'lr_warmup_steps'
+    'steps', 'crop', 'batch_size', 'p_false_alarm', 'false_alarms', 'colour_weight', 'seed', 'learning_rate',
+    'lr_warmup_steps',
 )  # fmt: skip
 
 
@@ -417,6 +429,7 @@ def train_restorer_stage(
             model.unet = add_gain_head(model.unet)
         if p.get('tune'):  # a share `noise_free` of the items noise-free
             model.noise_free = s['noise_free']
+        model.colour_weight = float(p.get('colour_weight', 0.0))  # a phase's own
         pairs = phase_pairs(images, p)
         cfg = stage_train_config({**p, 'run_dir': f"{s['run_dir']}/{p['sub']}".rstrip('/')})
         model = fit(model.train(), pairs, cfg)
