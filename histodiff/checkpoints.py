@@ -64,7 +64,8 @@ SHIPPED: dict[str, Shipped] = {
         'diffusers',
         ResidualRestorerModel,
         'The conditional residual restorer (SPEC 8, beyond both papers): one UNet fed [x_t, damaged tile, mask] '
-        'predicting the residual and the noise (unet/ + scheduler/ + restorer_config.json).',
+        'predicting the residual and the noise (unet/ + scheduler/ + restorer_config.json), and its kind gate '
+        '(gate/, histodiff.gate: fitted by scripts/fit_gate.py).',
     ),
     'detector': Shipped(
         'detector',

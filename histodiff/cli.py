@@ -313,6 +313,12 @@ def _sampling_arguments(g):
         "artifact region keeps the damaged image's structure (mild artifacts: blur, a light stain) "
         "(default: %(default)s)",
     )
+    g.add_argument(
+        '--no-gate',
+        action='store_true',
+        help="residual: keep the restorer's output on every tile; by default its kind gate leaves the tiles whose "
+        'artifact kind it could not improve on training pairs (blur, stain patches; histodiff.gate)',
+    )
 
 
 def _check_paste_back(
@@ -345,6 +351,7 @@ def _restorer(
         feather=args.feather,
         device=args.device,
         progress=progress,
+        gate=not args.no_gate,
     )
     return make_restorer(args.method, settings)
 

@@ -21,6 +21,7 @@ from .core import DIHEDRAL, atomic_dir, dihedral, make_generator
 from .modelfolder import ModelFolderError, load_folder, read_json_settings
 from .regional import RegionalPipelineBase, dilate_disk
 from .residual import ResidualDiffusionScheduler
+from .gate import GATE_FOLDER, load_gate, save_gate
 from .train import fit, stage_train_config, unet_config
 
 # %% auto #0
@@ -407,7 +408,8 @@ def train_restorer_stage(
 ) -> float:
     """Fine-tune `init_from` (or train a fresh model of `preset`) through `restorer_phases` on synthesized pairs
     (the gain head added before its phase, noise_free set from the tuning on) and save it to `out_dir`; the seconds
-    it took."""
+    it took. A kind gate (`histodiff.gate`) in `init_from` is copied when nothing is trained, else left out
+    (refit it with scripts/fit_gate.py)."""
     from histodiff.data import dataset_images, load_tile_dataset, validation_split
     from histodiff.modelfolder import load_trainable
 
@@ -437,6 +439,9 @@ def train_restorer_stage(
         Path(s['run_dir']).mkdir(parents=True, exist_ok=True)
         (Path(s['run_dir']) / 'source.txt').write_text(f"not trained here: {s['init_from']}, used as it is\n")
     model.save_pretrained(s['out_dir'])
+    gate = Path(s['init_from'] or '') / GATE_FOLDER  # fitted to these weights: kept only when they are unchanged
+    if s['init_from'] and gate.is_dir() and not plan:
+        save_gate(load_gate(gate), Path(s['out_dir']) / GATE_FOLDER)
     return round(time.time() - t0, 1)
 
 # %% ../nbs/18_conditional.ipynb #7c8d07a6

@@ -8,6 +8,7 @@ Docs: https://histodiff.github.io/histodiff/restorers.html.md"""
 from __future__ import annotations
 from dataclasses import dataclass, asdict, replace
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -38,6 +39,7 @@ class RestorerSettings:
     feather: float = 2.0  # px, Gaussian feather of the paste-back
     device: str | None = None  # 'cpu', 'cuda', ...; None: the best available
     progress: bool = False  # a progress bar over sampling steps
+    gate: bool = True  # residual: apply the model folder's kind gate (its gate/ subfolder), where it has one
 
     def __post_init__(self):  # checked when made: 0.9 is not seed 0, 2.5 px is not 2 px
         whole = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -45,6 +47,8 @@ class RestorerSettings:
             v = getattr(self, name)
             if not (v is None and none_ok) and not (whole(v) and (low is None or v >= low)):
                 raise ValueError(f"{name} must be an integer{'' if low is None else f' >= {low}'}, got {v!r}.")
+        if not isinstance(self.gate, bool):
+            raise ValueError(f"gate must be true or false, got {self.gate!r}.")
 
 # %% ../nbs/16_restorers.ipynb #51be15f0
 class Restorer:
@@ -323,15 +327,36 @@ class ConditionalResidual(LatentRegional):
     default_steps = 2  # validation: 4 steps add 0.26 dB PSNR, lose SSIM and FSIM, take twice the time (steps.md)
     default_pixel_dilation = 0  # 0, 2 and 8 px: 28.62, 28.60 and 28.51 dB on validation tiles (dilation.md)
 
+    def __init__(
+        self,
+        settings: RestorerSettings | None = None,
+        pipeline=None,  # a `ConditionalRestorationPipeline`; None: loaded from the model folder, with its gate
+        gate=None,  # a `histodiff.gate.KindGate` for a given pipeline (None: no gate)
+    ):
+        self.gate = gate
+        super().__init__(settings, pipeline)
+
     def _pipeline(self):
         from histodiff.conditional import ConditionalRestorationPipeline
+        from histodiff.gate import GATE_FOLDER, load_gate
 
+        folder = Path(self.model) / GATE_FOLDER
+        self.gate = load_gate(folder) if self.settings.gate and folder.is_dir() else None
         return ConditionalRestorationPipeline.from_pretrained(self.model)
+
+    def _restore(self, images, masks, generator):
+        out = super()._restore(images, masks, generator)
+        return out if self.gate is None else self.gate.apply(images, out, masks)[0]
+
+    @property
+    def identity(self) -> dict:
+        return {**super().identity, 'gate': self.gate is not None}
 
     @property
     def label(self) -> str:
         n = self.steps
-        return f"conditional residual, {n} step{'s' * (n > 1)}" + (' (regression)' if n == 1 else '')
+        s = f"conditional residual, {n} step{'s' * (n > 1)}" + (' (regression)' if n == 1 else '')
+        return s + ', gated' * (self.gate is not None)
 
     def describe(self) -> str:
         return self.label

@@ -12,6 +12,7 @@ Usage:
       --steps 1 4 --out results/restorer_study/sum_scale
   python scripts/restorer_study.py --steps 1 2 --paths both residual --starts noise mean \\
       --out results/restorer_study/paths
+  python scripts/restorer_study.py --steps 2 --gate --out results/restorer_study/gate
 """
 
 import argparse
@@ -34,10 +35,14 @@ def methods(a) -> dict:
         for paths, start in product(a.paths, a.starts):  # one loaded UNet, other settings
             pipe = ConditionalRestorationPipeline(first.pipeline.unet, first.pipeline.scheduler, paths, start)
             for n, d in product(a.steps, a.pixel_dilations):
-                r = type(first)(replace(first.settings, steps=n, pixel_dilation=d), pipeline=pipe)
-                rows[
-                    f'{label}, {n} step{"s" * (n > 1)}, dilation {d}, {paths} path{"s" * (paths == "both")}, {start}'
-                ] = r
+                for gate in [None] + [first.gate] * (
+                    a.gate and first.gate is not None
+                ):  # with --gate: its kind gate too
+                    r = type(first)(replace(first.settings, steps=n, pixel_dilation=d), pipeline=pipe, gate=gate)
+                    rows[
+                        f'{label}, {n} step{"s" * (n > 1)}, dilation {d}, {paths} path{"s" * (paths == "both")}, '
+                        f'{start}' + ', gated' * (gate is not None)
+                    ] = r
     return rows
 
 
@@ -52,6 +57,7 @@ def main():
                     help="sample with both predictions or the residual path only")  # fmt: skip
     ap.add_argument('--starts', nargs='+', default=['mean'], choices=['noise', 'mean'],
                     help="start from the damaged tile plus noise (as trained) or from the damaged tile")  # fmt: skip
+    ap.add_argument('--gate', action='store_true', help="also each setting with the model folder's kind gate")
     ap.add_argument('--n-boot', type=int, default=1000)
     ap.add_argument('--out', default='results/restorer_study/steps')
     a = ap.parse_args()
