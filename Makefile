@@ -10,7 +10,9 @@ PROFILE ?= demo
 # the stages `make repro` asks for: all of them, but the released profile needs (and trains) nothing else
 TARGETS_released := released
 # what `make repro` runs after dvc repro: the pretrain profile regenerates the shipped checkpoints (histodiff.checkpoints)
-AFTER_pretrain = $(BIN)/python -m histodiff.checkpoints export --profile pretrain
+# and fits the restorer's kind gate to the new weights (histodiff.gate; the stage drops a gate of weights it trained)
+AFTER_pretrain = $(BIN)/python -m histodiff.checkpoints export --profile pretrain && \
+	$(BIN)/python scripts/fit_gate.py --model checkpoints/restorer --out results/restorer_study/gate_fit
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export MPLBACKEND := Agg

@@ -87,3 +87,29 @@ def test_default_method_is_the_shipped_conditional_restorer(tmp_path):
     ring = dilate_disk(torch.from_numpy(mask), ConditionalResidual.default_pixel_dilation).numpy()
     assert (out[~ring] == damaged[~ring]).all()
     assert (out[mask] != damaged[mask]).any()
+
+
+def test_shipped_restorer_is_gated_and_no_gate_turns_it_off(tmp_path):
+    """The shipped restorer folder holds its kind gate (checkpoints/restorer/gate, histodiff.gate): the registry's
+    `residual` applies it, `gate=False` and the CLI's --no-gate do not, and the gate only ever returns the damaged tile
+    or the restorer's output (its fitted actions are 'none' and 'full')."""
+    import skimage.data
+    from histodiff.artifacts import synthesize
+    from histodiff.gate import GATE_FOLDER, load_gate
+    from histodiff.restorers import make_restorer
+
+    ck = Path(__file__).parents[1] / 'checkpoints' / 'restorer'
+    gate = load_gate(ck / GATE_FOLDER)
+    assert set(gate.actions.values()) <= {'none', 'full'} and gate.actions['ink'] == 'full'
+    gated, plain = make_restorer('residual', model=str(ck)), make_restorer('residual', model=str(ck), gate=False)
+    assert gated.gate is not None and gated.label.endswith(', gated') and plain.gate is None
+    clean = np.ascontiguousarray(skimage.data.immunohistochemistry()[:64, :64])
+    damaged, mask = synthesize(clean, 'ink', 3)
+    a, b = gated.restore(damaged, mask)[0], plain.restore(damaged, mask)[0]
+    assert (a == b).all() or (a == damaged).all()
+    Image.fromarray(damaged).save(tmp_path / 'tile.png')
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / 'mask.png')
+    args = ('restore', tmp_path / 'tile.png', '--mask', tmp_path / 'mask.png', '--out', tmp_path / 'o.png')
+    res = histodiff(*args, '--no-gate', '--model', ck, env=dict(os.environ))
+    assert res.returncode == 0, res.stderr
+    assert (np.asarray(Image.open(tmp_path / 'o.png')) == b).all()
