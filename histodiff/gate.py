@@ -18,8 +18,8 @@ from .core import atomic_dir
 from .modelfolder import ModelFolderError, read_json_settings
 
 # %% auto #0
-__all__ = ['GATE_FEATURES', 'GATE_SIGMA', 'GATE_ACTIONS', 'GATE_FOLDER', 'gate_features', 'low_pass_residual', 'KindGate',
-           'save_gate', 'load_gate', 'fit_kind_classifier', 'choose_actions', 'gate_outputs', 'fit_gate']
+__all__ = ['GATE_FEATURES', 'GATE_SIGMA', 'GATE_ACTIONS', 'GATE_FOLDER', 'gate_features', 'low_pass_residual', 'gate_outputs',
+           'KindGate', 'save_gate', 'load_gate', 'fit_kind_classifier', 'choose_actions', 'fit_gate']
 
 # %% ../nbs/18a_gate.ipynb #10185d26023b46108eb7d9f57d49d2b3
 GATE_FEATURES = (
@@ -75,6 +75,15 @@ def low_pass_residual(
     r = ndi.gaussian_filter(restored.astype(np.float32) - damaged, (sigma, sigma, 0))
     return np.clip(np.rint(damaged + r), 0, 255).astype(np.uint8)
 
+
+def gate_outputs(
+    damaged: np.ndarray,  # H x W x 3 uint8
+    restored: np.ndarray,  # H x W x 3 uint8
+    sigma: float = GATE_SIGMA,
+) -> dict[str, np.ndarray]:
+    "What each of `GATE_ACTIONS` makes of one tile."
+    return dict(none=damaged, low_pass=low_pass_residual(damaged, restored, sigma), full=restored)
+
 # %% ../nbs/18a_gate.ipynb #504fb2a444614c0babb325280ed9130a
 GATE_ACTIONS = ('none', 'low_pass', 'full')  # leave the tile, keep the residual's low-pass, keep the restorer's output
 
@@ -118,14 +127,7 @@ class KindGate(nn.Module):
         feats = np.stack([gate_features(d, o, m, self.sigma) for d, o, m in zip(damaged, restored, masks)])
         kinds, out = self.name_kinds(feats), np.array(restored, copy=True)
         for i, k in enumerate(kinds):
-            a = self.actions.get(k, 'full')
-            out[i] = (
-                damaged[i]
-                if a == 'none'
-                else low_pass_residual(damaged[i], restored[i], self.sigma)
-                if a == 'low_pass'
-                else restored[i]
-            )
+            out[i] = gate_outputs(damaged[i], restored[i], self.sigma)[self.actions.get(k, 'full')]
         return out, kinds
 
 # %% ../nbs/18a_gate.ipynb #8a65eabff63a45729fe45fb5ade58bdc
@@ -200,15 +202,6 @@ def choose_actions(
     return out
 
 # %% ../nbs/18a_gate.ipynb #db7b79bc585a40fcaf58bf750017e135
-def gate_outputs(
-    damaged: np.ndarray,  # H x W x 3 uint8
-    restored: np.ndarray,  # H x W x 3 uint8
-    sigma: float = GATE_SIGMA,
-) -> dict[str, np.ndarray]:
-    "What each of `GATE_ACTIONS` makes of one tile."
-    return dict(none=damaged, low_pass=low_pass_residual(damaged, restored, sigma), full=restored)
-
-
 def fit_gate(
     damaged: np.ndarray,  # N x H x W x 3 uint8, synthesized from clean training tiles (never validation or test)
     restored: np.ndarray,  # N x H x W x 3 uint8, the restorer's outputs
