@@ -18,7 +18,7 @@ from .core import atomic_dir
 from .modelfolder import ModelFolderError, read_json_settings
 
 # %% auto #0
-__all__ = ['GATE_FEATURES', 'GATE_SIGMA', 'GATE_ACTIONS', 'GATE_FOLDER', 'gate_features', 'low_pass_residual', 'gate_outputs',
+__all__ = ['GATE_FEATURES', 'GATE_SIGMA', 'GATE_ACTIONS', 'GATE_FOLDER', 'gate_features', 'low_pass_residual', 'gate_output',
            'KindGate', 'save_gate', 'load_gate', 'fit_kind_classifier', 'choose_actions', 'fit_gate']
 
 # %% ../nbs/18a_gate.ipynb #10185d26023b46108eb7d9f57d49d2b3
@@ -76,13 +76,18 @@ def low_pass_residual(
     return np.clip(np.rint(damaged + r), 0, 255).astype(np.uint8)
 
 
-def gate_outputs(
+def gate_output(
     damaged: np.ndarray,  # H x W x 3 uint8
     restored: np.ndarray,  # H x W x 3 uint8
+    action: str,  # one of GATE_ACTIONS: 'none', 'low_pass' or 'full'
     sigma: float = GATE_SIGMA,
-) -> dict[str, np.ndarray]:
-    "What each of `GATE_ACTIONS` makes of one tile."
-    return dict(none=damaged, low_pass=low_pass_residual(damaged, restored, sigma), full=restored)
+) -> np.ndarray:
+    "What `action` makes of one tile (only that action is computed)."
+    if action == 'low_pass':
+        return low_pass_residual(damaged, restored, sigma)
+    if action not in ('none', 'full'):
+        raise ValueError(f"action must be 'none', 'low_pass' or 'full', got {action!r}.")
+    return damaged if action == 'none' else restored
 
 # %% ../nbs/18a_gate.ipynb #504fb2a444614c0babb325280ed9130a
 GATE_ACTIONS = ('none', 'low_pass', 'full')  # leave the tile, keep the residual's low-pass, keep the restorer's output
@@ -127,7 +132,7 @@ class KindGate(nn.Module):
         feats = np.stack([gate_features(d, o, m, self.sigma) for d, o, m in zip(damaged, restored, masks)])
         kinds, out = self.name_kinds(feats), np.array(restored, copy=True)
         for i, k in enumerate(kinds):
-            out[i] = gate_outputs(damaged[i], restored[i], self.sigma)[self.actions.get(k, 'full')]
+            out[i] = gate_output(damaged[i], restored[i], self.actions.get(k, 'full'), self.sigma)
         return out, kinds
 
 # %% ../nbs/18a_gate.ipynb #8a65eabff63a45729fe45fb5ade58bdc
@@ -228,8 +233,8 @@ def fit_gate(
     # 3. score every action on every tile
     rows = []
     for i in tqdm(range(len(damaged)), desc='gate actions', disable=not progress):
-        for a, x in gate_outputs(damaged[i], restored[i], sigma).items():
-            m = restoration_metrics(x, clean[i])
+        for a in GATE_ACTIONS:
+            m = restoration_metrics(gate_output(damaged[i], restored[i], a, sigma), clean[i])
             rows.append(
                 dict(item=i, kind=kinds[i], named=named[i], action=a, psnr=m['psnr'], ssim=m['ssim'], fsim=m['fsim'])
             )
